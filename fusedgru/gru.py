@@ -1,0 +1,152 @@
+"""fusedgru.GRU: torch.nn.GRU's interface, parameters and numerics on fused kernels."""
+
+import warnings
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from .functional import gru
+
+
+def _packed_to_padded(data: Tensor, batch_sizes: Tensor):
+    """PackedSequence data [sum(lengths), C] -> padded [T, N, C], the packed rows' positions in the
+    flattened [T*N] grid, and lengths [N] (sorted, non-increasing)."""
+    T, N = batch_sizes.numel(), int(batch_sizes[0])
+    mask = torch.arange(N).unsqueeze(0) < batch_sizes.unsqueeze(1)  # [T, N]
+    rows = mask.reshape(-1).nonzero().squeeze(1).to(data.device)
+    padded = data.new_zeros((T * N, data.shape[1])).index_copy(0, rows, data)
+    return padded.view(T, N, -1), rows, mask.sum(0)
+
+
+class GRU(nn.RNNBase):
+    r"""Drop-in replacement for :class:`torch.nn.GRU` running fused CPU/CUDA kernels.
+
+    Same constructor, parameters (names, shapes, initialization, ``state_dict``), inputs and
+    outputs as ``torch.nn.GRU``: for each layer, direction and time step
+
+    .. math::
+        r_t = \sigma(W_{ir} x_t + b_{ir} + W_{hr} h_{t-1} + b_{hr}) \\
+        z_t = \sigma(W_{iz} x_t + b_{iz} + W_{hz} h_{t-1} + b_{hz}) \\
+        n_t = \tanh(W_{in} x_t + b_{in} + r_t \odot (W_{hn} h_{t-1} + b_{hn})) \\
+        h_t = (1 - z_t) \odot n_t + z_t \odot h_{t-1}
+
+    ``forward(input, hx=None) -> (output, h_n)`` accepts ``[T, N, C]`` (``[N, T, C]`` with
+    ``batch_first``), unbatched ``[T, C]``, or a ``PackedSequence``.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        **kwargs,
+    ) -> None:
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if kwargs:
+            raise TypeError(
+                f"GRU.__init__() got an unexpected keyword argument '{next(iter(kwargs))}'")
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, 0, device, dtype)
+
+    def flatten_parameters(self) -> None:
+        """No-op: the fused kernels read each weight where it is (nn.GRU packs them for cuDNN)."""
+
+    def _weights(self) -> list[Tensor]:
+        # getattr (not the cached _flat_weights) so torch.func.functional_call and weight
+        # reassignment are always seen.
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    def forward(self, input, hx: Tensor | None = None):
+        D = 2 if self.bidirectional else 1
+        if isinstance(input, PackedSequence):
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            if hx is None:
+                hx = data.new_zeros((self.num_layers * D, int(batch_sizes[0]), self.hidden_size))
+            else:
+                hx = self.permute_hidden(hx, sorted_indices)
+            self.check_forward_args(data, hx, batch_sizes)
+            padded, rows, lengths = _packed_to_padded(data, batch_sizes)
+            out, h_n = self._run(padded, hx, batch_first=False, lengths=lengths)
+            out_data = out.reshape(-1, out.shape[-1]).index_select(0, rows)
+            packed = PackedSequence(out_data, batch_sizes, sorted_indices, unsorted_indices)
+            return packed, self.permute_hidden(h_n, unsorted_indices)
+
+        if input.dim() not in (2, 3):
+            raise ValueError(f"GRU: Expected input to be 2D or 3D, got {input.dim()}D instead")
+        is_batched = input.dim() == 3
+        batch_dim = 0 if self.batch_first else 1
+        if not is_batched:
+            input = input.unsqueeze(batch_dim)
+            if hx is not None:
+                if hx.dim() != 2:
+                    raise RuntimeError(
+                        "For unbatched 2-D input, hx should also be 2-D but got "
+                        f"{hx.dim()}-D tensor")
+                hx = hx.unsqueeze(1)
+        elif hx is not None and hx.dim() != 3:
+            raise RuntimeError(
+                f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
+        if hx is None:
+            hx = input.new_zeros((self.num_layers * D, input.shape[batch_dim], self.hidden_size))
+        self.check_forward_args(input, hx, None)
+        if input.shape[0 if not self.batch_first else 1] == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        output, h_n = self._run(input, hx, batch_first=self.batch_first)
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            h_n = h_n.squeeze(1)
+        return output, h_n
+
+    def check_input(self, input: Tensor, batch_sizes: Tensor | None) -> None:
+        # nn.RNNBase compares against the cached _flat_weights; compare against the live weights.
+        if input.dtype != self.weight_ih_l0.dtype and not torch.is_autocast_enabled(
+                input.device.type):
+            w = self.weight_ih_l0.dtype
+            raise ValueError(
+                f"RNN input dtype ({input.dtype}) does not match weight dtype ({w}). "
+                f"Convert input: input.to({w}), or convert model: model.to({input.dtype})")
+        expected_dim = 2 if batch_sizes is not None else 3
+        if input.dim() != expected_dim:
+            raise RuntimeError(f"input must have {expected_dim} dimensions, got {input.dim()}")
+        if self.input_size != input.size(-1):
+            raise RuntimeError(
+                "input.size(-1) must be equal to input_size. "
+                f"Expected {self.input_size}, got {input.size(-1)}")
+
+    def _run(self, input, hx, batch_first, lengths=None):
+        return gru(input, hx, self._weights(), self.bias, self.num_layers, self.dropout,
+                   self.training, self.bidirectional, batch_first, lengths=lengths)
+
+
+def convert(model: nn.Module) -> nn.Module:
+    """Replace every ``torch.nn.GRU`` in ``model`` (the model itself included) by a
+    :class:`fusedgru.GRU` that shares its parameter objects, so weights, device, dtype,
+    ``requires_grad`` and optimizer state carry over; returns the model."""
+
+    def swap(gru_module: nn.GRU) -> GRU:
+        with warnings.catch_warnings():  # nn.GRU already warned about its own arguments
+            warnings.simplefilter("ignore")
+            new = GRU(gru_module.input_size, gru_module.hidden_size, gru_module.num_layers,
+                      gru_module.bias, gru_module.batch_first, gru_module.dropout,
+                      gru_module.bidirectional, device="meta")
+        for name in gru_module._flat_weights_names:
+            setattr(new, name, getattr(gru_module, name))
+        new._init_flat_weights()
+        new.train(gru_module.training)
+        return new
+
+    if isinstance(model, nn.GRU):
+        return swap(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.GRU):
+                setattr(parent, name, swap(child))
+    return model
