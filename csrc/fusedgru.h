@@ -50,6 +50,7 @@ struct GruForwardPointwise {
 // Backward pointwise stage for the forward step at time t.
 struct GruBackwardPointwise {
   const void* grad_out;  // [N, H] row stride go_sn: dL/dout_t
+  const void* grad_ws;   // [N, 4H] row stride gws_sn: dL/d(saved activations), or nullptr
   const void* ws;        // [N, 4H] row stride ws_sn: saved activations of step t
   const void* out;       // [T, N, H] strides (out_st, out_sn): forward outputs, for h_{t-1}
   const void* hx;        // [N, H] contiguous: initial hidden state
@@ -60,7 +61,7 @@ struct GruBackwardPointwise {
   void* hprev;           // [N, H] row stride hp_sn: h_{t-1} for the W_hh gradient, or nullptr
   int64_t t, T, N, H, j0, j1;
   bool reverse;
-  int64_t go_sn, ws_sn, out_st, out_sn, dg_sn, dgin_sn, hp_sn;
+  int64_t go_sn, gws_sn, ws_sn, out_st, out_sn, dg_sn, dgin_sn, hp_sn;
   at::ScalarType dtype;
 };
 
@@ -86,6 +87,7 @@ void check_gru_forward_args(const at::Tensor& input, const at::Tensor& hx,
                             const std::optional<at::Tensor>& bias_hh,
                             const std::optional<at::Tensor>& lengths);
 void check_gru_backward_args(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+                             const std::optional<at::Tensor>& grad_workspace,
                              const at::Tensor& input, const at::Tensor& hx,
                              const at::Tensor& weight_ih, const at::Tensor& weight_hh,
                              const std::optional<at::Tensor>& lengths, const at::Tensor& output,

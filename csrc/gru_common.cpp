@@ -88,7 +88,7 @@ void check_gru_forward_args(const Tensor& input, const Tensor& hx, const Tensor&
 }
 
 void check_gru_backward_args(const Tensor& grad_output, const Tensor& grad_h_n,
-                             const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
+                             const std::optional<Tensor>& grad_workspace, const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
                              const Tensor& weight_hh, const std::optional<Tensor>& lengths,
                              const Tensor& output, const Tensor& workspace) {
   check_common(input, hx, weight_ih, weight_hh, lengths);
@@ -100,7 +100,12 @@ void check_gru_backward_args(const Tensor& grad_output, const Tensor& grad_h_n,
               "gru_backward: the workspace is empty; run gru_forward with need_workspace=True "
               "to differentiate it");
   if (N > 0) FUSEDGRU_CHECK_SHAPE(workspace, T, N, kSavedGates * H);
-  for (const Tensor* t : {&grad_output, &grad_h_n, &output, &workspace}) {
+  std::vector<const Tensor*> tensors{&grad_output, &grad_h_n, &output, &workspace};
+  if (grad_workspace.has_value()) {
+    FUSEDGRU_CHECK_SHAPE(*grad_workspace, T, N, kSavedGates * H);
+    tensors.push_back(&*grad_workspace);
+  }
+  for (const Tensor* t : tensors) {
     TORCH_CHECK(t->scalar_type() == input.scalar_type() && t->device() == input.device(),
                 "gru_backward: expected all tensors as ", input.scalar_type(), " on ",
                 input.device(), ", got ", t->scalar_type(), " on ", t->device());
@@ -146,19 +151,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_gemms(
     bool need_weight_grad) {
   const int64_t T = x.size(0), N = x.size(1), C = x.size(2), H = dgin.size(2), G = 3 * H;
   const auto opts = x.options();
-  const Tensor empty = at::empty({0}, opts);
+  // Each gradient not asked for is its own [0] tensor (outputs must not alias).
+  const auto none = [&] { return at::empty({0}, opts); };
   const Tensor dgh2 = flat(dgh, batch_major);
   const Tensor dgin2 = flat(dgin, batch_major);
   const Tensor dg_rz = dgh2.narrow(1, 0, 2 * H);  // r and z parts are the same for W_ih and W_hh
 
-  Tensor grad_input = empty;
+  Tensor grad_input = none();
   if (need_input_grad) {
     grad_input = alloc_steps(batch_major, T, N, C, opts);
     Tensor gx = flat(grad_input, batch_major);
     at::mm_out(gx, dg_rz, weight_ih.narrow(0, 0, 2 * H));
     gx.addmm_(dgin2, weight_ih.narrow(0, 2 * H, H));
   }
-  Tensor gw_ih = empty, gw_hh = empty, gb_ih = empty, gb_hh = empty;
+  Tensor gw_ih = none(), gw_hh = none(), gb_ih = none(), gb_hh = none();
   if (need_weight_grad) {
     const Tensor x2 = flat(x, batch_major);
     gw_ih = at::empty({G, C}, opts);

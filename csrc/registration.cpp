@@ -23,10 +23,13 @@ TORCH_LIBRARY(fusedgru, m) {
       "gru_forward(Tensor input, Tensor hx, Tensor weight_ih, Tensor weight_hh, "
       "Tensor? bias_ih, Tensor? bias_hh, Tensor? lengths, bool reverse, bool need_workspace) "
       "-> (Tensor output, Tensor h_n, Tensor workspace)");
-  // Gradients of gru_forward. Returns (grad_input, grad_hx, grad_weight_ih, grad_weight_hh,
-  // grad_bias_ih, grad_bias_hh); what was not asked for (need_* flags, has_bias) is an empty [0].
+  // Gradients of gru_forward, given those of its outputs (grad_workspace [T, N, 4H] or none: it
+  // is nonzero only when differentiating twice). Returns (grad_input, grad_hx, grad_weight_ih,
+  // grad_weight_hh, grad_bias_ih, grad_bias_hh); what was not asked for (need_* flags,
+  // has_bias) is an empty [0].
   m.def(
-      "gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor hx, "
+      "gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor? grad_workspace, Tensor input, "
+      "Tensor hx, "
       "Tensor weight_ih, Tensor weight_hh, Tensor? lengths, Tensor output, Tensor workspace, "
       "bool reverse, bool has_bias, bool need_input_grad, bool need_weight_grad) "
       "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_weight_ih, Tensor grad_weight_hh, "

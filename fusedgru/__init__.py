@@ -1,8 +1,17 @@
 """fusedgru: fused GRU and causal depthwise conv1d kernels behind drop-in PyTorch modules."""
 
+import torch
+
 from ._version import __version__
 from . import _ops  # noqa: F401  (registers the ops' fake kernels and autograd)
+from . import reference
 from .functional import gru
-from .gru import GRU, convert
+from .rnn import GRU, convert
 
-__all__ = ["GRU", "__version__", "convert", "gru"]
+
+def has_cuda_kernels() -> bool:
+    """Whether this build of the extension holds the CUDA kernels."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key("fusedgru::gru_forward", "CUDA")
+
+
+__all__ = ["GRU", "__version__", "convert", "gru", "has_cuda_kernels", "reference"]

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from . import _C  # noqa: F401  (loading the library registers the ops)
+from . import reference
 
 SAVED_GATES = 4  # r, z, n, W_hn h + b_hn per hidden unit (csrc/fusedgru.h: kSavedGates)
 
@@ -39,39 +40,47 @@ def _gru_forward_fake(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths
 
 
 @torch.library.register_fake("fusedgru::gru_backward")
-def _gru_backward_fake(grad_output, grad_h_n, input, hx, weight_ih, weight_hh, lengths, output,
-                       workspace, reverse, has_bias, need_input_grad, need_weight_grad):
+def _gru_backward_fake(grad_output, grad_h_n, grad_workspace, input, hx, weight_ih, weight_hh,
+                       lengths, output, workspace, reverse, has_bias, need_input_grad,
+                       need_weight_grad):
     T, N, C = input.shape
     H = weight_hh.shape[1]
-    empty = input.new_empty((0,))
+
+    def none():  # each gradient not asked for is its own [0] tensor, as in the kernels
+        return input.new_empty((0,))
+
     bm = _batch_major(input)
-    grad_input = _empty_steps(input, bm, T, N, C) if need_input_grad else empty
+    grad_input = _empty_steps(input, bm, T, N, C) if need_input_grad else none()
     grad_hx = hx.new_empty((N, H))
-    grad_w_ih = weight_ih.new_empty(weight_ih.shape) if need_weight_grad else empty
-    grad_w_hh = weight_hh.new_empty(weight_hh.shape) if need_weight_grad else empty
+    grad_w_ih = weight_ih.new_empty(weight_ih.shape) if need_weight_grad else none()
+    grad_w_hh = weight_hh.new_empty(weight_hh.shape) if need_weight_grad else none()
     with_bias = need_weight_grad and has_bias
-    grad_b_ih = input.new_empty((3 * H,)) if with_bias else empty
-    grad_b_hh = input.new_empty((3 * H,)) if with_bias else empty
+    grad_b_ih = input.new_empty((3 * H,)) if with_bias else none()
+    grad_b_hh = input.new_empty((3 * H,)) if with_bias else none()
     return grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
 
+
+# ---- autograd of gru_forward: the fused backward op ----
 
 def _gru_forward_setup_context(ctx, inputs, output):
     input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, _ = inputs
     out, _, workspace = output
-    ctx.mark_non_differentiable(workspace)
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(input, hx, weight_ih, weight_hh, lengths, out, workspace)
     ctx.reverse = reverse
-    ctx.has_bias = bias_ih is not None or bias_hh is not None
     ctx.bias_present = (bias_ih is not None, bias_hh is not None)
 
 
-def _gru_forward_backward(ctx, grad_output, grad_h_n, _grad_workspace):
+def _gru_forward_backward(ctx, grad_output, grad_h_n, grad_workspace):
     input, hx, weight_ih, weight_hh, lengths, out, workspace = ctx.saved_tensors
     need = ctx.needs_input_grad
-    need_weight = any(need[2:6])
+    if grad_output is None:
+        grad_output = torch.zeros_like(out)
+    if grad_h_n is None:
+        grad_h_n = torch.zeros_like(hx)
     grads = torch.ops.fusedgru.gru_backward(
-        grad_output, grad_h_n, input, hx, weight_ih, weight_hh, lengths, out, workspace,
-        ctx.reverse, ctx.has_bias, need[0], need_weight)
+        grad_output, grad_h_n, grad_workspace, input, hx, weight_ih, weight_hh, lengths, out,
+        workspace, ctx.reverse, any(ctx.bias_present), need[0], any(need[2:6]))
     g_input, g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh = grads
     return (
         g_input if need[0] else None,
@@ -86,3 +95,42 @@ def _gru_forward_backward(ctx, grad_output, grad_h_n, _grad_workspace):
 
 torch.library.register_autograd(
     "fusedgru::gru_forward", _gru_forward_backward, setup_context=_gru_forward_setup_context)
+
+
+# ---- autograd of gru_backward (double backward): differentiate the torch-op reference ----
+
+# Positions of gru_backward's tensor arguments that gradients flow to (lengths is an index).
+_GRU_BACKWARD_DIFFERENTIABLE = (0, 1, 2, 3, 4, 5, 6, 8, 9)
+
+
+def _gru_backward_setup_context(ctx, inputs, output):
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(*inputs[:10])
+    ctx.flags = inputs[10:]
+
+
+def _gru_backward_backward(ctx, *grad_outputs):
+    saved = ctx.saved_tensors
+    reverse, has_bias, _, _ = ctx.flags
+    with torch.enable_grad():
+        args = list(saved)
+        leaves = []
+        for i in _GRU_BACKWARD_DIFFERENTIABLE:
+            if args[i] is not None and ctx.needs_input_grad[i]:
+                args[i] = args[i].detach().requires_grad_()
+                leaves.append(i)
+        outs = reference.gru_layer_backward(*args, reverse, has_bias)
+        pairs = [(o, g) for o, g in zip(outs, grad_outputs)
+                 if o is not None and g is not None and g.numel() > 0 and o.requires_grad]
+        if not pairs or not leaves:
+            return (None,) * 14
+        grads = torch.autograd.grad([o for o, _ in pairs], [args[i] for i in leaves],
+                                    [g for _, g in pairs], allow_unused=True)
+    result = [None] * 14
+    for i, g in zip(leaves, grads):
+        result[i] = g
+    return tuple(result)
+
+
+torch.library.register_autograd(
+    "fusedgru::gru_backward", _gru_backward_backward, setup_context=_gru_backward_setup_context)

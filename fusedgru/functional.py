@@ -81,10 +81,13 @@ def gru(
             f"bidirectional={bidirectional}, has_biases={has_biases}, got {len(params)}")
     H = params[1].shape[1]
     x = input.transpose(0, 1) if batch_first else input
+    expected_hx = (num_layers * D, x.shape[1], H)
     if hx is None:
-        hx = x.new_zeros((num_layers * D, x.shape[1], H))
-    _check_devices_and_dtypes(x, hx, params)
+        hx = x.new_zeros(expected_hx)
+    elif tuple(hx.shape) != expected_hx:
+        raise RuntimeError(f"Expected hidden size {expected_hx}, got {list(hx.shape)}")
     x, hx, params = _autocast(x, hx, params)
+    _check_devices_and_dtypes(x, hx, params)
     if lengths is not None:
         lengths = lengths.to(device=x.device, dtype=torch.int64)
 

@@ -88,9 +88,11 @@ FUSEDGRU_CLONES void forward_units(const GruForwardPointwise& p) {
   }
 }
 
-// One active row, units [0, w) of a block. ws, dgh: gate g at g * H.
-template <typename scalar_t, bool kHprev>
-FUSEDGRU_INLINE void backward_span(const scalar_t* __restrict go, const scalar_t* __restrict ws,
+// One active row, units [0, w) of a block. ws, gws, dgh: gate g at g * H. With kGradWs the
+// gradients of the saved activations (r, z, n, W_hn h + b_hn) join in (double backward).
+template <typename scalar_t, bool kHprev, bool kGradWs>
+FUSEDGRU_INLINE void backward_span(const scalar_t* __restrict go, const scalar_t* __restrict gws,
+                                   const scalar_t* __restrict ws,
                                    const scalar_t* __restrict h0p, scalar_t* __restrict dh,
                                    scalar_t* __restrict dgh, scalar_t* __restrict dgin,
                                    scalar_t* __restrict hp, int64_t w, int64_t H) {
@@ -99,12 +101,19 @@ FUSEDGRU_INLINE void backward_span(const scalar_t* __restrict go, const scalar_t
     const acc_t g = acc_t(dh[j]) + acc_t(go[j]);
     const acc_t r = ws[j], z = ws[H + j], n = ws[2 * H + j], hn = ws[3 * H + j];
     const acc_t h0 = h0p[j];
-    const acc_t da_n = g * (acc_t(1) - z) * (acc_t(1) - n * n);
-    const acc_t da_z = g * (h0 - n) * z * (acc_t(1) - z);
-    const acc_t da_r = da_n * hn * r * (acc_t(1) - r);
+    acc_t dn = g * (acc_t(1) - z), dz = g * (h0 - n), dr = 0, dhn = 0;
+    if constexpr (kGradWs) {
+      dr = gws[j];
+      dz += acc_t(gws[H + j]);
+      dn += acc_t(gws[2 * H + j]);
+      dhn = gws[3 * H + j];
+    }
+    const acc_t da_n = dn * (acc_t(1) - n * n);
+    const acc_t da_z = dz * z * (acc_t(1) - z);
+    const acc_t da_r = (da_n * hn + dr) * r * (acc_t(1) - r);
     dgh[j] = scalar_t(da_r);
     dgh[H + j] = scalar_t(da_z);
-    dgh[2 * H + j] = scalar_t(da_n * r);
+    dgh[2 * H + j] = scalar_t(da_n * r + dhn);
     dgin[j] = scalar_t(da_n);
     dh[j] = scalar_t(g * z);
     if constexpr (kHprev) hp[j] = scalar_t(h0);
@@ -112,7 +121,7 @@ FUSEDGRU_INLINE void backward_span(const scalar_t* __restrict go, const scalar_t
 }
 
 // Backward pointwise pass over units [j0, j1) of rows [0, N) for the forward step t.
-template <typename scalar_t, bool kHprev>
+template <typename scalar_t, bool kHprev, bool kGradWs>
 FUSEDGRU_CLONES void backward_units(const GruBackwardPointwise& p) {
   const int64_t H = p.H, w = p.j1 - p.j0;
   const int64_t tp = p.reverse ? p.t + 1 : p.t - 1;  // the step the forward ran before t
@@ -131,8 +140,9 @@ FUSEDGRU_CLONES void backward_units(const GruBackwardPointwise& p) {
     const scalar_t* h0p =
         from_out ? static_cast<const scalar_t*>(p.out) + tp * p.out_st + i * p.out_sn + p.j0
                  : static_cast<const scalar_t*>(p.hx) + i * H + p.j0;
-    backward_span<scalar_t, kHprev>(
+    backward_span<scalar_t, kHprev, kGradWs>(
         static_cast<const scalar_t*>(p.grad_out) + i * p.go_sn + p.j0,
+        at_offset(static_cast<const scalar_t*>(p.grad_ws), i * p.gws_sn + p.j0),
         static_cast<const scalar_t*>(p.ws) + i * p.ws_sn + p.j0, h0p,
         static_cast<scalar_t*>(p.dh) + i * H + p.j0, dgh, dgin, hp, w, H);
   }
@@ -150,10 +160,12 @@ void forward_pointwise(const GruForwardPointwise& p) {
 
 void backward_pointwise(const GruBackwardPointwise& p) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.dtype, "gru_backward_cpu", [&] {
-    if (p.hprev != nullptr) {
-      backward_units<scalar_t, true>(p);
+    if (p.grad_ws != nullptr) {
+      backward_units<scalar_t, true, true>(p);  // double backward: rare, always with hprev
+    } else if (p.hprev != nullptr) {
+      backward_units<scalar_t, true, false>(p);
     } else {
-      backward_units<scalar_t, false>(p);
+      backward_units<scalar_t, false, false>(p);
     }
   });
 }
@@ -269,12 +281,13 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
-    const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input, const Tensor& hx,
+    const Tensor& grad_output, const Tensor& grad_h_n, const std::optional<Tensor>& grad_workspace,
+    const Tensor& input, const Tensor& hx,
     const Tensor& weight_ih, const Tensor& weight_hh, const std::optional<Tensor>& lengths,
     const Tensor& output, const Tensor& workspace, bool reverse, bool has_bias,
     bool need_input_grad, bool need_weight_grad) {
-  check_gru_backward_args(grad_output, grad_h_n, input, hx, weight_ih, weight_hh, lengths,
-                          output, workspace);
+  check_gru_backward_args(grad_output, grad_h_n, grad_workspace, input, hx, weight_ih,
+                          weight_hh, lengths, output, workspace);
   const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
   const auto opts = input.options();
   const Tensor x = steps_layout(input);
@@ -283,11 +296,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
 
   Tensor dgh = alloc_steps(bm, T, N, 3 * H, opts);
   Tensor dgin = alloc_steps(bm, T, N, H, opts);
-  Tensor hprev = need_weight_grad ? alloc_steps(bm, T, N, H, opts) : Tensor();
+  // h_{t-1} per step for the W_hh gradient (the double-backward path always fills it).
+  const bool with_hprev = need_weight_grad || grad_workspace.has_value();
+  Tensor hprev = with_hprev ? alloc_steps(bm, T, N, H, opts) : Tensor();
   if (N > 0) {
     const Tensor go = last_dim_contiguous(grad_output);
     const Tensor out = last_dim_contiguous(output);
     const Tensor ws = last_dim_contiguous(workspace);
+    const Tensor gws =
+        grad_workspace.has_value() ? last_dim_contiguous(*grad_workspace) : Tensor();
     const Tensor h0 = hx.contiguous();
     const Tensor len = lengths.has_value() ? lengths->contiguous() : Tensor();
     const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
@@ -309,12 +326,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     base.H = H;
     base.reverse = reverse;
     base.go_sn = go.stride(1);
+    base.gws_sn = gws.defined() ? gws.stride(1) : 0;
     base.ws_sn = ws.stride(1);
     base.out_st = out.stride(0);
     base.out_sn = out.stride(1);
     base.dg_sn = dgh.stride(1);
     base.dgin_sn = dgin.stride(1);
-    base.hp_sn = need_weight_grad ? hprev.stride(1) : 0;
+    base.hp_sn = with_hprev ? hprev.stride(1) : 0;
     base.dtype = input.scalar_type();
     // Region s: dh += dgh_{t(s-1)} W_hh for the thread's columns, then the gate gradients of
     // step t(s) for the same units. The extra region s = T finishes dL/dh_{-1} = grad_hx.
@@ -325,10 +343,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
       if (t >= 0) {
         p.t = t;
         p.grad_out = step_ptr(go, t);
+        p.grad_ws = gws.defined() ? step_ptr(gws, t) : nullptr;
         p.ws = step_ptr(ws, t);
         p.dgh = step_ptr(dgh, t);
         p.dgin = step_ptr(dgin, t);
-        p.hprev = need_weight_grad ? step_ptr(hprev, t) : nullptr;
+        p.hprev = with_hprev ? step_ptr(hprev, t) : nullptr;
       }
       for_blocks(nb, [&](int64_t b) {
         if (rows_prev > 0) {

@@ -1,0 +1,230 @@
+"""fusedgru.GRU against torch.nn.GRU (cuDNN on CUDA) on one device, in the same process.
+
+For every point of the grid (T, N, I, H, layers, dtype[, TF32]) it times inference (forward under
+no_grad) and training (forward + backward to the input and all weights), interleaving the two
+implementations, and reports medians: time, tokens/s (T*N per second), time per step, speedup.
+Prints a table and writes JSON (machine, versions, flags, results).
+
+  python benchmarks/bench_gru.py                      # CPU: T=128 N=16 I=H=256, fp32, 2 threads
+  python benchmarks/bench_gru.py --device cuda        # T=256, N in 1,16,64,256, H in 256,1024,
+                                                      # bf16 and fp32 with TF32 on and off
+"""
+
+import argparse
+import datetime
+import itertools
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import fusedgru  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16,
+          "fp16": torch.float16}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--T", type=int, nargs="+", help="sequence lengths")
+    p.add_argument("--N", type=int, nargs="+", help="batch sizes")
+    p.add_argument("--H", type=int, nargs="+", help="hidden sizes")
+    p.add_argument("--I", type=int, nargs="+", help="input sizes (default: I = H)")
+    p.add_argument("--layers", type=int, nargs="+", default=[1])
+    p.add_argument("--bidirectional", action="store_true")
+    p.add_argument("--dtype", nargs="+", choices=list(DTYPES))
+    p.add_argument("--tf32", nargs="+", choices=["on", "off"],
+                   help="fp32 on CUDA: torch.backends.cudnn/cuda.matmul.allow_tf32, the same "
+                        "setting for both implementations (default: both)")
+    p.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
+    p.add_argument("--threads", type=int, default=2, help="CPU intra-op threads")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--out", help="JSON path (default: benchmarks/results/<date>-<device>.json)")
+    p.add_argument("--plot", action="store_true", help="also write a PNG of speedup vs batch")
+    args = p.parse_args(argv)
+    cuda = args.device == "cuda"
+    args.T = args.T or ([256] if cuda else [128])
+    args.N = args.N or ([1, 16, 64, 256] if cuda else [16])
+    args.H = args.H or ([256, 1024] if cuda else [256])
+    args.dtype = args.dtype or (["bf16", "fp32"] if cuda else ["fp32"])
+    args.tf32 = args.tf32 or ["on", "off"]
+    return args
+
+
+def machine_info(device):
+    info = {"platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "fusedgru": fusedgru.__version__,
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = re.findall(r"model name\s*:\s*(.*)", f.read())
+        info["cpu"] = names[0] if names else info["cpu"]
+        info["cpu_count"] = len(names)
+    except OSError:
+        pass
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, sm_count=props.multi_processor_count,
+                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    return info
+
+
+def device_tag(device, info):
+    if device == "cuda":
+        name = info["gpu"].lower()
+        m = re.search(r"(h100|h200|a100|b200|l40s?|l4|a10g?|v100|t4|rtx ?\d+)", name)
+        return (m.group(1) if m else re.sub(r"[^a-z0-9]+", "-", name)).replace(" ", "")
+    return f"cpu{info.get('cpu_count', os.cpu_count())}-{torch.get_num_threads()}threads"
+
+
+class Timer:
+    """Median wall time of a callable: CUDA events on the GPU, perf_counter on the CPU."""
+
+    def __init__(self, device):
+        self.cuda = device == "cuda"
+
+    def __call__(self, fn):
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+
+
+def bench_point(args, T, N, I, H, L, dtype_name, tf32):
+    device, dtype = args.device, DTYPES[dtype_name]
+    if device == "cuda":
+        torch.backends.cudnn.allow_tf32 = tf32 == "on"
+        torch.backends.cuda.matmul.allow_tf32 = tf32 == "on"
+    ref = nn.GRU(I, H, num_layers=L, bidirectional=args.bidirectional).to(device, dtype)
+    ours = fusedgru.GRU(I, H, num_layers=L, bidirectional=args.bidirectional).to(device, dtype)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(T, N, I, device=device, dtype=dtype)
+    xg = x.clone().requires_grad_()
+    D = 2 if args.bidirectional else 1
+    go = torch.randn(T, N, D * H, device=device, dtype=dtype)
+
+    def fwd(m):
+        with torch.no_grad():
+            m(x)
+
+    def fwdbwd(m):
+        out, _ = m(xg)
+        torch.autograd.grad(out, [xg, *m.parameters()], go)
+
+    timer = Timer(device)
+    rows = []
+    for mode in args.modes:
+        fn = fwd if mode == "fwd" else fwdbwd
+        for _ in range(args.warmup):
+            fn(ref)
+            fn(ours)
+        times = {"nn.GRU": [], "fusedgru": []}
+        for _ in range(args.reps):  # interleaved, so drifts hit both sides alike
+            times["nn.GRU"].append(timer(lambda: fn(ref)))
+            times["fusedgru"].append(timer(lambda: fn(ours)))
+        t_ref, t_ours = statistics.median(times["nn.GRU"]), statistics.median(times["fusedgru"])
+        rows.append(dict(T=T, N=N, I=I, H=H, layers=L, bidirectional=args.bidirectional,
+                         dtype=dtype_name, tf32=tf32 if dtype_name == "fp32" else None,
+                         mode=mode, ref_ms=t_ref, fusedgru_ms=t_ours, speedup=t_ref / t_ours,
+                         fusedgru_tokens_per_s=T * N / (t_ours / 1e3),
+                         fusedgru_us_per_step=1e3 * t_ours / (T * L),
+                         ref_us_per_step=1e3 * t_ref / (T * L)))
+    return rows
+
+
+def print_table(rows, device):
+    ref_name = "cuDNN" if device == "cuda" else "nn.GRU"
+    head = (f"{'dtype':>5} {'tf32':>4} {'T':>5} {'N':>5} {'I':>5} {'H':>5} {'L':>2} {'mode':>7} "
+            f"{ref_name + ' ms':>10} {'fusedgru ms':>12} {'speedup':>8} {'tokens/s':>11} "
+            f"{'us/step':>8}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['dtype']:>5} {r['tf32'] or '-':>4} {r['T']:>5} {r['N']:>5} {r['I']:>5} "
+              f"{r['H']:>5} {r['layers']:>2} {r['mode']:>7} {r['ref_ms']:>10.3f} "
+              f"{r['fusedgru_ms']:>12.3f} {r['speedup']:>7.2f}x "
+              f"{r['fusedgru_tokens_per_s']:>11.3g} {r['fusedgru_us_per_step']:>8.1f}")
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, mode in zip(axes, ["fwd", "fwdbwd"]):
+        groups = {}
+        for r in rows:
+            if r["mode"] == mode:
+                key = f"{r['dtype']}{'/tf32 ' + r['tf32'] if r['tf32'] else ''} H={r['H']}"
+                groups.setdefault(key, []).append((r["N"], r["speedup"]))
+        for key, pts in sorted(groups.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key)
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch N")
+        ax.set_title("forward" if mode == "fwd" else "forward + backward")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("speedup over nn.GRU")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device")
+    torch.set_num_threads(args.threads) if args.device == "cpu" else None
+    torch.manual_seed(0)
+    info = machine_info(args.device)
+    points = []
+    for T, N, H, L, dt in itertools.product(args.T, args.N, args.H, args.layers, args.dtype):
+        for I in (args.I or [H]):
+            for tf32 in (args.tf32 if dt == "fp32" and args.device == "cuda" else [None]):
+                points.append((T, N, I, H, L, dt, tf32))
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        def tqdm(x, **_):
+            return x
+    rows = []
+    for point in tqdm(points, desc="bench_gru", unit="config"):
+        rows.extend(bench_point(args, *point))
+    print_table(rows, args.device)
+    out = args.out or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results",
+        f"{datetime.date.today().isoformat()}-{device_tag(args.device, info)}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    record = {"benchmark": "bench_gru", "date": datetime.datetime.now().isoformat(timespec="seconds"),
+              "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+              "machine": info, "flags": vars(args), "results": rows}
+    with open(out, "w") as f:
+        json.dump(record, f, indent=1)
+    print(f"wrote {out}")
+    if args.plot:
+        png = os.path.splitext(out)[0] + ".png"
+        plot(rows, png)
+        print(f"wrote {png}")
+
+
+if __name__ == "__main__":
+    main()

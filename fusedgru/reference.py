@@ -1,0 +1,95 @@
+"""Pure-PyTorch references of the fused ops: the same functions, written with differentiable
+torch operations. Tests compare the kernels against them, and the double backward of the GRU
+differentiates ``gru_layer_backward`` (autograd of torch ops gives its exact derivative).
+
+Shape legend: T time steps, N batch, C input features, H hidden size. Gate order (r, z, n).
+"""
+
+import torch
+from torch import Tensor
+
+
+def _active_mask(lengths: Tensor | None, T: int, N: int, like: Tensor) -> Tensor:
+    """[T, N, 1] bool: row i is active at step t iff t < lengths[i]."""
+    if lengths is None:
+        return torch.ones((T, N, 1), dtype=torch.bool, device=like.device)
+    t = torch.arange(T, device=like.device).unsqueeze(1)
+    return (t < lengths.to(like.device).unsqueeze(0)).unsqueeze(2)
+
+
+def gru_layer(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+              bias_ih: Tensor | None = None, bias_hh: Tensor | None = None,
+              lengths: Tensor | None = None, reverse: bool = False):
+    """One GRU layer in one direction, as ``fusedgru::gru_forward``.
+
+    input [T, N, C], hx [N, H], weight_ih [3H, C], weight_hh [3H, H], biases [3H] or None,
+    lengths [N] or None. Returns output [T, N, H] (zero past each length), h_n [N, H] and the
+    saved activations [T, N, 4H] = (r, z, n, W_hn h + b_hn), zero where inactive.
+    """
+    T, N, _ = input.shape
+    H = hx.shape[1]
+    gi = torch.nn.functional.linear(input, weight_ih, bias_ih)
+    active = _active_mask(lengths, T, N, input)
+    h = hx
+    outs, saved = [None] * T, [None] * T
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        gh = torch.nn.functional.linear(h, weight_hh, bias_hh)
+        i_r, i_z, i_n = gi[t].split(H, dim=1)
+        h_r, h_z, h_n = gh.split(H, dim=1)
+        r = torch.sigmoid(i_r + h_r)
+        z = torch.sigmoid(i_z + h_z)
+        n = torch.tanh(i_n + r * h_n)
+        h_new = n + z * (h - n)
+        m = active[t]
+        h = torch.where(m, h_new, h)
+        outs[t] = torch.where(m, h_new, torch.zeros_like(h_new))
+        saved[t] = torch.where(m, torch.cat([r, z, n, h_n], dim=1), torch.zeros(()).to(h))
+    return torch.stack(outs), h, torch.stack(saved)
+
+
+def gru_layer_backward(grad_output: Tensor, grad_h_n: Tensor, grad_workspace: Tensor | None,
+                       input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+                       lengths: Tensor | None, output: Tensor, workspace: Tensor, reverse: bool,
+                       has_bias: bool):
+    """``fusedgru::gru_backward`` in torch ops: the gradients of ``gru_layer`` given those of its
+    outputs, computed from the saved activations exactly as the kernels do.
+
+    Returns (grad_input, grad_hx, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh);
+    the bias gradients are None without ``has_bias``.
+    """
+    T, N, _ = input.shape
+    H = hx.shape[1]
+    active = _active_mask(lengths, T, N, input)
+    r, z, n, hn = workspace.split(H, dim=2)
+    if grad_workspace is None:
+        g_r = g_z = g_n = g_hn = torch.zeros_like(r)
+    else:
+        g_r, g_z, g_n, g_hn = grad_workspace.split(H, dim=2)
+    # h_{t-1}: the output of the step the forward ran before t, or hx where there is none.
+    prev = torch.arange(T, device=input.device) + (1 if reverse else -1)
+    lens = lengths.to(input.device) if lengths is not None else torch.full(
+        (N,), T, device=input.device)
+    has_prev = (prev.unsqueeze(1) >= 0) & (prev.unsqueeze(1) < lens.unsqueeze(0))  # [T, N]
+    shifted = output[prev.clamp(0, T - 1)]
+    hprev = torch.where(has_prev.unsqueeze(2), shifted, hx.unsqueeze(0).expand_as(shifted))
+
+    dh = grad_h_n
+    dgh, dgin = [None] * T, [None] * T
+    for t in (range(T) if reverse else range(T - 1, -1, -1)):
+        m = active[t]
+        g = dh + grad_output[t]
+        da_n = (g * (1 - z[t]) + g_n[t]) * (1 - n[t] * n[t])
+        da_z = (g * (hprev[t] - n[t]) + g_z[t]) * z[t] * (1 - z[t])
+        da_r = (da_n * hn[t] + g_r[t]) * r[t] * (1 - r[t])
+        zero = torch.zeros((), dtype=g.dtype, device=g.device)
+        dgh[t] = torch.where(m, torch.cat([da_r, da_z, da_n * r[t] + g_hn[t]], dim=1), zero)
+        dgin[t] = torch.where(m, da_n, zero)
+        dh = torch.where(m, g * z[t], dh) + dgh[t] @ weight_hh
+    dgh_all, dgin_all = torch.stack(dgh), torch.stack(dgin)
+    dgi_all = torch.cat([dgh_all[..., :2 * H], dgin_all], dim=2)
+    grad_input = dgi_all @ weight_ih
+    grad_w_ih = dgi_all.reshape(-1, 3 * H).t() @ input.reshape(-1, input.shape[2])
+    grad_w_hh = dgh_all.reshape(-1, 3 * H).t() @ hprev.reshape(-1, H)
+    grad_b_ih = dgi_all.sum((0, 1)) if has_bias else None
+    grad_b_hh = dgh_all.sum((0, 1)) if has_bias else None
+    return grad_input, dh, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh

@@ -1,0 +1,443 @@
+"""fusedgru.GRU against torch.nn.GRU: outputs, h_n and every gradient, and the module's interface."""
+
+import copy
+import io
+import math
+
+import pytest
+import torch
+from gru_testing import DEVICES, TOL, assert_close, pair, rel_err, run_with_grads
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import fusedgru
+
+# (T, N, C, H, num_layers, bidirectional, batch_first, bias): odd sizes, T=1, N=1, deep, wide.
+CONFIGS = [
+    (1, 1, 1, 1, 1, False, False, True),
+    (1, 3, 17, 130, 1, True, False, True),
+    (3, 1, 3, 17, 2, False, True, True),
+    (17, 3, 1, 3, 1, True, True, False),
+    (5, 17, 130, 17, 3, True, False, True),
+    (9, 130, 3, 130, 1, False, True, True),
+    (33, 5, 17, 64, 2, False, False, False),
+    (12, 16, 64, 256, 1, False, False, True),
+]
+
+
+def config_id(c):
+    T, N, C, H, L, bi, bf, b = c
+    return f"T{T}-N{N}-C{C}-H{H}-L{L}" + ("-bi" if bi else "") + ("-bf" if bf else "") + (
+        "" if b else "-nobias")
+
+
+def make_input(device, dtype, T, N, C, batch_first):
+    shape = (N, T, C) if batch_first else (T, N, C)
+    return torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+
+
+def check_parity(ref, ours, x, hx, dtype, what=""):
+    go, gh = grads_for(ref, x, hx)
+    out_r, h_r, g_r = run_with_grads(ref, x, hx, go, gh)
+    out_o, h_o, g_o = run_with_grads(ours, x, hx, go, gh)
+    tol = TOL[dtype]
+    assert_close(out_o, out_r, tol, f"{what} output")
+    assert_close(h_o, h_r, tol, f"{what} h_n")
+    names = (["input"] + (["hx"] if hx is not None else [])
+             + [n for n, _ in ref.named_parameters()])
+    for name, a, b in zip(names, g_o, g_r, strict=True):
+        assert_close(a, b, tol, f"{what} grad {name}")
+
+
+def grads_for(ref, x, hx):
+    with torch.no_grad():
+        out, h = ref(x, hx) if hx is not None else ref(x)
+    return torch.randn_like(out), torch.randn_like(h)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
+def test_parity_with_nn_gru(device, dtype, cfg):
+    T, N, C, H, L, bi, bf, bias = cfg
+    ref, ours = pair(device, dtype, C, H, num_layers=L, bidirectional=bi, batch_first=bf,
+                     bias=bias)
+    x = make_input(device, dtype, T, N, C, bf)
+    hx = torch.randn(L * (2 if bi else 1), N, H, device=device, dtype=dtype, requires_grad=True)
+    check_parity(ref, ours, x, hx, dtype)
+    check_parity(ref, ours, x, None, dtype, "hx=None")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_strided_inputs(device):
+    dtype = torch.float64
+    ref, ours = pair(device, dtype, 6, 5, num_layers=2, bidirectional=True)
+    base = torch.randn(14, 8, 12, device=device, dtype=dtype)
+    views = {
+        "time-strided": base[::2, :3, :6],
+        "feature-strided": base[:5, :4, ::2],
+        "batch-major storage": base[:4, :7, :6].transpose(0, 1).contiguous().transpose(0, 1),
+        "expanded batch": base[:5, :1, :6].expand(5, 3, 6),
+    }
+    for what, v in views.items():
+        x = v.detach().requires_grad_()
+        N = x.shape[1]
+        hx = torch.randn(N, 4, 5, device=device, dtype=dtype).transpose(0, 1).requires_grad_()
+        assert not hx.is_contiguous()
+        check_parity(ref, ours, x, hx, dtype, what)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_unbatched_input(device, batch_first):
+    dtype = torch.float64
+    ref, ours = pair(device, dtype, 4, 6, num_layers=2, bidirectional=True,
+                     batch_first=batch_first)
+    x = torch.randn(7, 4, device=device, dtype=dtype, requires_grad=True)
+    hx = torch.randn(4, 6, device=device, dtype=dtype, requires_grad=True)
+    check_parity(ref, ours, x, hx, dtype, "unbatched")
+    check_parity(ref, ours, x, None, dtype, "unbatched, hx=None")
+    out, h = ours(x)
+    assert out.shape == (7, 12) and h.shape == (4, 6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_packed_sequence(device, enforce_sorted, dtype):
+    ref, ours = pair(device, dtype, 5, 7, num_layers=2, bidirectional=True)
+    lengths = torch.tensor([9, 6, 6, 3, 1]) if enforce_sorted else torch.tensor([3, 9, 1, 6, 6])
+    x = torch.randn(9, 5, 5, device=device, dtype=dtype, requires_grad=True)
+    hx = torch.randn(4, 5, 7, device=device, dtype=dtype, requires_grad=True)
+    go = None
+    results = []
+    for m in (ref, ours):
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
+        out, h = m(packed, hx)
+        assert isinstance(out, nn.utils.rnn.PackedSequence)
+        if go is None:
+            go, gh = torch.randn_like(out.data), torch.randn_like(h)
+        loss = (out.data * go).sum() + (h * gh).sum()
+        grads = torch.autograd.grad(loss, [x, hx, *m.parameters()])
+        padded, lens = pad_packed_sequence(out)
+        results.append((out, h, padded, lens, grads))
+    (o_r, h_r, p_r, l_r, g_r), (o_o, h_o, p_o, l_o, g_o) = results
+    tol = TOL[dtype]
+    assert torch.equal(o_o.batch_sizes, o_r.batch_sizes)
+    assert torch.equal(l_o, l_r)
+    assert_close(o_o.data, o_r.data, tol, "packed output")
+    assert_close(p_o, p_r, tol, "padded output")
+    assert_close(h_o, h_r, tol, "h_n")
+    for i, (a, b) in enumerate(zip(g_o, g_r, strict=True)):
+        assert_close(a, b, tol, f"grad {i}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_batch(device):
+    ref, ours = pair(device, torch.float32, 3, 4, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 0, 3, device=device, requires_grad=True)
+    out_r, h_r = ref(x)
+    out_o, h_o = ours(x)
+    assert out_o.shape == out_r.shape == (5, 0, 8)
+    assert h_o.shape == h_r.shape == (4, 0, 4)
+    (out_o.sum() + h_o.sum()).backward()
+    assert x.grad.shape == x.shape
+    assert all(p.grad is not None and torch.all(p.grad == 0) for p in ours.parameters())
+
+
+def test_dropout_matches_nn_gru_rng():
+    # Dropout between layers draws the same masks as nn.GRU on the CPU (same ops, same order).
+    ref, ours = pair("cpu", torch.float64, 4, 6, num_layers=3, dropout=0.4)
+    x = torch.randn(7, 3, 4, dtype=torch.float64)
+    torch.manual_seed(1234)
+    out_r, h_r = ref(x)
+    torch.manual_seed(1234)
+    out_o, h_o = ours(x)
+    assert_close(out_o, out_r, TOL[torch.float64], "train output")
+    assert_close(h_o, h_r, TOL[torch.float64], "train h_n")
+    torch.manual_seed(99)
+    out_o2, _ = ours(x)
+    assert not torch.allclose(out_o2, out_o), "dropout masks must change with the RNG"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dropout_only_in_training(device):
+    ref, ours = pair(device, torch.float64, 4, 6, num_layers=2, dropout=0.5)
+    ref.eval()
+    ours.eval()
+    x = torch.randn(6, 3, 4, device=device, dtype=torch.float64)
+    a, _ = ours(x)
+    b, _ = ours(x)
+    assert torch.equal(a, b)
+    assert_close(a, ref(x)[0], TOL[torch.float64], "eval output")
+    ours.train()
+    c, _ = ours(x)
+    assert not torch.allclose(a, c)
+
+
+def test_parameters_state_dict_and_init_match_nn_gru():
+    kwargs = dict(num_layers=2, bidirectional=True, bias=True)
+    torch.manual_seed(7)
+    ref = nn.GRU(5, 9, **kwargs)
+    torch.manual_seed(7)
+    ours = fusedgru.GRU(5, 9, **kwargs)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    for (n, a), (_, b) in zip(ours.state_dict().items(), ref.state_dict().items(), strict=True):
+        assert torch.equal(a, b), f"{n}: same seed must give nn.GRU's initialization"
+    bound = 1 / math.sqrt(9)
+    assert all(p.abs().max() <= bound for p in ours.parameters())
+    back = nn.GRU(5, 9, **kwargs)
+    back.load_state_dict(ours.state_dict())
+    x = torch.randn(4, 2, 5)
+    assert_close(back(x)[0], ours(x)[0], TOL[torch.float32], "reverse load")
+    assert repr(ours).replace("GRU", "") == repr(ref).replace("GRU", "")
+    assert ours.all_weights[0][0] is ours.weight_ih_l0
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(input_size=4, hidden_size=0),
+    dict(input_size=0, hidden_size=4),
+    dict(input_size=4, hidden_size=4, num_layers=0),
+    dict(input_size=4, hidden_size=4, bias=1),
+    dict(input_size=4, hidden_size=4, batch_first=1),
+    dict(input_size=4.0, hidden_size=4),
+    dict(input_size=4, hidden_size="4"),
+    dict(input_size=4, hidden_size=4, dropout=1.5),
+    dict(input_size=4, hidden_size=4, dropout=True),
+    dict(input_size=4, hidden_size=4, proj_size=2),
+])
+def test_constructor_errors_match_nn_gru(kwargs):
+    with pytest.raises(Exception) as expected:
+        nn.GRU(**kwargs)
+    with pytest.raises(type(expected.value)) as got:
+        fusedgru.GRU(**kwargs)
+    assert str(got.value) == str(expected.value)
+
+
+def test_dropout_warning_matches_nn_gru():
+    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
+        fusedgru.GRU(3, 4, dropout=0.5)
+
+
+BAD_INPUTS = {
+    "4-D input": lambda d: (torch.randn(3, 2, 4, 1, device=d), None),
+    "1-D input": lambda d: (torch.randn(4, device=d), None),
+    "wrong feature size": lambda d: (torch.randn(3, 2, 5, device=d), None),
+    "wrong hx batch": lambda d: (torch.randn(3, 2, 4, device=d), torch.randn(2, 3, 6, device=d)),
+    "wrong hx layers": lambda d: (torch.randn(3, 2, 4, device=d), torch.randn(1, 2, 6, device=d)),
+    "2-D hx for 3-D input": lambda d: (torch.randn(3, 2, 4, device=d), torch.randn(2, 6, device=d)),
+    "3-D hx for 2-D input": lambda d: (torch.randn(3, 4, device=d), torch.randn(2, 1, 6, device=d)),
+    "float64 input": lambda d: (torch.randn(3, 2, 4, device=d, dtype=torch.float64), None),
+    "int input": lambda d: (torch.ones(3, 2, 4, device=d, dtype=torch.long), None),
+    "empty sequence": lambda d: (torch.randn(0, 2, 4, device=d), None),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_inputs_raise_like_nn_gru(device, case):
+    ref, ours = pair(device, torch.float32, 4, 6, num_layers=2)
+    x, hx = BAD_INPUTS[case](device)
+    with pytest.raises(Exception) as expected:
+        ref(x, hx)
+    with pytest.raises(type(expected.value)) as got:
+        ours(x, hx)
+    assert str(got.value) == str(expected.value)
+    good = torch.randn(3, 2, 4, device=device)
+    assert_close(ours(good)[0], ref(good)[0], TOL[torch.float32], "after the error")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_hx_dtype_mismatch_is_clear(device):
+    # nn.GRU fails inside a matmul here; we say what is wrong.
+    _, ours = pair(device, torch.float32, 4, 6)
+    x = torch.randn(3, 2, 4, device=device)
+    hx = torch.randn(1, 2, 6, device=device, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="Input and hidden tensors are not the same dtype"):
+        ours(x, hx)
+
+
+@pytest.mark.cuda
+def test_device_mismatch_is_clear():
+    ours = fusedgru.GRU(4, 6)
+    x = torch.randn(3, 2, 4, device="cuda")
+    with pytest.raises(RuntimeError, match="Input and parameter tensors are not at the same device"):
+        ours(x)
+    with pytest.raises(RuntimeError, match="Input and hidden tensors are not at the same device"):
+        ours.cuda()(x, torch.randn(1, 2, 6))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_nan_propagates_to_exactly_the_affected_outputs(device, bidirectional):
+    T, N, H, t0, i0 = 9, 4, 5, 4, 2
+    _, ours = pair(device, torch.float32, 3, H, bidirectional=bidirectional)
+    x = torch.randn(T, N, 3, device=device)
+    x[t0, i0, 1] = float("nan")
+    out, h = ours(x)
+    nan = torch.isnan(out)
+    expected = torch.zeros_like(nan)
+    expected[t0:, i0, :H] = True
+    if bidirectional:
+        expected[:t0 + 1, i0, H:] = True
+    assert torch.equal(nan, expected)
+    assert torch.isnan(h[:, i0]).all() and not torch.isnan(h[:, [0, 1, 3]]).any()
+
+
+@pytest.mark.parametrize("device, dtype", [
+    ("cpu", torch.bfloat16),
+    pytest.param("cuda", torch.bfloat16, marks=pytest.mark.cuda),
+    pytest.param("cuda", torch.float16, marks=pytest.mark.cuda),
+], ids=["cpu-bf16", "cuda-bf16", "cuda-fp16"])
+def test_low_precision_error_within_twice_torch(device, dtype):
+    T, N, C, H = 16, 8, 32, 64
+    ref64, _ = pair("cpu", torch.float64, C, H, num_layers=2, bidirectional=True)
+    low = nn.GRU(C, H, num_layers=2, bidirectional=True).to(device=device, dtype=dtype)
+    low.load_state_dict(ref64.state_dict())
+    ours = fusedgru.GRU(C, H, num_layers=2, bidirectional=True).to(device=device, dtype=dtype)
+    ours.load_state_dict(ref64.state_dict())
+    x = torch.randn(T, N, C, dtype=dtype)
+    go = torch.randn(T, N, 2 * H, dtype=dtype)
+    results = {}
+    for name, m, dev, dt in (("ref", ref64, "cpu", torch.float64), ("torch", low, device, dtype),
+                             ("ours", ours, device, dtype)):
+        xi = x.to(device=dev, dtype=dt).requires_grad_()
+        out, h = m(xi)
+        loss = (out * go.to(device=dev, dtype=dt)).sum()
+        grads = torch.autograd.grad(loss, [xi, *m.parameters()])
+        results[name] = [out, h, *grads]
+    for i, (r, t, o) in enumerate(zip(results["ref"], results["torch"], results["ours"])):
+        e_torch, e_ours = rel_err(t, r), rel_err(o, r)
+        assert o.dtype == dtype
+        assert e_ours <= 2 * e_torch + 1e-3, f"tensor {i}: ours {e_ours:.3g}, torch {e_torch:.3g}"
+
+
+def test_convert_replaces_every_gru_and_shares_parameters():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.Sequential(nn.Linear(3, 4), nn.GRU(4, 5, batch_first=True))
+            self.dec = nn.GRU(5, 6, num_layers=2, bidirectional=True, dropout=0.2)
+
+    net = Net().double().eval()
+    params_before = {n: p for n, p in net.named_parameters()}
+    enc_gru, dec_gru = copy.deepcopy(net.enc[1]), copy.deepcopy(net.dec)
+    out = fusedgru.convert(net)
+    assert out is net
+    assert isinstance(net.enc[1], fusedgru.GRU) and isinstance(net.dec, fusedgru.GRU)
+    assert not any(type(m) is nn.GRU for m in net.modules())
+    assert net.dec.dropout == 0.2 and net.dec.num_layers == 2 and net.dec.bidirectional
+    assert not net.dec.training
+    for n, p in net.named_parameters():
+        assert p is params_before[n], f"{n} must be the same Parameter object"
+    x = torch.randn(2, 7, 4, dtype=torch.float64)
+    assert_close(net.enc[1](x)[0], enc_gru(x)[0], TOL[torch.float64], "enc")
+    y = torch.randn(7, 2, 5, dtype=torch.float64)
+    assert_close(net.dec(y)[0], dec_gru(y)[0], TOL[torch.float64], "dec")
+    single = fusedgru.convert(nn.GRU(2, 3))
+    assert isinstance(single, fusedgru.GRU)
+
+
+def test_functional_gru_matches_module():
+    m = fusedgru.GRU(3, 4, num_layers=2, bidirectional=True, batch_first=True).double()
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    hx = torch.randn(4, 2, 4, dtype=torch.float64)
+    out_m, h_m = m(x, hx)
+    out_f, h_f = fusedgru.gru(x, hx, list(m.parameters()), True, 2, 0.0, False, True, True)
+    assert torch.equal(out_m, out_f) and torch.equal(h_m, h_f)
+    with pytest.raises(ValueError, match="expected 16 GRU parameters"):
+        fusedgru.gru(x, hx, list(m.parameters())[:-1], True, 2, 0.0, False, True, True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_lengths_match_reference_and_packed(device):
+    dtype = torch.float64
+    m = fusedgru.GRU(3, 4, num_layers=2, bidirectional=True).to(device, dtype)
+    lengths = torch.tensor([2, 7, 5])
+    x = torch.randn(7, 3, 3, device=device, dtype=dtype)
+    out, h = fusedgru.gru(x, None, list(m.parameters()), True, 2, 0.0, False, True, False,
+                          lengths=lengths)
+    packed_out, packed_h = m(pack_padded_sequence(x, lengths, enforce_sorted=False))
+    padded, _ = pad_packed_sequence(packed_out, total_length=7)
+    assert_close(out, padded, TOL[dtype], "output")
+    assert_close(h, packed_h, TOL[dtype], "h_n")
+    w = list(m.parameters())[4:8]  # layer 0, reverse direction
+    hx = torch.randn(3, 4, device=device, dtype=dtype)
+    out1, h1 = fusedgru.gru(x, hx[None], w, True, 1, 0.0, False, False, False, lengths=lengths)
+    out1_rev, _ = fusedgru.gru(x, hx.expand(2, -1, -1), w + w, True, 1, 0.0, False, True, False,
+                               lengths=lengths)
+    ref_out, ref_h, _ = fusedgru.reference.gru_layer(x, hx, *w, lengths=lengths)
+    assert_close(out1, ref_out, TOL[dtype], "forward direction vs reference")
+    assert_close(h1[0], ref_h, TOL[dtype], "forward h_n vs reference")
+    ref_out, ref_h, _ = fusedgru.reference.gru_layer(x, hx, *w, lengths=lengths, reverse=True)
+    assert_close(out1_rev[..., 4:], ref_out, TOL[dtype], "reverse direction vs reference")
+
+
+def test_forward_and_backward_run_fused_ops():
+    m = fusedgru.GRU(8, 16, num_layers=2, bidirectional=True)
+    x = torch.randn(10, 4, 8, requires_grad=True)
+    with torch.profiler.profile() as prof:
+        out, h = m(x)
+        (out.sum() + h.sum()).backward()
+    names = [e.name for e in prof.events()]
+    assert names.count("fusedgru::gru_forward") == 4
+    assert names.count("fusedgru::gru_backward") == 4
+    assert not any(n in ("aten::sigmoid", "aten::tanh", "aten::gru_cell") for n in names)
+
+
+def test_no_workspace_without_grad():
+    m = fusedgru.GRU(8, 16)
+    x = torch.randn(10, 4, 8)
+    with torch.no_grad():
+        out, h = m(x)
+    assert not out.requires_grad
+    o2, ws = torch.ops.fusedgru.gru_forward(x, torch.zeros(4, 16), m.weight_ih_l0, m.weight_hh_l0,
+                                            m.bias_ih_l0, m.bias_hh_l0, None, False, False)[::2]
+    assert ws.numel() == 0
+
+
+def test_functional_call_and_weight_reassignment():
+    m = fusedgru.GRU(3, 4).double()
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    new = {n: torch.randn_like(p) for n, p in m.named_parameters()}
+    out = torch.func.functional_call(m, new, (x,))[0]
+    ref = nn.GRU(3, 4).double()
+    ref.load_state_dict(new)
+    assert_close(out, ref(x)[0], TOL[torch.float64], "functional_call")
+    m.weight_hh_l0 = nn.Parameter(new["weight_hh_l0"])
+    m.weight_ih_l0 = nn.Parameter(new["weight_ih_l0"])
+    m.bias_ih_l0 = nn.Parameter(new["bias_ih_l0"])
+    m.bias_hh_l0 = nn.Parameter(new["bias_hh_l0"])
+    assert_close(m(x)[0], ref(x)[0], TOL[torch.float64], "reassigned weights")
+
+
+def test_deepcopy_and_save_load():
+    m = fusedgru.GRU(3, 4, num_layers=2)
+    x = torch.randn(5, 2, 3)
+    c = copy.deepcopy(m)
+    assert torch.equal(c(x)[0], m(x)[0])
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert isinstance(loaded, fusedgru.GRU) and torch.equal(loaded(x)[0], m(x)[0])
+
+
+def test_cpu_autocast_behaves_like_nn_gru():
+    # Under CPU autocast nn.GRU keeps float32 outputs for a float32 input (its GEMMs run in
+    # bfloat16 inside); ours runs in float32 and is at least as accurate. A bfloat16 input makes
+    # both run in bfloat16.
+    ref, ours = pair("cpu", torch.float32, 4, 6)
+    ref64 = nn.GRU(4, 6).double()
+    ref64.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 2, 4)
+    exact = ref64(x.double())[0]
+    with torch.autocast("cpu"):
+        out_r, _ = ref(x)
+        out_o, _ = ours(x)
+        assert out_o.dtype == out_r.dtype == torch.float32
+        assert rel_err(out_o, exact) <= 2 * rel_err(out_r, exact) + 1e-6
+        out_r, _ = ref(x.bfloat16())
+        out_o, _ = ours(x.bfloat16())
+        assert out_o.dtype == out_r.dtype == torch.bfloat16
+        assert rel_err(out_o, exact) <= 2 * rel_err(out_r, exact) + 1e-3

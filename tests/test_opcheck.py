@@ -1,0 +1,63 @@
+"""torch.library.opcheck on every registered op: schema, fake kernel, autograd registration and
+AOT dispatch (what torch.compile relies on)."""
+
+import pytest
+import torch
+from gru_testing import DEVICES
+
+
+def gru_args(device, dtype=torch.float32, T=5, N=3, C=4, H=6, bias=True, lengths=None,
+             batch_major=False, requires_grad=True):
+    def t(*shape):
+        return torch.randn(*shape, device=device, dtype=dtype, requires_grad=requires_grad)
+
+    x = t(T, N, C)
+    if batch_major:
+        x = t(N, T, C).transpose(0, 1)
+    lens = torch.tensor(lengths, device=device) if lengths else None
+    b_ih, b_hh = (t(3 * H), t(3 * H)) if bias else (None, None)
+    return x, t(N, H), t(3 * H, C), t(3 * H, H), b_ih, b_hh, lens
+
+
+FORWARD_CASES = {
+    "plain": dict(),
+    "no bias, reverse": dict(bias=False, reverse=True),
+    "lengths": dict(lengths=[5, 2, 4]),
+    "unsorted lengths, reverse": dict(lengths=[1, 5, 3], reverse=True),
+    "batch-major": dict(batch_major=True),
+    "odd sizes": dict(T=1, N=1, C=1, H=1),
+    "float64": dict(dtype=torch.float64),
+    "bfloat16": dict(dtype=torch.bfloat16),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", list(FORWARD_CASES))
+def test_opcheck_gru_forward(device, case):
+    kw = dict(FORWARD_CASES[case])
+    reverse = kw.pop("reverse", False)
+    args = gru_args(device, **kw)
+    torch.library.opcheck(torch.ops.fusedgru.gru_forward.default, (*args, reverse, True))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_gru_forward_inference(device):
+    args = gru_args(device, requires_grad=False)
+    torch.library.opcheck(torch.ops.fusedgru.gru_forward.default, (*args, False, False))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", ["plain", "lengths", "batch-major", "float64"])
+@pytest.mark.parametrize("with_grad_ws", [False, True])
+def test_opcheck_gru_backward(device, case, with_grad_ws):
+    kw = dict(FORWARD_CASES[case])
+    x, hx, w_ih, w_hh, b_ih, b_hh, lens = gru_args(device, requires_grad=False, **kw)
+    out, h, ws = torch.ops.fusedgru.gru_forward(x, hx, w_ih, w_hh, b_ih, b_hh, lens, False, True)
+    go, gh = torch.randn_like(out), torch.randn_like(h)
+    gws = torch.randn_like(ws) if with_grad_ws else None
+    tensors = [go, gh, gws, x, hx, w_ih, w_hh, lens, out, ws]
+    tensors = [t.detach().requires_grad_() if t is not None and t.is_floating_point() else t
+               for t in tensors]
+    for need_input, need_weight in [(True, True), (False, True), (True, False)]:
+        torch.library.opcheck(torch.ops.fusedgru.gru_backward.default,
+                              (*tensors, False, True, need_input, need_weight))
