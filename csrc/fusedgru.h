@@ -22,6 +22,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -93,9 +94,16 @@ void check_gru_backward_args(const at::Tensor& grad_output, const at::Tensor& gr
                              const std::optional<at::Tensor>& lengths, const at::Tensor& output,
                              const at::Tensor& workspace);
 
+// out = a @ b + beta * out on 2-D views with a unit stride. Each device supplies its own (the CPU
+// through ATen; CUDA through cuBLAS with the TF32 policy of torch.nn.GRU).
+using Matmul = std::function<void(at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+                                  double beta)>;
+// The ATen matmul (MKL/oneDNN on the CPU).
+void aten_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double beta);
+
 // gi [T, N, 3H] = x W_ih^T + b_ih for all steps: one GEMM, in x's storage order.
 at::Tensor gru_input_projection(const at::Tensor& x, bool batch_major, const at::Tensor& weight_ih,
-                                const std::optional<at::Tensor>& bias_ih);
+                                const std::optional<at::Tensor>& bias_ih, const Matmul& matmul);
 
 // Per step, the number of leading rows that are active when host-side lengths are sorted in
 // non-increasing order (always so for a PackedSequence); empty when every row must be computed.
@@ -110,6 +118,6 @@ std::vector<int64_t> active_prefix(const std::optional<at::Tensor>& lengths, int
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_backward_gemms(
     const at::Tensor& x, bool batch_major, const at::Tensor& weight_ih, const at::Tensor& dgh,
     const at::Tensor& dgin, const at::Tensor& hprev, bool has_bias, bool need_input_grad,
-    bool need_weight_grad);
+    bool need_weight_grad, const Matmul& matmul);
 
 }  // namespace fusedgru

@@ -112,16 +112,21 @@ void check_gru_backward_args(const Tensor& grad_output, const Tensor& grad_h_n,
   }
 }
 
+void aten_matmul(Tensor& out, const Tensor& a, const Tensor& b, double beta) {
+  if (beta == 0) {
+    at::mm_out(out, a, b);
+  } else {
+    out.addmm_(a, b, beta);
+  }
+}
+
 Tensor gru_input_projection(const Tensor& x, bool batch_major, const Tensor& weight_ih,
-                            const std::optional<Tensor>& bias_ih) {
+                            const std::optional<Tensor>& bias_ih, const Matmul& matmul) {
   const int64_t T = x.size(0), N = x.size(1), G = weight_ih.size(0);
   Tensor gi = alloc_steps(batch_major, T, N, G, x.options());
   Tensor gi2 = flat(gi, batch_major);
-  if (bias_ih.has_value()) {
-    at::addmm_out(gi2, *bias_ih, flat(x, batch_major), weight_ih.t());
-  } else {
-    at::mm_out(gi2, flat(x, batch_major), weight_ih.t());
-  }
+  if (bias_ih.has_value()) gi2.copy_(bias_ih->unsqueeze(0).expand_as(gi2));
+  matmul(gi2, flat(x, batch_major), weight_ih.t(), bias_ih.has_value() ? 1.0 : 0.0);
   return gi;
 }
 
@@ -148,7 +153,7 @@ std::vector<int64_t> active_prefix(const std::optional<Tensor>& lengths, int64_t
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_gemms(
     const Tensor& x, bool batch_major, const Tensor& weight_ih, const Tensor& dgh,
     const Tensor& dgin, const Tensor& hprev, bool has_bias, bool need_input_grad,
-    bool need_weight_grad) {
+    bool need_weight_grad, const Matmul& matmul) {
   const int64_t T = x.size(0), N = x.size(1), C = x.size(2), H = dgin.size(2), G = 3 * H;
   const auto opts = x.options();
   // Each gradient not asked for is its own [0] tensor (outputs must not alias).
@@ -161,17 +166,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_gemms(
   if (need_input_grad) {
     grad_input = alloc_steps(batch_major, T, N, C, opts);
     Tensor gx = flat(grad_input, batch_major);
-    at::mm_out(gx, dg_rz, weight_ih.narrow(0, 0, 2 * H));
-    gx.addmm_(dgin2, weight_ih.narrow(0, 2 * H, H));
+    matmul(gx, dg_rz, weight_ih.narrow(0, 0, 2 * H), 0.0);
+    matmul(gx, dgin2, weight_ih.narrow(0, 2 * H, H), 1.0);
   }
   Tensor gw_ih = none(), gw_hh = none(), gb_ih = none(), gb_hh = none();
   if (need_weight_grad) {
     const Tensor x2 = flat(x, batch_major);
     gw_ih = at::empty({G, C}, opts);
     Tensor gw_rz = gw_ih.narrow(0, 0, 2 * H), gw_n = gw_ih.narrow(0, 2 * H, H);
-    at::mm_out(gw_rz, dg_rz.t(), x2);
-    at::mm_out(gw_n, dgin2.t(), x2);
-    gw_hh = at::mm(dgh2.t(), flat(hprev, batch_major));
+    matmul(gw_rz, dg_rz.t(), x2, 0.0);
+    matmul(gw_n, dgin2.t(), x2, 0.0);
+    gw_hh = at::empty({G, H}, opts);
+    matmul(gw_hh, dgh2.t(), flat(hprev, batch_major), 0.0);
     if (has_bias) {  // reduced in fp32 (fp64 for double), then cast to the weights' dtype
       const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
       gb_hh = dgh2.sum(0, /*keepdim=*/false, acc).to(x.scalar_type());

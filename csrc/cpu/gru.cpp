@@ -222,7 +222,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   Tensor h = hx.clone(at::MemoryFormat::Contiguous);
   if (N == 0) return {output, h, workspace};
 
-  const Tensor gi = gru_input_projection(x, bm, weight_ih, bias_ih);
+  const Tensor gi = gru_input_projection(x, bm, weight_ih, bias_ih, aten_matmul);
   const Tensor b_hh = bias_hh.has_value() ? bias_hh->contiguous() : at::zeros({G}, opts);
   const Tensor len = lengths.has_value() ? lengths->contiguous() : Tensor();
   const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
@@ -366,7 +366,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     }
   }
   auto [grad_input, gw_ih, gw_hh, gb_ih, gb_hh] = gru_backward_gemms(
-      x, bm, weight_ih, dgh, dgin, hprev, has_bias, need_input_grad, need_weight_grad);
+      x, bm, weight_ih, dgh, dgin, hprev, has_bias, need_input_grad, need_weight_grad,
+      aten_matmul);
   return {grad_input, dh, gw_ih, gw_hh, gb_ih, gb_hh};
 }
 

@@ -1,0 +1,304 @@
+// CUDA implementation of the fused GRU ops (per-step path).
+//
+// Forward, per layer and direction: the input projection of all steps as one cuBLAS GEMM, then
+// per step one recurrent GEMM (h_{t-1} W_hh^T) and ONE fused pointwise kernel computing r, z, n,
+// h_t, the output and the saved activations. Backward: per step (in reverse) one fused pointwise
+// kernel for the gate gradients and one GEMM carrying dL/dh to the previous step, then the input
+// and weight gradients as GEMMs over all steps and the bias gradients reduced in fp32.
+// Everything runs on the current stream under a device guard; nothing synchronizes the host.
+// GEMMs go through ATen (cuBLAS); fp32 GEMMs use TF32 tensor cores exactly when
+// torch.backends.cudnn.allow_tf32 is set (the flag that governs nn.GRU on CUDA); bf16/fp16 GEMMs
+// accumulate in fp32; pointwise math is fp32 (fp64 for double). Shape legend and equations: ../fusedgru.h.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../fusedgru.h"
+
+namespace fusedgru {
+namespace cuda {
+namespace {
+
+using at::Tensor;
+
+constexpr int kThreads = 256;
+
+template <typename T>
+__device__ __forceinline__ T sigmoid_(T x) {
+  return T(1) / (T(1) + exp(-x));
+}
+
+// Forward pointwise: one thread per (row i, unit j), all N x H of step t.
+template <typename scalar_t, bool kSave>
+__global__ void __launch_bounds__(kThreads) gru_forward_pointwise_kernel(GruForwardPointwise p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = p.H;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= p.N * H) return;
+  const int64_t i = idx / H, j = idx % H;
+  const auto* gi = static_cast<const scalar_t*>(p.gi) + i * p.gi_sn;
+  const auto* gh = static_cast<const scalar_t*>(p.gh) + i * p.gh_sn;
+  const auto* b = static_cast<const scalar_t*>(p.b_hh);
+  const acc_t h0 = static_cast<const scalar_t*>(p.h_in)[i * H + j];
+  scalar_t* out = static_cast<scalar_t*>(p.out) + i * p.out_sn + j;
+  scalar_t* ws = kSave ? static_cast<scalar_t*>(p.ws) + i * p.ws_sn + j : nullptr;
+  scalar_t* h_out = static_cast<scalar_t*>(p.h_out) + i * H + j;
+  if (p.lengths != nullptr && p.t >= p.lengths[i]) {
+    *h_out = scalar_t(h0);
+    *out = scalar_t(0);
+    if (kSave) {
+#pragma unroll
+      for (int g = 0; g < kSavedGates; ++g) ws[g * H] = scalar_t(0);
+    }
+    return;
+  }
+  const acc_t r = sigmoid_(acc_t(gi[j]) + acc_t(gh[j]) + acc_t(b[j]));
+  const acc_t z = sigmoid_(acc_t(gi[H + j]) + acc_t(gh[p.gh_sg + j]) + acc_t(b[H + j]));
+  const acc_t hn = acc_t(gh[2 * p.gh_sg + j]) + acc_t(b[2 * H + j]);
+  const acc_t n = tanh(acc_t(gi[2 * H + j]) + r * hn);
+  const scalar_t h1 = scalar_t(n + z * (h0 - n));
+  *h_out = h1;
+  *out = h1;
+  if (kSave) {
+    ws[0] = scalar_t(r);
+    ws[H] = scalar_t(z);
+    ws[2 * H] = scalar_t(n);
+    ws[3 * H] = scalar_t(hn);
+  }
+}
+
+// Backward pointwise for the forward step t: one thread per (row i, unit j).
+template <typename scalar_t, bool kHprev, bool kGradWs>
+__global__ void __launch_bounds__(kThreads) gru_backward_pointwise_kernel(GruBackwardPointwise p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = p.H;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= p.N * H) return;
+  const int64_t i = idx / H, j = idx % H;
+  const int64_t len = p.lengths != nullptr ? p.lengths[i] : p.T;
+  scalar_t* dgh = static_cast<scalar_t*>(p.dgh) + i * p.dg_sn + j;
+  scalar_t* dgin = static_cast<scalar_t*>(p.dgin) + i * p.dgin_sn + j;
+  scalar_t* hp = kHprev ? static_cast<scalar_t*>(p.hprev) + i * p.hp_sn + j : nullptr;
+  if (p.t >= len) {
+    dgh[0] = dgh[H] = dgh[2 * H] = scalar_t(0);
+    *dgin = scalar_t(0);
+    if (kHprev) *hp = scalar_t(0);
+    return;
+  }
+  const int64_t tp = p.reverse ? p.t + 1 : p.t - 1;  // the step the forward ran before t
+  const bool from_out = tp >= 0 && tp < len;
+  const acc_t h0 = from_out
+      ? acc_t(static_cast<const scalar_t*>(p.out)[tp * p.out_st + i * p.out_sn + j])
+      : acc_t(static_cast<const scalar_t*>(p.hx)[i * H + j]);
+  const auto* ws = static_cast<const scalar_t*>(p.ws) + i * p.ws_sn + j;
+  scalar_t* dh = static_cast<scalar_t*>(p.dh) + i * H + j;
+  const acc_t g = acc_t(*dh) + acc_t(static_cast<const scalar_t*>(p.grad_out)[i * p.go_sn + j]);
+  const acc_t r = ws[0], z = ws[H], n = ws[2 * H], hn = ws[3 * H];
+  acc_t dn = g * (acc_t(1) - z), dz = g * (h0 - n), dr = 0, dhn = 0;
+  if (kGradWs) {
+    const auto* gws = static_cast<const scalar_t*>(p.grad_ws) + i * p.gws_sn + j;
+    dr = gws[0];
+    dz += acc_t(gws[H]);
+    dn += acc_t(gws[2 * H]);
+    dhn = gws[3 * H];
+  }
+  const acc_t da_n = dn * (acc_t(1) - n * n);
+  const acc_t da_z = dz * z * (acc_t(1) - z);
+  const acc_t da_r = (da_n * hn + dr) * r * (acc_t(1) - r);
+  dgh[0] = scalar_t(da_r);
+  dgh[H] = scalar_t(da_z);
+  dgh[2 * H] = scalar_t(da_n * r + dhn);
+  *dgin = scalar_t(da_n);
+  *dh = scalar_t(g * z);
+  if (kHprev) *hp = scalar_t(h0);
+}
+
+unsigned int blocks_for(int64_t n) {
+  return static_cast<unsigned int>((n + kThreads - 1) / kThreads);
+}
+
+void forward_pointwise(const GruForwardPointwise& p) {
+  if (p.N * p.H == 0) return;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.dtype, "gru_forward_cuda", [&] {
+    if (p.ws != nullptr) {
+      gru_forward_pointwise_kernel<scalar_t, true><<<blocks_for(p.N * p.H), kThreads, 0, stream>>>(p);
+    } else {
+      gru_forward_pointwise_kernel<scalar_t, false><<<blocks_for(p.N * p.H), kThreads, 0, stream>>>(p);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void backward_pointwise(const GruBackwardPointwise& p) {
+  if (p.N * p.H == 0) return;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const unsigned int grid = blocks_for(p.N * p.H);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.dtype, "gru_backward_cuda", [&] {
+    if (p.grad_ws != nullptr) {
+      gru_backward_pointwise_kernel<scalar_t, true, true><<<grid, kThreads, 0, stream>>>(p);
+    } else if (p.hprev != nullptr) {
+      gru_backward_pointwise_kernel<scalar_t, true, false><<<grid, kThreads, 0, stream>>>(p);
+    } else {
+      gru_backward_pointwise_kernel<scalar_t, false, false><<<grid, kThreads, 0, stream>>>(p);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+// ATen's GEMMs (cuBLAS) follow torch.backends.cuda.matmul.allow_tf32; nn.GRU's float32 math on
+// CUDA follows torch.backends.cudnn.allow_tf32. For the scope of one op, make the former match
+// the latter: TF32 off through at::NoTF32Guard (thread-local), or on by raising the cuBLAS flag
+// and restoring it on exit (a process-wide flag, held only while the op runs).
+class CudnnTf32Policy {
+ public:
+  CudnnTf32Policy() {
+    auto& ctx = at::globalContext();
+    if (!ctx.allowTF32CuDNN()) {
+      no_tf32_.emplace();
+    } else if (!ctx.allowTF32CuBLAS()) {
+      ctx.setAllowTF32CuBLAS(true);
+      restore_ = true;
+    }
+  }
+  ~CudnnTf32Policy() {
+    if (restore_) at::globalContext().setAllowTF32CuBLAS(false);
+  }
+  CudnnTf32Policy(const CudnnTf32Policy&) = delete;
+  CudnnTf32Policy& operator=(const CudnnTf32Policy&) = delete;
+
+ private:
+  std::optional<at::NoTF32Guard> no_tf32_;
+  bool restore_ = false;
+};
+
+std::tuple<Tensor, Tensor, Tensor> gru_forward(
+    const Tensor& input, const Tensor& hx, const Tensor& weight_ih, const Tensor& weight_hh,
+    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh,
+    const std::optional<Tensor>& lengths, bool reverse, bool need_workspace) {
+  check_gru_forward_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const CudnnTf32Policy tf32;
+  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1), G = 3 * H;
+  const auto opts = input.options();
+  const Tensor x = steps_layout(input);
+  const bool bm = is_batch_major(x);
+  Tensor output = alloc_steps(bm, T, N, H, opts);
+  Tensor workspace =
+      need_workspace ? alloc_steps(bm, T, N, kSavedGates * H, opts) : at::empty({0}, opts);
+  Tensor h = hx.clone(at::MemoryFormat::Contiguous);
+  if (N == 0) return {output, h, workspace};
+
+  const Tensor gi = gru_input_projection(x, bm, weight_ih, bias_ih, aten_matmul);
+  const Tensor b_hh = bias_hh.has_value() ? bias_hh->contiguous() : at::zeros({G}, opts);
+  const Tensor len = lengths.has_value() ? lengths->contiguous() : Tensor();
+  const Tensor w_hh_t = weight_hh.t();
+  Tensor gh = at::empty({N, G}, opts);
+
+  GruForwardPointwise p{};
+  p.gh = gh.data_ptr();
+  p.b_hh = b_hh.data_ptr();
+  p.h_in = h.data_ptr();
+  p.h_out = h.data_ptr();  // the GEMM has consumed h_{t-1} before the kernel overwrites it
+  p.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
+  p.N = N;
+  p.H = H;
+  p.j0 = 0;
+  p.j1 = H;
+  p.gi_sn = gi.stride(1);
+  p.gh_sn = G;
+  p.gh_sg = H;
+  p.out_sn = output.stride(1);
+  p.ws_sn = need_workspace ? workspace.stride(1) : 0;
+  p.dtype = input.scalar_type();
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = reverse ? T - 1 - s : s;
+    aten_matmul(gh, h, w_hh_t, 0.0);
+    p.t = t;
+    p.gi = step_ptr(gi, t);
+    p.out = step_ptr(output, t);
+    p.ws = need_workspace ? step_ptr(workspace, t) : nullptr;
+    forward_pointwise(p);
+  }
+  return {output, h, workspace};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
+    const Tensor& grad_output, const Tensor& grad_h_n, const std::optional<Tensor>& grad_workspace,
+    const Tensor& input, const Tensor& hx, const Tensor& weight_ih, const Tensor& weight_hh,
+    const std::optional<Tensor>& lengths, const Tensor& output, const Tensor& workspace,
+    bool reverse, bool has_bias, bool need_input_grad, bool need_weight_grad) {
+  check_gru_backward_args(grad_output, grad_h_n, grad_workspace, input, hx, weight_ih,
+                          weight_hh, lengths, output, workspace);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const CudnnTf32Policy tf32;
+  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
+  const auto opts = input.options();
+  const Tensor x = steps_layout(input);
+  const bool bm = is_batch_major(x);
+  Tensor dh = grad_h_n.clone(at::MemoryFormat::Contiguous);
+  Tensor dgh = alloc_steps(bm, T, N, 3 * H, opts);
+  Tensor dgin = alloc_steps(bm, T, N, H, opts);
+  const bool with_hprev = need_weight_grad || grad_workspace.has_value();
+  Tensor hprev = with_hprev ? alloc_steps(bm, T, N, H, opts) : Tensor();
+  if (N > 0) {
+    const Tensor go = last_dim_contiguous(grad_output);
+    const Tensor out = last_dim_contiguous(output);
+    const Tensor ws = last_dim_contiguous(workspace);
+    const Tensor gws =
+        grad_workspace.has_value() ? last_dim_contiguous(*grad_workspace) : Tensor();
+    const Tensor h0 = hx.contiguous();
+    const Tensor len = lengths.has_value() ? lengths->contiguous() : Tensor();
+
+    GruBackwardPointwise p{};
+    p.out = out.data_ptr();
+    p.hx = h0.data_ptr();
+    p.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
+    p.dh = dh.data_ptr();
+    p.T = T;
+    p.N = N;
+    p.H = H;
+    p.j0 = 0;
+    p.j1 = H;
+    p.reverse = reverse;
+    p.go_sn = go.stride(1);
+    p.gws_sn = gws.defined() ? gws.stride(1) : 0;
+    p.ws_sn = ws.stride(1);
+    p.out_st = out.stride(0);
+    p.out_sn = out.stride(1);
+    p.dg_sn = dgh.stride(1);
+    p.dgin_sn = dgin.stride(1);
+    p.hp_sn = with_hprev ? hprev.stride(1) : 0;
+    p.dtype = input.scalar_type();
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t t = reverse ? s : T - 1 - s;
+      p.t = t;
+      p.grad_out = step_ptr(go, t);
+      p.grad_ws = gws.defined() ? step_ptr(gws, t) : nullptr;
+      p.ws = step_ptr(ws, t);
+      p.dgh = step_ptr(dgh, t);
+      p.dgin = step_ptr(dgin, t);
+      p.hprev = with_hprev ? step_ptr(hprev, t) : nullptr;
+      backward_pointwise(p);
+      // dL/dh_{t-1} = z * dL/dh_t (left in dh by the kernel) + dgh_t W_hh
+      aten_matmul(dh, dgh.select(0, t), weight_hh, 1.0);
+    }
+  }
+  auto [grad_input, gw_ih, gw_hh, gb_ih, gb_hh] =
+      gru_backward_gemms(x, bm, weight_ih, dgh, dgin, hprev, has_bias, need_input_grad,
+                         need_weight_grad, aten_matmul);
+  return {grad_input, dh, gw_ih, gw_hh, gb_ih, gb_hh};
+}
+
+}  // namespace
+}  // namespace cuda
+
+TORCH_LIBRARY_IMPL(fusedgru, CUDA, m) {
+  m.impl("gru_forward", &cuda::gru_forward);
+  m.impl("gru_backward", &cuda::gru_backward);
+}
+
+}  // namespace fusedgru
