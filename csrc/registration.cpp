@@ -34,4 +34,21 @@ TORCH_LIBRARY(fusedgru, m) {
       "bool reverse, bool has_bias, bool need_input_grad, bool need_weight_grad) "
       "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_weight_ih, Tensor grad_weight_hh, "
       "Tensor grad_bias_ih, Tensor grad_bias_hh)");
+
+  // Causal depthwise conv1d (causal_conv1d.h). x [N, C, L] (any strides; channel-last views read
+  // in place), weight [C, W], bias [C], initial_state [N, C, (W-1)*dilation];
+  // activation 0 none, 1 silu, 2 relu. -> y [N, C, L] in the layout of x.
+  m.def(
+      "causal_conv1d_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor? initial_state, "
+      "int dilation, int activation) -> Tensor");
+  // -> (grad_x, grad_weight [C, W], grad_bias [C] or [0], grad_initial_state or [0]).
+  m.def(
+      "causal_conv1d_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor? bias, "
+      "Tensor? initial_state, int dilation, int activation) "
+      "-> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias, Tensor grad_initial_state)");
+  // One streaming step: x [N, C] -> y [N, C]; conv_state [N, C, (W-1)*dilation] is shifted by
+  // one and x appended, in place.
+  m.def(
+      "causal_conv1d_update(Tensor x, Tensor(a!) conv_state, Tensor weight, Tensor? bias, "
+      "int dilation, int activation) -> Tensor");
 }

@@ -5,6 +5,7 @@ import torch
 from ._version import __version__
 from . import _ops  # noqa: F401  (registers the ops' fake kernels and autograd)
 from . import reference
+from .conv import CausalConv1d, causal_conv1d, causal_conv1d_update
 from .functional import gru
 from .rnn import GRU, convert
 
@@ -14,4 +15,5 @@ def has_cuda_kernels() -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("fusedgru::gru_forward", "CUDA")
 
 
-__all__ = ["GRU", "__version__", "convert", "gru", "has_cuda_kernels", "reference"]
+__all__ = ["GRU", "CausalConv1d", "__version__", "causal_conv1d", "causal_conv1d_update",
+           "convert", "gru", "has_cuda_kernels", "reference"]

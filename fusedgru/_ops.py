@@ -134,3 +134,85 @@ def _gru_backward_backward(ctx, *grad_outputs):
 
 torch.library.register_autograd(
     "fusedgru::gru_backward", _gru_backward_backward, setup_context=_gru_backward_setup_context)
+
+
+# ---- causal depthwise conv1d ----
+
+def _conv_empty_like(x):
+    """Mirror of conv_empty_like: channel-last output for a channel-last input, else (N, C, L)."""
+    N, C, L = x.shape
+    if x.stride(2) != 1 and x.stride(1) == 1:
+        return x.new_empty((N, L, C)).transpose(1, 2)
+    return x.new_empty((N, C, L))
+
+
+@torch.library.register_fake("fusedgru::causal_conv1d_fwd")
+def _causal_conv1d_fwd_fake(x, weight, bias, initial_state, dilation, activation):
+    return _conv_empty_like(x)
+
+
+@torch.library.register_fake("fusedgru::causal_conv1d_bwd")
+def _causal_conv1d_bwd_fake(grad_y, x, weight, bias, initial_state, dilation, activation):
+    N, C, L = x.shape
+    S = (weight.shape[1] - 1) * dilation
+    grad_init = x.new_empty((N, C, S)) if initial_state is not None else x.new_empty((0,))
+    grad_bias = weight.new_empty((C,)) if bias is not None else weight.new_empty((0,))
+    return _conv_empty_like(x), weight.new_empty(weight.shape), grad_bias, grad_init
+
+
+@torch.library.register_fake("fusedgru::causal_conv1d_update")
+def _causal_conv1d_update_fake(x, conv_state, weight, bias, dilation, activation):
+    return x.new_empty(x.shape)
+
+
+ACTIVATION_CODES = {None: 0, "silu": 1, "relu": 2}
+_ACTIVATION_NAMES = {v: k for k, v in ACTIVATION_CODES.items()}
+
+
+def _conv_fwd_setup_context(ctx, inputs, output):
+    x, weight, bias, initial_state, dilation, activation = inputs
+    ctx.save_for_backward(x, weight, bias, initial_state)
+    ctx.dilation, ctx.activation = dilation, activation
+
+
+def _conv_fwd_backward(ctx, grad_y):
+    x, weight, bias, initial_state = ctx.saved_tensors
+    g_x, g_w, g_b, g_s = torch.ops.fusedgru.causal_conv1d_bwd(
+        grad_y, x, weight, bias, initial_state, ctx.dilation, ctx.activation)
+    return (g_x, g_w, g_b if bias is not None else None,
+            g_s if initial_state is not None else None, None, None)
+
+
+torch.library.register_autograd("fusedgru::causal_conv1d_fwd", _conv_fwd_backward,
+                                setup_context=_conv_fwd_setup_context)
+
+
+def _conv_bwd_setup_context(ctx, inputs, output):
+    grad_y, x, weight, bias, initial_state, dilation, activation = inputs
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(grad_y, x, weight, bias, initial_state)
+    ctx.dilation, ctx.activation = dilation, activation
+
+
+def _conv_bwd_backward(ctx, *grad_outputs):
+    saved = list(ctx.saved_tensors)
+    with torch.enable_grad():
+        leaves = [i for i in range(5) if saved[i] is not None and ctx.needs_input_grad[i]]
+        for i in leaves:
+            saved[i] = saved[i].detach().requires_grad_()
+        outs = reference.causal_conv1d_backward(*saved, ctx.dilation,
+                                                _ACTIVATION_NAMES[ctx.activation])
+        pairs = [(o, g) for o, g in zip(outs, grad_outputs)
+                 if o is not None and g is not None and o.requires_grad]
+        if not pairs or not leaves:
+            return (None,) * 7
+        grads = torch.autograd.grad([o for o, _ in pairs], [saved[i] for i in leaves],
+                                    [g for _, g in pairs], allow_unused=True)
+    result = [None] * 7
+    for i, g in zip(leaves, grads):
+        result[i] = g
+    return tuple(result)
+
+
+torch.library.register_autograd("fusedgru::causal_conv1d_bwd", _conv_bwd_backward,
+                                setup_context=_conv_bwd_setup_context)

@@ -93,3 +93,43 @@ def gru_layer_backward(grad_output: Tensor, grad_h_n: Tensor, grad_workspace: Te
     grad_b_ih = dgi_all.sum((0, 1)) if has_bias else None
     grad_b_hh = dgh_all.sum((0, 1)) if has_bias else None
     return grad_input, dh, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
+
+
+_ACTIVATIONS = {None: lambda v: v, "silu": torch.nn.functional.silu, "relu": torch.relu}
+
+
+def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, dilation: int = 1,
+                  activation: str | None = None, initial_state: Tensor | None = None) -> Tensor:
+    """Causal depthwise conv1d through F.conv1d, as ``fusedgru::causal_conv1d_fwd``.
+
+    x [N, C, L], weight [C, W], bias [C] or None, initial_state [N, C, (W-1)*dilation] or None
+    (zeros): the inputs before t = 0, oldest first.
+    """
+    C, W = weight.shape
+    S = (W - 1) * dilation
+    if initial_state is None:
+        xp = torch.nn.functional.pad(x, (S, 0))
+    else:
+        xp = torch.cat([initial_state, x], dim=2)
+    y = torch.nn.functional.conv1d(xp, weight.unsqueeze(1), bias, dilation=dilation, groups=C)
+    return _ACTIVATIONS[activation](y)
+
+
+def causal_conv1d_backward(grad_y: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None,
+                           initial_state: Tensor | None, dilation: int,
+                           activation: str | None):
+    """``fusedgru::causal_conv1d_bwd`` in torch ops (differentiable: its own autograd gives the
+    second derivatives). Returns (grad_x, grad_weight, grad_bias or None, grad_initial_state or
+    None)."""
+    create_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        leaves = [t if t.requires_grad else t.detach().requires_grad_()
+                  for t in (x, weight) + tuple(t for t in (bias, initial_state) if t is not None)]
+        it = iter(leaves[2:])
+        b = next(it) if bias is not None else None
+        s = next(it) if initial_state is not None else None
+        y = causal_conv1d(leaves[0], leaves[1], b, dilation, activation, s)
+        grads = torch.autograd.grad(y, leaves, grad_y, create_graph=create_graph)
+    it = iter(grads[2:])
+    return (grads[0], grads[1], next(it) if bias is not None else None,
+            next(it) if initial_state is not None else None)

@@ -1,0 +1,69 @@
+// fusedgru: causal depthwise conv1d, shared declarations.
+//
+// Shape legend: N batch, C channels, L length, W kernel width, d dilation, S = (W-1)*d history.
+//   y[n, c, t] = act(bias[c] + sum_k weight[c, k] * x[n, c, t - (W-1-k)*d])
+// where x at negative times comes from initial_state[n, c, S + t] (oldest first) or is zero.
+// act: 0 none, 1 silu, 2 relu.
+//
+// x may have any strides. It is read in place when its time dim (NCL) or its channel dim (the
+// channel-last view of an [N, L, C] tensor) is contiguous, and copied otherwise. y and grad_x get
+// the same layout: NCL contiguous, or channel-last ([N, L, C] storage viewed as [N, C, L]).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <optional>
+#include <tuple>
+
+namespace fusedgru {
+
+enum Activation : int64_t { kActNone = 0, kActSilu = 1, kActRelu = 2 };
+
+struct CausalConvParams {
+  const void* x;  // [N, C, L] strides (x_sn, x_sc, x_sl); x_sl == 1 or x_sc == 1
+  int64_t x_sn, x_sc, x_sl;
+  const void* init;  // [N, C, S] strides (i_sn, i_sc, i_ss), or nullptr (zeros)
+  int64_t i_sn, i_sc, i_ss;
+  const void* weight;  // [C, W] contiguous
+  const void* bias;    // [C] or nullptr
+  void* y;             // [N, C, L] strides (y_sn, y_sc, y_sl), same layout as x
+  int64_t y_sn, y_sc, y_sl;
+  int64_t N, C, L, W, dilation;
+  int64_t activation;
+  bool channels_last;
+  at::ScalarType dtype;
+};
+
+struct CausalConvBackwardParams {
+  CausalConvParams fwd;  // x, init, weight, bias as in the forward (y unused)
+  const void* grad_y;    // [N, C, L] strides (gy_sn, gy_sc, gy_sl)
+  int64_t gy_sn, gy_sc, gy_sl;
+  void* grad_x;          // [N, C, L] strides (gx_sn, gx_sc, gx_sl)
+  int64_t gx_sn, gx_sc, gx_sl;
+  void* grad_init;       // [N, C, S] contiguous, or nullptr
+  void* grad_weight;     // [C, W] accumulator in the math type (fp32; fp64 for double)
+  void* grad_bias;       // [C] accumulator in the math type, or nullptr
+};
+
+// Host-side checks and layout choice shared by the devices (conv_common.cpp).
+void check_causal_conv_args(const at::Tensor& x, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias,
+                            const std::optional<at::Tensor>& initial_state, int64_t dilation,
+                            int64_t activation);
+// x [N, C], conv_state [N, C, S] (any strides, updated in place).
+void check_causal_conv_update_args(const at::Tensor& x, const at::Tensor& conv_state,
+                                   const at::Tensor& weight,
+                                   const std::optional<at::Tensor>& bias, int64_t dilation,
+                                   int64_t activation);
+// x itself when its time or channel dim is contiguous, else a contiguous copy.
+at::Tensor conv_input_layout(const at::Tensor& x);
+bool conv_channels_last(const at::Tensor& x);
+// Empty [N, C, L] in the layout of x (after conv_input_layout).
+at::Tensor conv_empty_like(const at::Tensor& x);
+CausalConvParams conv_params(const at::Tensor& x, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias,
+                             const std::optional<at::Tensor>& initial_state, int64_t dilation,
+                             int64_t activation);
+
+}  // namespace fusedgru

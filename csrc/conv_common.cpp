@@ -1,0 +1,101 @@
+// Host-side checks and layout handling of the causal depthwise conv1d ops, shared by the CPU and
+// CUDA implementations. Shape legend: causal_conv1d.h.
+#include "causal_conv1d.h"
+#include "checks.h"
+
+namespace fusedgru {
+
+using at::Tensor;
+
+void check_causal_conv_args(const Tensor& x, const Tensor& weight,
+                            const std::optional<Tensor>& bias,
+                            const std::optional<Tensor>& initial_state, int64_t dilation,
+                            int64_t activation) {
+  FUSEDGRU_CHECK_DIM(x, 3);
+  FUSEDGRU_CHECK_FLOATING(x);
+  TORCH_CHECK(weight.dim() == 2, "weight must have shape (C, W), got ", weight.sizes());
+  const int64_t N = x.size(0), C = x.size(1), W = weight.size(1);
+  TORCH_CHECK(weight.size(0) == C, "weight has ", weight.size(0), " channels but x has ", C,
+              " (x is (N, C, L) = ", x.sizes(), ")");
+  TORCH_CHECK_VALUE(W >= 1, "kernel width must be >= 1, got ", W);
+  TORCH_CHECK_VALUE(dilation >= 1, "dilation must be >= 1, got ", dilation);
+  TORCH_CHECK_VALUE(activation >= kActNone && activation <= kActRelu,
+                    "activation code must be 0 (none), 1 (silu) or 2 (relu), got ", activation);
+  FUSEDGRU_CHECK_SAME_DTYPE(weight, x);
+  FUSEDGRU_CHECK_SAME_DEVICE(weight, x);
+  if (bias.has_value()) {
+    const Tensor& b = *bias;
+    TORCH_CHECK(b.dim() == 1 && b.size(0) == C, "bias must have shape (C,) = (", C, ",), got ",
+                b.sizes());
+    FUSEDGRU_CHECK_SAME_DTYPE(b, x);
+    FUSEDGRU_CHECK_SAME_DEVICE(b, x);
+  }
+  if (initial_state.has_value()) {
+    const Tensor& s = *initial_state;
+    const int64_t S = (W - 1) * dilation;
+    TORCH_CHECK(s.dim() == 3 && s.size(0) == N && s.size(1) == C && s.size(2) == S,
+                "initial_state must have shape (N, C, (W-1)*dilation) = (", N, ", ", C, ", ", S,
+                "), got ", s.sizes());
+    FUSEDGRU_CHECK_SAME_DTYPE(s, x);
+    FUSEDGRU_CHECK_SAME_DEVICE(s, x);
+  }
+}
+
+void check_causal_conv_update_args(const Tensor& x, const Tensor& conv_state,
+                                   const Tensor& weight, const std::optional<Tensor>& bias,
+                                   int64_t dilation, int64_t activation) {
+  TORCH_CHECK(x.dim() == 2, "x must have shape (N, C) (one time step), got ", x.sizes());
+  TORCH_CHECK(weight.dim() == 2, "weight must have shape (C, W), got ", weight.sizes());
+  TORCH_CHECK_VALUE(weight.size(1) >= 1, "kernel width must be >= 1, got ", weight.size(1));
+  TORCH_CHECK_VALUE(dilation >= 1, "dilation must be >= 1, got ", dilation);
+  const int64_t N = x.size(0), C = x.size(1), S = (weight.size(1) - 1) * dilation;
+  TORCH_CHECK(conv_state.dim() == 3 && conv_state.size(0) == N && conv_state.size(1) == C &&
+                  conv_state.size(2) == S,
+              "conv_state must have shape (N, C, (W-1)*dilation) = (", N, ", ", C, ", ", S,
+              "), got ", conv_state.sizes());
+  FUSEDGRU_CHECK_SAME_DTYPE(conv_state, x);
+  FUSEDGRU_CHECK_SAME_DEVICE(conv_state, x);
+  check_causal_conv_args(x.unsqueeze(2), weight, bias, std::nullopt, dilation, activation);
+}
+
+bool conv_channels_last(const Tensor& x) { return x.stride(2) != 1 && x.stride(1) == 1; }
+
+Tensor conv_input_layout(const Tensor& x) {
+  return (x.stride(2) == 1 || x.stride(1) == 1) ? x : x.contiguous();
+}
+
+Tensor conv_empty_like(const Tensor& x) {
+  const int64_t N = x.size(0), C = x.size(1), L = x.size(2);
+  return conv_channels_last(x) ? at::empty({N, L, C}, x.options()).transpose(1, 2)
+                               : at::empty({N, C, L}, x.options());
+}
+
+CausalConvParams conv_params(const Tensor& x, const Tensor& weight,
+                             const std::optional<Tensor>& bias,
+                             const std::optional<Tensor>& initial_state, int64_t dilation,
+                             int64_t activation) {
+  CausalConvParams p{};
+  p.x = x.data_ptr();
+  p.x_sn = x.stride(0);
+  p.x_sc = x.stride(1);
+  p.x_sl = x.stride(2);
+  if (initial_state.has_value()) {
+    p.init = initial_state->data_ptr();
+    p.i_sn = initial_state->stride(0);
+    p.i_sc = initial_state->stride(1);
+    p.i_ss = initial_state->stride(2);
+  }
+  p.weight = weight.data_ptr();
+  p.bias = bias.has_value() ? bias->data_ptr() : nullptr;
+  p.N = x.size(0);
+  p.C = x.size(1);
+  p.L = x.size(2);
+  p.W = weight.size(1);
+  p.dilation = dilation;
+  p.activation = activation;
+  p.channels_last = conv_channels_last(x);
+  p.dtype = x.scalar_type();
+  return p;
+}
+
+}  // namespace fusedgru

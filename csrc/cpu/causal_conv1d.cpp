@@ -1,0 +1,341 @@
+// CPU kernels of the causal depthwise conv1d ops: one fused pass over x.
+//   (N, C, L) layout: one task per (n, c) row; the W taps accumulate over the whole row in an
+//     fp32 buffer (vectorized over time), then bias + activation on the way out.
+//   channel-last layout: one task per (n, time chunk); each step accumulates the W taps over a
+//     channel-contiguous fp32 buffer (vectorized over channels).
+// Backward: one task per channel c (weight/bias gradients reduced in a fixed order, so the result
+// is deterministic): per batch row, the activation gradient, grad_x (the taps mirrored in time),
+// grad_initial_state and the weight/bias sums. Channel-last inputs are copied to (N, C, L) for
+// the backward. Shape legend: ../causal_conv1d.h.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../causal_conv1d.h"
+#include "vec_math.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FUSEDGRU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FUSEDGRU_CLONES
+#endif
+#define FUSEDGRU_INLINE inline __attribute__((always_inline))
+
+namespace fusedgru {
+namespace cpu {
+namespace {
+
+using at::Tensor;
+
+template <typename T>
+FUSEDGRU_INLINE T activate(T v, int64_t act) {
+  if (act == kActSilu) return v * sigmoid(v);
+  if (act == kActRelu) return v < T(0) ? T(0) : v;
+  return v;
+}
+
+// d act / d v at the pre-activation v.
+template <typename T>
+FUSEDGRU_INLINE T activate_grad(T v, int64_t act) {
+  if (act == kActSilu) {
+    const T s = sigmoid(v);
+    return s * (T(1) + v * (T(1) - s));
+  }
+  if (act == kActRelu) return v > T(0) ? T(1) : T(0);
+  return T(1);
+}
+
+// acc[i] += w * src[i]
+template <typename acc_t, typename scalar_t>
+FUSEDGRU_INLINE void axpy(acc_t* __restrict acc, const scalar_t* __restrict src, acc_t w,
+                          int64_t n) {
+  for (int64_t i = 0; i < n; ++i) acc[i] += w * acc_t(src[i]);
+}
+
+// acc[i] += w[i] * src[i]
+template <typename acc_t, typename scalar_t>
+FUSEDGRU_INLINE void fma_rows(acc_t* __restrict acc, const acc_t* __restrict w,
+                              const scalar_t* __restrict src, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) acc[i] += w[i] * acc_t(src[i]);
+}
+
+// Input at time t of row (n, c): x for t >= 0, the initial state (or zero) before.
+template <typename scalar_t>
+FUSEDGRU_INLINE at::opmath_type<scalar_t> tap(const CausalConvParams& p, const scalar_t* x_row,
+                                              const scalar_t* init_row, int64_t t, int64_t S) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if (t >= 0) return acc_t(x_row[t * p.x_sl]);
+  return init_row != nullptr ? acc_t(init_row[(S + t) * p.i_ss]) : acc_t(0);
+}
+
+// Pre-activations z[0, L) of row (n, c); x must be time-contiguous (x_sl == 1).
+template <typename scalar_t>
+FUSEDGRU_CLONES void conv_row(const CausalConvParams& p, int64_t n, int64_t c,
+                              at::opmath_type<scalar_t>* z) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t L = p.L, W = p.W, d = p.dilation, S = (W - 1) * d;
+  const auto* x = static_cast<const scalar_t*>(p.x) + n * p.x_sn + c * p.x_sc;
+  const auto* init = p.init != nullptr
+      ? static_cast<const scalar_t*>(p.init) + n * p.i_sn + c * p.i_sc : nullptr;
+  const auto* w = static_cast<const scalar_t*>(p.weight) + c * W;
+  const acc_t b = p.bias != nullptr ? acc_t(static_cast<const scalar_t*>(p.bias)[c]) : acc_t(0);
+  const int64_t head = std::min(S, L);  // steps that reach back before t = 0
+  for (int64_t t = 0; t < head; ++t) {
+    acc_t acc = b;
+    for (int64_t k = 0; k < W; ++k) acc += acc_t(w[k]) * tap(p, x, init, t - (W - 1 - k) * d, S);
+    z[t] = acc;
+  }
+  std::fill(z + head, z + L, b);
+  for (int64_t k = 0; k < W; ++k) {
+    const int64_t off = (W - 1 - k) * d;
+    axpy(z + head, x + head - off, acc_t(w[k]), L - head);
+  }
+}
+
+template <typename scalar_t>
+void forward_rows(const CausalConvParams& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, p.L));
+  at::parallel_for(0, p.N * p.C, grain, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> z(p.L);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / p.C, c = r % p.C;
+      conv_row<scalar_t>(p, n, c, z.data());
+      auto* y = static_cast<scalar_t*>(p.y) + n * p.y_sn + c * p.y_sc;
+      for (int64_t t = 0; t < p.L; ++t) y[t] = scalar_t(activate(z[t], p.activation));
+    }
+  });
+}
+
+// Channel-last steps [t0, t1) of batch row n: x[n, c, t] at n * x_sn + t * x_sl + c.
+// wt: [W, C] taps transposed; bias: [C]; acc: [C] scratch.
+template <typename scalar_t>
+FUSEDGRU_CLONES void channels_last_steps(const CausalConvParams& p,
+                                         const at::opmath_type<scalar_t>* wt,
+                                         const at::opmath_type<scalar_t>* bias, int64_t n,
+                                         int64_t t0, int64_t t1, at::opmath_type<scalar_t>* acc) {
+  const int64_t C = p.C, W = p.W, d = p.dilation, S = (W - 1) * d;
+  const auto* x = static_cast<const scalar_t*>(p.x) + n * p.x_sn;
+  const auto* init = p.init != nullptr ? static_cast<const scalar_t*>(p.init) + n * p.i_sn
+                                       : nullptr;
+  for (int64_t t = t0; t < t1; ++t) {
+    std::copy(bias, bias + C, acc);
+    for (int64_t k = 0; k < W; ++k) {
+      const int64_t src = t - (W - 1 - k) * d;
+      if (src >= 0) {
+        fma_rows(acc, wt + k * C, x + src * p.x_sl, C);
+      } else if (init != nullptr) {
+        for (int64_t c = 0; c < C; ++c) acc[c] += wt[k * C + c] * init[c * p.i_sc + (S + src) * p.i_ss];
+      }
+    }
+    auto* y = static_cast<scalar_t*>(p.y) + n * p.y_sn + t * p.y_sl;
+    for (int64_t c = 0; c < C; ++c) y[c] = scalar_t(activate(acc[c], p.activation));
+  }
+}
+
+template <typename scalar_t>
+void forward_channels_last(const CausalConvParams& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t C = p.C, W = p.W;
+  std::vector<acc_t> wt(W * C), bias(C, acc_t(0));
+  const auto* w = static_cast<const scalar_t*>(p.weight);
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t k = 0; k < W; ++k) wt[k * C + c] = acc_t(w[c * W + k]);
+    if (p.bias != nullptr) bias[c] = acc_t(static_cast<const scalar_t*>(p.bias)[c]);
+  }
+  const int64_t chunk = 64;
+  const int64_t chunks = (p.L + chunk - 1) / chunk;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, chunk * C));
+  at::parallel_for(0, p.N * chunks, grain, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(C);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / chunks, t0 = (r % chunks) * chunk;
+      channels_last_steps<scalar_t>(p, wt.data(), bias.data(), n, t0, std::min(p.L, t0 + chunk),
+                                    acc.data());
+    }
+  });
+}
+
+// Gradients for channel c over all batch rows; x and grad_y time-contiguous.
+template <typename scalar_t>
+void backward_channel(const CausalConvBackwardParams& q, int64_t c, at::opmath_type<scalar_t>* z,
+                      at::opmath_type<scalar_t>* gz, at::opmath_type<scalar_t>* gx) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const CausalConvParams& p = q.fwd;
+  const int64_t L = p.L, W = p.W, d = p.dilation, S = (W - 1) * d;
+  const auto* w = static_cast<const scalar_t*>(p.weight) + c * W;
+  std::vector<acc_t> gw(W, acc_t(0));
+  acc_t gb = 0;
+  for (int64_t n = 0; n < p.N; ++n) {
+    const auto* gy = static_cast<const scalar_t*>(q.grad_y) + n * q.gy_sn + c * q.gy_sc;
+    if (p.activation != kActNone) {
+      conv_row<scalar_t>(p, n, c, z);
+      for (int64_t t = 0; t < L; ++t) gz[t] = acc_t(gy[t]) * activate_grad(z[t], p.activation);
+    } else {
+      for (int64_t t = 0; t < L; ++t) gz[t] = acc_t(gy[t]);
+    }
+    // grad_x[u] = sum_k w[k] gz[u + off_k]
+    std::fill(gx, gx + L, acc_t(0));
+    for (int64_t k = 0; k < W; ++k) {
+      const int64_t off = (W - 1 - k) * d;
+      if (off < L) axpy(gx, gz + off, acc_t(w[k]), L - off);
+    }
+    auto* gx_row = static_cast<scalar_t*>(q.grad_x) + n * q.gx_sn + c * q.gx_sc;
+    for (int64_t u = 0; u < L; ++u) gx_row[u] = scalar_t(gx[u]);
+    if (q.grad_init != nullptr) {
+      auto* gi = static_cast<scalar_t*>(q.grad_init) + (n * p.C + c) * S;
+      for (int64_t s = 0; s < S; ++s) {
+        acc_t acc = 0;
+        for (int64_t k = 0; k < W; ++k) {
+          const int64_t u = s - S + (W - 1 - k) * d;
+          if (u >= 0 && u < L) acc += acc_t(w[k]) * gz[u];
+        }
+        gi[s] = scalar_t(acc);
+      }
+    }
+    const auto* x = static_cast<const scalar_t*>(p.x) + n * p.x_sn + c * p.x_sc;
+    const auto* init = p.init != nullptr
+        ? static_cast<const scalar_t*>(p.init) + n * p.i_sn + c * p.i_sc : nullptr;
+    for (int64_t k = 0; k < W; ++k) {
+      const int64_t off = (W - 1 - k) * d;
+      acc_t acc = 0;
+      for (int64_t t = 0; t < std::min(off, L); ++t) acc += gz[t] * tap(p, x, init, t - off, S);
+      for (int64_t t = off; t < L; ++t) acc += gz[t] * acc_t(x[t - off]);
+      gw[k] += acc;
+    }
+    for (int64_t t = 0; t < L; ++t) gb += gz[t];
+  }
+  auto* gw_out = static_cast<acc_t*>(q.grad_weight) + c * W;
+  std::copy(gw.begin(), gw.end(), gw_out);
+  if (q.grad_bias != nullptr) static_cast<acc_t*>(q.grad_bias)[c] = gb;
+}
+
+Tensor causal_conv1d_fwd(const Tensor& x_in, const Tensor& weight,
+                         const std::optional<Tensor>& bias,
+                         const std::optional<Tensor>& initial_state, int64_t dilation,
+                         int64_t activation) {
+  check_causal_conv_args(x_in, weight, bias, initial_state, dilation, activation);
+  const Tensor x = conv_input_layout(x_in);
+  const Tensor w = weight.contiguous();
+  const std::optional<Tensor> b =
+      bias.has_value() ? std::optional<Tensor>(bias->contiguous()) : std::nullopt;
+  Tensor y = conv_empty_like(x);
+  if (y.numel() == 0) return y;
+  CausalConvParams p = conv_params(x, w, b, initial_state, dilation, activation);
+  p.y = y.data_ptr();
+  p.y_sn = y.stride(0);
+  p.y_sc = y.stride(1);
+  p.y_sl = y.stride(2);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "causal_conv1d_cpu",
+                                  [&] {
+    if (p.channels_last) {
+      forward_channels_last<scalar_t>(p);
+    } else {
+      forward_rows<scalar_t>(p);
+    }
+  });
+  return y;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> causal_conv1d_bwd(
+    const Tensor& grad_y, const Tensor& x_in, const Tensor& weight,
+    const std::optional<Tensor>& bias, const std::optional<Tensor>& initial_state,
+    int64_t dilation, int64_t activation) {
+  check_causal_conv_args(x_in, weight, bias, initial_state, dilation, activation);
+  TORCH_CHECK(grad_y.sizes() == x_in.sizes(), "grad_y must have the shape of x ", x_in.sizes(),
+              ", got ", grad_y.sizes());
+  const bool channels_last = conv_channels_last(conv_input_layout(x_in));
+  const Tensor x = x_in.stride(2) == 1 ? x_in : x_in.contiguous();
+  const Tensor gy = grad_y.stride(2) == 1 ? grad_y : grad_y.contiguous();
+  const Tensor w = weight.contiguous();
+  const std::optional<Tensor> b =
+      bias.has_value() ? std::optional<Tensor>(bias->contiguous()) : std::nullopt;
+  const int64_t N = x.size(0), C = x.size(1), L = x.size(2), W = w.size(1);
+  const int64_t S = (W - 1) * dilation;
+  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  Tensor gx = at::empty({N, C, L}, x.options());
+  Tensor g_init = initial_state.has_value() ? at::empty({N, C, S}, x.options())
+                                            : at::empty({0}, x.options());
+  Tensor gw = at::zeros({C, W}, x.options().dtype(acc_type));
+  Tensor gb = at::zeros({bias.has_value() ? C : 0}, x.options().dtype(acc_type));
+  if (x.numel() > 0) {
+    CausalConvBackwardParams q{};
+    q.fwd = conv_params(x, w, b, initial_state, dilation, activation);
+    q.grad_y = gy.data_ptr();
+    q.gy_sn = gy.stride(0);
+    q.gy_sc = gy.stride(1);
+    q.gy_sl = gy.stride(2);
+    q.grad_x = gx.data_ptr();
+    q.gx_sn = gx.stride(0);
+    q.gx_sc = gx.stride(1);
+    q.gx_sl = gx.stride(2);
+    q.grad_init = initial_state.has_value() ? g_init.data_ptr() : nullptr;
+    q.grad_weight = gw.data_ptr();
+    q.grad_bias = bias.has_value() ? gb.data_ptr() : nullptr;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
+                                    "causal_conv1d_bwd_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> z(L), gz(L), gxb(L);
+        for (int64_t c = begin; c < end; ++c) {
+          backward_channel<scalar_t>(q, c, z.data(), gz.data(), gxb.data());
+        }
+      });
+    });
+  } else if (initial_state.has_value()) {
+    g_init.zero_();
+  }
+  if (channels_last) gx = gx.transpose(1, 2).contiguous().transpose(1, 2);
+  return {gx, gw.to(weight.scalar_type()), gb.to(weight.scalar_type()), g_init};
+}
+
+Tensor causal_conv1d_update(const Tensor& x, Tensor& conv_state, const Tensor& weight,
+                            const std::optional<Tensor>& bias, int64_t dilation,
+                            int64_t activation) {
+  check_causal_conv_update_args(x, conv_state, weight, bias, dilation, activation);
+  const int64_t N = x.size(0), C = x.size(1), W = weight.size(1), S = (W - 1) * dilation;
+  const Tensor w = weight.contiguous();
+  const std::optional<Tensor> b =
+      bias.has_value() ? std::optional<Tensor>(bias->contiguous()) : std::nullopt;
+  Tensor y = at::empty({N, C}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
+                                  "causal_conv1d_update_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto* xp = x.const_data_ptr<scalar_t>();
+    const auto* wp = w.const_data_ptr<scalar_t>();
+    const auto* bp = b.has_value() ? b->const_data_ptr<scalar_t>() : nullptr;
+    auto* st = conv_state.mutable_data_ptr<scalar_t>();
+    auto* yp = y.mutable_data_ptr<scalar_t>();
+    const int64_t sn = conv_state.stride(0), sc = conv_state.stride(1), ss = conv_state.stride(2);
+    at::parallel_for(0, N * C, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t n = r / C, c = r % C;
+        scalar_t* state = st + n * sn + c * sc;
+        const scalar_t xv = xp[n * x.stride(0) + c * x.stride(1)];
+        acc_t acc = bp != nullptr ? acc_t(bp[c]) : acc_t(0);
+        for (int64_t k = 0; k < W; ++k) {
+          const int64_t off = (W - 1 - k) * dilation;
+          acc += acc_t(wp[c * W + k]) * acc_t(off == 0 ? xv : state[(S - off) * ss]);
+        }
+        yp[r] = scalar_t(activate(acc, activation));
+        for (int64_t s = 0; s + 1 < S; ++s) state[s * ss] = state[(s + 1) * ss];
+        if (S > 0) state[(S - 1) * ss] = xv;
+      }
+    });
+  });
+  return y;
+}
+
+}  // namespace
+}  // namespace cpu
+
+TORCH_LIBRARY_IMPL(fusedgru, CPU, m) {
+  m.impl("causal_conv1d_fwd", &cpu::causal_conv1d_fwd);
+  m.impl("causal_conv1d_bwd", &cpu::causal_conv1d_bwd);
+  m.impl("causal_conv1d_update", &cpu::causal_conv1d_update);
+}
+
+}  // namespace fusedgru

@@ -1,0 +1,156 @@
+"""Causal depthwise conv1d on fused kernels: functional forms and the CausalConv1d module."""
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ._ops import ACTIVATION_CODES
+
+
+def _activation_code(activation) -> int:
+    if activation not in ACTIVATION_CODES:
+        raise ValueError(f"activation must be None, 'silu' or 'relu', got {activation!r}")
+    return ACTIVATION_CODES[activation]
+
+
+def _weight_2d(weight: Tensor) -> Tensor:
+    if weight.dim() == 3 and weight.shape[1] == 1:
+        return weight.squeeze(1)
+    if weight.dim() != 2:
+        raise RuntimeError(
+            f"weight must have shape (C, W) or (C, 1, W), got {tuple(weight.shape)}")
+    return weight
+
+
+def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, dilation: int = 1,
+                  activation: str | None = None, initial_state: Tensor | None = None,
+                  return_final_state: bool = False):
+    r"""Causal depthwise 1-D convolution.
+
+    .. math::
+        y[n, c, t] = \mathrm{act}\Big(b[c] + \sum_{k=0}^{W-1} w[c, k]\, x[n, c, t - (W-1-k)d]\Big)
+
+    Args:
+        x: ``(N, C, L)``, any strides; a channel-last view such as ``h.transpose(1, 2)`` of an
+            ``(N, L, C)`` tensor is read in place and ``y`` comes back in the same layout.
+        weight: ``(C, W)`` or ``(C, 1, W)`` (the ``nn.Conv1d(C, C, W, groups=C)`` weight), W >= 1.
+        bias: ``(C,)`` or None.
+        dilation: spacing d >= 1 between taps.
+        activation: None, ``"silu"`` or ``"relu"``.
+        initial_state: ``(N, C, (W-1)*d)`` inputs before t = 0, oldest first; zeros if None.
+        return_final_state: also return the last ``(W-1)*d`` inputs ``(N, C, (W-1)*d)`` (taken
+            from ``initial_state``/zeros when L is shorter), to continue the sequence.
+
+    Returns:
+        ``y (N, C, L)``, or ``(y, final_state)``.
+    """
+    weight = _weight_2d(weight)
+    code = _activation_code(activation)
+    if x.dim() != 3:
+        raise RuntimeError(f"x must have shape (N, C, L), got {tuple(x.shape)}")
+    y = torch.ops.fusedgru.causal_conv1d_fwd(x, weight, bias, initial_state, dilation, code)
+    if not return_final_state:
+        return y
+    S = (weight.shape[1] - 1) * dilation
+    N, C, L = x.shape
+    if L >= S:
+        final = x[:, :, L - S:].contiguous()
+    else:
+        history = initial_state if initial_state is not None else x.new_zeros((N, C, S))
+        final = torch.cat([history[:, :, L:], x], dim=2)
+    return y, final
+
+
+def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor,
+                         bias: Tensor | None = None, *, dilation: int = 1,
+                         activation: str | None = None) -> Tensor:
+    """One streaming step of :func:`causal_conv1d`.
+
+    ``x (N, C)`` is the new time step; ``conv_state (N, C, (W-1)*d)`` holds the previous inputs,
+    oldest first, and is shifted by one with ``x`` appended, in place. Returns ``y (N, C)``.
+    Stepping through a sequence gives exactly ``causal_conv1d`` of the whole of it, and the final
+    ``conv_state`` equals its ``final_state``. Inference only: it has no gradient (train on chunks
+    with ``causal_conv1d(..., initial_state=..., return_final_state=True)``).
+    """
+    weight = _weight_2d(weight)
+    code = _activation_code(activation)
+    if torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, conv_state, weight, bias)):
+        raise RuntimeError(
+            "causal_conv1d_update updates conv_state in place and has no gradient; call it "
+            "under torch.no_grad(), or train with causal_conv1d(..., initial_state=..., "
+            "return_final_state=True)")
+    return torch.ops.fusedgru.causal_conv1d_update(x, conv_state, weight, bias, dilation, code)
+
+
+class CausalConv1d(nn.Module):
+    """Causal depthwise conv1d layer on fused kernels.
+
+    Parameters have the shapes of ``nn.Conv1d(C, C, W, groups=C, dilation=d)`` (``weight``
+    ``(C, 1, W)``, ``bias`` ``(C,)``) and its initialization, so state dicts interchange. With
+    ``channels_last=True`` it takes and returns ``(N, L, C)``, the layout between GRU layers;
+    otherwise ``(N, C, L)``.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, dilation: int = 1, bias: bool = True,
+                 activation: str | None = None, channels_last: bool = False, device=None,
+                 dtype=None):
+        super().__init__()
+        if channels <= 0:
+            raise ValueError(f"channels must be positive, got {channels}")
+        if kernel_size < 1:
+            raise ValueError(f"kernel_size must be >= 1, got {kernel_size}")
+        if dilation < 1:
+            raise ValueError(f"dilation must be >= 1, got {dilation}")
+        _activation_code(activation)
+        self.channels, self.kernel_size, self.dilation = channels, kernel_size, dilation
+        self.activation, self.channels_last = activation, channels_last
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty((channels, 1, kernel_size), **factory))
+        self.bias = nn.Parameter(torch.empty(channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Conv1d's initialization (fan_in = kernel_size for a depthwise conv).
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.kernel_size)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @property
+    def state_size(self) -> int:
+        """Time steps of history the layer keeps: (kernel_size - 1) * dilation."""
+        return (self.kernel_size - 1) * self.dilation
+
+    def forward(self, x: Tensor, initial_state: Tensor | None = None,
+                return_final_state: bool = False):
+        xc = x.transpose(1, 2) if self.channels_last else x
+        out = causal_conv1d(xc, self.weight, self.bias, dilation=self.dilation,
+                            activation=self.activation, initial_state=initial_state,
+                            return_final_state=return_final_state)
+        if return_final_state:
+            y, final = out
+            return (y.transpose(1, 2) if self.channels_last else y), final
+        return out.transpose(1, 2) if self.channels_last else out
+
+    def init_state(self, batch_size: int) -> Tensor:
+        """Zero streaming state (N, C, (W-1)*d) for :meth:`step`."""
+        return self.weight.new_zeros((batch_size, self.channels, self.state_size))
+
+    def step(self, x: Tensor, state: Tensor) -> Tensor:
+        """One time step x (N, C) -> y (N, C); ``state`` is updated in place."""
+        return causal_conv1d_update(x, state, self.weight, self.bias, dilation=self.dilation,
+                                    activation=self.activation)
+
+    def extra_repr(self) -> str:
+        s = f"{self.channels}, kernel_size={self.kernel_size}"
+        if self.dilation != 1:
+            s += f", dilation={self.dilation}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.activation is not None:
+            s += f", activation={self.activation!r}"
+        if self.channels_last:
+            s += ", channels_last=True"
+        return s

@@ -1,0 +1,282 @@
+"""Causal depthwise conv1d against the F.conv1d reference: outputs and every gradient, layouts,
+streaming, the module, opcheck, gradcheck, torch.compile and bad inputs."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from gru_testing import DEVICES, rel_err
+from torch import nn
+from torch.autograd import gradcheck, gradgradcheck
+
+import fusedgru
+from fusedgru import reference
+
+WIDTHS = [1, 2, 3, 4, 7, 16, 33, 64]
+DILATIONS = [1, 2, 3, 8]
+LENGTHS = [1, 3, 129, 1000]
+# bias, activation, initial_state, layout: cycled over the grid so every combination appears.
+OPTIONS = list(itertools.product([True, False], [None, "silu", "relu"], [False, True],
+                                 ["ncl", "channels_last", "strided"]))
+
+
+def make_x(layout, N, C, L, device, dtype):
+    if layout == "channels_last":
+        return torch.randn(N, L, C, device=device, dtype=dtype).transpose(1, 2)
+    if layout == "strided":
+        return torch.randn(N, 2 * C, L + 5, device=device, dtype=dtype)[:, ::2, 5:]
+    return torch.randn(N, C, L, device=device, dtype=dtype)
+
+
+def check_against_reference(device, dtype, W, d, L, bias, act, init, layout, N=2, C=5, tol=1e-9):
+    x = make_x(layout, N, C, L, device, dtype).requires_grad_()
+    w = torch.randn(C, W, device=device, dtype=dtype, requires_grad=True)
+    b = torch.randn(C, device=device, dtype=dtype, requires_grad=True) if bias else None
+    S = (W - 1) * d
+    s = (torch.randn(N, C, S, device=device, dtype=dtype, requires_grad=True) if init else None)
+    y, final = fusedgru.causal_conv1d(x, w, b, dilation=d, activation=act, initial_state=s,
+                                      return_final_state=True)
+    y_ref = reference.causal_conv1d(x, w, b, d, act, s)
+    full = torch.cat([s if init else torch.zeros(N, C, S, device=device, dtype=dtype), x], 2)
+    final_ref = full[:, :, full.shape[2] - S:]
+    assert y.shape == (N, C, L) and final.shape == (N, C, S)
+    assert rel_err(y, y_ref) <= tol, f"y: {rel_err(y, y_ref)}"
+    assert torch.equal(final, final_ref)
+    if layout == "channels_last":
+        assert y.transpose(1, 2).is_contiguous(), "channel-last in, channel-last out"
+    gy = torch.randn_like(y)
+    leaves = [t for t in (x, w, b, s) if t is not None]
+    g = torch.autograd.grad(y, leaves, gy)
+    g_ref = torch.autograd.grad(y_ref, leaves, gy)
+    for name, a, r in zip(["x", "weight", "bias", "initial_state"] if bias else
+                          ["x", "weight", "initial_state"], g, g_ref):
+        assert a.shape == r.shape and a.dtype == r.dtype
+        assert rel_err(a, r) <= tol, f"grad {name}: {rel_err(a, r)}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("W, d, L", [pytest.param(W, d, L, id=f"W{W}-d{d}-L{L}") for W, d, L in
+                                     itertools.product(WIDTHS, DILATIONS, LENGTHS)])
+def test_parity_with_f_conv1d(device, W, d, L):
+    i = (WIDTHS.index(W) * 7 + DILATIONS.index(d) * 3 + LENGTHS.index(L)) % len(OPTIONS)
+    bias, act, init, layout = OPTIONS[i]
+    check_against_reference(device, torch.float64, W, d, L, bias, act, init, layout)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bias, act, init, layout", OPTIONS,
+                         ids=[f"{'b' if b else 'nob'}-{a}-{'init' if i else 'zero'}-{lay}"
+                              for b, a, i, lay in OPTIONS])
+def test_all_options(device, bias, act, init, layout):
+    check_against_reference(device, torch.float64, 4, 2, 37, bias, act, init, layout)
+
+
+@pytest.mark.parametrize("device, dtype", [
+    ("cpu", torch.float32), ("cpu", torch.bfloat16),
+    pytest.param("cuda", torch.float32, marks=pytest.mark.cuda),
+    pytest.param("cuda", torch.bfloat16, marks=pytest.mark.cuda),
+    pytest.param("cuda", torch.float16, marks=pytest.mark.cuda),
+], ids=["cpu-fp32", "cpu-bf16", "cuda-fp32", "cuda-bf16", "cuda-fp16"])
+@pytest.mark.parametrize("layout", ["ncl", "channels_last"])
+def test_low_precision_error_within_twice_torch(device, dtype, layout):
+    N, C, L, W = 4, 64, 300, 4
+    x = make_x(layout, N, C, L, "cpu", torch.float64)
+    w, b = torch.randn(C, W, dtype=torch.float64), torch.randn(C, dtype=torch.float64)
+    gy = torch.randn(N, C, L, dtype=torch.float64)
+    results = {}
+    for name, fn, dt in (("ref", reference.causal_conv1d, torch.float64),
+                         ("torch", reference.causal_conv1d, dtype),
+                         ("ours", None, dtype)):
+        dev = "cpu" if name == "ref" else device
+        xi, wi, bi = (t.to(dev, dt).requires_grad_() for t in (x, w, b))
+        if name == "ours":
+            y = fusedgru.causal_conv1d(xi, wi, bi, activation="silu")
+        else:
+            y = fn(xi, wi, bi, 1, "silu")
+        results[name] = [y, *torch.autograd.grad(y, [xi, wi, bi], gy.to(dev, dt))]
+    for i, (r, t, o) in enumerate(zip(results["ref"], results["torch"], results["ours"])):
+        assert o.dtype == dtype
+        assert rel_err(o, r) <= 2 * rel_err(t, r) + 1e-6, f"tensor {i}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("W, d", [(1, 1), (4, 1), (3, 4), (16, 2)])
+def test_streaming_equals_full(device, W, d):
+    N, C, L = 3, 6, 40
+    x = torch.randn(N, C, L, device=device, dtype=torch.float64)
+    w = torch.randn(C, W, device=device, dtype=torch.float64)
+    b = torch.randn(C, device=device, dtype=torch.float64)
+    s0 = torch.randn(N, C, (W - 1) * d, device=device, dtype=torch.float64)
+    y_full, final = fusedgru.causal_conv1d(x, w, b, dilation=d, activation="silu",
+                                           initial_state=s0, return_final_state=True)
+    state = s0.clone()
+    ys = [fusedgru.causal_conv1d_update(x[:, :, t], state, w, b, dilation=d, activation="silu")
+          for t in range(L)]
+    assert torch.allclose(torch.stack(ys, 2), y_full, rtol=0, atol=1e-12)
+    assert torch.equal(state, final)
+    # chunked: two calls carrying the state equal one call
+    y1, f1 = fusedgru.causal_conv1d(x[:, :, :17], w, b, dilation=d, initial_state=s0,
+                                    return_final_state=True)
+    y2 = fusedgru.causal_conv1d(x[:, :, 17:], w, b, dilation=d, initial_state=f1)
+    y_all = fusedgru.causal_conv1d(x, w, b, dilation=d, initial_state=s0)
+    assert torch.allclose(torch.cat([y1, y2], 2), y_all, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_update_with_strided_state_and_no_grad(device):
+    N, C, W = 2, 5, 4
+    state = torch.randn(N, 2 * C, W - 1, device=device)[:, ::2]
+    w = torch.randn(C, W, device=device, requires_grad=True)
+    x = torch.randn(N, C, device=device)
+    with pytest.raises(RuntimeError, match="has no gradient"):
+        fusedgru.causal_conv1d_update(x, state, w)
+    with torch.no_grad():
+        expected = reference.causal_conv1d(x[:, :, None], w, None, 1, None, state.clone())[..., 0]
+        old = state.clone()
+        y = fusedgru.causal_conv1d_update(x, state, w)
+    assert torch.allclose(y, expected, atol=1e-6)
+    assert torch.equal(state[:, :, :-1], old[:, :, 1:]) and torch.equal(state[:, :, -1], x)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_module_state_dict_interchanges_with_nn_conv1d(device, channels_last):
+    C, W, d = 6, 5, 2
+    ref = nn.Conv1d(C, C, W, groups=C, dilation=d).to(device)
+    ours = fusedgru.CausalConv1d(C, W, dilation=d, channels_last=channels_last).to(device)
+    assert ours.weight.shape == ref.weight.shape and ours.bias.shape == ref.bias.shape
+    ours.load_state_dict(ref.state_dict())
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, C, 30, device=device)
+    expected = ref(F.pad(x, ((W - 1) * d, 0)))
+    inp = x.transpose(1, 2) if channels_last else x
+    y = ours(inp)
+    y = y.transpose(1, 2) if channels_last else y
+    assert torch.allclose(y, expected, atol=1e-5)
+    state = ours.init_state(2)
+    with torch.no_grad():
+        steps = torch.stack([ours.step(x[:, :, t], state) for t in range(30)], 2)
+    assert torch.allclose(steps, expected, atol=1e-5)
+    bound = 1 / W ** 0.5
+    fresh = fusedgru.CausalConv1d(64, W)
+    assert fresh.weight.abs().max() <= bound and fresh.bias.abs().max() <= bound
+    assert "kernel_size=5" in repr(ours)
+
+
+BAD = {
+    "weight channels": (lambda x, w, b, s: fusedgru.causal_conv1d(x, w[:3], None),
+                        RuntimeError, "weight has 3 channels but x has 5"),
+    "weight rank": (lambda x, w, b, s: fusedgru.causal_conv1d(x, w[None], None),
+                    RuntimeError, "weight must have shape"),
+    "width 0": (lambda x, w, b, s: fusedgru.causal_conv1d(x, w[:, :0], None),
+                ValueError, "kernel width must be >= 1"),
+    "dilation 0": (lambda x, w, b, s: fusedgru.causal_conv1d(x, w, None, dilation=0),
+                   ValueError, "dilation must be >= 1"),
+    "bias shape": (lambda x, w, b, s: fusedgru.causal_conv1d(x, w, b[:2]),
+                   RuntimeError, "bias must have shape"),
+    "state shape": (lambda x, w, b, s: fusedgru.causal_conv1d(x, w, None, initial_state=s[..., 1:]),
+                    RuntimeError, "initial_state must have shape"),
+    "dtype": (lambda x, w, b, s: fusedgru.causal_conv1d(x.double(), w, None),
+              RuntimeError, "must have the same dtype"),
+    "activation": (lambda x, w, b, s: fusedgru.causal_conv1d(x, w, None, activation="gelu"),
+                   ValueError, "activation must be None, 'silu' or 'relu'"),
+    "x rank": (lambda x, w, b, s: fusedgru.causal_conv1d(x[0], w, None),
+               RuntimeError, r"x must have shape \(N, C, L\)"),
+    "update state": (lambda x, w, b, s: fusedgru.causal_conv1d_update(x[..., 0], s[..., 1:], w),
+                     RuntimeError, "conv_state must have shape"),
+    "integer x": (lambda x, w, b, s: fusedgru.causal_conv1d(x.long(), w.long(), None),
+                  TypeError, "must be a floating point tensor"),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_inputs(device, case):
+    fn, exc, msg = BAD[case]
+    x = torch.randn(2, 5, 9, device=device)
+    w, b, s = torch.randn(5, 4, device=device), torch.randn(5, device=device), torch.randn(
+        2, 5, 3, device=device)
+    with torch.no_grad(), pytest.raises(exc, match=msg):
+        fn(x, w, b, s)
+    assert torch.allclose(fusedgru.causal_conv1d(x, w, b), reference.causal_conv1d(x, w, b),
+                          atol=1e-5)
+
+
+@pytest.mark.cuda
+def test_device_mismatch():
+    x = torch.randn(2, 5, 9, device="cuda")
+    with pytest.raises(RuntimeError, match="must be on the same device"):
+        fusedgru.causal_conv1d(x, torch.randn(5, 4), None)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("act", [None, "silu"])
+@pytest.mark.parametrize("init", [False, True])
+def test_gradcheck_and_gradgradcheck(device, act, init):
+    kw = dict(device=device, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 3, 11, **kw)
+    w, b = torch.randn(3, 3, **kw), torch.randn(3, **kw)
+    s = torch.randn(2, 3, 4, **kw) if init else None
+
+    def f(x, w, b, *s):
+        return fusedgru.causal_conv1d(x, w, b, dilation=2, activation=act,
+                                      initial_state=s[0] if s else None)
+
+    args = (x, w, b) + ((s,) if init else ())
+    assert gradcheck(f, args)
+    assert gradgradcheck(f, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_backward_op(device):
+    kw = dict(device=device, dtype=torch.float64, requires_grad=True)
+    args = (torch.randn(2, 3, 9, **kw), torch.randn(2, 3, 9, **kw), torch.randn(3, 4, **kw),
+            torch.randn(3, **kw), torch.randn(2, 3, 3, **kw))
+
+    def f(gy, x, w, b, s):
+        return torch.ops.fusedgru.causal_conv1d_bwd(gy, x, w, b, s, 1, 1)
+
+    assert gradcheck(f, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["ncl", "channels_last"])
+def test_opcheck(device, layout):
+    x = make_x(layout, 2, 4, 10, device, torch.float32).requires_grad_()
+    w = torch.randn(4, 3, device=device, requires_grad=True)
+    b = torch.randn(4, device=device, requires_grad=True)
+    s = torch.randn(2, 4, 4, device=device, requires_grad=True)
+    for args in [(x, w, b, s, 2, 1), (x, w, None, None, 1, 0), (x, w, b, None, 3, 2)]:
+        torch.library.opcheck(torch.ops.fusedgru.causal_conv1d_fwd.default, args)
+    gy = torch.randn(2, 4, 10, device=device, requires_grad=True)
+    torch.library.opcheck(torch.ops.fusedgru.causal_conv1d_bwd.default, (gy, x, w, b, s, 2, 1))
+    torch.library.opcheck(torch.ops.fusedgru.causal_conv1d_bwd.default,
+                          (gy, x, w, None, None, 1, 0))
+    state = torch.randn(2, 4, 4, device=device)
+    torch.library.opcheck(torch.ops.fusedgru.causal_conv1d_update.default,
+                          (x[..., 0].detach(), state, w.detach(), b.detach(), 2, 1))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_fullgraph(device):
+    torch._dynamo.reset()
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = fusedgru.CausalConv1d(8, 4, activation="silu", channels_last=True)
+            self.gru = fusedgru.GRU(8, 8, batch_first=True)
+
+        def forward(self, x):
+            return self.gru(self.conv(x))[0]
+
+    net = Net().to(device)
+    x = torch.randn(3, 20, 8, device=device, requires_grad=True)
+    y_e = net(x)
+    y_c = torch.compile(net, fullgraph=True)(x)
+    assert torch.allclose(y_c, y_e, atol=1e-5)
+    g_e = torch.autograd.grad(y_e.sum(), [x, *net.parameters()])
+    g_c = torch.autograd.grad(y_c.sum(), [x, *net.parameters()])
+    for a, r in zip(g_c, g_e):
+        assert torch.allclose(a, r, atol=1e-5)
