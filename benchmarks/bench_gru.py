@@ -11,21 +11,16 @@ Prints a table and writes JSON (machine, versions, flags, results).
 """
 
 import argparse
-import datetime
 import itertools
-import json
 import os
-import platform
-import re
-import statistics
 import sys
-import time
 
 import torch
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import fusedgru  # noqa: E402
+from _common import Timer, machine_info, median_times, progress, write_record  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16,
           "fp16": torch.float16}
@@ -61,52 +56,6 @@ def parse_args(argv=None):
     return args
 
 
-def machine_info(device):
-    info = {"platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "fusedgru": fusedgru.__version__,
-            "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = re.findall(r"model name\s*:\s*(.*)", f.read())
-        info["cpu"] = names[0] if names else info["cpu"]
-        info["cpu_count"] = len(names)
-    except OSError:
-        pass
-    if device == "cuda":
-        props = torch.cuda.get_device_properties(0)
-        info.update(gpu=props.name, sm_count=props.multi_processor_count,
-                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
-    return info
-
-
-def device_tag(device, info):
-    if device == "cuda":
-        name = info["gpu"].lower()
-        m = re.search(r"(h100|h200|a100|b200|l40s?|l4|a10g?|v100|t4|rtx ?\d+)", name)
-        return (m.group(1) if m else re.sub(r"[^a-z0-9]+", "-", name)).replace(" ", "")
-    return f"cpu{info.get('cpu_count', os.cpu_count())}-{torch.get_num_threads()}threads"
-
-
-class Timer:
-    """Median wall time of a callable: CUDA events on the GPU, perf_counter on the CPU."""
-
-    def __init__(self, device):
-        self.cuda = device == "cuda"
-
-    def __call__(self, fn):
-        if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end)
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e3
-
-
 def bench_point(args, T, N, I, H, L, dtype_name, tf32):
     device, dtype = args.device, DTYPES[dtype_name]
     if device == "cuda":
@@ -132,14 +81,9 @@ def bench_point(args, T, N, I, H, L, dtype_name, tf32):
     rows = []
     for mode in args.modes:
         fn = fwd if mode == "fwd" else fwdbwd
-        for _ in range(args.warmup):
-            fn(ref)
-            fn(ours)
-        times = {"nn.GRU": [], "fusedgru": []}
-        for _ in range(args.reps):  # interleaved, so drifts hit both sides alike
-            times["nn.GRU"].append(timer(lambda: fn(ref)))
-            times["fusedgru"].append(timer(lambda: fn(ours)))
-        t_ref, t_ours = statistics.median(times["nn.GRU"]), statistics.median(times["fusedgru"])
+        med = median_times({"nn.GRU": lambda: fn(ref), "fusedgru": lambda: fn(ours)},
+                           args.warmup, args.reps, timer)
+        t_ref, t_ours = med["nn.GRU"], med["fusedgru"]
         rows.append(dict(T=T, N=N, I=I, H=H, layers=L, bidirectional=args.bidirectional,
                          dtype=dtype_name, tf32=tf32 if dtype_name == "fp32" else None,
                          mode=mode, ref_ms=t_ref, fusedgru_ms=t_ours, speedup=t_ref / t_ours,
@@ -201,25 +145,11 @@ def main(argv=None):
         for I in (args.I or [H]):
             for tf32 in (args.tf32 if dt == "fp32" and args.device == "cuda" else [None]):
                 points.append((T, N, I, H, L, dt, tf32))
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        def tqdm(x, **_):
-            return x
     rows = []
-    for point in tqdm(points, desc="bench_gru", unit="config"):
+    for point in progress(points, "bench_gru"):
         rows.extend(bench_point(args, *point))
     print_table(rows, args.device)
-    out = args.out or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "results",
-        f"{datetime.date.today().isoformat()}-{device_tag(args.device, info)}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    record = {"benchmark": "bench_gru", "date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-              "machine": info, "flags": vars(args), "results": rows}
-    with open(out, "w") as f:
-        json.dump(record, f, indent=1)
-    print(f"wrote {out}")
+    out = write_record("bench_gru", args, info, rows)
     if args.plot:
         png = os.path.splitext(out)[0] + ".png"
         plot(rows, png)

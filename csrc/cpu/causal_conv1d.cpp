@@ -37,6 +37,23 @@ FUSEDGRU_INLINE T activate(T v, int64_t act) {
   return v;
 }
 
+// y[i] = act(z[i]) with the activation a compile-time constant, so the loop vectorizes.
+template <int64_t kAct, typename acc_t, typename scalar_t>
+FUSEDGRU_INLINE void store_activated(scalar_t* __restrict y, const acc_t* __restrict z, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = scalar_t(activate(z[i], kAct));
+}
+
+template <typename acc_t, typename scalar_t>
+FUSEDGRU_CLONES void store_activated(scalar_t* y, const acc_t* z, int64_t n, int64_t act) {
+  if (act == kActSilu) {
+    store_activated<kActSilu>(y, z, n);
+  } else if (act == kActRelu) {
+    store_activated<kActRelu>(y, z, n);
+  } else {
+    store_activated<kActNone>(y, z, n);
+  }
+}
+
 // d act / d v at the pre-activation v.
 template <typename T>
 FUSEDGRU_INLINE T activate_grad(T v, int64_t act) {
@@ -104,8 +121,8 @@ void forward_rows(const CausalConvParams& p) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / p.C, c = r % p.C;
       conv_row<scalar_t>(p, n, c, z.data());
-      auto* y = static_cast<scalar_t*>(p.y) + n * p.y_sn + c * p.y_sc;
-      for (int64_t t = 0; t < p.L; ++t) y[t] = scalar_t(activate(z[t], p.activation));
+      store_activated(static_cast<scalar_t*>(p.y) + n * p.y_sn + c * p.y_sc, z.data(), p.L,
+                      p.activation);
     }
   });
 }
@@ -131,8 +148,7 @@ FUSEDGRU_CLONES void channels_last_steps(const CausalConvParams& p,
         for (int64_t c = 0; c < C; ++c) acc[c] += wt[k * C + c] * init[c * p.i_sc + (S + src) * p.i_ss];
       }
     }
-    auto* y = static_cast<scalar_t*>(p.y) + n * p.y_sn + t * p.y_sl;
-    for (int64_t c = 0; c < C; ++c) y[c] = scalar_t(activate(acc[c], p.activation));
+    store_activated(static_cast<scalar_t*>(p.y) + n * p.y_sn + t * p.y_sl, acc, C, p.activation);
   }
 }
 
