@@ -4,7 +4,7 @@ import torch
 
 from ._version import __version__
 from . import _ops  # noqa: F401  (registers the ops' fake kernels and autograd)
-from . import reference
+from . import models, reference
 from .conv import CausalConv1d, causal_conv1d, causal_conv1d_update
 from .functional import gru
 from .rnn import GRU, convert
@@ -16,4 +16,4 @@ def has_cuda_kernels() -> bool:
 
 
 __all__ = ["GRU", "CausalConv1d", "__version__", "causal_conv1d", "causal_conv1d_update",
-           "convert", "gru", "has_cuda_kernels", "reference"]
+           "convert", "gru", "has_cuda_kernels", "models", "reference"]

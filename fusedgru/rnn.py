@@ -64,9 +64,14 @@ class GRU(nn.RNNBase):
         # reassignment are always seen.
         return [getattr(self, name) for name in self._flat_weights_names]
 
-    def forward(self, input, hx: Tensor | None = None):
+    def forward(self, input, hx: Tensor | None = None, *, lengths: Tensor | None = None):
+        """nn.GRU's forward; ``lengths`` (an extension, [N] ints) runs row i over its first
+        ``lengths[i]`` steps only: outputs past them are zero and ``h_n`` is the state at each
+        row's last valid step, as with a PackedSequence, but on the padded batch directly."""
         D = 2 if self.bidirectional else 1
         if isinstance(input, PackedSequence):
+            if lengths is not None:
+                raise ValueError("lengths cannot be given with a PackedSequence input")
             data, batch_sizes, sorted_indices, unsorted_indices = input
             if hx is None:
                 hx = data.new_zeros((self.num_layers * D, int(batch_sizes[0]), self.hidden_size))
@@ -99,7 +104,12 @@ class GRU(nn.RNNBase):
         self.check_forward_args(input, hx, None)
         if input.shape[0 if not self.batch_first else 1] == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        output, h_n = self._run(input, hx, batch_first=self.batch_first)
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths)
+            if lengths.shape != (input.shape[batch_dim],):
+                raise ValueError(f"lengths must have shape ({input.shape[batch_dim]},), "
+                                 f"got {tuple(lengths.shape)}")
+        output, h_n = self._run(input, hx, batch_first=self.batch_first, lengths=lengths)
         if not is_batched:
             output = output.squeeze(batch_dim)
             h_n = h_n.squeeze(1)

@@ -40,6 +40,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   "$VPY" -m pip install -q "${missing[@]}"
 fi
 
+# Optional: the examples' datasets ship inside these packages, and the plots need matplotlib.
+# Offline machines without them still build and test; the example tests then skip.
+optional=()
+for pair in vega_datasets:vega_datasets sktime:sktime matplotlib:matplotlib; do
+  "$VPY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('${pair%%:*}') is None)" \
+    2>/dev/null || optional+=("${pair#*:}")
+done
+if [ ${#optional[@]} -gt 0 ]; then
+  echo "[bootstrap] installing the examples' extras: ${optional[*]}"
+  "$VPY" -m pip install -q "${optional[@]}" \
+    || echo "[bootstrap] could not install ${optional[*]} (offline?): the example tests will skip"
+fi
+
 stamp=$VENV/.fusedgru-build
 sources_hash=$(cat setup.py pyproject.toml $(find csrc -type f | sort) | sha256sum | cut -d' ' -f1)
 sources_hash="$sources_hash-${FUSEDGRU_CPU_ONLY:-0}"

@@ -441,3 +441,22 @@ def test_cpu_autocast_behaves_like_nn_gru():
         out_o, _ = ours(x.bfloat16())
         assert out_o.dtype == out_r.dtype == torch.bfloat16
         assert rel_err(out_o, exact) <= 2 * rel_err(out_r, exact) + 1e-3
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_lengths_keyword_matches_packed_sequence(device):
+    dtype = torch.float64
+    m = fusedgru.GRU(3, 4, num_layers=2, bidirectional=True, batch_first=True).to(device, dtype)
+    lengths = torch.tensor([2, 7, 5])
+    x = torch.randn(3, 7, 3, device=device, dtype=dtype, requires_grad=True)
+    out, h = m(x, lengths=lengths)
+    p_out, p_h = m(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
+    padded, _ = pad_packed_sequence(p_out, batch_first=True, total_length=7)
+    assert_close(out, padded, TOL[dtype], "output")
+    assert_close(h, p_h, TOL[dtype], "h_n")
+    g1 = torch.autograd.grad(out.sum() + h.sum(), [x, *m.parameters()])
+    g2 = torch.autograd.grad(padded.sum() + p_h.sum(), [x, *m.parameters()])
+    for a, b in zip(g1, g2):
+        assert_close(a, b, TOL[dtype], "gradient")
+    with pytest.raises(ValueError, match="lengths must have shape"):
+        m(x, lengths=torch.tensor([1, 2]))

@@ -1,0 +1,102 @@
+"""Ready-made models built on the fused ops: the causal-conv + GRU (+ attention) stack."""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .conv import CausalConv1d
+from .functional import gru
+from .rnn import GRU
+
+
+class CausalConvGRU(nn.Module):
+    r"""A stack of ``num_layers`` blocks, each a causal depthwise conv (SiLU) over time followed by
+    a unidirectional GRU layer, with a residual connection where input and output widths agree,
+    and an optional attention head.
+
+    * ``attention=None``: output ``(N, L, H)``; y_t depends only on x_{<=t}. Streams step by step
+      with :meth:`init_state` / :meth:`step`.
+    * ``attention="causal"``: adds multi-head causal self-attention over the GRU outputs
+      (``scaled_dot_product_attention(is_causal=True)``) with a residual connection; still causal.
+    * ``attention="pool"``: reduces the sequence to one ``(N, H)`` vector with learned attention
+      weights over the valid steps (for classification).
+
+    Inputs are ``(N, L, C)`` (``(L, N, C)`` with ``batch_first=False``); ``lengths`` (``[N]``)
+    marks right-padded sequences: padded steps never affect valid ones.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 2,
+                 kernel_size: int = 4, dilation: int = 1, dropout: float = 0.0,
+                 attention: str | None = None, num_heads: int = 1, batch_first: bool = True):
+        super().__init__()
+        if attention not in (None, "causal", "pool"):
+            raise ValueError(f"attention must be None, 'causal' or 'pool', got {attention!r}")
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if attention == "causal" and hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.attention, self.num_heads, self.batch_first = attention, num_heads, batch_first
+        self.dropout = dropout
+        widths = [input_size] + [hidden_size] * num_layers
+        self.convs = nn.ModuleList(
+            CausalConv1d(widths[i], kernel_size, dilation, activation="silu", channels_last=True)
+            for i in range(num_layers))
+        self.grus = nn.ModuleList(GRU(widths[i], hidden_size, batch_first=True)
+                                  for i in range(num_layers))
+        if attention == "causal":
+            self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
+            self.proj = nn.Linear(hidden_size, hidden_size)
+        elif attention == "pool":
+            self.score = nn.Linear(hidden_size, 1)
+
+    def _gru_layer(self, layer: int, x: Tensor, h0: Tensor | None, lengths: Tensor | None):
+        g = self.grus[layer]
+        return gru(x, h0, g._weights(), g.bias, 1, 0.0, False, False, True, lengths=lengths)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        for layer in range(self.num_layers):
+            out, _ = self._gru_layer(layer, self.convs[layer](x), None, lengths)
+            x = out + x if x.shape[-1] == out.shape[-1] else out
+            if self.training and self.dropout > 0 and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, True)
+        if self.attention == "causal":
+            N, L, H = x.shape
+            q, k, v = (t.view(N, L, self.num_heads, H // self.num_heads).transpose(1, 2)
+                       for t in self.qkv(x).chunk(3, dim=-1))
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.proj(a.transpose(1, 2).reshape(N, L, H))
+        elif self.attention == "pool":
+            scores = self.score(x).squeeze(-1)  # [N, L]
+            if lengths is not None:
+                valid = torch.arange(x.shape[1], device=x.device) < lengths.to(x.device)[:, None]
+                scores = scores.masked_fill(~valid, float("-inf"))
+            return (scores.softmax(dim=1).unsqueeze(-1) * x).sum(dim=1)
+        return x if self.batch_first else x.transpose(0, 1)
+
+    def init_state(self, batch_size: int) -> list[tuple[Tensor, Tensor]]:
+        """Streaming state: per layer, the conv history ``(N, C, S)`` and the GRU state
+        ``(1, N, H)``, all zeros (what the full forward starts from)."""
+        if self.attention is not None:
+            raise RuntimeError("streaming needs attention=None")
+        w = self.grus[0].weight_hh_l0
+        return [(conv.init_state(batch_size),
+                 w.new_zeros((1, batch_size, self.hidden_size))) for conv in self.convs]
+
+    def step(self, x_t: Tensor, state: list[tuple[Tensor, Tensor]]):
+        """One time step ``x_t (N, C) -> y_t (N, H)``; returns ``(y_t, state)``. Run under
+        ``torch.no_grad()`` (the conv state is updated in place); stepping through a sequence
+        gives the full forward's outputs (in eval mode)."""
+        if self.attention is not None:
+            raise RuntimeError("streaming needs attention=None")
+        new_state = []
+        x = x_t
+        for layer, (conv_state, h) in enumerate(state):
+            c = self.convs[layer].step(x, conv_state)
+            out, h = self._gru_layer(layer, c.unsqueeze(1), h, None)
+            out = out.squeeze(1)
+            x = out + x if x.shape[-1] == out.shape[-1] else out
+            new_state.append((conv_state, h))
+        return x, new_state

@@ -1,0 +1,115 @@
+"""fusedgru.models.CausalConvGRU: shapes, causality, streaming, gradients, compile."""
+
+import pytest
+import torch
+from gru_testing import DEVICES
+from torch.autograd import gradcheck
+
+from fusedgru.models import CausalConvGRU
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("attention", [None, "causal", "pool"])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_shapes(device, attention, batch_first):
+    m = CausalConvGRU(5, 8, num_layers=2, attention=attention, num_heads=2,
+                      batch_first=batch_first).to(device)
+    x = torch.randn((3, 11, 5) if batch_first else (11, 3, 5), device=device)
+    y = m(x)
+    if attention == "pool":
+        assert y.shape == (3, 8)
+    else:
+        assert y.shape == ((3, 11, 8) if batch_first else (11, 3, 8))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("attention", [None, "causal"])
+def test_outputs_depend_only_on_the_past(device, attention):
+    m = CausalConvGRU(4, 6, num_layers=3, kernel_size=3, dilation=2, attention=attention,
+                      num_heads=3).to(device, torch.float64)
+    x = torch.randn(2, 20, 4, device=device, dtype=torch.float64)
+    y = m(x)
+    for t0 in (0, 9, 19):
+        x2 = x.clone()
+        x2[:, t0 + 1:] = torch.randn_like(x2[:, t0 + 1:])
+        y2 = m(x2)
+        assert torch.equal(y2[:, :t0 + 1], y[:, :t0 + 1])
+        if t0 < 19:
+            assert not torch.allclose(y2[:, t0 + 1:], y[:, t0 + 1:])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pool_ignores_padding(device):
+    m = CausalConvGRU(4, 6, attention="pool").to(device, torch.float64)
+    lengths = torch.tensor([9, 4, 1])
+    x = torch.randn(3, 9, 4, device=device, dtype=torch.float64)
+    y = m(x, lengths)
+    x2 = x.clone()
+    for i, n in enumerate(lengths.tolist()):
+        x2[i, n:] = 1e3 * torch.randn_like(x2[i, n:])
+    assert torch.allclose(m(x2, lengths), y, atol=1e-12)
+    for i, n in enumerate(lengths.tolist()):  # each row alone, unpadded, gives the same vector
+        assert torch.allclose(m(x[i:i + 1, :n]), y[i:i + 1], atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("num_layers, width", [(1, 5), (3, 6)])
+def test_streaming_equals_full(device, num_layers, width):
+    m = CausalConvGRU(width, 6, num_layers=num_layers, kernel_size=4, dilation=2,
+                      dropout=0.3).to(device, torch.float64).eval()
+    x = torch.randn(2, 15, width, device=device, dtype=torch.float64)
+    y = m(x)
+    with torch.no_grad():
+        state = m.init_state(2)
+        ys = []
+        for t in range(15):
+            y_t, state = m.step(x[:, t], state)
+            ys.append(y_t)
+    assert torch.allclose(torch.stack(ys, 1), y, rtol=0, atol=1e-12)
+    with pytest.raises(RuntimeError, match="streaming needs attention=None"):
+        CausalConvGRU(3, 4, attention="causal").init_state(1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("attention", [None, "causal", "pool"])
+def test_gradcheck_tiny_stack(device, attention):
+    m = CausalConvGRU(2, 4, num_layers=2, kernel_size=3, attention=attention,
+                      num_heads=2).to(device, torch.float64)
+    x = torch.randn(2, 5, 2, device=device, dtype=torch.float64, requires_grad=True)
+    params = dict(m.named_parameters())
+
+    def f(x, *ps):
+        return torch.func.functional_call(m, dict(zip(params, ps)), (x,))
+
+    assert gradcheck(f, (x, *params.values()))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_fullgraph(device):
+    torch._dynamo.reset()
+    m = CausalConvGRU(5, 8, attention="causal", num_heads=2).to(device)
+    x = torch.randn(3, 10, 5, device=device, requires_grad=True)
+    y_e = m(x)
+    y_c = torch.compile(m, fullgraph=True)(x)
+    assert torch.allclose(y_c, y_e, atol=1e-5)
+    g_e = torch.autograd.grad(y_e.sum(), [x, *m.parameters()])
+    g_c = torch.autograd.grad(y_c.sum(), [x, *m.parameters()])
+    for a, b in zip(g_c, g_e):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bfloat16(device):
+    m = CausalConvGRU(5, 8, attention="pool")
+    x = torch.randn(3, 10, 5)
+    ref = m.double()(x.double())
+    y = m.to(device, torch.bfloat16)(x.to(device, torch.bfloat16))
+    assert y.dtype == torch.bfloat16
+    assert ((y.double().cpu() - ref).norm() / ref.norm()) < 0.05
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="attention must be"):
+        CausalConvGRU(3, 4, attention="global")
+    with pytest.raises(ValueError, match="not divisible"):
+        CausalConvGRU(3, 6, attention="causal", num_heads=4)
