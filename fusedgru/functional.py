@@ -1,5 +1,6 @@
 """Functional GRU over the fused ops, for callers that hold their own weights."""
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -86,6 +87,7 @@ def gru(
         hx = x.new_zeros(expected_hx)
     elif tuple(hx.shape) != expected_hx:
         raise RuntimeError(f"Expected hidden size {expected_hx}, got {list(hx.shape)}")
+    autocast = torch.is_autocast_enabled(x.device.type)
     x, hx, params = _autocast(x, hx, params)
     _check_devices_and_dtypes(x, hx, params)
     if lengths is not None:
@@ -93,7 +95,11 @@ def gru(
 
     need_workspace = torch.is_grad_enabled() and (
         x.requires_grad or hx.requires_grad or any(p.requires_grad for p in params))
-    with torch.autocast(x.device.type, enabled=False):
+    # The inputs are cast already; keep autocast from casting again inside (and keep exported
+    # graphs free of autocast regions when it is off).
+    no_autocast = torch.autocast(x.device.type, enabled=False) if autocast else \
+        contextlib.nullcontext()
+    with no_autocast:
         h_n = []
         for layer in range(num_layers):
             outs = []

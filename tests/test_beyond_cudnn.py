@@ -1,0 +1,110 @@
+"""What nn.GRU on cuDNN cannot do: backward in eval mode, torch.export, CUDA-graph capture,
+bitwise determinism. (Double backward: test_gradcheck.py::test_gradgradcheck_module.)"""
+
+import pytest
+import torch
+from gru_testing import DEVICES, TOL, assert_close
+from torch import nn
+
+import fusedgru
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru = fusedgru.GRU(5, 8, num_layers=2, batch_first=True, bidirectional=True)
+        self.conv = fusedgru.CausalConv1d(16, 4, channels_last=True, activation="silu")
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        out, h = self.gru(x)
+        return self.head(self.conv(out)), h
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_in_eval_mode(device):
+    net = Net().to(device)
+    x = torch.randn(3, 7, 5, device=device, requires_grad=True)
+    grads = {}
+    for mode in ("train", "eval"):
+        getattr(net, mode)()
+        y, h = net(x)
+        grads[mode] = torch.autograd.grad(y.sum() + h.sum(), [x, *net.parameters()])
+    for a, b in zip(grads["eval"], grads["train"], strict=True):
+        assert_close(a, b, TOL[torch.float32], "eval vs train gradient")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_export_runs_and_matches_eager(device):
+    net = Net().to(device).eval()
+    x = torch.randn(3, 7, 5, device=device)
+    ep = torch.export.export(net, (x,))
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert "fusedgru.gru_forward.default" in targets
+    assert "fusedgru.causal_conv1d_fwd.default" in targets
+    for inp in (x, torch.randn(3, 7, 5, device=device)):
+        y_e, h_e = net(inp)
+        y_x, h_x = ep.module()(inp)
+        assert torch.equal(y_x, y_e) and torch.equal(h_x, h_e)
+
+
+@pytest.mark.cuda
+def test_cuda_graph_capture_forward_and_training_step():
+    net = Net().cuda()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    static_x = torch.randn(3, 7, 5, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as the CUDA-graph docs require
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            y, h = net(static_x)
+            (y.square().mean() + h.mean()).backward()
+            opt.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        y, h = net(static_x)
+        loss = y.square().mean() + h.mean()
+        loss.backward()
+        opt.step()
+    for _ in range(3):
+        new_x = torch.randn(3, 7, 5, device="cuda")
+        static_x.copy_(new_x)
+        before = [p.detach().clone() for p in net.parameters()]
+        graph.replay()
+        torch.cuda.synchronize()
+        # the replayed step equals an eager step from the same weights
+        ref = Net().cuda()
+        ref.load_state_dict(dict(zip([n for n, _ in net.named_parameters()], before)),
+                            strict=False)
+        y_ref, h_ref = ref(new_x)
+        assert torch.allclose(y, y_ref, atol=1e-5) and torch.allclose(h, h_ref, atol=1e-5)
+    fwd_graph = torch.cuda.CUDAGraph()
+    net.eval()
+    with torch.no_grad(), torch.cuda.graph(fwd_graph):
+        y_inf, _ = net(static_x)
+    fwd_graph.replay()
+    torch.cuda.synchronize()
+    with torch.no_grad():
+        assert torch.allclose(y_inf, net(static_x)[0], atol=1e-6)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_deterministic_mode_is_bitwise_reproducible(dtype):
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        net = Net().to("cuda", dtype)
+        x = torch.randn(16, 64, 5, device="cuda", dtype=dtype, requires_grad=True)
+        runs = []
+        for _ in range(3):
+            y, h = net(x)
+            runs.append([y, h, *torch.autograd.grad(y.sum() + h.sum(), [x, *net.parameters()])])
+        for other in runs[1:]:
+            for a, b in zip(runs[0], other, strict=True):
+                assert torch.equal(a, b)
+    finally:
+        torch.use_deterministic_algorithms(prev)
