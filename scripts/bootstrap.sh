@@ -49,7 +49,7 @@ for pair in vega_datasets:vega_datasets sktime:sktime matplotlib:matplotlib; do
 done
 if [ ${#optional[@]} -gt 0 ]; then
   echo "[bootstrap] installing the examples' extras: ${optional[*]}"
-  "$VPY" -m pip install -q "${optional[@]}" \
+  "$VPY" -m pip install -q --retries 0 --timeout 10 "${optional[@]}" \
     || echo "[bootstrap] could not install ${optional[*]} (offline?): the example tests will skip"
 fi
 
