@@ -81,7 +81,7 @@ def bench_point(args, T, N, I, H, L, dtype_name, tf32):
     rows = []
     for mode in args.modes:
         fn = fwd if mode == "fwd" else fwdbwd
-        med = median_times({"nn.GRU": lambda: fn(ref), "fusedgru": lambda: fn(ours)},
+        med = median_times({"nn.GRU": lambda fn=fn: fn(ref), "fusedgru": lambda fn=fn: fn(ours)},
                            args.warmup, args.reps, timer)
         t_ref, t_ours = med["nn.GRU"], med["fusedgru"]
         rows.append(dict(T=T, N=N, I=I, H=H, layers=L, bidirectional=args.bidirectional,

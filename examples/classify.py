@@ -67,7 +67,7 @@ def main():
         model = cls(64).to(dev)
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
         losses, epoch_times = [], []
-        for epoch in progress(range(1 if args.smoke else args.epochs), desc=name, unit="epoch"):
+        for _ in progress(range(1 if args.smoke else args.epochs), desc=name, unit="epoch"):
             model.train()
             perm = np.random.permutation(len(x_tr))
             t0, total = time.perf_counter(), 0.0

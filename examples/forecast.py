@@ -75,7 +75,7 @@ def main():
         model.to(dev)
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
         epoch_times, best_val, best_state = [], float("inf"), None
-        for epoch in progress(range(1 if args.smoke else args.epochs), desc=name, unit="epoch"):
+        for _ in progress(range(1 if args.smoke else args.epochs), desc=name, unit="epoch"):
             model.train()
             perm = torch.randperm(len(x_tr))
             t0 = time.perf_counter()

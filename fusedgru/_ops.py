@@ -109,27 +109,34 @@ def _gru_backward_setup_context(ctx, inputs, output):
     ctx.flags = inputs[10:]
 
 
-def _gru_backward_backward(ctx, *grad_outputs):
-    saved = ctx.saved_tensors
-    reverse, has_bias, _, _ = ctx.flags
+def _reference_vjp(ctx, args, differentiable, reference_fn, grad_outputs, num_args):
+    """Backward of a backward op: the vector-Jacobian product of its torch-op reference.
+
+    args: the op's saved arguments; differentiable: positions gradients may flow to;
+    reference_fn(args) -> the op's outputs computed with differentiable torch ops."""
+    args = list(args)
+    leaves = [i for i in differentiable if args[i] is not None and ctx.needs_input_grad[i]]
+    result = [None] * num_args
     with torch.enable_grad():
-        args = list(saved)
-        leaves = []
-        for i in _GRU_BACKWARD_DIFFERENTIABLE:
-            if args[i] is not None and ctx.needs_input_grad[i]:
-                args[i] = args[i].detach().requires_grad_()
-                leaves.append(i)
-        outs = reference.gru_layer_backward(*args, reverse, has_bias)
+        for i in leaves:
+            args[i] = args[i].detach().requires_grad_()
+        outs = reference_fn(args)
         pairs = [(o, g) for o, g in zip(outs, grad_outputs)
                  if o is not None and g is not None and g.numel() > 0 and o.requires_grad]
         if not pairs or not leaves:
-            return (None,) * 14
+            return tuple(result)
         grads = torch.autograd.grad([o for o, _ in pairs], [args[i] for i in leaves],
                                     [g for _, g in pairs], allow_unused=True)
-    result = [None] * 14
     for i, g in zip(leaves, grads):
         result[i] = g
     return tuple(result)
+
+
+def _gru_backward_backward(ctx, *grad_outputs):
+    reverse, has_bias, _, _ = ctx.flags
+    return _reference_vjp(
+        ctx, ctx.saved_tensors, _GRU_BACKWARD_DIFFERENTIABLE,
+        lambda a: reference.gru_layer_backward(*a, reverse, has_bias), grad_outputs, 14)
 
 
 torch.library.register_autograd(
@@ -195,23 +202,11 @@ def _conv_bwd_setup_context(ctx, inputs, output):
 
 
 def _conv_bwd_backward(ctx, *grad_outputs):
-    saved = list(ctx.saved_tensors)
-    with torch.enable_grad():
-        leaves = [i for i in range(5) if saved[i] is not None and ctx.needs_input_grad[i]]
-        for i in leaves:
-            saved[i] = saved[i].detach().requires_grad_()
-        outs = reference.causal_conv1d_backward(*saved, ctx.dilation,
-                                                _ACTIVATION_NAMES[ctx.activation])
-        pairs = [(o, g) for o, g in zip(outs, grad_outputs)
-                 if o is not None and g is not None and o.requires_grad]
-        if not pairs or not leaves:
-            return (None,) * 7
-        grads = torch.autograd.grad([o for o, _ in pairs], [saved[i] for i in leaves],
-                                    [g for _, g in pairs], allow_unused=True)
-    result = [None] * 7
-    for i, g in zip(leaves, grads):
-        result[i] = g
-    return tuple(result)
+    activation = _ACTIVATION_NAMES[ctx.activation]
+    return _reference_vjp(
+        ctx, ctx.saved_tensors, range(5),
+        lambda a: reference.causal_conv1d_backward(*a, ctx.dilation, activation),
+        grad_outputs, 7)
 
 
 torch.library.register_autograd("fusedgru::causal_conv1d_bwd", _conv_bwd_backward,
