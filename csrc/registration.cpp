@@ -35,6 +35,12 @@ TORCH_LIBRARY(fusedgru, m) {
       "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_weight_ih, Tensor grad_weight_hh, "
       "Tensor grad_bias_ih, Tensor grad_bias_hh)");
 
+  // One GRU step (torch.gru_cell): input [N, C], hx [N, H] -> h' [N, H]. On CUDA one fused launch
+  // for small batches (streaming inference).
+  m.def(
+      "gru_cell(Tensor input, Tensor hx, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
+      "Tensor? bias_hh) -> Tensor");
+
   // Causal depthwise conv1d (causal_conv1d.h). x [N, C, L] (any strides; channel-last views read
   // in place), weight [C, W], bias [C], initial_state [N, C, (W-1)*dilation];
   // activation 0 none, 1 silu, 2 relu. -> y [N, C, L] in the layout of x.

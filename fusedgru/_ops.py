@@ -211,3 +211,34 @@ def _conv_bwd_backward(ctx, *grad_outputs):
 
 torch.library.register_autograd("fusedgru::causal_conv1d_bwd", _conv_bwd_backward,
                                 setup_context=_conv_bwd_setup_context)
+
+
+# ---- gru_cell: one step; backward recomputes the step's activations and reuses gru_backward ----
+
+@torch.library.register_fake("fusedgru::gru_cell")
+def _gru_cell_fake(input, hx, weight_ih, weight_hh, bias_ih, bias_hh):
+    return hx.new_empty((input.shape[0], weight_hh.shape[1]))
+
+
+def _gru_cell_setup_context(ctx, inputs, output):
+    input, hx, weight_ih, weight_hh, bias_ih, bias_hh = inputs
+    ctx.save_for_backward(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+
+
+def _gru_cell_backward(ctx, grad):
+    input, hx, weight_ih, weight_hh, bias_ih, bias_hh = ctx.saved_tensors
+    x = input.unsqueeze(0)
+    out, _, workspace = torch.ops.fusedgru.gru_forward(x, hx, weight_ih, weight_hh, bias_ih,
+                                                       bias_hh, None, False, True)
+    need = ctx.needs_input_grad
+    g_x, g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh = torch.ops.fusedgru.gru_backward(
+        torch.zeros_like(out), grad, None, x, hx, weight_ih, weight_hh, None, out, workspace,
+        False, bias_ih is not None or bias_hh is not None, need[0], any(need[2:]))
+    return (g_x[0] if need[0] else None, g_hx if need[1] else None,
+            g_w_ih if need[2] else None, g_w_hh if need[3] else None,
+            g_b_ih if need[4] and bias_ih is not None else None,
+            g_b_hh if need[5] and bias_hh is not None else None)
+
+
+torch.library.register_autograd("fusedgru::gru_cell", _gru_cell_backward,
+                                setup_context=_gru_cell_setup_context)

@@ -50,15 +50,13 @@ class CausalConvGRU(nn.Module):
         elif attention == "pool":
             self.score = nn.Linear(hidden_size, 1)
 
-    def _gru_layer(self, layer: int, x: Tensor, h0: Tensor | None, lengths: Tensor | None):
-        g = self.grus[layer]
-        return gru(x, h0, g._weights(), g.bias, 1, 0.0, False, False, True, lengths=lengths)
-
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         if not self.batch_first:
             x = x.transpose(0, 1)
         for layer in range(self.num_layers):
-            out, _ = self._gru_layer(layer, self.convs[layer](x), None, lengths)
+            g = self.grus[layer]
+            out, _ = gru(self.convs[layer](x), None, g._weights(), g.bias, 1, 0.0, False, False,
+                         True, lengths=lengths)
             x = out + x if x.shape[-1] == out.shape[-1] else out
             if self.training and self.dropout > 0 and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, True)
@@ -78,25 +76,27 @@ class CausalConvGRU(nn.Module):
 
     def init_state(self, batch_size: int) -> list[tuple[Tensor, Tensor]]:
         """Streaming state: per layer, the conv history ``(N, C, S)`` and the GRU state
-        ``(1, N, H)``, all zeros (what the full forward starts from)."""
+        ``(N, H)``, all zeros (what the full forward starts from)."""
         if self.attention is not None:
             raise RuntimeError("streaming needs attention=None")
         w = self.grus[0].weight_hh_l0
         return [(conv.init_state(batch_size),
-                 w.new_zeros((1, batch_size, self.hidden_size))) for conv in self.convs]
+                 w.new_zeros((batch_size, self.hidden_size))) for conv in self.convs]
 
     def step(self, x_t: Tensor, state: list[tuple[Tensor, Tensor]]):
         """One time step ``x_t (N, C) -> y_t (N, H)``; returns ``(y_t, state)``. Run under
         ``torch.no_grad()`` (the conv state is updated in place); stepping through a sequence
-        gives the full forward's outputs (in eval mode)."""
+        gives the full forward's outputs (in eval mode). Per layer: one conv update and one
+        ``fusedgru::gru_cell`` (a single fused launch on CUDA for batches up to 32)."""
         if self.attention is not None:
             raise RuntimeError("streaming needs attention=None")
         new_state = []
         x = x_t
         for layer, (conv_state, h) in enumerate(state):
             c = self.convs[layer].step(x, conv_state)
-            out, h = self._gru_layer(layer, c.unsqueeze(1), h, None)
-            out = out.squeeze(1)
-            x = out + x if x.shape[-1] == out.shape[-1] else out
+            g = self.grus[layer]
+            h = torch.ops.fusedgru.gru_cell(c, h, g.weight_ih_l0, g.weight_hh_l0,
+                                            g.bias_ih_l0, g.bias_hh_l0)
+            x = h + x if x.shape[-1] == h.shape[-1] else h
             new_state.append((conv_state, h))
         return x, new_state

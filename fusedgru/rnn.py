@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .functional import gru
+from .functional import _check_devices_and_dtypes, gru
 
 
 def _packed_to_padded(data: Tensor, batch_sizes: Tensor):
@@ -136,12 +136,57 @@ class GRU(nn.RNNBase):
                    self.training, self.bidirectional, batch_first, lengths=lengths)
 
 
-def convert(model: nn.Module) -> nn.Module:
-    """Replace every ``torch.nn.GRU`` in ``model`` (the model itself included) by a
-    :class:`fusedgru.GRU` that shares its parameter objects, so weights, device, dtype,
-    ``requires_grad`` and optimizer state carry over; returns the model."""
+class GRUCell(nn.RNNCellBase):
+    """Drop-in replacement for :class:`torch.nn.GRUCell` (same parameters, initialization,
+    inputs and errors) on the fused ``fusedgru::gru_cell`` op: one launch per step on CUDA for
+    batches up to 32."""
 
-    def swap(gru_module: nn.GRU) -> GRU:
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
+                 dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype)
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        if input.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            hx = input.new_zeros((input.shape[0], self.hidden_size))
+        elif not is_batched:
+            hx = hx.unsqueeze(0)
+        # Same wording as ATen's check_rnn_cell_forward_* checks.
+        if input.shape[1] != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {input.shape[1]} "
+                               f"expected {self.input_size}")
+        if hx.shape[0] != input.shape[0]:
+            raise RuntimeError(f"Input batch size {input.shape[0]} doesn't match hidden0 batch "
+                               f"size {hx.shape[0]}")
+        if hx.shape[1] != self.hidden_size:
+            raise RuntimeError(f"hidden0 has inconsistent hidden_size: got {hx.shape[1]}, "
+                               f"expected {self.hidden_size}")
+        params = [self.weight_ih, self.weight_hh] + (
+            [self.bias_ih, self.bias_hh] if self.bias else [])
+        _check_devices_and_dtypes(input, hx, params)
+        out = torch.ops.fusedgru.gru_cell(input, hx, self.weight_ih, self.weight_hh,
+                                          self.bias_ih, self.bias_hh)
+        return out if is_batched else out.squeeze(0)
+
+
+def convert(model: nn.Module) -> nn.Module:
+    """Replace every ``torch.nn.GRU`` (``nn.GRUCell``) in ``model``, the model itself included, by
+    a :class:`fusedgru.GRU` (:class:`fusedgru.GRUCell`) that shares its parameter objects, so
+    weights, device, dtype, ``requires_grad`` and optimizer state carry over; returns the model."""
+
+    def swap(gru_module):
+        if isinstance(gru_module, nn.GRUCell):
+            cell = GRUCell(gru_module.input_size, gru_module.hidden_size, gru_module.bias,
+                           device="meta")
+            for name, param in gru_module.named_parameters(recurse=False):
+                setattr(cell, name, param)
+            return cell.train(gru_module.training)
         with warnings.catch_warnings():  # nn.GRU already warned about its own arguments
             warnings.simplefilter("ignore")
             new = GRU(gru_module.input_size, gru_module.hidden_size, gru_module.num_layers,
@@ -153,10 +198,10 @@ def convert(model: nn.Module) -> nn.Module:
         new.train(gru_module.training)
         return new
 
-    if isinstance(model, nn.GRU):
+    if isinstance(model, (nn.GRU, nn.GRUCell)):
         return swap(model)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.GRU):
+            if isinstance(child, (nn.GRU, nn.GRUCell)):
                 setattr(parent, name, swap(child))
     return model

@@ -460,3 +460,59 @@ def test_lengths_keyword_matches_packed_sequence(device):
         assert_close(a, b, TOL[dtype], "gradient")
     with pytest.raises(ValueError, match="lengths must have shape"):
         m(x, lengths=torch.tensor([1, 2]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("N, C, H, bias", [(1, 1, 1, True), (3, 17, 130, True), (40, 5, 7, False),
+                                           (0, 3, 4, True)])
+def test_gru_cell_matches_nn_gru_cell(device, dtype, N, C, H, bias):
+    ref = nn.GRUCell(C, H, bias=bias).to(device, dtype)
+    ours = fusedgru.GRUCell(C, H, bias=bias).to(device, dtype)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(N, C, device=device, dtype=dtype, requires_grad=True)
+    hx = torch.randn(N, H, device=device, dtype=dtype, requires_grad=True)
+    g = torch.randn(N, H, device=device, dtype=dtype)
+    results = []
+    for m in (ref, ours):
+        out = m(x, hx)
+        results.append((out, torch.autograd.grad((out * g).sum(), [x, hx, *m.parameters()])))
+    (o_r, g_r), (o_o, g_o) = results
+    assert_close(o_o, o_r, TOL[dtype], "h'")
+    for a, b in zip(g_o, g_r, strict=True):
+        assert_close(a, b, TOL[dtype], "gradient")
+    if N:
+        assert_close(ours(x[0]), ref(x[0]), TOL[dtype], "unbatched")
+
+
+@pytest.mark.parametrize("case", ["feature", "hx batch", "hx size", "3-D input", "3-D hidden"])
+def test_gru_cell_errors_match_nn_gru_cell(case):
+    args = {"feature": (torch.randn(3, 6), None), "hx batch": (torch.randn(3, 4),
+                                                                torch.randn(2, 5)),
+            "hx size": (torch.randn(3, 4), torch.randn(3, 6)), "3-D input": (torch.randn(2, 3, 4),
+                                                                            None),
+            "3-D hidden": (torch.randn(3, 4), torch.randn(1, 3, 5))}[case]
+    ref = nn.GRUCell(4, 5)
+    with pytest.raises(Exception) as expected:
+        ref(*args)
+    with pytest.raises(type(expected.value)) as got:
+        fusedgru.GRUCell(4, 5)(*args)
+    assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gru_cell_op_gradcheck_and_opcheck(device):
+    kw = dict(device=device, dtype=torch.float64, requires_grad=True)
+    args = (torch.randn(3, 4, **kw), torch.randn(3, 5, **kw), torch.randn(15, 4, **kw),
+            torch.randn(15, 5, **kw), torch.randn(15, **kw), torch.randn(15, **kw))
+    assert torch.autograd.gradcheck(torch.ops.fusedgru.gru_cell, args)
+    assert torch.autograd.gradgradcheck(torch.ops.fusedgru.gru_cell, args)
+    torch.library.opcheck(torch.ops.fusedgru.gru_cell.default, args)
+    torch.library.opcheck(torch.ops.fusedgru.gru_cell.default, args[:4] + (None, None))
+
+
+def test_convert_replaces_gru_cells():
+    net = nn.Sequential(nn.GRUCell(3, 4))
+    p = net[0].weight_ih
+    fusedgru.convert(net)
+    assert isinstance(net[0], fusedgru.GRUCell) and net[0].weight_ih is p

@@ -371,12 +371,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   return {grad_input, dh, gw_ih, gw_hh, gb_ih, gb_hh};
 }
 
+Tensor gru_cell(const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
+                const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
+                const std::optional<Tensor>& bias_hh) {
+  TORCH_CHECK(input.dim() == 2, "input must have shape (N, C), got ", input.sizes());
+  return std::get<1>(gru_forward(input.unsqueeze(0), hx, weight_ih, weight_hh, bias_ih, bias_hh,
+                                 std::nullopt, false, false));
+}
+
 }  // namespace
 }  // namespace cpu
 
 TORCH_LIBRARY_IMPL(fusedgru, CPU, m) {
   m.impl("gru_forward", &cpu::gru_forward);
   m.impl("gru_backward", &cpu::gru_backward);
+  m.impl("gru_cell", &cpu::gru_cell);
 }
 
 }  // namespace fusedgru
