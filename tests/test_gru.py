@@ -104,11 +104,16 @@ def test_unbatched_input(device, batch_first):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("enforce_sorted", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-def test_packed_sequence(device, enforce_sorted, dtype):
-    ref, ours = pair(device, dtype, 5, 7, num_layers=2, bidirectional=True)
-    lengths = torch.tensor([9, 6, 6, 3, 1]) if enforce_sorted else torch.tensor([3, 9, 1, 6, 6])
-    x = torch.randn(9, 5, 5, device=device, dtype=dtype, requires_grad=True)
-    hx = torch.randn(4, 5, 7, device=device, dtype=dtype, requires_grad=True)
+@pytest.mark.parametrize("N, H", [(5, 7), (40, 96)], ids=["small", "threaded"])
+def test_packed_sequence(device, enforce_sorted, dtype, N, H):
+    # "threaded": large enough that the CPU kernels split hidden units across threads
+    ref, ours = pair(device, dtype, 5, H, num_layers=2, bidirectional=True)
+    lengths = torch.randint(1, 10, (N,))
+    lengths[torch.randint(0, N, (1,))] = 9
+    if enforce_sorted:
+        lengths = lengths.sort(descending=True).values
+    x = torch.randn(9, N, 5, device=device, dtype=dtype, requires_grad=True)
+    hx = torch.randn(4, N, H, device=device, dtype=dtype, requires_grad=True)
     go = None
     results = []
     for m in (ref, ours):
@@ -289,8 +294,9 @@ def test_nan_propagates_to_exactly_the_affected_outputs(device, bidirectional):
     pytest.param("cuda", torch.bfloat16, marks=pytest.mark.cuda),
     pytest.param("cuda", torch.float16, marks=pytest.mark.cuda),
 ], ids=["cpu-bf16", "cuda-bf16", "cuda-fp16"])
-def test_low_precision_error_within_twice_torch(device, dtype):
-    T, N, C, H = 16, 8, 32, 64
+@pytest.mark.parametrize("N, H", [(8, 64), (32, 128)])
+def test_low_precision_error_within_twice_torch(device, dtype, N, H):
+    T, C = 16, 32
     ref64, _ = pair("cpu", torch.float64, C, H, num_layers=2, bidirectional=True)
     low = nn.GRU(C, H, num_layers=2, bidirectional=True).to(device=device, dtype=dtype)
     low.load_state_dict(ref64.state_dict())
