@@ -120,4 +120,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_backw
     const at::Tensor& dgin, const at::Tensor& hprev, bool has_bias, bool need_input_grad,
     bool need_weight_grad, const Matmul& matmul);
 
+// ---- Layer-normalized GRU (ln_gru_common.cpp) ----
+// Saved per (t, n): r, z, n [3H] | LN(W_hh h) [3H] | LN(W_ih x) [3H] | rstd_h, rstd_i.
+constexpr int64_t ln_gru_saved_width(int64_t H) { return 9 * H + 2; }
+
+void check_ln_gru_forward_args(const at::Tensor& input, const at::Tensor& hx,
+                               const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                               const at::Tensor& ln_ih_weight, const at::Tensor& ln_ih_bias,
+                               const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias,
+                               const std::optional<at::Tensor>& lengths, double eps);
+void check_ln_gru_backward_args(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+                                const at::Tensor& input, const at::Tensor& hx,
+                                const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                                const at::Tensor& ln_ih_weight, const at::Tensor& ln_hh_weight,
+                                const at::Tensor& ln_hh_bias,
+                                const std::optional<at::Tensor>& lengths,
+                                const at::Tensor& output, const at::Tensor& workspace);
+// a_i [T, N, 3H] = LN(x W_ih^T) * g_i + b_i for all steps (one GEMM, then ATen's layer norm);
+// the normalized values and rstd go to workspace columns [6H, 9H) and 9H + 1 when it is
+// non-empty.
+at::Tensor ln_gru_input_norm(const at::Tensor& x, bool batch_major, const at::Tensor& weight_ih,
+                             const at::Tensor& ln_ih_weight, const at::Tensor& ln_ih_bias,
+                             double eps, at::Tensor& workspace, const Matmul& matmul);
+// From the per-step gradients of a_i, a_h and W_hh h (before LN), and h_{t-1}: grad_input,
+// grad_weight_ih, grad_weight_hh, and the four LN parameter gradients (reduced in fp32/fp64).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+ln_gru_backward_gemms(const at::Tensor& x, bool batch_major, const at::Tensor& weight_ih,
+                      const at::Tensor& ln_ih_weight, const at::Tensor& workspace,
+                      const at::Tensor& da_i, const at::Tensor& da_h, const at::Tensor& dg_raw,
+                      const at::Tensor& hprev, bool need_input_grad, bool need_weight_grad,
+                      const Matmul& matmul);
+
 }  // namespace fusedgru

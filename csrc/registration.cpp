@@ -35,6 +35,23 @@ TORCH_LIBRARY(fusedgru, m) {
       "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_weight_ih, Tensor grad_weight_hh, "
       "Tensor grad_bias_ih, Tensor grad_bias_hh)");
 
+  // Layer-normalized GRU layer (cpu/ln_gru.cpp): LN over the 3H gate pre-activations of W_ih x
+  // and of W_hh h separately (gains/biases [3H]; the LN biases take the place of b_ih, b_hh).
+  // -> output [T, N, H], h_n [N, H], workspace [T, N, 9H + 2] ([0] without need_workspace).
+  m.def(
+      "ln_gru_forward(Tensor input, Tensor hx, Tensor weight_ih, Tensor weight_hh, "
+      "Tensor ln_ih_weight, Tensor ln_ih_bias, Tensor ln_hh_weight, Tensor ln_hh_bias, "
+      "Tensor? lengths, bool reverse, float eps, bool need_workspace) "
+      "-> (Tensor output, Tensor h_n, Tensor workspace)");
+  m.def(
+      "ln_gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor hx, "
+      "Tensor weight_ih, Tensor weight_hh, Tensor ln_ih_weight, Tensor ln_hh_weight, "
+      "Tensor ln_hh_bias, Tensor? lengths, Tensor output, Tensor workspace, bool reverse, "
+      "bool need_input_grad, bool need_weight_grad) "
+      "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_weight_ih, Tensor grad_weight_hh, "
+      "Tensor grad_ln_ih_weight, Tensor grad_ln_ih_bias, Tensor grad_ln_hh_weight, "
+      "Tensor grad_ln_hh_bias)");
+
   // One GRU step (torch.gru_cell): input [N, C], hx [N, H] -> h' [N, H]. On CUDA one fused launch
   // for small batches (streaming inference).
   m.def(

@@ -242,3 +242,66 @@ def _gru_cell_backward(ctx, grad):
 
 torch.library.register_autograd("fusedgru::gru_cell", _gru_cell_backward,
                                 setup_context=_gru_cell_setup_context)
+
+
+# ---- layer-normalized GRU ----
+
+@torch.library.register_fake("fusedgru::ln_gru_forward")
+def _ln_gru_forward_fake(input, hx, weight_ih, weight_hh, ln_ih_weight, ln_ih_bias,
+                         ln_hh_weight, ln_hh_bias, lengths, reverse, eps, need_workspace):
+    T, N, _ = input.shape
+    H = weight_hh.shape[1]
+    bm = _batch_major(input)
+    workspace = (_empty_steps(input, bm, T, N, 9 * H + 2) if need_workspace
+                 else input.new_empty((0,)))
+    return _empty_steps(input, bm, T, N, H), hx.new_empty((N, H)), workspace
+
+
+@torch.library.register_fake("fusedgru::ln_gru_backward")
+def _ln_gru_backward_fake(grad_output, grad_h_n, input, hx, weight_ih, weight_hh, ln_ih_weight,
+                          ln_hh_weight, ln_hh_bias, lengths, output, workspace, reverse,
+                          need_input_grad, need_weight_grad):
+    T, N, C = input.shape
+    H = weight_hh.shape[1]
+
+    def none():
+        return input.new_empty((0,))
+
+    def param(t):
+        return t.new_empty(t.shape) if need_weight_grad else none()
+
+    grad_input = (_empty_steps(input, _batch_major(input), T, N, C) if need_input_grad
+                  else none())
+    return (grad_input, hx.new_empty((N, H)), param(weight_ih), param(weight_hh),
+            param(ln_ih_weight), param(ln_ih_weight), param(ln_hh_weight), param(ln_hh_bias))
+
+
+def _ln_gru_setup_context(ctx, inputs, output):
+    (input, hx, weight_ih, weight_hh, ln_ih_weight, _, ln_hh_weight, ln_hh_bias, lengths,
+     reverse, _, _) = inputs
+    out, _, workspace = output
+    ctx.mark_non_differentiable(workspace)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(input, hx, weight_ih, weight_hh, ln_ih_weight, ln_hh_weight,
+                          ln_hh_bias, lengths, out, workspace)
+    ctx.reverse = reverse
+
+
+def _ln_gru_backward(ctx, grad_output, grad_h_n, _grad_workspace):
+    if torch.is_grad_enabled():
+        raise RuntimeError("LayerNormGRU does not support double backward yet "
+                           "(fusedgru.GRU does)")
+    input, hx, w_ih, w_hh, g_i, g_h, b_h, lengths, out, workspace = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    if grad_output is None:
+        grad_output = torch.zeros_like(out)
+    if grad_h_n is None:
+        grad_h_n = torch.zeros_like(hx)
+    grads = torch.ops.fusedgru.ln_gru_backward(
+        grad_output, grad_h_n, input, hx, w_ih, w_hh, g_i, g_h, b_h, lengths, out, workspace,
+        ctx.reverse, need[0], any(need[2:8]))
+    return tuple(g if n else None for g, n in zip(grads, need[:8])) + (None,) * 4
+
+
+torch.library.register_autograd("fusedgru::ln_gru_forward", _ln_gru_backward,
+                                setup_context=_ln_gru_setup_context)

@@ -47,6 +47,51 @@ def _autocast(input: Tensor, hx: Tensor, params: Sequence[Tensor]):
     return input.to(dtype), hx.to(dtype), [p.to(dtype) for p in params]
 
 
+def _layers(input, hx, params, per_layer, num_layers, dropout, train, bidirectional,
+            batch_first, lengths, run_layer, what):
+    """The multi-layer, multi-direction loop shared by the GRU variants. run_layer(x, h0,
+    layer_params, reverse, need_workspace) -> (output [T, N, H], h_n [N, H])."""
+    D = 2 if bidirectional else 1
+    if len(params) != num_layers * D * per_layer:
+        raise ValueError(
+            f"expected {num_layers * D * per_layer} {what} parameters for "
+            f"num_layers={num_layers}, bidirectional={bidirectional}, got {len(params)}")
+    H = params[1].shape[1]
+    x = input.transpose(0, 1) if batch_first else input
+    expected_hx = (num_layers * D, x.shape[1], H)
+    if hx is None:
+        hx = x.new_zeros(expected_hx)
+    elif tuple(hx.shape) != expected_hx:
+        raise RuntimeError(f"Expected hidden size {expected_hx}, got {list(hx.shape)}")
+    autocast = torch.is_autocast_enabled(x.device.type)
+    x, hx, params = _autocast(x, hx, params)
+    _check_devices_and_dtypes(x, hx, params)
+    if lengths is not None:
+        lengths = lengths.to(device=x.device, dtype=torch.int64)
+
+    need_workspace = torch.is_grad_enabled() and (
+        x.requires_grad or hx.requires_grad or any(p.requires_grad for p in params))
+    # The inputs are cast already; keep autocast from casting again inside (and keep exported
+    # graphs free of autocast regions when it is off).
+    no_autocast = torch.autocast(x.device.type, enabled=False) if autocast else \
+        contextlib.nullcontext()
+    with no_autocast:
+        h_n = []
+        for layer in range(num_layers):
+            outs = []
+            for d in range(D):
+                k = layer * D + d
+                out, h = run_layer(x, hx[k], params[k * per_layer:(k + 1) * per_layer],
+                                   lengths, d == 1, need_workspace)
+                outs.append(out)
+                h_n.append(h)
+            x = outs[0] if D == 1 else torch.cat(outs, dim=2)
+            if dropout > 0 and train and layer < num_layers - 1:
+                x = F.dropout(x, dropout, True)
+    output = x.transpose(0, 1) if batch_first else x
+    return output, torch.stack(h_n, 0)
+
+
 def gru(
     input: Tensor,
     hx: Tensor | None,
@@ -74,45 +119,38 @@ def gru(
     Returns:
         ``output [T, N, D*H]`` (``[N, T, D*H]`` with batch_first) and ``h_n [num_layers*D, N, H]``.
     """
-    D = 2 if bidirectional else 1
-    per_layer = 4 if has_biases else 2
-    if len(params) != num_layers * D * per_layer:
-        raise ValueError(
-            f"expected {num_layers * D * per_layer} GRU parameters for num_layers={num_layers}, "
-            f"bidirectional={bidirectional}, has_biases={has_biases}, got {len(params)}")
-    H = params[1].shape[1]
-    x = input.transpose(0, 1) if batch_first else input
-    expected_hx = (num_layers * D, x.shape[1], H)
-    if hx is None:
-        hx = x.new_zeros(expected_hx)
-    elif tuple(hx.shape) != expected_hx:
-        raise RuntimeError(f"Expected hidden size {expected_hx}, got {list(hx.shape)}")
-    autocast = torch.is_autocast_enabled(x.device.type)
-    x, hx, params = _autocast(x, hx, params)
-    _check_devices_and_dtypes(x, hx, params)
-    if lengths is not None:
-        lengths = lengths.to(device=x.device, dtype=torch.int64)
 
-    need_workspace = torch.is_grad_enabled() and (
-        x.requires_grad or hx.requires_grad or any(p.requires_grad for p in params))
-    # The inputs are cast already; keep autocast from casting again inside (and keep exported
-    # graphs free of autocast regions when it is off).
-    no_autocast = torch.autocast(x.device.type, enabled=False) if autocast else \
-        contextlib.nullcontext()
-    with no_autocast:
-        h_n = []
-        for layer in range(num_layers):
-            outs = []
-            for d in range(D):
-                k = layer * D + d
-                w = params[k * per_layer:(k + 1) * per_layer]
-                b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
-                out, h, _ = torch.ops.fusedgru.gru_forward(
-                    x, hx[k], w[0], w[1], b_ih, b_hh, lengths, d == 1, need_workspace)
-                outs.append(out)
-                h_n.append(h)
-            x = outs[0] if D == 1 else torch.cat(outs, dim=2)
-            if dropout > 0 and train and layer < num_layers - 1:
-                x = F.dropout(x, dropout, True)
-    output = x.transpose(0, 1) if batch_first else x
-    return output, torch.stack(h_n, 0)
+    def run_layer(x, h0, w, lengths, reverse, need_workspace):
+        b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
+        out, h, _ = torch.ops.fusedgru.gru_forward(x, h0, w[0], w[1], b_ih, b_hh, lengths,
+                                                   reverse, need_workspace)
+        return out, h
+
+    return _layers(input, hx, params, 4 if has_biases else 2, num_layers, dropout, train,
+                   bidirectional, batch_first, lengths, run_layer, "GRU")
+
+
+def ln_gru(
+    input: Tensor,
+    hx: Tensor | None,
+    params: Sequence[Tensor],
+    num_layers: int,
+    dropout: float,
+    train: bool,
+    bidirectional: bool,
+    batch_first: bool,
+    lengths: Tensor | None = None,
+    eps: float = 1e-5,
+) -> tuple[Tensor, Tensor]:
+    """Multi-layer layer-normalized GRU (see :class:`fusedgru.LayerNormGRU`). Arguments as
+    :func:`gru`, with ``params`` per layer and direction ``weight_ih [3H, C_l]``,
+    ``weight_hh [3H, H]``, ``ln_ih_weight``, ``ln_ih_bias``, ``ln_hh_weight``, ``ln_hh_bias``
+    (each ``[3H]``)."""
+
+    def run_layer(x, h0, w, lengths, reverse, need_workspace):
+        out, h, _ = torch.ops.fusedgru.ln_gru_forward(x, h0, *w, lengths, reverse, eps,
+                                                      need_workspace)
+        return out, h
+
+    return _layers(input, hx, params, 6, num_layers, dropout, train, bidirectional, batch_first,
+                   lengths, run_layer, "LayerNormGRU")

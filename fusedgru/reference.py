@@ -133,3 +133,31 @@ def causal_conv1d_backward(grad_y: Tensor, x: Tensor, weight: Tensor, bias: Tens
     it = iter(grads[2:])
     return (grads[0], grads[1], next(it) if bias is not None else None,
             next(it) if initial_state is not None else None)
+
+
+def ln_gru_layer(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+                 ln_ih_weight: Tensor, ln_ih_bias: Tensor, ln_hh_weight: Tensor,
+                 ln_hh_bias: Tensor, lengths: Tensor | None = None, reverse: bool = False,
+                 eps: float = 1e-5):
+    """One layer-normalized GRU layer, as ``fusedgru::ln_gru_forward`` (without the saved
+    activations): a_i = LN(W_ih x) g_i + b_i and a_h = LN(W_hh h) g_h + b_h over 3H values each,
+    r = sigmoid(a_i,r + a_h,r), z = sigmoid(a_i,z + a_h,z), n = tanh(a_i,n + r a_h,n),
+    h' = n + z (h - n). Returns output [T, N, H] (zero past each length) and h_n [N, H]."""
+    T, N, _ = input.shape
+    H = hx.shape[1]
+    ln = torch.nn.functional.layer_norm
+    a_i = ln(input @ weight_ih.t(), (3 * H,), ln_ih_weight, ln_ih_bias, eps)
+    active = _active_mask(lengths, T, N, input)
+    h = hx
+    outs = [None] * T
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        a_h = ln(h @ weight_hh.t(), (3 * H,), ln_hh_weight, ln_hh_bias, eps)
+        i_r, i_z, i_n = a_i[t].split(H, dim=1)
+        h_r, h_z, h_n = a_h.split(H, dim=1)
+        r = torch.sigmoid(i_r + h_r)
+        z = torch.sigmoid(i_z + h_z)
+        n = torch.tanh(i_n + r * h_n)
+        h_new = n + z * (h - n)
+        h = torch.where(active[t], h_new, h)
+        outs[t] = torch.where(active[t], h_new, torch.zeros_like(h_new))
+    return torch.stack(outs), h

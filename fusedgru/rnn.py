@@ -1,4 +1,5 @@
-"""fusedgru.GRU: torch.nn.GRU's interface, parameters and numerics on fused kernels."""
+"""fusedgru.GRU and GRUCell (torch.nn.GRU's and GRUCell's interface, parameters and numerics on
+fused kernels) and LayerNormGRU."""
 
 import warnings
 
@@ -6,7 +7,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .functional import _check_devices_and_dtypes, gru
+from .functional import _check_devices_and_dtypes, gru, ln_gru
 
 
 def _packed_to_padded(data: Tensor, batch_sizes: Tensor):
@@ -19,50 +20,9 @@ def _packed_to_padded(data: Tensor, batch_sizes: Tensor):
     return padded.view(T, N, -1), rows, mask.sum(0)
 
 
-class GRU(nn.RNNBase):
-    r"""Drop-in replacement for :class:`torch.nn.GRU` running fused CPU/CUDA kernels.
-
-    Same constructor, parameters (names, shapes, initialization, ``state_dict``), inputs and
-    outputs as ``torch.nn.GRU``: for each layer, direction and time step
-
-    .. math::
-        r_t = \sigma(W_{ir} x_t + b_{ir} + W_{hr} h_{t-1} + b_{hr}) \\
-        z_t = \sigma(W_{iz} x_t + b_{iz} + W_{hz} h_{t-1} + b_{hz}) \\
-        n_t = \tanh(W_{in} x_t + b_{in} + r_t \odot (W_{hn} h_{t-1} + b_{hn})) \\
-        h_t = (1 - z_t) \odot n_t + z_t \odot h_{t-1}
-
-    ``forward(input, hx=None) -> (output, h_n)`` accepts ``[T, N, C]`` (``[N, T, C]`` with
-    ``batch_first``), unbatched ``[T, C]``, or a ``PackedSequence``.
-    """
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        device=None,
-        dtype=None,
-        **kwargs,
-    ) -> None:
-        if "proj_size" in kwargs:
-            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
-        if kwargs:
-            raise TypeError(
-                f"GRU.__init__() got an unexpected keyword argument '{next(iter(kwargs))}'")
-        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, 0, device, dtype)
-
-    def flatten_parameters(self) -> None:
-        """No-op: the fused kernels read each weight where it is (nn.GRU packs them for cuDNN)."""
-
-    def _weights(self) -> list[Tensor]:
-        # getattr (not the cached _flat_weights) so torch.func.functional_call and weight
-        # reassignment are always seen.
-        return [getattr(self, name) for name in self._flat_weights_names]
+class _GRUInterface:
+    """nn.GRU's forward contract over ``self._run``: 3-D (batch_first or not), unbatched 2-D or
+    PackedSequence input, optional hx, nn.GRU's checks and messages, plus ``lengths``."""
 
     def forward(self, input, hx: Tensor | None = None, *, lengths: Tensor | None = None):
         """nn.GRU's forward; ``lengths`` (an extension, [N] ints) runs row i over its first
@@ -131,9 +91,117 @@ class GRU(nn.RNNBase):
                 "input.size(-1) must be equal to input_size. "
                 f"Expected {self.input_size}, got {input.size(-1)}")
 
+
+class GRU(_GRUInterface, nn.RNNBase):
+    r"""Drop-in replacement for :class:`torch.nn.GRU` running fused CPU/CUDA kernels.
+
+    Same constructor, parameters (names, shapes, initialization, ``state_dict``), inputs and
+    outputs as ``torch.nn.GRU``: for each layer, direction and time step
+
+    .. math::
+        r_t = \sigma(W_{ir} x_t + b_{ir} + W_{hr} h_{t-1} + b_{hr}) \\
+        z_t = \sigma(W_{iz} x_t + b_{iz} + W_{hz} h_{t-1} + b_{hz}) \\
+        n_t = \tanh(W_{in} x_t + b_{in} + r_t \odot (W_{hn} h_{t-1} + b_{hn})) \\
+        h_t = (1 - z_t) \odot n_t + z_t \odot h_{t-1}
+
+    ``forward(input, hx=None) -> (output, h_n)`` accepts ``[T, N, C]`` (``[N, T, C]`` with
+    ``batch_first``), unbatched ``[T, C]``, or a ``PackedSequence``.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        **kwargs,
+    ) -> None:
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if kwargs:
+            raise TypeError(
+                f"GRU.__init__() got an unexpected keyword argument '{next(iter(kwargs))}'")
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, 0, device, dtype)
+
+    def flatten_parameters(self) -> None:
+        """No-op: the fused kernels read each weight where it is (nn.GRU packs them for cuDNN)."""
+
+    def _weights(self) -> list[Tensor]:
+        # getattr (not the cached _flat_weights) so torch.func.functional_call and weight
+        # reassignment are always seen.
+        return [getattr(self, name) for name in self._flat_weights_names]
+
     def _run(self, input, hx, batch_first, lengths=None):
         return gru(input, hx, self._weights(), self.bias, self.num_layers, self.dropout,
                    self.training, self.bidirectional, batch_first, lengths=lengths)
+
+
+class LayerNormGRU(_GRUInterface, nn.RNNBase):
+    r"""GRU with layer normalization of the gate pre-activations (Ba et al. 2016), the input and
+    the recurrent contributions normalized separately over their 3H values, fused into the
+    kernels:
+
+    .. math::
+        a^i_t = \mathrm{LN}(W_{ih} x_t)\,\gamma_i + \beta_i, \quad
+        a^h_t = \mathrm{LN}(W_{hh} h_{t-1})\,\gamma_h + \beta_h \\
+        r_t = \sigma(a^i_r + a^h_r), \quad z_t = \sigma(a^i_z + a^h_z), \quad
+        n_t = \tanh(a^i_n + r_t \odot a^h_n), \quad h_t = (1 - z_t) n_t + z_t h_{t-1}
+
+    The LayerNorm biases take the place of nn.GRU's ``b_ih``/``b_hh``. Parameters per layer and
+    direction: ``weight_ih_l{k}``, ``weight_hh_l{k}`` (nn.GRU's shapes and initialization),
+    ``ln_ih_weight_l{k}``, ``ln_ih_bias_l{k}``, ``ln_hh_weight_l{k}``, ``ln_hh_bias_l{k}``
+    (``[3H]``, initialized to ones and zeros); ``_reverse`` suffixes for the backward direction.
+    Same forward contract as :class:`fusedgru.GRU`. Single backward only (no double backward).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 eps: float = 1e-5, device=None, dtype=None) -> None:
+        super().__init__("GRU", input_size, hidden_size, num_layers, False, batch_first,
+                         dropout, bidirectional, 0, device, dtype)
+        if eps <= 0:
+            raise ValueError(f"eps must be positive, got {eps}")
+        self.eps = eps
+        names = []
+        for layer in range(num_layers):
+            for suffix in (["", "_reverse"] if bidirectional else [""]):
+                for kind, value in (("ln_ih_weight", 1.0), ("ln_ih_bias", 0.0),
+                                    ("ln_hh_weight", 1.0), ("ln_hh_bias", 0.0)):
+                    name = f"{kind}_l{layer}{suffix}"
+                    setattr(self, name, nn.Parameter(torch.full(
+                        (3 * hidden_size,), value, device=device, dtype=dtype)))
+                    names.append(name)
+        self._ln_names = names
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()  # nn.GRU's uniform init of the weights
+        for name in getattr(self, "_ln_names", []):
+            nn.init.constant_(getattr(self, name), 1.0 if "weight" in name else 0.0)
+
+    def flatten_parameters(self) -> None:
+        """No-op: the fused kernels read each weight where it is."""
+
+    def extra_repr(self) -> str:
+        return super().extra_repr().replace(", bias=False", "") + (
+            f", eps={self.eps}" if self.eps != 1e-5 else "")
+
+    def _run(self, input, hx, batch_first, lengths=None):
+        params = []
+        D = 2 if self.bidirectional else 1
+        for layer in range(self.num_layers):
+            for d in range(D):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                params += [getattr(self, f"{n}{sfx}") for n in (
+                    "weight_ih", "weight_hh", "ln_ih_weight", "ln_ih_bias", "ln_hh_weight",
+                    "ln_hh_bias")]
+        return ln_gru(input, hx, params, self.num_layers, self.dropout, self.training,
+                      self.bidirectional, batch_first, lengths=lengths, eps=self.eps)
 
 
 class GRUCell(nn.RNNCellBase):

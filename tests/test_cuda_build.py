@@ -19,7 +19,7 @@ NVCC = shutil.which("nvcc") or (os.path.join(cpp_ext.CUDA_HOME, "bin", "nvcc")
 
 
 def cxx_standard():
-    m = re.search(r"C\+\+ Version: (\d{4})", torch.__config__.show())
+    m = re.search(r"C\+\+ Version: (\d+)", torch.__config__.show())
     return "c++20" if m and int(m.group(1)) >= 202002 else "c++17"
 
 

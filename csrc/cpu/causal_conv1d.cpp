@@ -15,14 +15,8 @@
 #include <vector>
 
 #include "../causal_conv1d.h"
+#include "blocks.h"
 #include "vec_math.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FUSEDGRU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define FUSEDGRU_CLONES
-#endif
-#define FUSEDGRU_INLINE inline __attribute__((always_inline))
 
 namespace fusedgru {
 namespace cpu {

@@ -1,0 +1,65 @@
+// Helpers shared by the CPU GRU kernels: function multiversioning, and the split of hidden
+// units into per-thread blocks that each thread keeps for a whole sequence.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+// On x86, clone a hot loop for AVX-512, AVX2 and the baseline; the loader picks one.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FUSEDGRU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FUSEDGRU_CLONES
+#endif
+#define FUSEDGRU_INLINE inline __attribute__((always_inline))
+
+namespace fusedgru {
+namespace cpu {
+
+template <typename T>
+inline T* at_offset(T* p, int64_t off) {
+  return p == nullptr ? nullptr : p + off;
+}
+
+struct Block {
+  int64_t j0, j1;
+};
+
+// Split the hidden units among the intra-op threads when a step's recurrent GEMM is worth
+// waking them for; block widths are multiples of 16 (one AVX-512 vector of floats).
+inline std::vector<Block> plan_blocks(int64_t N, int64_t H) {
+  const int64_t threads = at::get_num_threads();
+  const double step_flops = 6.0 * static_cast<double>(N) * H * H;
+  int64_t nb = 1;
+  if (threads > 1 && step_flops >= 1e6) nb = std::min<int64_t>(threads, std::max<int64_t>(1, H / 16));
+  const int64_t width = (H + nb - 1) / nb;
+  const int64_t step = nb == 1 ? H : (width + 15) / 16 * 16;
+  std::vector<Block> blocks;
+  for (int64_t j0 = 0; j0 < H; j0 += step) blocks.push_back({j0, std::min(H, j0 + step)});
+  return blocks;
+}
+
+// Run f(b) for every block: in the caller for one block, else one block per thread. Worker
+// threads do not inherit the caller's dispatch state, so ATen calls there skip autograd
+// explicitly, as they do in the calling kernel.
+template <typename F>
+void for_blocks(int64_t nb, const F& f) {
+  if (nb == 1) {
+    f(0);
+    return;
+  }
+  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    for (int64_t b = b0; b < b1; ++b) f(b);
+  });
+}
+
+inline at::Tensor rows_of(const at::Tensor& x, int64_t rows) {
+  return rows == x.size(0) ? x : x.narrow(0, 0, rows);
+}
+
+}  // namespace cpu
+}  // namespace fusedgru

@@ -1,0 +1,406 @@
+// CPU implementation of the layer-normalized GRU ops (Ba et al. 2016: layer normalization of
+// the gate pre-activations, the input and the recurrent contributions normalized separately
+// over their 3H values):
+//   a_i = LN(W_ih x_t) * g_i + b_i,   a_h = LN(W_hh h_{t-1}) * g_h + b_h        (each [3H])
+//   r = sigmoid(a_i,r + a_h,r), z = sigmoid(a_i,z + a_h,z), n = tanh(a_i,n + r * a_h,n)
+//   h_t = n + z * (h_{t-1} - n)
+// The input side is normalized for all steps at once; the recurrent side inside the step, fused
+// with the gates. Threads own blocks of hidden units as in gru.cpp; a row's normalization spans
+// all blocks, so each step runs two parallel regions: (1) GEMM of the thread's gate rows and its
+// partial row sums, (2) the statistics from all partials (summed in a fixed order) and the fused
+// gates. The backward mirrors it: (1) dh GEMM of the previous step + gate gradients + partial
+// sums of the normalization's gradient, (2) the gradient through the normalization.
+//
+// Saved per (t, n), 9H + 2 values: r, z, n [3H] | LN(W_hh h) [3H] | LN(W_ih x) [3H] |
+// rstd_h, rstd_i (zeros where inactive). Shape legend: ../fusedgru.h.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "../fusedgru.h"
+#include "blocks.h"
+#include "vec_math.h"
+
+namespace fusedgru {
+namespace cpu {
+namespace {
+
+using at::Tensor;
+
+struct LnForwardStep {
+  const void* ai;      // [N, 3H] row stride ai_sn: normalized, scaled input pre-activations
+  const void* gh;      // block's [N, 3w] raw W_hh h (gate g at g * w)
+  const double* part;  // [nb][N][2] partial (sum, sum of squares) of raw W_hh h per block
+  const void* g_h;     // [3H]
+  const void* b_h;     // [3H]
+  const void* h_in;    // [N, H]
+  void* h_out;         // [N, H]
+  void* out;           // [N, H] row stride out_sn
+  void* ws;            // [N, 9H + 2] row stride ws_sn, or nullptr
+  const int64_t* lengths;
+  int64_t t, N, H, j0, j1, nb, rows, ai_sn, out_sn, ws_sn;
+  double eps;
+};
+
+template <typename scalar_t>
+void ln_forward_units(const LnForwardStep& p, int64_t block) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = p.H, w = p.j1 - p.j0, G = 3 * H;
+  const auto* gamma = static_cast<const scalar_t*>(p.g_h);
+  const auto* beta = static_cast<const scalar_t*>(p.b_h);
+  for (int64_t i = 0; i < p.N; ++i) {
+    const auto* h_in = static_cast<const scalar_t*>(p.h_in) + i * H;
+    auto* h_out = static_cast<scalar_t*>(p.h_out) + i * H;
+    auto* out = static_cast<scalar_t*>(p.out) + i * p.out_sn;
+    auto* ws = at_offset(static_cast<scalar_t*>(p.ws), i * p.ws_sn);
+    const bool active = i < p.rows && (p.lengths == nullptr || p.t < p.lengths[i]);
+    if (!active) {
+      for (int64_t j = p.j0; j < p.j1; ++j) {
+        h_out[j] = h_in[j];
+        out[j] = scalar_t(0);
+      }
+      if (ws != nullptr) {
+        for (int64_t g = 0; g < 9; ++g) std::fill(ws + g * H + p.j0, ws + g * H + p.j1, scalar_t(0));
+        if (block == 0) ws[9 * H] = ws[9 * H + 1] = scalar_t(0);
+      }
+      continue;
+    }
+    double s1 = 0, s2 = 0;
+    for (int64_t b = 0; b < p.nb; ++b) {
+      s1 += p.part[(b * p.N + i) * 2];
+      s2 += p.part[(b * p.N + i) * 2 + 1];
+    }
+    const double mean = s1 / G;
+    const acc_t rstd = acc_t(1.0 / std::sqrt(std::max(s2 / G - mean * mean, 0.0) + p.eps));
+    const auto* ai = static_cast<const scalar_t*>(p.ai) + i * p.ai_sn;
+    const auto* gh = static_cast<const scalar_t*>(p.gh) + i * 3 * w;
+    for (int64_t jj = 0; jj < w; ++jj) {
+      const int64_t j = p.j0 + jj;
+      acc_t xh[3], ah[3];
+      for (int g = 0; g < 3; ++g) {
+        xh[g] = (acc_t(gh[g * w + jj]) - acc_t(mean)) * rstd;
+        ah[g] = xh[g] * acc_t(gamma[g * H + j]) + acc_t(beta[g * H + j]);
+      }
+      const acc_t r = sigmoid(acc_t(ai[j]) + ah[0]);
+      const acc_t z = sigmoid(acc_t(ai[H + j]) + ah[1]);
+      const acc_t n = tanh(acc_t(ai[2 * H + j]) + r * ah[2]);
+      const scalar_t h1 = scalar_t(n + z * (acc_t(h_in[j]) - n));
+      h_out[j] = h1;
+      out[j] = h1;
+      if (ws != nullptr) {
+        ws[j] = scalar_t(r);
+        ws[H + j] = scalar_t(z);
+        ws[2 * H + j] = scalar_t(n);
+        for (int g = 0; g < 3; ++g) ws[3 * H + g * H + j] = scalar_t(xh[g]);
+      }
+    }
+    if (ws != nullptr && block == 0) ws[9 * H] = scalar_t(rstd);
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor> ln_gru_forward(
+    const Tensor& input, const Tensor& hx, const Tensor& weight_ih, const Tensor& weight_hh,
+    const Tensor& ln_ih_weight, const Tensor& ln_ih_bias, const Tensor& ln_hh_weight,
+    const Tensor& ln_hh_bias, const std::optional<Tensor>& lengths, bool reverse, double eps,
+    bool need_workspace) {
+  check_ln_gru_forward_args(input, hx, weight_ih, weight_hh, ln_ih_weight, ln_ih_bias,
+                            ln_hh_weight, ln_hh_bias, lengths, eps);
+  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
+  const auto opts = input.options();
+  const Tensor x = steps_layout(input);
+  const bool bm = is_batch_major(x);
+  Tensor output = alloc_steps(bm, T, N, H, opts);
+  Tensor workspace =
+      need_workspace ? alloc_steps(bm, T, N, ln_gru_saved_width(H), opts) : at::empty({0}, opts);
+  Tensor h = hx.clone(at::MemoryFormat::Contiguous);
+  if (N == 0) return {output, h, workspace};
+
+  const Tensor ai = ln_gru_input_norm(x, bm, weight_ih, ln_ih_weight, ln_ih_bias, eps,
+                                      workspace, aten_matmul);
+  const Tensor g_h = ln_hh_weight.contiguous(), b_h = ln_hh_bias.contiguous();
+  const Tensor len = lengths.has_value() ? lengths->contiguous() : Tensor();
+  const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
+  const std::vector<Block> blocks = plan_blocks(N, H);
+  const int64_t nb = static_cast<int64_t>(blocks.size());
+  std::vector<Tensor> w_blocks, gh_blocks;
+  for (const Block& blk : blocks) {
+    const int64_t w = blk.j1 - blk.j0;
+    w_blocks.push_back(at::cat({weight_hh.narrow(0, blk.j0, w),
+                                weight_hh.narrow(0, H + blk.j0, w),
+                                weight_hh.narrow(0, 2 * H + blk.j0, w)})
+                           .t());
+    gh_blocks.push_back(at::empty({N, 3 * w}, opts));
+  }
+  std::vector<double> part(nb * N * 2, 0.0);
+  Tensor h_next = at::empty_like(h);
+
+  LnForwardStep base{};
+  base.part = part.data();
+  base.g_h = g_h.data_ptr();
+  base.b_h = b_h.data_ptr();
+  base.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
+  base.N = N;
+  base.H = H;
+  base.nb = nb;
+  base.ai_sn = ai.stride(1);
+  base.out_sn = output.stride(1);
+  base.ws_sn = need_workspace ? workspace.stride(1) : 0;
+  base.eps = eps;
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = reverse ? T - 1 - s : s;
+    const int64_t rows = prefix.empty() ? N : prefix[t];
+    // (1) each block: its gate rows of W_hh h and their partial row sums
+    for_blocks(nb, [&](int64_t b) {
+      if (rows == 0) return;
+      Tensor gh_rows = rows_of(gh_blocks[b], rows);
+      at::mm_out(gh_rows, rows_of(h, rows), w_blocks[b]);
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "ln_gru_p",
+                                      [&] {
+        const auto* gh = gh_rows.const_data_ptr<scalar_t>();
+        const int64_t width = gh_rows.size(1);
+        for (int64_t i = 0; i < rows; ++i) {
+          double s1 = 0, s2 = 0;
+          for (int64_t k = 0; k < width; ++k) {
+            const double v = static_cast<double>(gh[i * width + k]);
+            s1 += v;
+            s2 += v * v;
+          }
+          part[(b * N + i) * 2] = s1;
+          part[(b * N + i) * 2 + 1] = s2;
+        }
+      });
+    });
+    // (2) each block: statistics from all partials, then the fused gates of its units
+    LnForwardStep p = base;
+    p.t = t;
+    p.rows = rows;
+    p.ai = step_ptr(ai, t);
+    p.h_in = h.data_ptr();
+    p.h_out = h_next.data_ptr();
+    p.out = step_ptr(output, t);
+    p.ws = need_workspace ? step_ptr(workspace, t) : nullptr;
+    for_blocks(nb, [&](int64_t b) {
+      LnForwardStep q = p;
+      q.j0 = blocks[b].j0;
+      q.j1 = blocks[b].j1;
+      q.gh = gh_blocks[b].data_ptr();
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "ln_gru_f",
+                                      [&] { ln_forward_units<scalar_t>(q, b); });
+    });
+    std::swap(h, h_next);
+  }
+  return {output, h, workspace};
+}
+
+struct LnBackwardStep {
+  const void* grad_out;  // [N, H] row stride go_sn
+  const void* ws;        // [N, 9H + 2] row stride ws_sn
+  const void* out;       // [T, N, H] strides (out_st, out_sn)
+  const void* hx;        // [N, H]
+  const void* g_h;       // [3H]
+  const void* b_h;       // [3H]
+  const int64_t* lengths;
+  void* dh;              // [N, H]: in dL/dh_t, out z * dL/dh_t
+  void* da_i;            // [N, 3H] row stride dg_sn: gradient of a_i
+  void* da_h;            // [N, 3H] row stride dg_sn: gradient of a_h
+  void* dg_raw;          // [N, 3H] row stride dg_sn: gradient of W_hh h (before LN)
+  void* hprev;           // [N, H] row stride hp_sn
+  double* part;          // [nb][N][2]: partial sums of dxh and dxh * xh
+  int64_t t, T, N, H, j0, j1, nb;
+  bool reverse;
+  int64_t go_sn, ws_sn, out_st, out_sn, dg_sn, hp_sn;
+};
+
+template <typename scalar_t>
+void ln_backward_gates(const LnBackwardStep& p, int64_t block) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = p.H;
+  const int64_t tp = p.reverse ? p.t + 1 : p.t - 1;
+  const auto* gamma = static_cast<const scalar_t*>(p.g_h);
+  const auto* beta = static_cast<const scalar_t*>(p.b_h);
+  for (int64_t i = 0; i < p.N; ++i) {
+    const int64_t len = p.lengths != nullptr ? p.lengths[i] : p.T;
+    auto* da_i = static_cast<scalar_t*>(p.da_i) + i * p.dg_sn;
+    auto* da_h = static_cast<scalar_t*>(p.da_h) + i * p.dg_sn;
+    auto* hp = static_cast<scalar_t*>(p.hprev) + i * p.hp_sn;
+    double* part = p.part + (block * p.N + i) * 2;
+    if (p.t >= len) {
+      for (int g = 0; g < 3; ++g) {
+        std::fill(da_i + g * H + p.j0, da_i + g * H + p.j1, scalar_t(0));
+        std::fill(da_h + g * H + p.j0, da_h + g * H + p.j1, scalar_t(0));
+      }
+      std::fill(hp + p.j0, hp + p.j1, scalar_t(0));
+      part[0] = part[1] = 0;
+      continue;
+    }
+    const bool from_out = tp >= 0 && tp < len;
+    const auto* h0p = from_out
+        ? static_cast<const scalar_t*>(p.out) + tp * p.out_st + i * p.out_sn
+        : static_cast<const scalar_t*>(p.hx) + i * H;
+    const auto* go = static_cast<const scalar_t*>(p.grad_out) + i * p.go_sn;
+    const auto* ws = static_cast<const scalar_t*>(p.ws) + i * p.ws_sn;
+    auto* dh = static_cast<scalar_t*>(p.dh) + i * H;
+    double s1 = 0, s2 = 0;
+    for (int64_t j = p.j0; j < p.j1; ++j) {
+      const acc_t g = acc_t(dh[j]) + acc_t(go[j]);
+      const acc_t r = ws[j], z = ws[H + j], n = ws[2 * H + j], h0 = h0p[j];
+      const acc_t ah_n = acc_t(ws[5 * H + j]) * acc_t(gamma[2 * H + j]) + acc_t(beta[2 * H + j]);
+      const acc_t d_n = g * (acc_t(1) - z) * (acc_t(1) - n * n);
+      const acc_t d_z = g * (h0 - n) * z * (acc_t(1) - z);
+      const acc_t d_r = d_n * ah_n * r * (acc_t(1) - r);
+      const acc_t dah[3] = {d_r, d_z, d_n * r};
+      da_i[j] = scalar_t(d_r);
+      da_i[H + j] = scalar_t(d_z);
+      da_i[2 * H + j] = scalar_t(d_n);
+      for (int k = 0; k < 3; ++k) {
+        da_h[k * H + j] = scalar_t(dah[k]);
+        const acc_t dxh = dah[k] * acc_t(gamma[k * H + j]);
+        s1 += dxh;
+        s2 += dxh * acc_t(ws[3 * H + k * H + j]);
+      }
+      dh[j] = scalar_t(g * z);
+      hp[j] = scalar_t(h0);
+    }
+    part[0] = s1;
+    part[1] = s2;
+  }
+}
+
+template <typename scalar_t>
+void ln_backward_norm(const LnBackwardStep& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = p.H, G = 3 * H;
+  const auto* gamma = static_cast<const scalar_t*>(p.g_h);
+  for (int64_t i = 0; i < p.N; ++i) {
+    const int64_t len = p.lengths != nullptr ? p.lengths[i] : p.T;
+    auto* dg = static_cast<scalar_t*>(p.dg_raw) + i * p.dg_sn;
+    if (p.t >= len) {
+      for (int g = 0; g < 3; ++g) std::fill(dg + g * H + p.j0, dg + g * H + p.j1, scalar_t(0));
+      continue;
+    }
+    double s1 = 0, s2 = 0;
+    for (int64_t b = 0; b < p.nb; ++b) {
+      s1 += p.part[(b * p.N + i) * 2];
+      s2 += p.part[(b * p.N + i) * 2 + 1];
+    }
+    const acc_t m1 = acc_t(s1 / G), m2 = acc_t(s2 / G);
+    const auto* ws = static_cast<const scalar_t*>(p.ws) + i * p.ws_sn;
+    const auto* dah = static_cast<const scalar_t*>(p.da_h) + i * p.dg_sn;
+    const acc_t rstd = ws[9 * H];
+    for (int g = 0; g < 3; ++g) {
+      for (int64_t j = p.j0; j < p.j1; ++j) {
+        const int64_t k = g * H + j;
+        const acc_t dxh = acc_t(dah[k]) * acc_t(gamma[k]);
+        dg[k] = scalar_t(rstd * (dxh - m1 - acc_t(ws[3 * H + k]) * m2));
+      }
+    }
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gru_backward(
+    const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input, const Tensor& hx,
+    const Tensor& weight_ih, const Tensor& weight_hh, const Tensor& ln_ih_weight,
+    const Tensor& ln_hh_weight, const Tensor& ln_hh_bias, const std::optional<Tensor>& lengths,
+    const Tensor& output, const Tensor& workspace, bool reverse, bool need_input_grad,
+    bool need_weight_grad) {
+  check_ln_gru_backward_args(grad_output, grad_h_n, input, hx, weight_ih, weight_hh,
+                             ln_ih_weight, ln_hh_weight, ln_hh_bias, lengths, output, workspace);
+  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1), G = 3 * H;
+  const auto opts = input.options();
+  const Tensor x = steps_layout(input);
+  const bool bm = is_batch_major(x);
+  Tensor dh = grad_h_n.clone(at::MemoryFormat::Contiguous);
+  Tensor da_i = alloc_steps(bm, T, N, G, opts), da_h = alloc_steps(bm, T, N, G, opts);
+  Tensor dg_raw = alloc_steps(bm, T, N, G, opts), hprev = alloc_steps(bm, T, N, H, opts);
+  const Tensor ws = N > 0 ? last_dim_contiguous(workspace) : workspace;
+  if (N > 0) {
+    const Tensor go = last_dim_contiguous(grad_output);
+    const Tensor out = last_dim_contiguous(output);
+    const Tensor h0 = hx.contiguous();
+    const Tensor g_h = ln_hh_weight.contiguous(), b_h = ln_hh_bias.contiguous();
+    const Tensor len = lengths.has_value() ? lengths->contiguous() : Tensor();
+    const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
+    const std::vector<Block> blocks = plan_blocks(N, H);
+    const int64_t nb = static_cast<int64_t>(blocks.size());
+    std::vector<double> part(nb * N * 2, 0.0);
+    std::vector<Tensor> w_cols, dh_cols;
+    for (const Block& blk : blocks) {
+      w_cols.push_back(weight_hh.narrow(1, blk.j0, blk.j1 - blk.j0));
+      dh_cols.push_back(dh.narrow(1, blk.j0, blk.j1 - blk.j0));
+    }
+    LnBackwardStep base{};
+    base.out = out.data_ptr();
+    base.hx = h0.data_ptr();
+    base.g_h = g_h.data_ptr();
+    base.b_h = b_h.data_ptr();
+    base.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
+    base.dh = dh.data_ptr();
+    base.part = part.data();
+    base.T = T;
+    base.N = N;
+    base.H = H;
+    base.nb = nb;
+    base.reverse = reverse;
+    base.go_sn = go.stride(1);
+    base.ws_sn = ws.stride(1);
+    base.out_st = out.stride(0);
+    base.out_sn = out.stride(1);
+    base.dg_sn = da_i.stride(1);
+    base.hp_sn = hprev.stride(1);
+    int64_t t_prev = -1, rows_prev = 0;
+    for (int64_t s = 0; s <= T; ++s) {
+      const int64_t t = s == T ? -1 : (reverse ? s : T - 1 - s);
+      LnBackwardStep p = base;
+      if (t >= 0) {
+        p.t = t;
+        p.grad_out = step_ptr(go, t);
+        p.ws = step_ptr(ws, t);
+        p.da_i = step_ptr(da_i, t);
+        p.da_h = step_ptr(da_h, t);
+        p.dg_raw = step_ptr(dg_raw, t);
+        p.hprev = step_ptr(hprev, t);
+      }
+      // (1) dh += dg_raw_{t_prev} W_hh for the block's columns; gate gradients of step t
+      for_blocks(nb, [&](int64_t b) {
+        if (rows_prev > 0) {
+          rows_of(dh_cols[b], rows_prev)
+              .addmm_(rows_of(dg_raw.select(0, t_prev), rows_prev), w_cols[b]);
+        }
+        if (t < 0) return;
+        LnBackwardStep q = p;
+        q.j0 = blocks[b].j0;
+        q.j1 = blocks[b].j1;
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                        "ln_gru_bg", [&] { ln_backward_gates<scalar_t>(q, b); });
+      });
+      // (2) through the recurrent normalization, with the row sums of all blocks
+      if (t >= 0) {
+        for_blocks(nb, [&](int64_t b) {
+          LnBackwardStep q = p;
+          q.j0 = blocks[b].j0;
+          q.j1 = blocks[b].j1;
+          AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                          "ln_gru_bn", [&] { ln_backward_norm<scalar_t>(q); });
+        });
+      }
+      t_prev = t;
+      rows_prev = t >= 0 ? (prefix.empty() ? N : prefix[t]) : 0;
+    }
+  }
+  auto [grad_input, g_wih, g_whh, g_gi, g_bi, g_gh, g_bh] =
+      ln_gru_backward_gemms(x, bm, weight_ih, ln_ih_weight, ws, da_i, da_h, dg_raw, hprev,
+                            need_input_grad, need_weight_grad, aten_matmul);
+  return {grad_input, dh, g_wih, g_whh, g_gi, g_bi, g_gh, g_bh};
+}
+
+}  // namespace
+}  // namespace cpu
+
+TORCH_LIBRARY_IMPL(fusedgru, CPU, m) {
+  m.impl("ln_gru_forward", &cpu::ln_gru_forward);
+  m.impl("ln_gru_backward", &cpu::ln_gru_backward);
+}
+
+}  // namespace fusedgru

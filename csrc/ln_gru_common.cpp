@@ -1,0 +1,119 @@
+// Host-side pieces of the layer-normalized GRU shared by the CPU and CUDA implementations:
+// checks, the input-side normalization of all steps, and the all-steps backward.
+// Shape legend and equations: fusedgru.h, cpu/ln_gru.cpp.
+#include "checks.h"
+#include "fusedgru.h"
+
+namespace fusedgru {
+
+using at::Tensor;
+
+namespace {
+
+void check_ln_params(const Tensor& input, int64_t G,
+                     std::initializer_list<std::pair<const Tensor*, const char*>> params) {
+  for (const auto& [t, name] : params) {
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == G, name, " must have shape (3H,) = (", G,
+                ",), got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == input.scalar_type() && t->device() == input.device(), name,
+                " must be ", input.scalar_type(), " on ", input.device(), ", got ",
+                t->scalar_type(), " on ", t->device());
+  }
+}
+
+}  // namespace
+
+void check_ln_gru_forward_args(const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
+                               const Tensor& weight_hh, const Tensor& ln_ih_weight,
+                               const Tensor& ln_ih_bias, const Tensor& ln_hh_weight,
+                               const Tensor& ln_hh_bias, const std::optional<Tensor>& lengths,
+                               double eps) {
+  check_gru_forward_args(input, hx, weight_ih, weight_hh, std::nullopt, std::nullopt, lengths);
+  check_ln_params(input, weight_hh.size(0),
+                  {{&ln_ih_weight, "ln_ih_weight"}, {&ln_ih_bias, "ln_ih_bias"},
+                   {&ln_hh_weight, "ln_hh_weight"}, {&ln_hh_bias, "ln_hh_bias"}});
+  TORCH_CHECK_VALUE(eps > 0, "eps must be positive, got ", eps);
+}
+
+void check_ln_gru_backward_args(const Tensor& grad_output, const Tensor& grad_h_n,
+                                const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
+                                const Tensor& weight_hh, const Tensor& ln_ih_weight,
+                                const Tensor& ln_hh_weight, const Tensor& ln_hh_bias,
+                                const std::optional<Tensor>& lengths, const Tensor& output,
+                                const Tensor& workspace) {
+  check_gru_forward_args(input, hx, weight_ih, weight_hh, std::nullopt, std::nullopt, lengths);
+  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
+  check_ln_params(input, 3 * H,
+                  {{&ln_ih_weight, "ln_ih_weight"}, {&ln_hh_weight, "ln_hh_weight"},
+                   {&ln_hh_bias, "ln_hh_bias"}});
+  FUSEDGRU_CHECK_SHAPE(grad_output, T, N, H);
+  FUSEDGRU_CHECK_SHAPE(grad_h_n, N, H);
+  FUSEDGRU_CHECK_SHAPE(output, T, N, H);
+  TORCH_CHECK(N == 0 || (workspace.dim() == 3 && workspace.size(0) == T &&
+                         workspace.size(1) == N && workspace.size(2) == ln_gru_saved_width(H)),
+              "ln_gru_backward: the workspace must have shape (T, N, 9H + 2); run "
+              "ln_gru_forward with need_workspace=True to differentiate it");
+  for (const Tensor* t : {&grad_output, &grad_h_n, &output, &workspace}) {
+    TORCH_CHECK(t->scalar_type() == input.scalar_type() && t->device() == input.device(),
+                "ln_gru_backward: expected all tensors as ", input.scalar_type(), " on ",
+                input.device(), ", got ", t->scalar_type(), " on ", t->device());
+  }
+}
+
+Tensor ln_gru_input_norm(const Tensor& x, bool batch_major, const Tensor& weight_ih,
+                         const Tensor& ln_ih_weight, const Tensor& ln_ih_bias, double eps,
+                         Tensor& workspace, const Matmul& matmul) {
+  const int64_t G = weight_ih.size(0), H = G / 3;
+  const Tensor gi = gru_input_projection(x, batch_major, weight_ih, std::nullopt, matmul);
+  Tensor gi2 = flat(gi, batch_major);
+  auto [xh, mean, rstd] = at::native_layer_norm(gi2, {G}, std::nullopt, std::nullopt, eps);
+  if (workspace.numel() > 0) {
+    Tensor ws2 = flat(workspace, batch_major);
+    ws2.narrow(1, 6 * H, G).copy_(xh);
+    ws2.narrow(1, 9 * H + 1, 1).copy_(rstd.view({-1, 1}));
+  }
+  gi2.copy_(at::addcmul(ln_ih_bias, xh, ln_ih_weight));
+  return gi;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gru_backward_gemms(
+    const Tensor& x, bool batch_major, const Tensor& weight_ih, const Tensor& ln_ih_weight,
+    const Tensor& workspace, const Tensor& da_i, const Tensor& da_h, const Tensor& dg_raw,
+    const Tensor& hprev, bool need_input_grad, bool need_weight_grad, const Matmul& matmul) {
+  const int64_t T = x.size(0), N = x.size(1), C = x.size(2), H = hprev.size(2), G = 3 * H;
+  const auto opts = x.options();
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto none = [&] { return at::empty({0}, opts); };
+  const Tensor dai = flat(da_i, batch_major).to(acc), dah = flat(da_h, batch_major).to(acc);
+  const Tensor ws = N > 0 ? flat(workspace, batch_major).to(acc)
+                          : at::zeros({0, ln_gru_saved_width(H)}, opts.dtype(acc));
+  const Tensor xh_h = ws.narrow(1, 3 * H, G), xh_i = ws.narrow(1, 6 * H, G);
+  const Tensor rstd_i = ws.narrow(1, 9 * H + 1, 1);
+  const auto sum_rows = [&](const Tensor& v) { return v.sum(0).to(x.scalar_type()); };
+  Tensor g_gi = none(), g_bi = none(), g_gh = none(), g_bh = none();
+  if (need_weight_grad) {
+    g_gi = sum_rows(dai * xh_i);
+    g_bi = sum_rows(dai);
+    g_gh = sum_rows(dah * xh_h);
+    g_bh = sum_rows(dah);
+  }
+  // gradient of x W_ih^T through the input normalization (zero rows stay zero: rstd_i = 0)
+  const Tensor dxh = dai * ln_ih_weight.to(acc);
+  const Tensor d_gi = (rstd_i * (dxh - dxh.mean(1, true) - xh_i * (dxh * xh_i).mean(1, true)))
+                          .to(x.scalar_type());
+  Tensor grad_input = none(), g_wih = none(), g_whh = none();
+  if (need_input_grad) {
+    grad_input = alloc_steps(batch_major, T, N, C, opts);
+    Tensor gx = flat(grad_input, batch_major);
+    matmul(gx, d_gi, weight_ih, 0.0);
+  }
+  if (need_weight_grad) {
+    g_wih = at::empty({G, C}, opts);
+    matmul(g_wih, d_gi.t(), flat(x, batch_major), 0.0);
+    g_whh = at::empty({G, H}, opts);
+    matmul(g_whh, flat(dg_raw, batch_major).t(), flat(hprev, batch_major), 0.0);
+  }
+  return {grad_input, g_wih, g_whh, g_gi, g_bi, g_gh, g_bh};
+}
+
+}  // namespace fusedgru
