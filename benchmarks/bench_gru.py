@@ -36,6 +36,9 @@ def parse_args(argv=None):
     p.add_argument("--I", type=int, nargs="+", help="input sizes (default: I = H)")
     p.add_argument("--layers", type=int, nargs="+", default=[1])
     p.add_argument("--bidirectional", action="store_true")
+    p.add_argument("--variant", default="gru", choices=["gru", "layernorm"],
+                   help="time fusedgru.GRU, or fusedgru.LayerNormGRU (the cost of its "
+                        "normalization, against the same nn.GRU)")
     p.add_argument("--dtype", nargs="+", choices=list(DTYPES))
     p.add_argument("--tf32", nargs="+", choices=["on", "off"],
                    help="fp32 on CUDA: torch.backends.cudnn/cuda.matmul.allow_tf32, the same "
@@ -62,8 +65,12 @@ def bench_point(args, T, N, I, H, L, dtype_name, tf32):
         torch.backends.cudnn.allow_tf32 = tf32 == "on"
         torch.backends.cuda.matmul.allow_tf32 = tf32 == "on"
     ref = nn.GRU(I, H, num_layers=L, bidirectional=args.bidirectional).to(device, dtype)
-    ours = fusedgru.GRU(I, H, num_layers=L, bidirectional=args.bidirectional).to(device, dtype)
-    ours.load_state_dict(ref.state_dict())
+    if args.variant == "layernorm":
+        ours = fusedgru.LayerNormGRU(I, H, num_layers=L, bidirectional=args.bidirectional)
+        ours.to(device, dtype).load_state_dict(ref.state_dict(), strict=False)
+    else:
+        ours = fusedgru.GRU(I, H, num_layers=L, bidirectional=args.bidirectional)
+        ours.to(device, dtype).load_state_dict(ref.state_dict())
     x = torch.randn(T, N, I, device=device, dtype=dtype)
     xg = x.clone().requires_grad_()
     D = 2 if args.bidirectional else 1
@@ -84,7 +91,8 @@ def bench_point(args, T, N, I, H, L, dtype_name, tf32):
         med = median_times({"nn.GRU": lambda fn=fn: fn(ref), "fusedgru": lambda fn=fn: fn(ours)},
                            args.warmup, args.reps, timer)
         t_ref, t_ours = med["nn.GRU"], med["fusedgru"]
-        rows.append(dict(T=T, N=N, I=I, H=H, layers=L, bidirectional=args.bidirectional,
+        rows.append(dict(variant=args.variant, T=T, N=N, I=I, H=H, layers=L,
+                         bidirectional=args.bidirectional,
                          dtype=dtype_name, tf32=tf32 if dtype_name == "fp32" else None,
                          mode=mode, ref_ms=t_ref, fusedgru_ms=t_ours, speedup=t_ref / t_ours,
                          fusedgru_tokens_per_s=T * N / (t_ours / 1e3),

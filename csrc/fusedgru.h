@@ -142,13 +142,17 @@ void check_ln_gru_backward_args(const at::Tensor& grad_output, const at::Tensor&
 at::Tensor ln_gru_input_norm(const at::Tensor& x, bool batch_major, const at::Tensor& weight_ih,
                              const at::Tensor& ln_ih_weight, const at::Tensor& ln_ih_bias,
                              double eps, at::Tensor& workspace, const Matmul& matmul);
-// From the per-step gradients of a_i, a_h and W_hh h (before LN), and h_{t-1}: grad_input,
-// grad_weight_ih, grad_weight_hh, and the four LN parameter gradients (reduced in fp32/fp64).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-ln_gru_backward_gemms(const at::Tensor& x, bool batch_major, const at::Tensor& weight_ih,
-                      const at::Tensor& ln_ih_weight, const at::Tensor& workspace,
-                      const at::Tensor& da_i, const at::Tensor& da_h, const at::Tensor& dg_raw,
-                      const at::Tensor& hprev, bool need_input_grad, bool need_weight_grad,
-                      const Matmul& matmul);
+// The input side of the backward, over all steps in ATen ops (CUDA): from the gradients of a_i
+// and a_h and the saved normalized values, the gradient of x W_ih^T through the input
+// normalization [T, N, 3H] (x's storage order) and the four LN parameter gradients (reduced in
+// fp32/fp64), when need_weight_grad. Returns (d_gi, g_i, b_i, g_h, b_h).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ln_gru_input_backward(
+    bool batch_major, const at::Tensor& ln_ih_weight, const at::Tensor& workspace,
+    const at::Tensor& da_i, const at::Tensor& da_h, bool need_weight_grad);
+// grad_input = d_gi W_ih, grad_weight_ih = d_gi^T x, grad_weight_hh = dg_raw^T hprev.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ln_gru_backward_gemms(
+    const at::Tensor& x, bool batch_major, const at::Tensor& weight_ih, const at::Tensor& d_gi,
+    const at::Tensor& dg_raw, const at::Tensor& hprev, bool need_input_grad,
+    bool need_weight_grad, const Matmul& matmul);
 
 }  // namespace fusedgru

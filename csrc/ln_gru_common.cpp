@@ -76,44 +76,57 @@ Tensor ln_gru_input_norm(const Tensor& x, bool batch_major, const Tensor& weight
   return gi;
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gru_backward_gemms(
-    const Tensor& x, bool batch_major, const Tensor& weight_ih, const Tensor& ln_ih_weight,
-    const Tensor& workspace, const Tensor& da_i, const Tensor& da_h, const Tensor& dg_raw,
-    const Tensor& hprev, bool need_input_grad, bool need_weight_grad, const Matmul& matmul) {
-  const int64_t T = x.size(0), N = x.size(1), C = x.size(2), H = hprev.size(2), G = 3 * H;
-  const auto opts = x.options();
-  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const auto none = [&] { return at::empty({0}, opts); };
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> ln_gru_input_backward(
+    bool batch_major, const Tensor& ln_ih_weight, const Tensor& workspace, const Tensor& da_i,
+    const Tensor& da_h, bool need_weight_grad) {
+  const int64_t G = da_i.size(2), H = G / 3;
+  const auto dtype = da_i.scalar_type();
+  const auto opts = da_i.options();
+  const auto acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
   const Tensor dai = flat(da_i, batch_major).to(acc), dah = flat(da_h, batch_major).to(acc);
-  const Tensor ws = N > 0 ? flat(workspace, batch_major).to(acc)
-                          : at::zeros({0, ln_gru_saved_width(H)}, opts.dtype(acc));
+  const Tensor ws = da_i.size(1) > 0
+      ? flat(workspace, batch_major).to(acc)
+      : at::zeros({0, ln_gru_saved_width(H)}, opts.dtype(acc));
   const Tensor xh_h = ws.narrow(1, 3 * H, G), xh_i = ws.narrow(1, 6 * H, G);
   const Tensor rstd_i = ws.narrow(1, 9 * H + 1, 1);
-  const auto sum_rows = [&](const Tensor& v) { return v.sum(0).to(x.scalar_type()); };
-  Tensor g_gi = none(), g_bi = none(), g_gh = none(), g_bh = none();
+  const auto sum_rows = [&](const Tensor& v) { return v.sum(0).to(dtype); };
+  Tensor g_gi = at::empty({0}, opts), g_bi = at::empty({0}, opts);
+  Tensor g_gh = at::empty({0}, opts), g_bh = at::empty({0}, opts);
   if (need_weight_grad) {
     g_gi = sum_rows(dai * xh_i);
     g_bi = sum_rows(dai);
     g_gh = sum_rows(dah * xh_h);
     g_bh = sum_rows(dah);
   }
-  // gradient of x W_ih^T through the input normalization (zero rows stay zero: rstd_i = 0)
+  // zero rows (inactive steps) stay zero: their rstd_i is 0
   const Tensor dxh = dai * ln_ih_weight.to(acc);
-  const Tensor d_gi = (rstd_i * (dxh - dxh.mean(1, true) - xh_i * (dxh * xh_i).mean(1, true)))
-                          .to(x.scalar_type());
-  Tensor grad_input = none(), g_wih = none(), g_whh = none();
+  Tensor d_gi = alloc_steps(batch_major, da_i.size(0), da_i.size(1), G, opts);
+  flat(d_gi, batch_major)
+      .copy_(rstd_i * (dxh - dxh.mean(1, true) - xh_i * (dxh * xh_i).mean(1, true)));
+  return {d_gi, g_gi, g_bi, g_gh, g_bh};
+}
+
+std::tuple<Tensor, Tensor, Tensor> ln_gru_backward_gemms(
+    const Tensor& x, bool batch_major, const Tensor& weight_ih, const Tensor& d_gi,
+    const Tensor& dg_raw, const Tensor& hprev, bool need_input_grad, bool need_weight_grad,
+    const Matmul& matmul) {
+  const int64_t T = x.size(0), N = x.size(1), C = x.size(2), H = hprev.size(2), G = 3 * H;
+  const auto opts = x.options();
+  Tensor grad_input = at::empty({0}, opts), g_wih = at::empty({0}, opts);
+  Tensor g_whh = at::empty({0}, opts);
+  const Tensor dgi2 = flat(d_gi, batch_major);
   if (need_input_grad) {
     grad_input = alloc_steps(batch_major, T, N, C, opts);
     Tensor gx = flat(grad_input, batch_major);
-    matmul(gx, d_gi, weight_ih, 0.0);
+    matmul(gx, dgi2, weight_ih, 0.0);
   }
   if (need_weight_grad) {
     g_wih = at::empty({G, C}, opts);
-    matmul(g_wih, d_gi.t(), flat(x, batch_major), 0.0);
+    matmul(g_wih, dgi2.t(), flat(x, batch_major), 0.0);
     g_whh = at::empty({G, H}, opts);
     matmul(g_whh, flat(dg_raw, batch_major).t(), flat(hprev, batch_major), 0.0);
   }
-  return {grad_input, g_wih, g_whh, g_gi, g_bi, g_gh, g_bh};
+  return {grad_input, g_wih, g_whh};
 }
 
 }  // namespace fusedgru

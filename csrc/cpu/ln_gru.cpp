@@ -44,24 +44,81 @@ struct LnForwardStep {
   double eps;
 };
 
+// (sum, sum of squares) of v[0, n) in fp32 lanes (vectorizes without reassociating a scalar).
 template <typename scalar_t>
-void ln_forward_units(const LnForwardStep& p, int64_t block) {
+FUSEDGRU_CLONES void lane_sums(const scalar_t* __restrict v, int64_t n, double* sums) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int kLanes = 16;
+  acc_t a[kLanes] = {}, q[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const acc_t x = v[k + l];
+      a[l] += x;
+      q[l] += x * x;
+    }
+  }
+  double s1 = 0, s2 = 0;
+  for (; k < n; ++k) {
+    s1 += static_cast<double>(v[k]);
+    s2 += static_cast<double>(v[k]) * static_cast<double>(v[k]);
+  }
+  for (int l = 0; l < kLanes; ++l) {
+    s1 += a[l];
+    s2 += q[l];
+  }
+  sums[0] = s1;
+  sums[1] = s2;
+}
+
+// One active row, units [0, w) of a block. ai, gamma, beta, ws: gate g at g * H;
+// gh: gate g at g * w (raw W_hh h of the block).
+template <typename scalar_t, bool kSave>
+FUSEDGRU_INLINE void ln_forward_span(
+    const scalar_t* __restrict ai, const scalar_t* __restrict gh,
+    const scalar_t* __restrict gamma, const scalar_t* __restrict beta,
+    const scalar_t* __restrict h_in, scalar_t* __restrict h_out, scalar_t* __restrict out,
+    scalar_t* __restrict ws, at::opmath_type<scalar_t> mean, at::opmath_type<scalar_t> rstd,
+    int64_t w, int64_t H) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t j = 0; j < w; ++j) {
+    const acc_t xr = (acc_t(gh[j]) - mean) * rstd;
+    const acc_t xz = (acc_t(gh[w + j]) - mean) * rstd;
+    const acc_t xn = (acc_t(gh[2 * w + j]) - mean) * rstd;
+    const acc_t r = sigmoid(acc_t(ai[j]) + xr * acc_t(gamma[j]) + acc_t(beta[j]));
+    const acc_t z = sigmoid(acc_t(ai[H + j]) + xz * acc_t(gamma[H + j]) + acc_t(beta[H + j]));
+    const acc_t ahn = xn * acc_t(gamma[2 * H + j]) + acc_t(beta[2 * H + j]);
+    const acc_t n = tanh(acc_t(ai[2 * H + j]) + r * ahn);
+    const scalar_t h1 = scalar_t(n + z * (acc_t(h_in[j]) - n));
+    h_out[j] = h1;
+    out[j] = h1;
+    if constexpr (kSave) {
+      ws[j] = scalar_t(r);
+      ws[H + j] = scalar_t(z);
+      ws[2 * H + j] = scalar_t(n);
+      ws[3 * H + j] = scalar_t(xr);
+      ws[4 * H + j] = scalar_t(xz);
+      ws[5 * H + j] = scalar_t(xn);
+    }
+  }
+}
+
+template <typename scalar_t, bool kSave>
+FUSEDGRU_CLONES void ln_forward_units(const LnForwardStep& p, int64_t block) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = p.H, w = p.j1 - p.j0, G = 3 * H;
-  const auto* gamma = static_cast<const scalar_t*>(p.g_h);
-  const auto* beta = static_cast<const scalar_t*>(p.b_h);
+  const auto* gamma = static_cast<const scalar_t*>(p.g_h) + p.j0;
+  const auto* beta = static_cast<const scalar_t*>(p.b_h) + p.j0;
   for (int64_t i = 0; i < p.N; ++i) {
-    const auto* h_in = static_cast<const scalar_t*>(p.h_in) + i * H;
-    auto* h_out = static_cast<scalar_t*>(p.h_out) + i * H;
-    auto* out = static_cast<scalar_t*>(p.out) + i * p.out_sn;
+    const auto* h_in = static_cast<const scalar_t*>(p.h_in) + i * H + p.j0;
+    auto* h_out = static_cast<scalar_t*>(p.h_out) + i * H + p.j0;
+    auto* out = static_cast<scalar_t*>(p.out) + i * p.out_sn + p.j0;
     auto* ws = at_offset(static_cast<scalar_t*>(p.ws), i * p.ws_sn);
     const bool active = i < p.rows && (p.lengths == nullptr || p.t < p.lengths[i]);
     if (!active) {
-      for (int64_t j = p.j0; j < p.j1; ++j) {
-        h_out[j] = h_in[j];
-        out[j] = scalar_t(0);
-      }
-      if (ws != nullptr) {
+      std::copy(h_in, h_in + w, h_out);
+      std::fill(out, out + w, scalar_t(0));
+      if (kSave) {
         for (int64_t g = 0; g < 9; ++g) std::fill(ws + g * H + p.j0, ws + g * H + p.j1, scalar_t(0));
         if (block == 0) ws[9 * H] = ws[9 * H + 1] = scalar_t(0);
       }
@@ -73,30 +130,12 @@ void ln_forward_units(const LnForwardStep& p, int64_t block) {
       s2 += p.part[(b * p.N + i) * 2 + 1];
     }
     const double mean = s1 / G;
-    const acc_t rstd = acc_t(1.0 / std::sqrt(std::max(s2 / G - mean * mean, 0.0) + p.eps));
-    const auto* ai = static_cast<const scalar_t*>(p.ai) + i * p.ai_sn;
-    const auto* gh = static_cast<const scalar_t*>(p.gh) + i * 3 * w;
-    for (int64_t jj = 0; jj < w; ++jj) {
-      const int64_t j = p.j0 + jj;
-      acc_t xh[3], ah[3];
-      for (int g = 0; g < 3; ++g) {
-        xh[g] = (acc_t(gh[g * w + jj]) - acc_t(mean)) * rstd;
-        ah[g] = xh[g] * acc_t(gamma[g * H + j]) + acc_t(beta[g * H + j]);
-      }
-      const acc_t r = sigmoid(acc_t(ai[j]) + ah[0]);
-      const acc_t z = sigmoid(acc_t(ai[H + j]) + ah[1]);
-      const acc_t n = tanh(acc_t(ai[2 * H + j]) + r * ah[2]);
-      const scalar_t h1 = scalar_t(n + z * (acc_t(h_in[j]) - n));
-      h_out[j] = h1;
-      out[j] = h1;
-      if (ws != nullptr) {
-        ws[j] = scalar_t(r);
-        ws[H + j] = scalar_t(z);
-        ws[2 * H + j] = scalar_t(n);
-        for (int g = 0; g < 3; ++g) ws[3 * H + g * H + j] = scalar_t(xh[g]);
-      }
-    }
-    if (ws != nullptr && block == 0) ws[9 * H] = scalar_t(rstd);
+    const double rstd = 1.0 / std::sqrt(std::max(s2 / G - mean * mean, 0.0) + p.eps);
+    ln_forward_span<scalar_t, kSave>(
+        static_cast<const scalar_t*>(p.ai) + i * p.ai_sn + p.j0,
+        static_cast<const scalar_t*>(p.gh) + i * 3 * w, gamma, beta, h_in, h_out, out,
+        kSave ? ws + p.j0 : nullptr, acc_t(mean), acc_t(rstd), w, H);
+    if (kSave && block == 0) ws[9 * H] = scalar_t(rstd);
   }
 }
 
@@ -161,14 +200,7 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_forward(
         const auto* gh = gh_rows.const_data_ptr<scalar_t>();
         const int64_t width = gh_rows.size(1);
         for (int64_t i = 0; i < rows; ++i) {
-          double s1 = 0, s2 = 0;
-          for (int64_t k = 0; k < width; ++k) {
-            const double v = static_cast<double>(gh[i * width + k]);
-            s1 += v;
-            s2 += v * v;
-          }
-          part[(b * N + i) * 2] = s1;
-          part[(b * N + i) * 2 + 1] = s2;
+          lane_sums(gh + i * width, width, &part[(b * N + i) * 2]);
         }
       });
     });
@@ -187,7 +219,13 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_forward(
       q.j1 = blocks[b].j1;
       q.gh = gh_blocks[b].data_ptr();
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "ln_gru_f",
-                                      [&] { ln_forward_units<scalar_t>(q, b); });
+                                      [&] {
+        if (q.ws != nullptr) {
+          ln_forward_units<scalar_t, true>(q, b);
+        } else {
+          ln_forward_units<scalar_t, false>(q, b);
+        }
+      });
     });
     std::swap(h, h_next);
   }
@@ -213,65 +251,112 @@ struct LnBackwardStep {
   int64_t go_sn, ws_sn, out_st, out_sn, dg_sn, hp_sn;
 };
 
+// Gate gradients of one active row, units [0, w) of a block; ws, gamma, beta, da_i, da_h: gate g
+// at g * H.
 template <typename scalar_t>
-void ln_backward_gates(const LnBackwardStep& p, int64_t block) {
+FUSEDGRU_INLINE void ln_gates_span(
+    const scalar_t* __restrict go, const scalar_t* __restrict ws, const scalar_t* __restrict h0p,
+    const scalar_t* __restrict gamma, const scalar_t* __restrict beta, scalar_t* __restrict dh,
+    scalar_t* __restrict da_i, scalar_t* __restrict da_h, scalar_t* __restrict hp, int64_t w,
+    int64_t H) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t H = p.H;
-  const int64_t tp = p.reverse ? p.t + 1 : p.t - 1;
-  const auto* gamma = static_cast<const scalar_t*>(p.g_h);
-  const auto* beta = static_cast<const scalar_t*>(p.b_h);
-  for (int64_t i = 0; i < p.N; ++i) {
-    const int64_t len = p.lengths != nullptr ? p.lengths[i] : p.T;
-    auto* da_i = static_cast<scalar_t*>(p.da_i) + i * p.dg_sn;
-    auto* da_h = static_cast<scalar_t*>(p.da_h) + i * p.dg_sn;
-    auto* hp = static_cast<scalar_t*>(p.hprev) + i * p.hp_sn;
-    double* part = p.part + (block * p.N + i) * 2;
-    if (p.t >= len) {
-      for (int g = 0; g < 3; ++g) {
-        std::fill(da_i + g * H + p.j0, da_i + g * H + p.j1, scalar_t(0));
-        std::fill(da_h + g * H + p.j0, da_h + g * H + p.j1, scalar_t(0));
-      }
-      std::fill(hp + p.j0, hp + p.j1, scalar_t(0));
-      part[0] = part[1] = 0;
-      continue;
+  for (int64_t j = 0; j < w; ++j) {
+    const acc_t g = acc_t(dh[j]) + acc_t(go[j]);
+    const acc_t r = ws[j], z = ws[H + j], n = ws[2 * H + j], h0 = h0p[j];
+    const acc_t ah_n = acc_t(ws[5 * H + j]) * acc_t(gamma[2 * H + j]) + acc_t(beta[2 * H + j]);
+    const acc_t d_n = g * (acc_t(1) - z) * (acc_t(1) - n * n);
+    const acc_t d_z = g * (h0 - n) * z * (acc_t(1) - z);
+    const acc_t d_r = d_n * ah_n * r * (acc_t(1) - r);
+    da_i[j] = scalar_t(d_r);
+    da_i[H + j] = scalar_t(d_z);
+    da_i[2 * H + j] = scalar_t(d_n);
+    da_h[j] = scalar_t(d_r);
+    da_h[H + j] = scalar_t(d_z);
+    da_h[2 * H + j] = scalar_t(d_n * r);
+    dh[j] = scalar_t(g * z);
+    hp[j] = scalar_t(h0);
+  }
+}
+
+// (sum dxh, sum dxh * xh) over units [0, w) of gate g's rows, dxh = da_h * gamma, in fp32 lanes.
+template <typename scalar_t>
+FUSEDGRU_INLINE void ln_grad_sums(const scalar_t* __restrict da_h,
+                                  const scalar_t* __restrict gamma,
+                                  const scalar_t* __restrict xh, int64_t w, double* sums) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int kLanes = 16;
+  acc_t a[kLanes] = {}, q[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= w; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const acc_t d = acc_t(da_h[j + l]) * acc_t(gamma[j + l]);
+      a[l] += d;
+      q[l] += d * acc_t(xh[j + l]);
     }
-    const bool from_out = tp >= 0 && tp < len;
-    const auto* h0p = from_out
-        ? static_cast<const scalar_t*>(p.out) + tp * p.out_st + i * p.out_sn
-        : static_cast<const scalar_t*>(p.hx) + i * H;
-    const auto* go = static_cast<const scalar_t*>(p.grad_out) + i * p.go_sn;
-    const auto* ws = static_cast<const scalar_t*>(p.ws) + i * p.ws_sn;
-    auto* dh = static_cast<scalar_t*>(p.dh) + i * H;
-    double s1 = 0, s2 = 0;
-    for (int64_t j = p.j0; j < p.j1; ++j) {
-      const acc_t g = acc_t(dh[j]) + acc_t(go[j]);
-      const acc_t r = ws[j], z = ws[H + j], n = ws[2 * H + j], h0 = h0p[j];
-      const acc_t ah_n = acc_t(ws[5 * H + j]) * acc_t(gamma[2 * H + j]) + acc_t(beta[2 * H + j]);
-      const acc_t d_n = g * (acc_t(1) - z) * (acc_t(1) - n * n);
-      const acc_t d_z = g * (h0 - n) * z * (acc_t(1) - z);
-      const acc_t d_r = d_n * ah_n * r * (acc_t(1) - r);
-      const acc_t dah[3] = {d_r, d_z, d_n * r};
-      da_i[j] = scalar_t(d_r);
-      da_i[H + j] = scalar_t(d_z);
-      da_i[2 * H + j] = scalar_t(d_n);
-      for (int k = 0; k < 3; ++k) {
-        da_h[k * H + j] = scalar_t(dah[k]);
-        const acc_t dxh = dah[k] * acc_t(gamma[k * H + j]);
-        s1 += dxh;
-        s2 += dxh * acc_t(ws[3 * H + k * H + j]);
-      }
-      dh[j] = scalar_t(g * z);
-      hp[j] = scalar_t(h0);
-    }
-    part[0] = s1;
-    part[1] = s2;
+  }
+  for (; j < w; ++j) {
+    const acc_t d = acc_t(da_h[j]) * acc_t(gamma[j]);
+    sums[0] += d;
+    sums[1] += d * acc_t(xh[j]);
+  }
+  for (int l = 0; l < kLanes; ++l) {
+    sums[0] += a[l];
+    sums[1] += q[l];
   }
 }
 
 template <typename scalar_t>
-void ln_backward_norm(const LnBackwardStep& p) {
+FUSEDGRU_CLONES void ln_backward_gates(const LnBackwardStep& p, int64_t block) {
+  const int64_t H = p.H, w = p.j1 - p.j0;
+  const int64_t tp = p.reverse ? p.t + 1 : p.t - 1;
+  const auto* gamma = static_cast<const scalar_t*>(p.g_h) + p.j0;
+  const auto* beta = static_cast<const scalar_t*>(p.b_h) + p.j0;
+  for (int64_t i = 0; i < p.N; ++i) {
+    const int64_t len = p.lengths != nullptr ? p.lengths[i] : p.T;
+    auto* da_i = static_cast<scalar_t*>(p.da_i) + i * p.dg_sn + p.j0;
+    auto* da_h = static_cast<scalar_t*>(p.da_h) + i * p.dg_sn + p.j0;
+    auto* hp = static_cast<scalar_t*>(p.hprev) + i * p.hp_sn + p.j0;
+    double* part = p.part + (block * p.N + i) * 2;
+    part[0] = part[1] = 0;
+    if (p.t >= len) {
+      for (int g = 0; g < 3; ++g) {
+        std::fill(da_i + g * H, da_i + g * H + w, scalar_t(0));
+        std::fill(da_h + g * H, da_h + g * H + w, scalar_t(0));
+      }
+      std::fill(hp, hp + w, scalar_t(0));
+      continue;
+    }
+    const bool from_out = tp >= 0 && tp < len;
+    const auto* h0p = from_out
+        ? static_cast<const scalar_t*>(p.out) + tp * p.out_st + i * p.out_sn + p.j0
+        : static_cast<const scalar_t*>(p.hx) + i * H + p.j0;
+    const auto* ws = static_cast<const scalar_t*>(p.ws) + i * p.ws_sn + p.j0;
+    ln_gates_span<scalar_t>(static_cast<const scalar_t*>(p.grad_out) + i * p.go_sn + p.j0, ws,
+                            h0p, gamma, beta, static_cast<scalar_t*>(p.dh) + i * H + p.j0, da_i,
+                            da_h, hp, w, H);
+    for (int g = 0; g < 3; ++g) {
+      ln_grad_sums<scalar_t>(da_h + g * H, gamma + g * H, ws + 3 * H + g * H, w, part);
+    }
+  }
+}
+
+// dg = rstd * (dxh - m1 - xh * m2) over n values, dxh = da_h * gamma.
+template <typename scalar_t>
+FUSEDGRU_INLINE void ln_norm_span(const scalar_t* __restrict da_h,
+                                  const scalar_t* __restrict gamma,
+                                  const scalar_t* __restrict xh, scalar_t* __restrict dg,
+                                  at::opmath_type<scalar_t> rstd, at::opmath_type<scalar_t> m1,
+                                  at::opmath_type<scalar_t> m2, int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t H = p.H, G = 3 * H;
+  for (int64_t k = 0; k < n; ++k) {
+    dg[k] = scalar_t(rstd * (acc_t(da_h[k]) * acc_t(gamma[k]) - m1 - acc_t(xh[k]) * m2));
+  }
+}
+
+template <typename scalar_t>
+FUSEDGRU_CLONES void ln_backward_norm(const LnBackwardStep& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = p.H, G = 3 * H, w = p.j1 - p.j0;
   const auto* gamma = static_cast<const scalar_t*>(p.g_h);
   for (int64_t i = 0; i < p.N; ++i) {
     const int64_t len = p.lengths != nullptr ? p.lengths[i] : p.T;
@@ -285,18 +370,86 @@ void ln_backward_norm(const LnBackwardStep& p) {
       s1 += p.part[(b * p.N + i) * 2];
       s2 += p.part[(b * p.N + i) * 2 + 1];
     }
-    const acc_t m1 = acc_t(s1 / G), m2 = acc_t(s2 / G);
     const auto* ws = static_cast<const scalar_t*>(p.ws) + i * p.ws_sn;
     const auto* dah = static_cast<const scalar_t*>(p.da_h) + i * p.dg_sn;
     const acc_t rstd = ws[9 * H];
     for (int g = 0; g < 3; ++g) {
-      for (int64_t j = p.j0; j < p.j1; ++j) {
-        const int64_t k = g * H + j;
-        const acc_t dxh = acc_t(dah[k]) * acc_t(gamma[k]);
-        dg[k] = scalar_t(rstd * (dxh - m1 - acc_t(ws[3 * H + k]) * m2));
-      }
+      const int64_t k0 = g * H + p.j0;
+      ln_norm_span<scalar_t>(dah + k0, gamma + k0, ws + 3 * H + k0, dg + k0, rstd,
+                             acc_t(s1 / G), acc_t(s2 / G), w);
     }
   }
+}
+
+// One row of the input side of the backward: d_gi = rstd (dxh - mean dxh - xh mean(dxh xh)),
+// dxh = da_i * g_i; and the row's contributions to the LN parameter gradients.
+template <typename scalar_t>
+FUSEDGRU_CLONES void input_backward_row(const scalar_t* __restrict dai,
+                                        const scalar_t* __restrict dah,
+                                        const scalar_t* __restrict ws,
+                                        const scalar_t* __restrict gamma,
+                                        scalar_t* __restrict dgi,
+                                        at::opmath_type<scalar_t>* __restrict acc, int64_t H,
+                                        bool params) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t G = 3 * H;
+  const scalar_t* xh_h = ws + 3 * H;
+  const scalar_t* xh_i = ws + 6 * H;
+  double sums[2] = {0, 0};
+  ln_grad_sums<scalar_t>(dai, gamma, xh_i, G, sums);
+  const acc_t rstd = ws[9 * H + 1];
+  ln_norm_span<scalar_t>(dai, gamma, xh_i, dgi, rstd, acc_t(sums[0] / G), acc_t(sums[1] / G), G);
+  if (!params) return;
+  acc_t* __restrict g_gi = acc;
+  acc_t* __restrict g_bi = acc + G;
+  acc_t* __restrict g_gh = acc + 2 * G;
+  acc_t* __restrict g_bh = acc + 3 * G;
+  for (int64_t k = 0; k < G; ++k) {
+    g_gi[k] += acc_t(dai[k]) * acc_t(xh_i[k]);
+    g_bi[k] += acc_t(dai[k]);
+    g_gh[k] += acc_t(dah[k]) * acc_t(xh_h[k]);
+    g_bh[k] += acc_t(dah[k]);
+  }
+}
+
+// The input side of the backward for all rows at once: per-thread parameter accumulators
+// (fixed partition, summed in a fixed order), so the result is deterministic.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> input_backward(
+    bool bm, const Tensor& ln_ih_weight, const Tensor& ws, const Tensor& da_i, const Tensor& da_h,
+    bool need_weight_grad) {
+  const int64_t T = da_i.size(0), N = da_i.size(1), G = da_i.size(2), H = G / 3;
+  const auto opts = da_i.options();
+  const auto acc_type = da_i.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  Tensor d_gi = alloc_steps(bm, T, N, G, opts);
+  const int64_t rows = T * N, chunks = std::max<int64_t>(1, at::get_num_threads());
+  Tensor partial = at::zeros({chunks, 4, G}, opts.dtype(acc_type));
+  if (rows > 0) {
+    const Tensor dai = flat(da_i, bm), dah = flat(da_h, bm), ws2 = flat(ws, bm);
+    Tensor dgi = flat(d_gi, bm);
+    const Tensor gamma = ln_ih_weight.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, da_i.scalar_type(), "ln_gru_ib",
+                                    [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const int64_t per = (rows + chunks - 1) / chunks;
+      at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          acc_t* acc = partial.data_ptr<acc_t>() + c * 4 * G;
+          for (int64_t r = c * per; r < std::min(rows, (c + 1) * per); ++r) {
+            input_backward_row<scalar_t>(
+                dai.const_data_ptr<scalar_t>() + r * dai.stride(0),
+                dah.const_data_ptr<scalar_t>() + r * dah.stride(0),
+                ws2.const_data_ptr<scalar_t>() + r * ws2.stride(0),
+                gamma.const_data_ptr<scalar_t>(), dgi.data_ptr<scalar_t>() + r * dgi.stride(0),
+                acc, H, need_weight_grad);
+          }
+        }
+      });
+    });
+  }
+  const auto none = [&] { return at::empty({0}, opts); };
+  if (!need_weight_grad) return {d_gi, none(), none(), none(), none()};
+  const Tensor sums = partial.sum(0).to(da_i.scalar_type());  // [4, G], fixed order
+  return {d_gi, sums[0].clone(), sums[1].clone(), sums[2].clone(), sums[3].clone()};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gru_backward(
@@ -389,9 +542,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gr
       rows_prev = t >= 0 ? (prefix.empty() ? N : prefix[t]) : 0;
     }
   }
-  auto [grad_input, g_wih, g_whh, g_gi, g_bi, g_gh, g_bh] =
-      ln_gru_backward_gemms(x, bm, weight_ih, ln_ih_weight, ws, da_i, da_h, dg_raw, hprev,
-                            need_input_grad, need_weight_grad, aten_matmul);
+  auto [d_gi, g_gi, g_bi, g_gh, g_bh] =
+      input_backward(bm, ln_ih_weight, ws, da_i, da_h, need_weight_grad);
+  auto [grad_input, g_wih, g_whh] = ln_gru_backward_gemms(
+      x, bm, weight_ih, d_gi, dg_raw, hprev, need_input_grad, need_weight_grad, aten_matmul);
   return {grad_input, dh, g_wih, g_whh, g_gi, g_bi, g_gh, g_bh};
 }
 

@@ -306,9 +306,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gr
       aten_matmul(dh, dg_raw.select(0, t), weight_hh, 1.0);
     }
   }
-  auto [grad_input, g_wih, g_whh, g_gi, g_bi, g_gh, g_bh] =
-      ln_gru_backward_gemms(x, bm, weight_ih, ln_ih_weight, ws, da_i, da_h, dg_raw, hprev,
-                            need_input_grad, need_weight_grad, aten_matmul);
+  auto [d_gi, g_gi, g_bi, g_gh, g_bh] =
+      ln_gru_input_backward(bm, ln_ih_weight, ws, da_i, da_h, need_weight_grad);
+  auto [grad_input, g_wih, g_whh] = ln_gru_backward_gemms(
+      x, bm, weight_ih, d_gi, dg_raw, hprev, need_input_grad, need_weight_grad, aten_matmul);
   return {grad_input, dh, g_wih, g_whh, g_gi, g_bi, g_gh, g_bh};
 }
 
