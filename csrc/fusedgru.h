@@ -120,6 +120,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_backw
     const at::Tensor& dgin, const at::Tensor& hprev, bool has_bias, bool need_input_grad,
     bool need_weight_grad, const Matmul& matmul);
 
+// The device-independent part of a GRU backward: contiguous views of what the kernels read, the
+// per-step output buffers, and the pointwise parameters (units [0, H); the CPU narrows them per
+// thread block). dh starts as grad_h_n and ends as grad_hx.
+struct GruBackwardState {
+  at::Tensor go, gws, out, ws, h0, len;  // inputs as the kernels read them
+  at::Tensor dh, dgh, dgin, hprev;       // [N, H]; [T, N, 3H], [T, N, H], [T, N, H] or undefined
+  GruBackwardPointwise base;
+  // base with the pointers of step t.
+  GruBackwardPointwise at_step(int64_t t) const;
+};
+GruBackwardState gru_backward_state(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+                                    const std::optional<at::Tensor>& grad_workspace,
+                                    const at::Tensor& x, bool batch_major, const at::Tensor& hx,
+                                    int64_t H, const std::optional<at::Tensor>& lengths,
+                                    const at::Tensor& output, const at::Tensor& workspace,
+                                    bool reverse, bool need_weight_grad);
+
 // ---- Layer-normalized GRU (ln_gru_common.cpp) ----
 // Saved per (t, n): r, z, n [3H] | LN(W_hh h) [3H] | LN(W_ih x) [3H] | rstd_h, rstd_i.
 constexpr int64_t ln_gru_saved_width(int64_t H) { return 9 * H + 2; }

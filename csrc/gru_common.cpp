@@ -150,6 +150,65 @@ std::vector<int64_t> active_prefix(const std::optional<Tensor>& lengths, int64_t
   return rows;
 }
 
+GruBackwardState gru_backward_state(const Tensor& grad_output, const Tensor& grad_h_n,
+                                    const std::optional<Tensor>& grad_workspace, const Tensor& x,
+                                    bool batch_major, const Tensor& hx, int64_t H,
+                                    const std::optional<Tensor>& lengths, const Tensor& output,
+                                    const Tensor& workspace, bool reverse,
+                                    bool need_weight_grad) {
+  const int64_t T = x.size(0), N = x.size(1);
+  const auto opts = x.options();
+  GruBackwardState st;
+  st.dh = grad_h_n.clone(at::MemoryFormat::Contiguous);
+  st.dgh = alloc_steps(batch_major, T, N, 3 * H, opts);
+  st.dgin = alloc_steps(batch_major, T, N, H, opts);
+  // h_{t-1} per step for the W_hh gradient (the double-backward path always fills it).
+  if (need_weight_grad || grad_workspace.has_value()) {
+    st.hprev = alloc_steps(batch_major, T, N, H, opts);
+  }
+  if (N == 0) return st;
+  st.go = last_dim_contiguous(grad_output);
+  st.out = last_dim_contiguous(output);
+  st.ws = last_dim_contiguous(workspace);
+  if (grad_workspace.has_value()) st.gws = last_dim_contiguous(*grad_workspace);
+  st.h0 = hx.contiguous();
+  if (lengths.has_value()) st.len = lengths->contiguous();
+  GruBackwardPointwise& p = st.base;
+  p = GruBackwardPointwise{};
+  p.out = st.out.data_ptr();
+  p.hx = st.h0.data_ptr();
+  p.lengths = st.len.defined() ? st.len.data_ptr<int64_t>() : nullptr;
+  p.dh = st.dh.data_ptr();
+  p.T = T;
+  p.N = N;
+  p.H = H;
+  p.j0 = 0;
+  p.j1 = H;
+  p.reverse = reverse;
+  p.go_sn = st.go.stride(1);
+  p.gws_sn = st.gws.defined() ? st.gws.stride(1) : 0;
+  p.ws_sn = st.ws.stride(1);
+  p.out_st = st.out.stride(0);
+  p.out_sn = st.out.stride(1);
+  p.dg_sn = st.dgh.stride(1);
+  p.dgin_sn = st.dgin.stride(1);
+  p.hp_sn = st.hprev.defined() ? st.hprev.stride(1) : 0;
+  p.dtype = x.scalar_type();
+  return st;
+}
+
+GruBackwardPointwise GruBackwardState::at_step(int64_t t) const {
+  GruBackwardPointwise p = base;
+  p.t = t;
+  p.grad_out = step_ptr(go, t);
+  p.grad_ws = gws.defined() ? step_ptr(gws, t) : nullptr;
+  p.ws = step_ptr(ws, t);
+  p.dgh = step_ptr(dgh, t);
+  p.dgin = step_ptr(dgin, t);
+  p.hprev = hprev.defined() ? step_ptr(hprev, t) : nullptr;
+  return p;
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_gemms(
     const Tensor& x, bool batch_major, const Tensor& weight_ih, const Tensor& dgh,
     const Tensor& dgin, const Tensor& hprev, bool has_bias, bool need_input_grad,

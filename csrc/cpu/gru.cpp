@@ -240,70 +240,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   check_gru_backward_args(grad_output, grad_h_n, grad_workspace, input, hx, weight_ih,
                           weight_hh, lengths, output, workspace);
   const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
-  const auto opts = input.options();
   const Tensor x = steps_layout(input);
   const bool bm = is_batch_major(x);
-  Tensor dh = grad_h_n.clone(at::MemoryFormat::Contiguous);
-
-  Tensor dgh = alloc_steps(bm, T, N, 3 * H, opts);
-  Tensor dgin = alloc_steps(bm, T, N, H, opts);
-  // h_{t-1} per step for the W_hh gradient (the double-backward path always fills it).
-  const bool with_hprev = need_weight_grad || grad_workspace.has_value();
-  Tensor hprev = with_hprev ? alloc_steps(bm, T, N, H, opts) : Tensor();
+  const GruBackwardState st =
+      gru_backward_state(grad_output, grad_h_n, grad_workspace, x, bm, hx, H, lengths, output,
+                         workspace, reverse, need_weight_grad);
   if (N > 0) {
-    const Tensor go = last_dim_contiguous(grad_output);
-    const Tensor out = last_dim_contiguous(output);
-    const Tensor ws = last_dim_contiguous(workspace);
-    const Tensor gws =
-        grad_workspace.has_value() ? last_dim_contiguous(*grad_workspace) : Tensor();
-    const Tensor h0 = hx.contiguous();
-    const Tensor len = lengths.has_value() ? lengths->contiguous() : Tensor();
     const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
     const std::vector<Block> blocks = plan_blocks(N, H);
     const int64_t nb = static_cast<int64_t>(blocks.size());
     std::vector<Tensor> w_cols, dh_cols;  // per block: W_hh[:, j0:j1], dh[:, j0:j1]
     for (const Block& blk : blocks) {
       w_cols.push_back(weight_hh.narrow(1, blk.j0, blk.j1 - blk.j0));
-      dh_cols.push_back(dh.narrow(1, blk.j0, blk.j1 - blk.j0));
+      dh_cols.push_back(st.dh.narrow(1, blk.j0, blk.j1 - blk.j0));
     }
-
-    GruBackwardPointwise base{};
-    base.out = out.data_ptr();
-    base.hx = h0.data_ptr();
-    base.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
-    base.dh = dh.data_ptr();
-    base.T = T;
-    base.N = N;
-    base.H = H;
-    base.reverse = reverse;
-    base.go_sn = go.stride(1);
-    base.gws_sn = gws.defined() ? gws.stride(1) : 0;
-    base.ws_sn = ws.stride(1);
-    base.out_st = out.stride(0);
-    base.out_sn = out.stride(1);
-    base.dg_sn = dgh.stride(1);
-    base.dgin_sn = dgin.stride(1);
-    base.hp_sn = with_hprev ? hprev.stride(1) : 0;
-    base.dtype = input.scalar_type();
     // Region s: dh += dgh_{t(s-1)} W_hh for the thread's columns, then the gate gradients of
     // step t(s) for the same units. The extra region s = T finishes dL/dh_{-1} = grad_hx.
     int64_t t_prev = -1, rows_prev = 0;
     for (int64_t s = 0; s <= T; ++s) {
       const int64_t t = s == T ? -1 : (reverse ? s : T - 1 - s);
-      GruBackwardPointwise p = base;
-      if (t >= 0) {
-        p.t = t;
-        p.grad_out = step_ptr(go, t);
-        p.grad_ws = gws.defined() ? step_ptr(gws, t) : nullptr;
-        p.ws = step_ptr(ws, t);
-        p.dgh = step_ptr(dgh, t);
-        p.dgin = step_ptr(dgin, t);
-        p.hprev = with_hprev ? step_ptr(hprev, t) : nullptr;
-      }
+      const GruBackwardPointwise p = t >= 0 ? st.at_step(t) : st.base;
       for_blocks(nb, [&](int64_t b) {
         if (rows_prev > 0) {
           rows_of(dh_cols[b], rows_prev)
-              .addmm_(rows_of(dgh.select(0, t_prev), rows_prev), w_cols[b]);
+              .addmm_(rows_of(st.dgh.select(0, t_prev), rows_prev), w_cols[b]);
         }
         if (t >= 0) {
           GruBackwardPointwise q = p;
@@ -317,9 +277,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     }
   }
   auto [grad_input, gw_ih, gw_hh, gb_ih, gb_hh] = gru_backward_gemms(
-      x, bm, weight_ih, dgh, dgin, hprev, has_bias, need_input_grad, need_weight_grad,
+      x, bm, weight_ih, st.dgh, st.dgin, st.hprev, has_bias, need_input_grad, need_weight_grad,
       aten_matmul);
-  return {grad_input, dh, gw_ih, gw_hh, gb_ih, gb_hh};
+  return {grad_input, st.dh, gw_ih, gw_hh, gb_ih, gb_hh};
 }
 
 Tensor gru_cell(const Tensor& input, const Tensor& hx, const Tensor& weight_ih,

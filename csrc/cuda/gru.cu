@@ -259,61 +259,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const c10::cuda::CUDAGuard guard(input.device());
   const CudnnTf32Policy tf32;
   const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
-  const auto opts = input.options();
   const Tensor x = steps_layout(input);
   const bool bm = is_batch_major(x);
-  Tensor dh = grad_h_n.clone(at::MemoryFormat::Contiguous);
-  Tensor dgh = alloc_steps(bm, T, N, 3 * H, opts);
-  Tensor dgin = alloc_steps(bm, T, N, H, opts);
-  const bool with_hprev = need_weight_grad || grad_workspace.has_value();
-  Tensor hprev = with_hprev ? alloc_steps(bm, T, N, H, opts) : Tensor();
-  if (N > 0) {
-    const Tensor go = last_dim_contiguous(grad_output);
-    const Tensor out = last_dim_contiguous(output);
-    const Tensor ws = last_dim_contiguous(workspace);
-    const Tensor gws =
-        grad_workspace.has_value() ? last_dim_contiguous(*grad_workspace) : Tensor();
-    const Tensor h0 = hx.contiguous();
-    const Tensor len = lengths.has_value() ? lengths->contiguous() : Tensor();
-
-    GruBackwardPointwise p{};
-    p.out = out.data_ptr();
-    p.hx = h0.data_ptr();
-    p.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
-    p.dh = dh.data_ptr();
-    p.T = T;
-    p.N = N;
-    p.H = H;
-    p.j0 = 0;
-    p.j1 = H;
-    p.reverse = reverse;
-    p.go_sn = go.stride(1);
-    p.gws_sn = gws.defined() ? gws.stride(1) : 0;
-    p.ws_sn = ws.stride(1);
-    p.out_st = out.stride(0);
-    p.out_sn = out.stride(1);
-    p.dg_sn = dgh.stride(1);
-    p.dgin_sn = dgin.stride(1);
-    p.hp_sn = with_hprev ? hprev.stride(1) : 0;
-    p.dtype = input.scalar_type();
-    for (int64_t s = 0; s < T; ++s) {
-      const int64_t t = reverse ? s : T - 1 - s;
-      p.t = t;
-      p.grad_out = step_ptr(go, t);
-      p.grad_ws = gws.defined() ? step_ptr(gws, t) : nullptr;
-      p.ws = step_ptr(ws, t);
-      p.dgh = step_ptr(dgh, t);
-      p.dgin = step_ptr(dgin, t);
-      p.hprev = with_hprev ? step_ptr(hprev, t) : nullptr;
-      backward_pointwise(p);
-      // dL/dh_{t-1} = z * dL/dh_t (left in dh by the kernel) + dgh_t W_hh
-      aten_matmul(dh, dgh.select(0, t), weight_hh, 1.0);
-    }
+  GruBackwardState st = gru_backward_state(grad_output, grad_h_n, grad_workspace, x, bm, hx, H,
+                                           lengths, output, workspace, reverse, need_weight_grad);
+  for (int64_t s = 0; s < T && N > 0; ++s) {
+    const int64_t t = reverse ? s : T - 1 - s;
+    backward_pointwise(st.at_step(t));
+    // dL/dh_{t-1} = z * dL/dh_t (left in dh by the kernel) + dgh_t W_hh
+    aten_matmul(st.dh, st.dgh.select(0, t), weight_hh, 1.0);
   }
   auto [grad_input, gw_ih, gw_hh, gb_ih, gb_hh] =
-      gru_backward_gemms(x, bm, weight_ih, dgh, dgin, hprev, has_bias, need_input_grad,
+      gru_backward_gemms(x, bm, weight_ih, st.dgh, st.dgin, st.hprev, has_bias, need_input_grad,
                          need_weight_grad, aten_matmul);
-  return {grad_input, dh, gw_ih, gw_hh, gb_ih, gb_hh};
+  return {grad_input, st.dh, gw_ih, gw_hh, gb_ih, gb_hh};
 }
 
 Tensor gru_cell(const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
