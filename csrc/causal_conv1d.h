@@ -66,4 +66,17 @@ CausalConvParams conv_params(const at::Tensor& x, const at::Tensor& weight,
                              const std::optional<at::Tensor>& initial_state, int64_t dilation,
                              int64_t activation);
 
+// Backward: the forward's checks plus grad_y's shape, dtype and device.
+void check_causal_conv_bwd_args(const at::Tensor& grad_y, const at::Tensor& x,
+                                const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                const std::optional<at::Tensor>& initial_state, int64_t dilation,
+                                int64_t activation);
+// The backward's params over the given inputs and output buffers (grad_init/grad_bias may be
+// empty [0] tensors when there is no initial state / bias).
+CausalConvBackwardParams conv_backward_params(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& initial_state,
+    int64_t dilation, int64_t activation, at::Tensor& grad_x, at::Tensor& grad_init,
+    at::Tensor& grad_weight, at::Tensor& grad_bias);
+
 }  // namespace fusedgru

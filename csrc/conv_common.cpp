@@ -98,4 +98,36 @@ CausalConvParams conv_params(const Tensor& x, const Tensor& weight,
   return p;
 }
 
+void check_causal_conv_bwd_args(const Tensor& grad_y, const Tensor& x, const Tensor& weight,
+                                const std::optional<Tensor>& bias,
+                                const std::optional<Tensor>& initial_state, int64_t dilation,
+                                int64_t activation) {
+  check_causal_conv_args(x, weight, bias, initial_state, dilation, activation);
+  TORCH_CHECK(grad_y.sizes() == x.sizes(), "grad_y must have the shape of x ", x.sizes(),
+              ", got ", grad_y.sizes());
+  FUSEDGRU_CHECK_SAME_DTYPE(grad_y, x);
+  FUSEDGRU_CHECK_SAME_DEVICE(grad_y, x);
+}
+
+CausalConvBackwardParams conv_backward_params(
+    const Tensor& grad_y, const Tensor& x, const Tensor& weight,
+    const std::optional<Tensor>& bias, const std::optional<Tensor>& initial_state,
+    int64_t dilation, int64_t activation, Tensor& grad_x, Tensor& grad_init,
+    Tensor& grad_weight, Tensor& grad_bias) {
+  CausalConvBackwardParams q{};
+  q.fwd = conv_params(x, weight, bias, initial_state, dilation, activation);
+  q.grad_y = grad_y.data_ptr();
+  q.gy_sn = grad_y.stride(0);
+  q.gy_sc = grad_y.stride(1);
+  q.gy_sl = grad_y.stride(2);
+  q.grad_x = grad_x.data_ptr();
+  q.gx_sn = grad_x.stride(0);
+  q.gx_sc = grad_x.stride(1);
+  q.gx_sl = grad_x.stride(2);
+  q.grad_init = initial_state.has_value() ? grad_init.data_ptr() : nullptr;
+  q.grad_weight = grad_weight.data_ptr();
+  q.grad_bias = bias.has_value() ? grad_bias.data_ptr() : nullptr;
+  return q;
+}
+
 }  // namespace fusedgru

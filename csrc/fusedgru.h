@@ -159,6 +159,42 @@ void check_ln_gru_backward_args(const at::Tensor& grad_output, const at::Tensor&
 at::Tensor ln_gru_input_norm(const at::Tensor& x, bool batch_major, const at::Tensor& weight_ih,
                              const at::Tensor& ln_ih_weight, const at::Tensor& ln_ih_bias,
                              double eps, at::Tensor& workspace, const Matmul& matmul);
+// Backward pointwise stage of the layer-normalized GRU for the forward step t (units [j0, j1)).
+struct LnGruBackwardPointwise {
+  const void* grad_out;  // [N, H] row stride go_sn
+  const void* ws;        // [N, 9H + 2] row stride ws_sn: saved activations of step t
+  const void* out;       // [T, N, H] strides (out_st, out_sn)
+  const void* hx;        // [N, H]
+  const void* g_h;       // [3H]: recurrent LN gain
+  const void* b_h;       // [3H]: recurrent LN bias
+  const int64_t* lengths;  // [N] or nullptr
+  void* dh;              // [N, H]: in dL/dh_t, out z * dL/dh_t
+  void* da_i;            // [N, 3H] row stride dg_sn: gradient of a_i
+  void* da_h;            // [N, 3H] row stride dg_sn: gradient of a_h
+  void* dg_raw;          // [N, 3H] row stride dg_sn: gradient of W_hh h (before LN)
+  void* hprev;           // [N, H] row stride hp_sn: h_{t-1}
+  double* part;          // CPU only: [nb][N][2] per-block partial sums of the LN gradient
+  int64_t t, T, N, H, j0, j1, nb;
+  bool reverse;
+  int64_t go_sn, ws_sn, out_st, out_sn, dg_sn, hp_sn;
+};
+
+// The device-independent part of a LayerNormGRU backward (cf. GruBackwardState).
+struct LnGruBackwardState {
+  at::Tensor go, out, ws, h0, len, g_h, b_h;  // inputs as the kernels read them
+  at::Tensor dh, da_i, da_h, dg_raw, hprev;   // [N, H]; [T, N, 3H] x3; [T, N, H]
+  LnGruBackwardPointwise base;
+  LnGruBackwardPointwise at_step(int64_t t) const;
+};
+LnGruBackwardState ln_gru_backward_state(const at::Tensor& grad_output,
+                                         const at::Tensor& grad_h_n, const at::Tensor& x,
+                                         bool batch_major, const at::Tensor& hx, int64_t H,
+                                         const at::Tensor& ln_hh_weight,
+                                         const at::Tensor& ln_hh_bias,
+                                         const std::optional<at::Tensor>& lengths,
+                                         const at::Tensor& output, const at::Tensor& workspace,
+                                         bool reverse);
+
 // The input side of the backward, over all steps in ATen ops (CUDA): from the gradients of a_i
 // and a_h and the saved normalized values, the gradient of x W_ih^T through the input
 // normalization [T, N, 3H] (x's storage order) and the four LN parameter gradients (reduced in

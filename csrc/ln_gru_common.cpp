@@ -76,6 +76,65 @@ Tensor ln_gru_input_norm(const Tensor& x, bool batch_major, const Tensor& weight
   return gi;
 }
 
+LnGruBackwardState ln_gru_backward_state(const Tensor& grad_output, const Tensor& grad_h_n,
+                                         const Tensor& x, bool batch_major, const Tensor& hx,
+                                         int64_t H, const Tensor& ln_hh_weight,
+                                         const Tensor& ln_hh_bias,
+                                         const std::optional<Tensor>& lengths,
+                                         const Tensor& output, const Tensor& workspace,
+                                         bool reverse) {
+  const int64_t T = x.size(0), N = x.size(1), G = 3 * H;
+  const auto opts = x.options();
+  LnGruBackwardState st;
+  st.dh = grad_h_n.clone(at::MemoryFormat::Contiguous);
+  st.da_i = alloc_steps(batch_major, T, N, G, opts);
+  st.da_h = alloc_steps(batch_major, T, N, G, opts);
+  st.dg_raw = alloc_steps(batch_major, T, N, G, opts);
+  st.hprev = alloc_steps(batch_major, T, N, H, opts);
+  st.ws = N > 0 ? last_dim_contiguous(workspace) : workspace;
+  if (N == 0) return st;
+  st.go = last_dim_contiguous(grad_output);
+  st.out = last_dim_contiguous(output);
+  st.h0 = hx.contiguous();
+  st.g_h = ln_hh_weight.contiguous();
+  st.b_h = ln_hh_bias.contiguous();
+  if (lengths.has_value()) st.len = lengths->contiguous();
+  LnGruBackwardPointwise& p = st.base;
+  p = LnGruBackwardPointwise{};
+  p.out = st.out.data_ptr();
+  p.hx = st.h0.data_ptr();
+  p.g_h = st.g_h.data_ptr();
+  p.b_h = st.b_h.data_ptr();
+  p.lengths = st.len.defined() ? st.len.data_ptr<int64_t>() : nullptr;
+  p.dh = st.dh.data_ptr();
+  p.T = T;
+  p.N = N;
+  p.H = H;
+  p.j0 = 0;
+  p.j1 = H;
+  p.nb = 1;
+  p.reverse = reverse;
+  p.go_sn = st.go.stride(1);
+  p.ws_sn = st.ws.stride(1);
+  p.out_st = st.out.stride(0);
+  p.out_sn = st.out.stride(1);
+  p.dg_sn = st.da_i.stride(1);
+  p.hp_sn = st.hprev.stride(1);
+  return st;
+}
+
+LnGruBackwardPointwise LnGruBackwardState::at_step(int64_t t) const {
+  LnGruBackwardPointwise p = base;
+  p.t = t;
+  p.grad_out = step_ptr(go, t);
+  p.ws = step_ptr(ws, t);
+  p.da_i = step_ptr(da_i, t);
+  p.da_h = step_ptr(da_h, t);
+  p.dg_raw = step_ptr(dg_raw, t);
+  p.hprev = step_ptr(hprev, t);
+  return p;
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> ln_gru_input_backward(
     bool batch_major, const Tensor& ln_ih_weight, const Tensor& workspace, const Tensor& da_i,
     const Tensor& da_h, bool need_weight_grad) {

@@ -254,9 +254,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> causal_conv1d_bwd(
     const Tensor& grad_y, const Tensor& x_in, const Tensor& weight,
     const std::optional<Tensor>& bias, const std::optional<Tensor>& initial_state,
     int64_t dilation, int64_t activation) {
-  check_causal_conv_args(x_in, weight, bias, initial_state, dilation, activation);
-  TORCH_CHECK(grad_y.sizes() == x_in.sizes(), "grad_y must have the shape of x ", x_in.sizes(),
-              ", got ", grad_y.sizes());
+  check_causal_conv_bwd_args(grad_y, x_in, weight, bias, initial_state, dilation, activation);
   const bool channels_last = conv_channels_last(conv_input_layout(x_in));
   const Tensor x = x_in.stride(2) == 1 ? x_in : x_in.contiguous();
   const Tensor gy = grad_y.stride(2) == 1 ? grad_y : grad_y.contiguous();
@@ -272,19 +270,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> causal_conv1d_bwd(
   Tensor gw = at::zeros({C, W}, x.options().dtype(acc_type));
   Tensor gb = at::zeros({bias.has_value() ? C : 0}, x.options().dtype(acc_type));
   if (x.numel() > 0) {
-    CausalConvBackwardParams q{};
-    q.fwd = conv_params(x, w, b, initial_state, dilation, activation);
-    q.grad_y = gy.data_ptr();
-    q.gy_sn = gy.stride(0);
-    q.gy_sc = gy.stride(1);
-    q.gy_sl = gy.stride(2);
-    q.grad_x = gx.data_ptr();
-    q.gx_sn = gx.stride(0);
-    q.gx_sc = gx.stride(1);
-    q.gx_sl = gx.stride(2);
-    q.grad_init = initial_state.has_value() ? g_init.data_ptr() : nullptr;
-    q.grad_weight = gw.data_ptr();
-    q.grad_bias = bias.has_value() ? gb.data_ptr() : nullptr;
+    const CausalConvBackwardParams q = conv_backward_params(
+        gy, x, w, b, initial_state, dilation, activation, gx, g_init, gw, gb);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                     "causal_conv1d_bwd_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;

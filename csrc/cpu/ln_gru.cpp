@@ -232,25 +232,6 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_forward(
   return {output, h, workspace};
 }
 
-struct LnBackwardStep {
-  const void* grad_out;  // [N, H] row stride go_sn
-  const void* ws;        // [N, 9H + 2] row stride ws_sn
-  const void* out;       // [T, N, H] strides (out_st, out_sn)
-  const void* hx;        // [N, H]
-  const void* g_h;       // [3H]
-  const void* b_h;       // [3H]
-  const int64_t* lengths;
-  void* dh;              // [N, H]: in dL/dh_t, out z * dL/dh_t
-  void* da_i;            // [N, 3H] row stride dg_sn: gradient of a_i
-  void* da_h;            // [N, 3H] row stride dg_sn: gradient of a_h
-  void* dg_raw;          // [N, 3H] row stride dg_sn: gradient of W_hh h (before LN)
-  void* hprev;           // [N, H] row stride hp_sn
-  double* part;          // [nb][N][2]: partial sums of dxh and dxh * xh
-  int64_t t, T, N, H, j0, j1, nb;
-  bool reverse;
-  int64_t go_sn, ws_sn, out_st, out_sn, dg_sn, hp_sn;
-};
-
 // Gate gradients of one active row, units [0, w) of a block; ws, gamma, beta, da_i, da_h: gate g
 // at g * H.
 template <typename scalar_t>
@@ -306,7 +287,7 @@ FUSEDGRU_INLINE void ln_grad_sums(const scalar_t* __restrict da_h,
 }
 
 template <typename scalar_t>
-FUSEDGRU_CLONES void ln_backward_gates(const LnBackwardStep& p, int64_t block) {
+FUSEDGRU_CLONES void ln_backward_gates(const LnGruBackwardPointwise& p, int64_t block) {
   const int64_t H = p.H, w = p.j1 - p.j0;
   const int64_t tp = p.reverse ? p.t + 1 : p.t - 1;
   const auto* gamma = static_cast<const scalar_t*>(p.g_h) + p.j0;
@@ -354,7 +335,7 @@ FUSEDGRU_INLINE void ln_norm_span(const scalar_t* __restrict da_h,
 }
 
 template <typename scalar_t>
-FUSEDGRU_CLONES void ln_backward_norm(const LnBackwardStep& p) {
+FUSEDGRU_CLONES void ln_backward_norm(const LnGruBackwardPointwise& p) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = p.H, G = 3 * H, w = p.j1 - p.j0;
   const auto* gamma = static_cast<const scalar_t*>(p.g_h);
@@ -460,20 +441,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gr
     bool need_weight_grad) {
   check_ln_gru_backward_args(grad_output, grad_h_n, input, hx, weight_ih, weight_hh,
                              ln_ih_weight, ln_hh_weight, ln_hh_bias, lengths, output, workspace);
-  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1), G = 3 * H;
-  const auto opts = input.options();
+  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
   const Tensor x = steps_layout(input);
   const bool bm = is_batch_major(x);
-  Tensor dh = grad_h_n.clone(at::MemoryFormat::Contiguous);
-  Tensor da_i = alloc_steps(bm, T, N, G, opts), da_h = alloc_steps(bm, T, N, G, opts);
-  Tensor dg_raw = alloc_steps(bm, T, N, G, opts), hprev = alloc_steps(bm, T, N, H, opts);
-  const Tensor ws = N > 0 ? last_dim_contiguous(workspace) : workspace;
+  const LnGruBackwardState st = ln_gru_backward_state(
+      grad_output, grad_h_n, x, bm, hx, H, ln_hh_weight, ln_hh_bias, lengths, output, workspace,
+      reverse);
   if (N > 0) {
-    const Tensor go = last_dim_contiguous(grad_output);
-    const Tensor out = last_dim_contiguous(output);
-    const Tensor h0 = hx.contiguous();
-    const Tensor g_h = ln_hh_weight.contiguous(), b_h = ln_hh_bias.contiguous();
-    const Tensor len = lengths.has_value() ? lengths->contiguous() : Tensor();
     const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
     const std::vector<Block> blocks = plan_blocks(N, H);
     const int64_t nb = static_cast<int64_t>(blocks.size());
@@ -481,48 +455,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gr
     std::vector<Tensor> w_cols, dh_cols;
     for (const Block& blk : blocks) {
       w_cols.push_back(weight_hh.narrow(1, blk.j0, blk.j1 - blk.j0));
-      dh_cols.push_back(dh.narrow(1, blk.j0, blk.j1 - blk.j0));
+      dh_cols.push_back(st.dh.narrow(1, blk.j0, blk.j1 - blk.j0));
     }
-    LnBackwardStep base{};
-    base.out = out.data_ptr();
-    base.hx = h0.data_ptr();
-    base.g_h = g_h.data_ptr();
-    base.b_h = b_h.data_ptr();
-    base.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
-    base.dh = dh.data_ptr();
-    base.part = part.data();
-    base.T = T;
-    base.N = N;
-    base.H = H;
-    base.nb = nb;
-    base.reverse = reverse;
-    base.go_sn = go.stride(1);
-    base.ws_sn = ws.stride(1);
-    base.out_st = out.stride(0);
-    base.out_sn = out.stride(1);
-    base.dg_sn = da_i.stride(1);
-    base.hp_sn = hprev.stride(1);
     int64_t t_prev = -1, rows_prev = 0;
     for (int64_t s = 0; s <= T; ++s) {
       const int64_t t = s == T ? -1 : (reverse ? s : T - 1 - s);
-      LnBackwardStep p = base;
-      if (t >= 0) {
-        p.t = t;
-        p.grad_out = step_ptr(go, t);
-        p.ws = step_ptr(ws, t);
-        p.da_i = step_ptr(da_i, t);
-        p.da_h = step_ptr(da_h, t);
-        p.dg_raw = step_ptr(dg_raw, t);
-        p.hprev = step_ptr(hprev, t);
-      }
+      LnGruBackwardPointwise p = t >= 0 ? st.at_step(t) : st.base;
+      p.part = part.data();
+      p.nb = nb;
       // (1) dh += dg_raw_{t_prev} W_hh for the block's columns; gate gradients of step t
       for_blocks(nb, [&](int64_t b) {
         if (rows_prev > 0) {
           rows_of(dh_cols[b], rows_prev)
-              .addmm_(rows_of(dg_raw.select(0, t_prev), rows_prev), w_cols[b]);
+              .addmm_(rows_of(st.dg_raw.select(0, t_prev), rows_prev), w_cols[b]);
         }
         if (t < 0) return;
-        LnBackwardStep q = p;
+        LnGruBackwardPointwise q = p;
         q.j0 = blocks[b].j0;
         q.j1 = blocks[b].j1;
         AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
@@ -531,7 +479,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gr
       // (2) through the recurrent normalization, with the row sums of all blocks
       if (t >= 0) {
         for_blocks(nb, [&](int64_t b) {
-          LnBackwardStep q = p;
+          LnGruBackwardPointwise q = p;
           q.j0 = blocks[b].j0;
           q.j1 = blocks[b].j1;
           AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
@@ -543,10 +491,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gr
     }
   }
   auto [d_gi, g_gi, g_bi, g_gh, g_bh] =
-      input_backward(bm, ln_ih_weight, ws, da_i, da_h, need_weight_grad);
-  auto [grad_input, g_wih, g_whh] = ln_gru_backward_gemms(
-      x, bm, weight_ih, d_gi, dg_raw, hprev, need_input_grad, need_weight_grad, aten_matmul);
-  return {grad_input, dh, g_wih, g_whh, g_gi, g_bi, g_gh, g_bh};
+      input_backward(bm, ln_ih_weight, st.ws, st.da_i, st.da_h, need_weight_grad);
+  auto [grad_input, g_wih, g_whh] =
+      ln_gru_backward_gemms(x, bm, weight_ih, d_gi, st.dg_raw, st.hprev, need_input_grad,
+                            need_weight_grad, aten_matmul);
+  return {grad_input, st.dh, g_wih, g_whh, g_gi, g_bi, g_gh, g_bh};
 }
 
 }  // namespace

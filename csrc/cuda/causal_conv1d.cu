@@ -296,11 +296,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> causal_conv1d_bwd(
     const Tensor& grad_y, const Tensor& x_in, const Tensor& weight,
     const std::optional<Tensor>& bias, const std::optional<Tensor>& initial_state,
     int64_t dilation, int64_t activation) {
-  check_causal_conv_args(x_in, weight, bias, initial_state, dilation, activation);
-  TORCH_CHECK(grad_y.sizes() == x_in.sizes(), "grad_y must have the shape of x ", x_in.sizes(),
-              ", got ", grad_y.sizes());
-  TORCH_CHECK(grad_y.device() == x_in.device() && grad_y.scalar_type() == x_in.scalar_type(),
-              "grad_y must have the dtype and device of x");
+  check_causal_conv_bwd_args(grad_y, x_in, weight, bias, initial_state, dilation, activation);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const Tensor x = conv_input_layout(x_in);
   const Tensor w = weight.contiguous();
@@ -315,19 +311,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> causal_conv1d_bwd(
   Tensor gw = at::zeros({C, W}, x.options().dtype(acc_type));
   Tensor gb = at::zeros({bias.has_value() ? C : 0}, x.options().dtype(acc_type));
   if (x.numel() > 0) {
-    CausalConvBackwardParams q{};
-    q.fwd = conv_params(x, w, b, initial_state, dilation, activation);
-    q.grad_y = grad_y.data_ptr();
-    q.gy_sn = grad_y.stride(0);
-    q.gy_sc = grad_y.stride(1);
-    q.gy_sl = grad_y.stride(2);
-    q.grad_x = gx.data_ptr();
-    q.gx_sn = gx.stride(0);
-    q.gx_sc = gx.stride(1);
-    q.gx_sl = gx.stride(2);
-    q.grad_init = initial_state.has_value() ? g_init.data_ptr() : nullptr;
-    q.grad_weight = gw.data_ptr();
-    q.grad_bias = bias.has_value() ? gb.data_ptr() : nullptr;
+    const CausalConvBackwardParams q = conv_backward_params(
+        grad_y, x, w, b, initial_state, dilation, activation, gx, g_init, gw, gb);
     Tensor gz = at::empty({x.numel()}, x.options().dtype(acc_type));
     const auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),

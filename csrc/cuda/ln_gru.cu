@@ -118,27 +118,9 @@ __global__ void __launch_bounds__(kThreads) ln_gru_forward_kernel(LnStep p) {
   if (ws != nullptr && threadIdx.x == 0) ws[9 * H] = scalar_t(rstd);
 }
 
-struct LnBackStep {
-  const void* grad_out;  // [N, H] row stride go_sn
-  const void* ws;        // [N, 9H + 2] row stride ws_sn
-  const void* out;       // [T, N, H] strides (out_st, out_sn)
-  const void* hx;        // [N, H]
-  const void* g_h;       // [3H]
-  const void* b_h;       // [3H]
-  const int64_t* lengths;
-  void* dh;              // [N, H]
-  void* da_i;            // [N, 3H] row stride dg_sn
-  void* da_h;            // [N, 3H] row stride dg_sn
-  void* dg_raw;          // [N, 3H] row stride dg_sn
-  void* hprev;           // [N, H] row stride hp_sn
-  int64_t t, T, N, H;
-  bool reverse;
-  int64_t go_sn, ws_sn, out_st, out_sn, dg_sn, hp_sn;
-};
-
 // grid: N blocks (one per batch row).
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) ln_gru_backward_kernel(LnBackStep p) {
+__global__ void __launch_bounds__(kThreads) ln_gru_backward_kernel(LnGruBackwardPointwise p) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t scratch[64];
   const int64_t i = blockIdx.x, H = p.H, G = 3 * H;
@@ -256,61 +238,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gr
                              ln_ih_weight, ln_hh_weight, ln_hh_bias, lengths, output, workspace);
   const c10::cuda::CUDAGuard guard(input.device());
   const CudnnTf32Policy tf32;
-  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1), G = 3 * H;
-  const auto opts = input.options();
+  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
   const Tensor x = steps_layout(input);
   const bool bm = is_batch_major(x);
-  Tensor dh = grad_h_n.clone(at::MemoryFormat::Contiguous);
-  Tensor da_i = alloc_steps(bm, T, N, G, opts), da_h = alloc_steps(bm, T, N, G, opts);
-  Tensor dg_raw = alloc_steps(bm, T, N, G, opts), hprev = alloc_steps(bm, T, N, H, opts);
-  const Tensor ws = N > 0 ? last_dim_contiguous(workspace) : workspace;
-  if (N > 0) {
-    const Tensor go = last_dim_contiguous(grad_output);
-    const Tensor out = last_dim_contiguous(output);
-    const Tensor h0 = hx.contiguous();
-    const Tensor g_h = ln_hh_weight.contiguous(), b_h = ln_hh_bias.contiguous();
-    const Tensor len = lengths.has_value() ? lengths->contiguous() : Tensor();
-    LnBackStep p{};
-    p.out = out.data_ptr();
-    p.hx = h0.data_ptr();
-    p.g_h = g_h.data_ptr();
-    p.b_h = b_h.data_ptr();
-    p.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
-    p.dh = dh.data_ptr();
-    p.T = T;
-    p.N = N;
-    p.H = H;
-    p.reverse = reverse;
-    p.go_sn = go.stride(1);
-    p.ws_sn = ws.stride(1);
-    p.out_st = out.stride(0);
-    p.out_sn = out.stride(1);
-    p.dg_sn = da_i.stride(1);
-    p.hp_sn = hprev.stride(1);
-    const auto stream = c10::cuda::getCurrentCUDAStream();
-    for (int64_t s = 0; s < T; ++s) {
-      const int64_t t = reverse ? s : T - 1 - s;
-      p.t = t;
-      p.grad_out = step_ptr(go, t);
-      p.ws = step_ptr(ws, t);
-      p.da_i = step_ptr(da_i, t);
-      p.da_h = step_ptr(da_h, t);
-      p.dg_raw = step_ptr(dg_raw, t);
-      p.hprev = step_ptr(hprev, t);
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                      "ln_gru_backward_cuda", [&] {
-        ln_gru_backward_kernel<scalar_t><<<static_cast<unsigned int>(N), kThreads, 0, stream>>>(
-            p);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-      aten_matmul(dh, dg_raw.select(0, t), weight_hh, 1.0);
-    }
+  LnGruBackwardState st = ln_gru_backward_state(grad_output, grad_h_n, x, bm, hx, H,
+                                                ln_hh_weight, ln_hh_bias, lengths, output,
+                                                workspace, reverse);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  for (int64_t s = 0; s < T && N > 0; ++s) {
+    const int64_t t = reverse ? s : T - 1 - s;
+    const LnGruBackwardPointwise p = st.at_step(t);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                    "ln_gru_backward_cuda", [&] {
+      ln_gru_backward_kernel<scalar_t><<<static_cast<unsigned int>(N), kThreads, 0, stream>>>(p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    aten_matmul(st.dh, st.dg_raw.select(0, t), weight_hh, 1.0);
   }
   auto [d_gi, g_gi, g_bi, g_gh, g_bh] =
-      ln_gru_input_backward(bm, ln_ih_weight, ws, da_i, da_h, need_weight_grad);
-  auto [grad_input, g_wih, g_whh] = ln_gru_backward_gemms(
-      x, bm, weight_ih, d_gi, dg_raw, hprev, need_input_grad, need_weight_grad, aten_matmul);
-  return {grad_input, dh, g_wih, g_whh, g_gi, g_bi, g_gh, g_bh};
+      ln_gru_input_backward(bm, ln_ih_weight, st.ws, st.da_i, st.da_h, need_weight_grad);
+  auto [grad_input, g_wih, g_whh] =
+      ln_gru_backward_gemms(x, bm, weight_ih, d_gi, st.dg_raw, st.hprev, need_input_grad,
+                            need_weight_grad, aten_matmul);
+  return {grad_input, st.dh, g_wih, g_whh, g_gi, g_bi, g_gh, g_bh};
 }
 
 }  // namespace
