@@ -12,6 +12,9 @@ import torch
 
 import fusedgru
 
+DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16,
+          "fp16": torch.float16}
+
 
 def machine_info(device):
     info = {"platform": platform.platform(), "python": platform.python_version(),

@@ -20,11 +20,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import fusedgru  # noqa: E402
-from _common import Timer, machine_info, median_times, progress, write_record  # noqa: E402
-
-DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16,
-          "fp16": torch.float16}
-
+from _common import DTYPES, Timer, machine_info, median_times, progress, write_record  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
