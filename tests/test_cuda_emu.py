@@ -25,8 +25,9 @@ def emu():
     os.makedirs(build, exist_ok=True)
     return cpp_extension.load(
         "fusedgru_cuda_emu",
-        [os.path.join(ROOT, "tests", "cuda_emu", "emu_ops.cpp"),
-         os.path.join(ROOT, "csrc", "conv_common.cpp")],
+        [os.path.join(ROOT, "tests", "cuda_emu", "emu_ops.cpp")] +
+        [os.path.join(ROOT, "csrc", f) for f in ("conv_common.cpp", "gru_common.cpp",
+                                                 "ln_gru_common.cpp")],
         extra_include_paths=[os.path.join(ROOT, "csrc"), os.path.join(ROOT, "tests", "cuda_emu")],
         extra_cflags=["-O1"], build_directory=build)
 
@@ -159,3 +160,101 @@ def test_conv_bad_input_is_refused_before_launch(emu):
         emu.causal_conv1d_fwd(x, torch.randn(4, 2), None, None, 1, 0)
     with pytest.raises(ValueError, match="dilation must be >= 1"):
         emu.causal_conv1d_fwd(x, torch.randn(3, 2), None, None, 0, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# GRU: the per-step pointwise kernels (with cuBLAS replaced by ATen on the CPU), the single-
+# launch cell kernel, and the layer-normalized GRU's block-per-row kernels.
+
+def gru_case(T, N, C, H, dtype, batch_major, with_lengths, bias=True):
+    x = torch.randn(N, T, C, dtype=dtype).transpose(0, 1) if batch_major else \
+        torch.randn(T, N, C, dtype=dtype)
+    hx = torch.randn(N, H, dtype=dtype)
+    w_ih, w_hh = (torch.randn(3 * H, k, dtype=dtype) / k ** 0.5 for k in (C, H))
+    b_ih, b_hh = (torch.randn(3 * H, dtype=dtype) if bias else None for _ in range(2))
+    lengths = torch.randint(1, T + 1, (N,)) if with_lengths else None
+    return x, hx, w_ih, w_hh, b_ih, b_hh, lengths
+
+
+GRU_SHAPES = [(1, 1, 1, 1), (6, 3, 17, 130), (5, 33, 3, 17)]
+
+
+@pytest.mark.parametrize("T, N, C, H", GRU_SHAPES, ids=[f"T{s[0]}-N{s[1]}-C{s[2]}-H{s[3]}"
+                                                        for s in GRU_SHAPES])
+@pytest.mark.parametrize("reverse, batch_major, with_lengths, bias",
+                         [(False, False, False, True), (True, True, True, True),
+                          (False, True, True, False)],
+                         ids=["fwd", "rev-batchmajor-lengths", "batchmajor-lengths-nobias"])
+@pytest.mark.parametrize("with_grad_ws", [False, True], ids=["", "grad_ws"])
+def test_gru_kernels_float64(emu, T, N, C, H, reverse, batch_major, with_lengths, bias,
+                             with_grad_ws):
+    args = gru_case(T, N, C, H, torch.float64, batch_major, with_lengths, bias)
+    out, h, ws = emu.gru_forward(*args, reverse, True)
+    out_r, h_r, ws_r = reference.gru_layer(*args, reverse)
+    for name, o, r in (("output", out, out_r), ("h_n", h, h_r), ("workspace", ws, ws_r)):
+        assert o.shape == r.shape and rel_err(o, r) <= 1e-12, name
+    go, gh = torch.randn_like(out_r), torch.randn_like(h_r)
+    gws = torch.randn_like(ws_r) if with_grad_ws else None
+    x, hx, w_ih, w_hh, _, _, lengths = args
+    grads = emu.gru_backward(go, gh, gws, x, hx, w_ih, w_hh, lengths, out, ws, reverse, bias,
+                             True, True)
+    grads_r = reference.gru_layer_backward(go, gh, gws, x, hx, w_ih, w_hh, lengths, out_r, ws_r,
+                                           reverse, bias)
+    names = ["input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh"]
+    for name, o, r in zip(names, grads, grads_r):
+        if r is None:
+            continue
+        assert o.shape == r.shape and rel_err(o, r) <= 1e-12, f"grad {name}: {rel_err(o, r)}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_gru_kernels_low_precision(emu, dtype):
+    args64 = gru_case(9, 4, 24, 40, torch.float64, False, True)
+    args = [a.to(dtype) if a is not None and a.is_floating_point() else a for a in args64]
+    out, h, ws = emu.gru_forward(*args, False, True)
+    ref = reference.gru_layer(*args64)
+    low = reference.gru_layer(*args)
+    for i, (o, r, t) in enumerate(zip((out, h), ref, low)):
+        assert o.dtype == dtype
+        assert rel_err(o, r) <= 2 * rel_err(t, r) + 1e-6, f"output {i}"
+
+
+@pytest.mark.parametrize("N", [1, 3, 32, 33], ids=lambda n: f"N{n}")
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_gru_cell_kernel(emu, N, bias):
+    """N <= 32: the warp-per-unit kernel (shuffle reductions); above: the per-step path."""
+    import fusedgru  # noqa: F401  (registers the CPU ops)
+    _, hx, w_ih, w_hh, b_ih, b_hh, _ = gru_case(1, N, 70, 45, torch.float64, False, False, bias)
+    x = torch.randn(N, 2 * 70, dtype=torch.float64)[:, ::2]
+    h = emu.gru_cell(x, hx, w_ih, w_hh, b_ih, b_hh)
+    _, h_r, _ = reference.gru_layer(x[None], hx, w_ih, w_hh, b_ih, b_hh)
+    assert h.shape == h_r.shape and rel_err(h, h_r) <= 1e-12
+    assert torch.allclose(h, torch.ops.fusedgru.gru_cell(x, hx, w_ih, w_hh, b_ih, b_hh),
+                          rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("T, N, C, H", [(1, 1, 1, 1), (5, 3, 7, 130)],
+                         ids=["T1-N1-C1-H1", "T5-N3-C7-H130"])
+@pytest.mark.parametrize("reverse, batch_major, with_lengths", [(False, False, False),
+                                                                (True, True, True)],
+                         ids=["fwd", "rev-batchmajor-lengths"])
+def test_ln_gru_kernels_match_the_cpu_op(emu, T, N, C, H, reverse, batch_major, with_lengths):
+    """Same shared host code as the CPU op (verified against reference.ln_gru_layer): the
+    forward's saved activations and every gradient must agree. Tolerance 1e-10: the kernels
+    take the row variance as E[v^2] - mean^2, the CPU op in two passes."""
+    import fusedgru  # noqa: F401
+    x, hx, w_ih, w_hh, _, _, lengths = gru_case(T, N, C, H, torch.float64, batch_major,
+                                                with_lengths)
+    ln = [torch.randn(3 * H, dtype=torch.float64) for _ in range(4)]
+    ours = emu.ln_gru_forward(x, hx, w_ih, w_hh, *ln, lengths, reverse, 1e-5, True)
+    cpu = torch.ops.fusedgru.ln_gru_forward(x, hx, w_ih, w_hh, *ln, lengths, reverse, 1e-5, True)
+    for name, o, r in zip(["output", "h_n", "workspace"], ours, cpu):
+        assert o.shape == r.shape and rel_err(o, r) <= 1e-10, name
+    out_r, h_r = reference.ln_gru_layer(x, hx, w_ih, w_hh, *ln, lengths, reverse)
+    assert rel_err(ours[0], out_r) <= 1e-10 and rel_err(ours[1], h_r) <= 1e-10
+    go, gh = torch.randn_like(ours[0]), torch.randn_like(ours[1])
+    rest = (x, hx, w_ih, w_hh, ln[0], ln[2], ln[3], lengths)
+    g = emu.ln_gru_backward(go, gh, *rest, *ours[0:1], ours[2], reverse, True, True)
+    g_cpu = torch.ops.fusedgru.ln_gru_backward(go, gh, *rest, cpu[0], cpu[2], reverse, True, True)
+    for i, (o, r) in enumerate(zip(g, g_cpu)):
+        assert o.shape == r.shape and rel_err(o, r) <= 1e-10, f"grad {i}: {rel_err(o, r)}"

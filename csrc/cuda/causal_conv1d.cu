@@ -11,11 +11,6 @@ namespace {
 
 using at::Tensor;
 
-// x's device when it is a CUDA one; otherwise no guard, and the op's checks say what is wrong.
-std::optional<c10::Device> cuda_device(const Tensor& x) {
-  return x.is_cuda() ? std::make_optional(x.device()) : std::nullopt;
-}
-
 Tensor causal_conv1d_fwd(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
                          const std::optional<Tensor>& initial_state, int64_t dilation,
                          int64_t activation) {

@@ -7,12 +7,14 @@
 #pragma once
 
 #ifndef FUSEDGRU_CUDA_EMU
+#include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
 #endif
 
 #include <cstddef>
+#include <optional>
 #include <utility>
 
 namespace fusedgru {
@@ -66,6 +68,12 @@ struct StreamLauncher {
 
 inline StreamLauncher current_stream_launcher() {
   return StreamLauncher{c10::cuda::getCurrentCUDAStream().stream()};
+}
+
+// The device for an op's CUDA guard: x's when it is a CUDA tensor; otherwise none, and the op's
+// own checks then say which argument is on the wrong device.
+inline std::optional<c10::Device> cuda_device(const at::Tensor& x) {
+  return x.is_cuda() ? std::make_optional(x.device()) : std::nullopt;
 }
 #endif
 

@@ -1,21 +1,9 @@
-// CUDA implementation of the layer-normalized GRU ops (equations: ../cpu/ln_gru.cpp).
-//
-// Forward, per layer and direction: the input projection and its normalization for all steps
-// (ln_gru_common.cpp), then per step one GEMM (h_{t-1} W_hh^T, ATen/cuBLAS) and ONE fused kernel
-// with a block per batch row: the row's mean/variance over its 3H recurrent pre-activations
-// (block reduction), the normalization and the gates. Backward per step: one fused kernel per
-// row (gate gradients, then the gradient through the normalization with the row's two
-// reductions) and one GEMM carrying dh back; then the all-steps GEMMs and parameter reductions.
-// Current stream, device guard, launch checks, no host synchronization.
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <c10/cuda/CUDAException.h>
+// The layer-normalized GRU ops on CUDA: the kernels and their launch logic live in
+// ln_gru_kernels.cuh; here they run under a device guard on the current stream.
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "../fusedgru.h"
-#include "gru_common.cuh"
+#include "ln_gru_kernels.cuh"
 
 namespace fusedgru {
 namespace cuda {
@@ -23,209 +11,15 @@ namespace {
 
 using at::Tensor;
 
-constexpr int kThreads = 256;
-
-// Sum of (a, b) over the block; every thread gets the totals. `scratch` holds 2 * 32 values.
-template <typename T>
-__device__ __forceinline__ void block_sum2(T& a, T& b, T* scratch) {
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2) {
-    a += __shfl_xor_sync(0xffffffffu, a, off);
-    b += __shfl_xor_sync(0xffffffffu, b, off);
-  }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  if (lane == 0) {
-    scratch[warp] = a;
-    scratch[32 + warp] = b;
-  }
-  __syncthreads();
-  a = lane < warps ? scratch[lane] : T(0);
-  b = lane < warps ? scratch[32 + lane] : T(0);
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2) {
-    a += __shfl_xor_sync(0xffffffffu, a, off);
-    b += __shfl_xor_sync(0xffffffffu, b, off);
-  }
-  __syncthreads();  // scratch may be reused right after
-}
-
-struct LnStep {
-  const void* ai;    // [N, 3H] row stride ai_sn: normalized, scaled input pre-activations
-  const void* gh;    // [N, 3H] contiguous: raw h_{t-1} W_hh^T
-  const void* g_h;   // [3H]
-  const void* b_h;   // [3H]
-  void* h;           // [N, H]: h_{t-1} in, h_t out
-  void* out;         // [N, H] row stride out_sn
-  void* ws;          // [N, 9H + 2] row stride ws_sn, or nullptr
-  const int64_t* lengths;
-  int64_t t, N, H, ai_sn, out_sn, ws_sn;
-  double eps;
-};
-
-// grid: N blocks (one per batch row).
-template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) ln_gru_forward_kernel(LnStep p) {
-  using acc_t = at::opmath_type<scalar_t>;
-  __shared__ acc_t scratch[64];
-  const int64_t i = blockIdx.x, H = p.H, G = 3 * H;
-  auto* h = static_cast<scalar_t*>(p.h) + i * H;
-  auto* out = static_cast<scalar_t*>(p.out) + i * p.out_sn;
-  auto* ws = p.ws != nullptr ? static_cast<scalar_t*>(p.ws) + i * p.ws_sn : nullptr;
-  if (p.lengths != nullptr && p.t >= p.lengths[i]) {  // inactive: keep h, zero the rest
-    for (int64_t j = threadIdx.x; j < H; j += blockDim.x) out[j] = scalar_t(0);
-    if (ws != nullptr) {
-      for (int64_t k = threadIdx.x; k < ln_gru_saved_width(H); k += blockDim.x) {
-        ws[k] = scalar_t(0);
-      }
-    }
-    return;
-  }
-  const auto* gh = static_cast<const scalar_t*>(p.gh) + i * G;
-  acc_t s1 = 0, s2 = 0;
-  for (int64_t k = threadIdx.x; k < G; k += blockDim.x) {
-    const acc_t v = gh[k];
-    s1 += v;
-    s2 += v * v;
-  }
-  block_sum2(s1, s2, scratch);
-  const acc_t mean = s1 / acc_t(G);
-  const acc_t var = s2 / acc_t(G) - mean * mean;
-  const acc_t rstd = acc_t(1) / sqrt((var > acc_t(0) ? var : acc_t(0)) + acc_t(p.eps));
-  const auto* ai = static_cast<const scalar_t*>(p.ai) + i * p.ai_sn;
-  const auto* gamma = static_cast<const scalar_t*>(p.g_h);
-  const auto* beta = static_cast<const scalar_t*>(p.b_h);
-  for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
-    acc_t xh[3], ah[3];
-#pragma unroll
-    for (int g = 0; g < 3; ++g) {
-      xh[g] = (acc_t(gh[g * H + j]) - mean) * rstd;
-      ah[g] = xh[g] * acc_t(gamma[g * H + j]) + acc_t(beta[g * H + j]);
-    }
-    const acc_t r = sigmoid_(acc_t(ai[j]) + ah[0]);
-    const acc_t z = sigmoid_(acc_t(ai[H + j]) + ah[1]);
-    const acc_t n = tanh(acc_t(ai[2 * H + j]) + r * ah[2]);
-    const scalar_t h1 = scalar_t(n + z * (acc_t(h[j]) - n));
-    h[j] = h1;
-    out[j] = h1;
-    if (ws != nullptr) {
-      ws[j] = scalar_t(r);
-      ws[H + j] = scalar_t(z);
-      ws[2 * H + j] = scalar_t(n);
-#pragma unroll
-      for (int g = 0; g < 3; ++g) ws[3 * H + g * H + j] = scalar_t(xh[g]);
-    }
-  }
-  if (ws != nullptr && threadIdx.x == 0) ws[9 * H] = scalar_t(rstd);
-}
-
-// grid: N blocks (one per batch row).
-template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) ln_gru_backward_kernel(LnGruBackwardPointwise p) {
-  using acc_t = at::opmath_type<scalar_t>;
-  __shared__ acc_t scratch[64];
-  const int64_t i = blockIdx.x, H = p.H, G = 3 * H;
-  const int64_t len = p.lengths != nullptr ? p.lengths[i] : p.T;
-  auto* da_i = static_cast<scalar_t*>(p.da_i) + i * p.dg_sn;
-  auto* da_h = static_cast<scalar_t*>(p.da_h) + i * p.dg_sn;
-  auto* dg = static_cast<scalar_t*>(p.dg_raw) + i * p.dg_sn;
-  auto* hp = static_cast<scalar_t*>(p.hprev) + i * p.hp_sn;
-  if (p.t >= len) {
-    for (int64_t k = threadIdx.x; k < G; k += blockDim.x) {
-      da_i[k] = da_h[k] = dg[k] = scalar_t(0);
-    }
-    for (int64_t j = threadIdx.x; j < H; j += blockDim.x) hp[j] = scalar_t(0);
-    return;
-  }
-  const int64_t tp = p.reverse ? p.t + 1 : p.t - 1;
-  const bool from_out = tp >= 0 && tp < len;
-  const auto* h0p = from_out ? static_cast<const scalar_t*>(p.out) + tp * p.out_st + i * p.out_sn
-                             : static_cast<const scalar_t*>(p.hx) + i * H;
-  const auto* go = static_cast<const scalar_t*>(p.grad_out) + i * p.go_sn;
-  const auto* ws = static_cast<const scalar_t*>(p.ws) + i * p.ws_sn;
-  const auto* gamma = static_cast<const scalar_t*>(p.g_h);
-  const auto* beta = static_cast<const scalar_t*>(p.b_h);
-  auto* dh = static_cast<scalar_t*>(p.dh) + i * H;
-  acc_t s1 = 0, s2 = 0;
-  for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
-    const acc_t g = acc_t(dh[j]) + acc_t(go[j]);
-    const acc_t r = ws[j], z = ws[H + j], n = ws[2 * H + j], h0 = h0p[j];
-    const acc_t ah_n = acc_t(ws[5 * H + j]) * acc_t(gamma[2 * H + j]) + acc_t(beta[2 * H + j]);
-    const acc_t d_n = g * (acc_t(1) - z) * (acc_t(1) - n * n);
-    const acc_t d_z = g * (h0 - n) * z * (acc_t(1) - z);
-    const acc_t d_r = d_n * ah_n * r * (acc_t(1) - r);
-    const acc_t dah[3] = {d_r, d_z, d_n * r};
-    da_i[j] = scalar_t(d_r);
-    da_i[H + j] = scalar_t(d_z);
-    da_i[2 * H + j] = scalar_t(d_n);
-#pragma unroll
-    for (int k = 0; k < 3; ++k) {
-      da_h[k * H + j] = scalar_t(dah[k]);
-      const acc_t dxh = dah[k] * acc_t(gamma[k * H + j]);
-      s1 += dxh;
-      s2 += dxh * acc_t(ws[3 * H + k * H + j]);
-    }
-    dh[j] = scalar_t(g * z);
-    hp[j] = scalar_t(h0);
-  }
-  block_sum2(s1, s2, scratch);  // also orders the da_h writes above before the reads below
-  const acc_t m1 = s1 / acc_t(G), m2 = s2 / acc_t(G), rstd = ws[9 * H];
-  for (int64_t k = threadIdx.x; k < G; k += blockDim.x) {
-    const acc_t dxh = acc_t(da_h[k]) * acc_t(gamma[k]);
-    dg[k] = scalar_t(rstd * (dxh - m1 - acc_t(ws[3 * H + k]) * m2));
-  }
-}
-
 std::tuple<Tensor, Tensor, Tensor> ln_gru_forward(
     const Tensor& input, const Tensor& hx, const Tensor& weight_ih, const Tensor& weight_hh,
     const Tensor& ln_ih_weight, const Tensor& ln_ih_bias, const Tensor& ln_hh_weight,
     const Tensor& ln_hh_bias, const std::optional<Tensor>& lengths, bool reverse, double eps,
     bool need_workspace) {
-  check_ln_gru_forward_args(input, hx, weight_ih, weight_hh, ln_ih_weight, ln_ih_bias,
-                            ln_hh_weight, ln_hh_bias, lengths, eps);
-  const c10::cuda::CUDAGuard guard(input.device());
-  const CudnnTf32Policy tf32;
-  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
-  const auto opts = input.options();
-  const Tensor x = steps_layout(input);
-  const bool bm = is_batch_major(x);
-  Tensor output = alloc_steps(bm, T, N, H, opts);
-  Tensor workspace =
-      need_workspace ? alloc_steps(bm, T, N, ln_gru_saved_width(H), opts) : at::empty({0}, opts);
-  Tensor h = hx.clone(at::MemoryFormat::Contiguous);
-  if (N == 0) return {output, h, workspace};
-  const Tensor ai = ln_gru_input_norm(x, bm, weight_ih, ln_ih_weight, ln_ih_bias, eps,
-                                      workspace, aten_matmul);
-  const Tensor g_h = ln_hh_weight.contiguous(), b_h = ln_hh_bias.contiguous();
-  const Tensor len = lengths.has_value() ? lengths->contiguous() : Tensor();
-  const Tensor w_hh_t = weight_hh.t();
-  Tensor gh = at::empty({N, 3 * H}, opts);
-  LnStep p{};
-  p.gh = gh.data_ptr();
-  p.g_h = g_h.data_ptr();
-  p.b_h = b_h.data_ptr();
-  p.h = h.data_ptr();
-  p.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
-  p.N = N;
-  p.H = H;
-  p.ai_sn = ai.stride(1);
-  p.out_sn = output.stride(1);
-  p.ws_sn = need_workspace ? workspace.stride(1) : 0;
-  p.eps = eps;
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  for (int64_t s = 0; s < T; ++s) {
-    const int64_t t = reverse ? T - 1 - s : s;
-    aten_matmul(gh, h, w_hh_t, 0.0);
-    p.t = t;
-    p.ai = step_ptr(ai, t);
-    p.out = step_ptr(output, t);
-    p.ws = need_workspace ? step_ptr(workspace, t) : nullptr;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                    "ln_gru_forward_cuda", [&] {
-      ln_gru_forward_kernel<scalar_t><<<static_cast<unsigned int>(N), kThreads, 0, stream>>>(p);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  }
-  return {output, h, workspace};
+  const c10::cuda::OptionalCUDAGuard guard(cuda_device(input));
+  return ln_gru::forward_impl(input, hx, weight_ih, weight_hh, ln_ih_weight, ln_ih_bias,
+                              ln_hh_weight, ln_hh_bias, lengths, reverse, eps, need_workspace,
+                              current_stream_launcher());
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gru_backward(
@@ -234,33 +28,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gr
     const Tensor& ln_hh_weight, const Tensor& ln_hh_bias, const std::optional<Tensor>& lengths,
     const Tensor& output, const Tensor& workspace, bool reverse, bool need_input_grad,
     bool need_weight_grad) {
-  check_ln_gru_backward_args(grad_output, grad_h_n, input, hx, weight_ih, weight_hh,
-                             ln_ih_weight, ln_hh_weight, ln_hh_bias, lengths, output, workspace);
-  const c10::cuda::CUDAGuard guard(input.device());
-  const CudnnTf32Policy tf32;
-  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
-  const Tensor x = steps_layout(input);
-  const bool bm = is_batch_major(x);
-  LnGruBackwardState st = ln_gru_backward_state(grad_output, grad_h_n, x, bm, hx, H,
-                                                ln_hh_weight, ln_hh_bias, lengths, output,
-                                                workspace, reverse);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  for (int64_t s = 0; s < T && N > 0; ++s) {
-    const int64_t t = reverse ? s : T - 1 - s;
-    const LnGruBackwardPointwise p = st.at_step(t);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                    "ln_gru_backward_cuda", [&] {
-      ln_gru_backward_kernel<scalar_t><<<static_cast<unsigned int>(N), kThreads, 0, stream>>>(p);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-    aten_matmul(st.dh, st.dg_raw.select(0, t), weight_hh, 1.0);
-  }
-  auto [d_gi, g_gi, g_bi, g_gh, g_bh] =
-      ln_gru_input_backward(bm, ln_ih_weight, st.ws, st.da_i, st.da_h, need_weight_grad);
-  auto [grad_input, g_wih, g_whh] =
-      ln_gru_backward_gemms(x, bm, weight_ih, d_gi, st.dg_raw, st.hprev, need_input_grad,
-                            need_weight_grad, aten_matmul);
-  return {grad_input, st.dh, g_wih, g_whh, g_gi, g_bi, g_gh, g_bh};
+  const c10::cuda::OptionalCUDAGuard guard(cuda_device(input));
+  return ln_gru::backward_impl(grad_output, grad_h_n, input, hx, weight_ih, weight_hh,
+                               ln_ih_weight, ln_hh_weight, ln_hh_bias, lengths, output,
+                               workspace, reverse, need_input_grad, need_weight_grad,
+                               current_stream_launcher());
 }
 
 }  // namespace

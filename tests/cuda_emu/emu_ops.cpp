@@ -5,6 +5,8 @@
 #include <torch/extension.h>
 
 #include "cuda/causal_conv1d_kernels.cuh"
+#include "cuda/gru_kernels.cuh"
+#include "cuda/ln_gru_kernels.cuh"
 
 namespace {
 
@@ -45,9 +47,58 @@ void define_conv(pybind11::module_& m, const char* suffix) {
         });
 }
 
+void define_gru(pybind11::module_& m) {
+  namespace cuda = fusedgru::cuda;
+  // Same arguments as the fusedgru::gru_forward / gru_backward / gru_cell / ln_gru_* schemas.
+  m.def("gru_forward", [](const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+                          const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                          const std::optional<at::Tensor>& b_hh,
+                          const std::optional<at::Tensor>& lengths, bool reverse,
+                          bool need_workspace) {
+    return cuda::gru::forward_impl(input, hx, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
+                                   need_workspace, EmuLauncher{});
+  });
+  m.def("gru_backward",
+        [](const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+           const std::optional<at::Tensor>& grad_workspace, const at::Tensor& input,
+           const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+           const std::optional<at::Tensor>& lengths, const at::Tensor& output,
+           const at::Tensor& workspace, bool reverse, bool has_bias, bool need_input_grad,
+           bool need_weight_grad) {
+          return cuda::gru::backward_impl(grad_output, grad_h_n, grad_workspace, input, hx, w_ih,
+                                          w_hh, lengths, output, workspace, reverse, has_bias,
+                                          need_input_grad, need_weight_grad, EmuLauncher{});
+        });
+  m.def("gru_cell", [](const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+                       const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                       const std::optional<at::Tensor>& b_hh) {
+    return cuda::gru::cell_impl(input, hx, w_ih, w_hh, b_ih, b_hh, EmuLauncher{});
+  });
+  m.def("ln_gru_forward",
+        [](const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+           const at::Tensor& w_hh, const at::Tensor& g_i, const at::Tensor& b_i,
+           const at::Tensor& g_h, const at::Tensor& b_h, const std::optional<at::Tensor>& lengths,
+           bool reverse, double eps, bool need_workspace) {
+          return cuda::ln_gru::forward_impl(input, hx, w_ih, w_hh, g_i, b_i, g_h, b_h, lengths,
+                                            reverse, eps, need_workspace, EmuLauncher{});
+        });
+  m.def("ln_gru_backward",
+        [](const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
+           const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+           const at::Tensor& g_i, const at::Tensor& g_h, const at::Tensor& b_h,
+           const std::optional<at::Tensor>& lengths, const at::Tensor& output,
+           const at::Tensor& workspace, bool reverse, bool need_input_grad,
+           bool need_weight_grad) {
+          return cuda::ln_gru::backward_impl(grad_output, grad_h_n, input, hx, w_ih, w_hh, g_i,
+                                             g_h, b_h, lengths, output, workspace, reverse,
+                                             need_input_grad, need_weight_grad, EmuLauncher{});
+        });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   define_conv<EmuLauncher>(m, "");
   define_conv<SmallSmemLauncher>(m, "_small_smem");
+  define_gru(m);
 }

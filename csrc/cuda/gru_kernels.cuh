@@ -1,0 +1,309 @@
+// CUDA kernels of the fused GRU ops (per-step path) and the host code that launches them,
+// written over a launcher (launch.cuh) so the tests also run them under the host emulator.
+//
+// Forward, per layer and direction: the input projection of all steps as one cuBLAS GEMM, then
+// per step one recurrent GEMM (h_{t-1} W_hh^T) and ONE fused pointwise kernel computing r, z, n,
+// h_t, the output and the saved activations. Backward: per step (in reverse) one fused pointwise
+// kernel for the gate gradients and one GEMM carrying dL/dh to the previous step, then the input
+// and weight gradients as GEMMs over all steps and the bias gradients reduced in fp32.
+// gru.cu runs it all on the current stream under a device guard; nothing synchronizes the host.
+// GEMMs go through ATen (cuBLAS); fp32 GEMMs use TF32 tensor cores exactly when
+// torch.backends.cudnn.allow_tf32 is set (the flag that governs nn.GRU on CUDA); bf16/fp16 GEMMs
+// accumulate in fp32; pointwise math is fp32 (fp64 for double). Shape legend and equations: ../fusedgru.h.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+
+#include <optional>
+#include <tuple>
+
+#include "../fusedgru.h"
+#include "gru_common.cuh"
+#include "launch.cuh"
+
+namespace fusedgru {
+namespace cuda {
+namespace gru {
+
+using at::Tensor;
+
+constexpr int kThreads = 256;
+
+// Forward pointwise: one thread per (row i, unit j), all N x H of step t.
+template <typename scalar_t, bool kSave>
+__global__ void __launch_bounds__(kThreads) gru_forward_pointwise_kernel(GruForwardPointwise p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = p.H;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= p.N * H) return;
+  const int64_t i = idx / H, j = idx % H;
+  const auto* gi = static_cast<const scalar_t*>(p.gi) + i * p.gi_sn;
+  const auto* gh = static_cast<const scalar_t*>(p.gh) + i * p.gh_sn;
+  const auto* b = static_cast<const scalar_t*>(p.b_hh);
+  const acc_t h0 = static_cast<const scalar_t*>(p.h_in)[i * H + j];
+  scalar_t* out = static_cast<scalar_t*>(p.out) + i * p.out_sn + j;
+  scalar_t* ws = kSave ? static_cast<scalar_t*>(p.ws) + i * p.ws_sn + j : nullptr;
+  scalar_t* h_out = static_cast<scalar_t*>(p.h_out) + i * H + j;
+  if (p.lengths != nullptr && p.t >= p.lengths[i]) {
+    *h_out = scalar_t(h0);
+    *out = scalar_t(0);
+    if (kSave) {
+#pragma unroll
+      for (int g = 0; g < kSavedGates; ++g) ws[g * H] = scalar_t(0);
+    }
+    return;
+  }
+  const acc_t r = sigmoid_(acc_t(gi[j]) + acc_t(gh[j]) + acc_t(b[j]));
+  const acc_t z = sigmoid_(acc_t(gi[H + j]) + acc_t(gh[p.gh_sg + j]) + acc_t(b[H + j]));
+  const acc_t hn = acc_t(gh[2 * p.gh_sg + j]) + acc_t(b[2 * H + j]);
+  const acc_t n = tanh(acc_t(gi[2 * H + j]) + r * hn);
+  const scalar_t h1 = scalar_t(n + z * (h0 - n));
+  *h_out = h1;
+  *out = h1;
+  if (kSave) {
+    ws[0] = scalar_t(r);
+    ws[H] = scalar_t(z);
+    ws[2 * H] = scalar_t(n);
+    ws[3 * H] = scalar_t(hn);
+  }
+}
+
+// Backward pointwise for the forward step t: one thread per (row i, unit j).
+template <typename scalar_t, bool kHprev, bool kGradWs>
+__global__ void __launch_bounds__(kThreads) gru_backward_pointwise_kernel(GruBackwardPointwise p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = p.H;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= p.N * H) return;
+  const int64_t i = idx / H, j = idx % H;
+  const int64_t len = p.lengths != nullptr ? p.lengths[i] : p.T;
+  scalar_t* dgh = static_cast<scalar_t*>(p.dgh) + i * p.dg_sn + j;
+  scalar_t* dgin = static_cast<scalar_t*>(p.dgin) + i * p.dgin_sn + j;
+  scalar_t* hp = kHprev ? static_cast<scalar_t*>(p.hprev) + i * p.hp_sn + j : nullptr;
+  if (p.t >= len) {
+    dgh[0] = dgh[H] = dgh[2 * H] = scalar_t(0);
+    *dgin = scalar_t(0);
+    if (kHprev) *hp = scalar_t(0);
+    return;
+  }
+  const int64_t tp = p.reverse ? p.t + 1 : p.t - 1;  // the step the forward ran before t
+  const bool from_out = tp >= 0 && tp < len;
+  const acc_t h0 = from_out
+      ? acc_t(static_cast<const scalar_t*>(p.out)[tp * p.out_st + i * p.out_sn + j])
+      : acc_t(static_cast<const scalar_t*>(p.hx)[i * H + j]);
+  const auto* ws = static_cast<const scalar_t*>(p.ws) + i * p.ws_sn + j;
+  scalar_t* dh = static_cast<scalar_t*>(p.dh) + i * H + j;
+  const acc_t g = acc_t(*dh) + acc_t(static_cast<const scalar_t*>(p.grad_out)[i * p.go_sn + j]);
+  const acc_t r = ws[0], z = ws[H], n = ws[2 * H], hn = ws[3 * H];
+  acc_t dn = g * (acc_t(1) - z), dz = g * (h0 - n), dr = 0, dhn = 0;
+  if (kGradWs) {
+    const auto* gws = static_cast<const scalar_t*>(p.grad_ws) + i * p.gws_sn + j;
+    dr = gws[0];
+    dz += acc_t(gws[H]);
+    dn += acc_t(gws[2 * H]);
+    dhn = gws[3 * H];
+  }
+  const acc_t da_n = dn * (acc_t(1) - n * n);
+  const acc_t da_z = dz * z * (acc_t(1) - z);
+  const acc_t da_r = (da_n * hn + dr) * r * (acc_t(1) - r);
+  dgh[0] = scalar_t(da_r);
+  dgh[H] = scalar_t(da_z);
+  dgh[2 * H] = scalar_t(da_n * r + dhn);
+  *dgin = scalar_t(da_n);
+  *dh = scalar_t(g * z);
+  if (kHprev) *hp = scalar_t(h0);
+}
+
+// One GRU step for small batches in a single launch: warp w of block b owns hidden unit
+// j = b * kCellWarps + w; for each row it forms the six dot products (gates r, z, n of W_ih x and
+// W_hh h) with its lanes striding over the reduction dim (coalesced weight rows), reduces them
+// with shuffles, and lane 0 applies the gates. Weights are read from DRAM once (later rows hit
+// L1/L2). x: [N, C] row stride x_sn; h, out: [N, H] contiguous; w_ih [3H, C], w_hh [3H, H].
+constexpr int kCellWarps = 8;
+constexpr int64_t kCellMaxBatch = 32;
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kCellWarps * 32) gru_cell_kernel(
+    const scalar_t* __restrict__ x, int64_t x_sn, const scalar_t* __restrict__ h,
+    const scalar_t* __restrict__ w_ih, const scalar_t* __restrict__ w_hh,
+    const scalar_t* __restrict__ b_ih, const scalar_t* __restrict__ b_hh,
+    scalar_t* __restrict__ out, int64_t N, int64_t C, int64_t H) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int lane = threadIdx.x % 32;
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kCellWarps + threadIdx.x / 32;
+  if (j >= H) return;
+  for (int64_t n = 0; n < N; ++n) {
+    acc_t acc[6] = {0, 0, 0, 0, 0, 0};  // (W_ih x)_{r,z,n}, (W_hh h)_{r,z,n}
+    for (int64_t k = lane; k < C; k += 32) {
+      const acc_t xv = x[n * x_sn + k];
+#pragma unroll
+      for (int g = 0; g < 3; ++g) acc[g] += acc_t(w_ih[(g * H + j) * C + k]) * xv;
+    }
+    for (int64_t k = lane; k < H; k += 32) {
+      const acc_t hv = h[n * H + k];
+#pragma unroll
+      for (int g = 0; g < 3; ++g) acc[3 + g] += acc_t(w_hh[(g * H + j) * H + k]) * hv;
+    }
+#pragma unroll
+    for (int i = 0; i < 6; ++i) {
+#pragma unroll
+      for (int offset = 16; offset > 0; offset /= 2) {
+        acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], offset);
+      }
+    }
+    if (lane == 0) {
+      acc_t bi[3] = {0, 0, 0}, bh[3] = {0, 0, 0};
+#pragma unroll
+      for (int g = 0; g < 3; ++g) {
+        if (b_ih != nullptr) bi[g] = b_ih[g * H + j];
+        if (b_hh != nullptr) bh[g] = b_hh[g * H + j];
+      }
+      const acc_t r = sigmoid_(acc[0] + bi[0] + acc[3] + bh[0]);
+      const acc_t z = sigmoid_(acc[1] + bi[1] + acc[4] + bh[1]);
+      const acc_t nn = tanh(acc[2] + bi[2] + r * (acc[5] + bh[2]));
+      const acc_t h0 = h[n * H + j];
+      out[n * H + j] = scalar_t(nn + z * (h0 - nn));
+    }
+  }
+}
+
+inline dim3 blocks_for(int64_t n) {
+  return dim3(static_cast<unsigned int>((n + kThreads - 1) / kThreads));
+}
+
+template <typename Launch>
+void forward_pointwise(const GruForwardPointwise& p, const Launch& launch) {
+  if (p.N * p.H == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.dtype, "gru_forward_cuda", [&] {
+    launch(p.ws != nullptr ? gru_forward_pointwise_kernel<scalar_t, true>
+                           : gru_forward_pointwise_kernel<scalar_t, false>,
+           blocks_for(p.N * p.H), dim3(kThreads), 0, p);
+  });
+}
+
+template <typename Launch>
+void backward_pointwise(const GruBackwardPointwise& p, const Launch& launch) {
+  if (p.N * p.H == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.dtype, "gru_backward_cuda", [&] {
+    auto* kernel = p.grad_ws != nullptr ? gru_backward_pointwise_kernel<scalar_t, true, true>
+                   : p.hprev != nullptr ? gru_backward_pointwise_kernel<scalar_t, true, false>
+                                        : gru_backward_pointwise_kernel<scalar_t, false, false>;
+    launch(kernel, blocks_for(p.N * p.H), dim3(kThreads), 0, p);
+  });
+}
+
+template <typename Launch>
+std::tuple<Tensor, Tensor, Tensor> forward_impl(
+    const Tensor& input, const Tensor& hx, const Tensor& weight_ih, const Tensor& weight_hh,
+    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh,
+    const std::optional<Tensor>& lengths, bool reverse, bool need_workspace,
+    const Launch& launch) {
+  check_gru_forward_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths);
+  const CudnnTf32Policy tf32;
+  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1), G = 3 * H;
+  const auto opts = input.options();
+  const Tensor x = steps_layout(input);
+  const bool bm = is_batch_major(x);
+  Tensor output = alloc_steps(bm, T, N, H, opts);
+  Tensor workspace =
+      need_workspace ? alloc_steps(bm, T, N, kSavedGates * H, opts) : at::empty({0}, opts);
+  Tensor h = hx.clone(at::MemoryFormat::Contiguous);
+  if (N == 0) return {output, h, workspace};
+
+  const Tensor gi = gru_input_projection(x, bm, weight_ih, bias_ih, aten_matmul);
+  const Tensor b_hh = bias_hh.has_value() ? bias_hh->contiguous() : at::zeros({G}, opts);
+  const Tensor len = lengths.has_value() ? lengths->contiguous() : Tensor();
+  const Tensor w_hh_t = weight_hh.t();
+  Tensor gh = at::empty({N, G}, opts);
+
+  GruForwardPointwise p{};
+  p.gh = gh.data_ptr();
+  p.b_hh = b_hh.data_ptr();
+  p.h_in = h.data_ptr();
+  p.h_out = h.data_ptr();  // the GEMM has consumed h_{t-1} before the kernel overwrites it
+  p.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
+  p.N = N;
+  p.H = H;
+  p.j0 = 0;
+  p.j1 = H;
+  p.gi_sn = gi.stride(1);
+  p.gh_sn = G;
+  p.gh_sg = H;
+  p.out_sn = output.stride(1);
+  p.ws_sn = need_workspace ? workspace.stride(1) : 0;
+  p.dtype = input.scalar_type();
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = reverse ? T - 1 - s : s;
+    aten_matmul(gh, h, w_hh_t, 0.0);
+    p.t = t;
+    p.gi = step_ptr(gi, t);
+    p.out = step_ptr(output, t);
+    p.ws = need_workspace ? step_ptr(workspace, t) : nullptr;
+    forward_pointwise(p, launch);
+  }
+  return {output, h, workspace};
+}
+
+template <typename Launch>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
+    const Tensor& grad_output, const Tensor& grad_h_n, const std::optional<Tensor>& grad_workspace,
+    const Tensor& input, const Tensor& hx, const Tensor& weight_ih, const Tensor& weight_hh,
+    const std::optional<Tensor>& lengths, const Tensor& output, const Tensor& workspace,
+    bool reverse, bool has_bias, bool need_input_grad, bool need_weight_grad,
+    const Launch& launch) {
+  check_gru_backward_args(grad_output, grad_h_n, grad_workspace, input, hx, weight_ih,
+                          weight_hh, lengths, output, workspace);
+  const CudnnTf32Policy tf32;
+  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
+  const Tensor x = steps_layout(input);
+  const bool bm = is_batch_major(x);
+  GruBackwardState st = gru_backward_state(grad_output, grad_h_n, grad_workspace, x, bm, hx, H,
+                                           lengths, output, workspace, reverse, need_weight_grad);
+  for (int64_t s = 0; s < T && N > 0; ++s) {
+    const int64_t t = reverse ? s : T - 1 - s;
+    backward_pointwise(st.at_step(t), launch);
+    // dL/dh_{t-1} = z * dL/dh_t (left in dh by the kernel) + dgh_t W_hh
+    aten_matmul(st.dh, st.dgh.select(0, t), weight_hh, 1.0);
+  }
+  auto [grad_input, gw_ih, gw_hh, gb_ih, gb_hh] =
+      gru_backward_gemms(x, bm, weight_ih, st.dgh, st.dgin, st.hprev, has_bias, need_input_grad,
+                         need_weight_grad, aten_matmul);
+  return {grad_input, st.dh, gw_ih, gw_hh, gb_ih, gb_hh};
+}
+
+template <typename Launch>
+Tensor cell_impl(const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
+                 const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
+                 const std::optional<Tensor>& bias_hh, const Launch& launch) {
+  TORCH_CHECK(input.dim() == 2, "input must have shape (N, C), got ", input.sizes());
+  check_gru_forward_args(input.unsqueeze(0), hx, weight_ih, weight_hh, bias_ih, bias_hh,
+                         std::nullopt);
+  const int64_t N = input.size(0), C = input.size(1), H = weight_hh.size(1);
+  if (N > kCellMaxBatch) {  // large batches: the GEMM path (cuBLAS) wins
+    return std::get<1>(forward_impl(input.unsqueeze(0), hx, weight_ih, weight_hh, bias_ih,
+                                    bias_hh, std::nullopt, false, false, launch));
+  }
+  const Tensor x = input.stride(1) == 1 ? input : input.contiguous();
+  const Tensor h = hx.contiguous(), w_ih = weight_ih.contiguous(), w_hh = weight_hh.contiguous();
+  const Tensor b_ih = bias_ih.has_value() ? bias_ih->contiguous() : Tensor();
+  const Tensor b_hh = bias_hh.has_value() ? bias_hh->contiguous() : Tensor();
+  Tensor out = at::empty({N, H}, input.options());
+  if (N == 0) return out;
+  const dim3 grid(static_cast<unsigned int>((H + kCellWarps - 1) / kCellWarps));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "gru_cell_cuda",
+                                  [&] {
+    launch(gru_cell_kernel<scalar_t>, grid, dim3(kCellWarps * 32), 0,
+        x.const_data_ptr<scalar_t>(), x.stride(0), h.const_data_ptr<scalar_t>(),
+        w_ih.const_data_ptr<scalar_t>(), w_hh.const_data_ptr<scalar_t>(),
+        b_ih.defined() ? b_ih.const_data_ptr<scalar_t>() : nullptr,
+        b_hh.defined() ? b_hh.const_data_ptr<scalar_t>() : nullptr,
+        out.mutable_data_ptr<scalar_t>(), N, C, H);
+  });
+  return out;
+}
+
+}  // namespace gru
+}  // namespace cuda
+}  // namespace fusedgru
