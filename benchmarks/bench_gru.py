@@ -32,9 +32,12 @@ def parse_args(argv=None):
     p.add_argument("--I", type=int, nargs="+", help="input sizes (default: I = H)")
     p.add_argument("--layers", type=int, nargs="+", default=[1])
     p.add_argument("--bidirectional", action="store_true")
-    p.add_argument("--variant", default="gru", choices=["gru", "layernorm"],
-                   help="time fusedgru.GRU, or fusedgru.LayerNormGRU (the cost of its "
-                        "normalization, against the same nn.GRU)")
+    p.add_argument("--variant", default="gru", choices=["gru", "layernorm", "packed"],
+                   help="gru: fusedgru.GRU vs nn.GRU; layernorm: fusedgru.LayerNormGRU (the cost "
+                        "of its normalization, against the same nn.GRU); packed: variable "
+                        "lengths drawn uniformly from 1..T, nn.GRU on a PackedSequence (packing "
+                        "and unpacking included) vs fusedgru.GRU(x, lengths=...) on the padded "
+                        "batch")
     p.add_argument("--dtype", nargs="+", choices=list(DTYPES))
     p.add_argument("--tf32", nargs="+", choices=["on", "off"],
                    help="fp32 on CUDA: torch.backends.cudnn/cuda.matmul.allow_tf32, the same "
@@ -71,13 +74,24 @@ def bench_point(args, T, N, I, H, L, dtype_name, tf32):
     xg = x.clone().requires_grad_()
     D = 2 if args.bidirectional else 1
     go = torch.randn(T, N, D * H, device=device, dtype=dtype)
+    run = {ref: lambda m, inp: m(inp)[0], ours: lambda m, inp: m(inp)[0]}
+    if args.variant == "packed":
+        lengths = torch.randint(1, T + 1, (N,))
+        lengths_dev = lengths.to(device)
+        go = go * (torch.arange(T).unsqueeze(1) < lengths).to(device, dtype).unsqueeze(2)
+
+        def packed(m, inp):
+            seq = nn.utils.rnn.pack_padded_sequence(inp, lengths, enforce_sorted=False)
+            return nn.utils.rnn.pad_packed_sequence(m(seq)[0], total_length=T)[0]
+
+        run = {ref: packed, ours: lambda m, inp: m(inp, lengths=lengths_dev)[0]}
 
     def fwd(m):
         with torch.no_grad():
-            m(x)
+            run[m](m, x)
 
     def fwdbwd(m):
-        out, _ = m(xg)
+        out = run[m](m, xg)
         torch.autograd.grad(out, [xg, *m.parameters()], go)
 
     timer = Timer(device)

@@ -61,7 +61,8 @@ def conv_case(emu, suffix, N, C, L, W, d, bias, act, init, layout, dtype, gy_lay
 
 # (N, C, L, W, d, layout): lengths around the tile sizes (NCL: 128 threads x 16 bytes; channel-
 # last: 64 steps x 128 channels), partial channel blocks, widths across the register-window
-# chunks, dilations, misaligned and strided inputs.
+# chunks (NCL) and the register kernels for W <= 4 at d = 1 (channel-last), dilations,
+# misaligned and strided inputs.
 SHAPES = [
     (2, 3, 1, 1, 1, "ncl"),
     (2, 3, 17, 4, 1, "ncl"),
@@ -73,6 +74,9 @@ SHAPES = [
     (2, 3, 129, 3, 2, "misaligned"),
     (2, 3, 33, 4, 1, "strided"),
     (2, 5, 3, 4, 1, "channels_last"),
+    (1, 9, 70, 1, 1, "channels_last"),
+    (2, 8, 65, 2, 1, "channels_last"),
+    (1, 24, 129, 3, 1, "channels_last"),
     (2, 136, 130, 4, 1, "channels_last"),
     (1, 130, 70, 33, 2, "channels_last"),
     (1, 16, 200, 2, 40, "channels_last"),

@@ -229,8 +229,10 @@ __device__ __forceinline__ void load_weights_cl(const CausalConvParams& p, int64
 }
 
 // Forward, channel-last. grid (ceil(L / kLt), ceil(C / kC), N); smem (kLt + S) * kC scalar_t
-// (rounded up to 16 bytes) + W * kC acc_t.
-template <typename scalar_t>
+// (rounded up to 16 bytes) + W * kC acc_t. kW > 0: W == kW and d == 1, the thread keeps its
+// weights and a window of kW inputs in registers (one shared-memory load per output); kW == 0:
+// any W and d, taps and weights read from shared memory.
+template <typename scalar_t, int kW>
 __global__ void __launch_bounds__(kThreads) fwd_cl_kernel(CausalConvParams p, bool vec) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = blockIdx.z, c0 = static_cast<int64_t>(blockIdx.y) * kC;
@@ -248,11 +250,29 @@ __global__ void __launch_bounds__(kThreads) fwd_cl_kernel(CausalConvParams p, bo
   if (c >= p.C) return;
   const acc_t b = p.bias != nullptr ? acc_t(static_cast<const scalar_t*>(p.bias)[c]) : acc_t(0);
   auto* y = static_cast<scalar_t*>(p.y) + n * p.y_sn + c;
+  const scalar_t* col = xs + cc;  // this channel's inputs, row r at col[r * kC]
   const int rows = static_cast<int>(min(static_cast<int64_t>(kLt), p.L - t0));
-  for (int r = 0; r < rows; ++r) {
-    acc_t acc = b;
-    for (int k = 0; k < W; ++k) acc += ws[k * kC + cc] * acc_t(xs[(r + k * d) * kC + cc]);
-    y[(t0 + r) * p.y_sl] = scalar_t(activate(acc, p.activation));
+  if constexpr (kW > 0) {
+    acc_t w[kW], win[kW];  // win[k]: input row r + k
+#pragma unroll
+    for (int k = 0; k < kW; ++k) w[k] = ws[k * kC + cc];
+#pragma unroll
+    for (int k = 1; k < kW; ++k) win[k] = acc_t(col[(k - 1) * kC]);
+    for (int r = 0; r < rows; ++r) {
+#pragma unroll
+      for (int k = 0; k + 1 < kW; ++k) win[k] = win[k + 1];
+      win[kW - 1] = acc_t(col[(r + kW - 1) * kC]);
+      acc_t acc = b;
+#pragma unroll
+      for (int k = 0; k < kW; ++k) acc += w[k] * win[k];
+      y[(t0 + r) * p.y_sl] = scalar_t(activate(acc, p.activation));
+    }
+  } else {
+    for (int r = 0; r < rows; ++r) {
+      acc_t acc = b;
+      for (int k = 0; k < W; ++k) acc += ws[k * kC + cc] * acc_t(col[(r + k * d) * kC]);
+      y[(t0 + r) * p.y_sl] = scalar_t(activate(acc, p.activation));
+    }
   }
 }
 
@@ -362,8 +382,9 @@ __global__ void __launch_bounds__(kThreads) bwd_ncl_kernel(CausalConvBackwardPar
 // Backward, channel-last. grid (ceil(L / kLt), ceil(C / kC), N). smem: xs (kLt + S + F) * kC
 // scalar_t (times [t0 - S, t0 + kLt + F)) rounded up to 16 bytes, gs (kLt + S) * kC acc_t
 // (times [t0, t0 + kLt + S)), ws W * kC acc_t. partial as in bwd_ncl_kernel, P = n * gridDim.x +
-// blockIdx.x.
-template <typename scalar_t>
+// blockIdx.x. kW as in fwd_cl_kernel: with kW > 0 the weights, windows of kW inputs and kW
+// gradients and the W + 1 partial sums live in registers.
+template <typename scalar_t, int kW>
 __global__ void __launch_bounds__(kThreads) bwd_cl_kernel(CausalConvBackwardParams q, bool vec,
                                                           at::opmath_type<scalar_t>* partial) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -387,21 +408,35 @@ __global__ void __launch_bounds__(kThreads) bwd_cl_kernel(CausalConvBackwardPara
   const int cc = threadIdx.x;
   const int64_t c = c0 + cc;
   if (c >= p.C) return;
+  const scalar_t* xcol = xs + cc;  // row r at xcol[r * kC]
+  acc_t* gcol = gs + cc;
   const int grows = static_cast<int>(min(static_cast<int64_t>(kLt + S), p.L - t0));
-  if (act) {
-    const acc_t b = p.bias != nullptr ? acc_t(static_cast<const scalar_t*>(p.bias)[c]) : acc_t(0);
-    for (int r = 0; r < grows; ++r) {
-      acc_t z = b;
-      for (int k = 0; k < W; ++k) z += ws[k * kC + cc] * acc_t(xs[(r + k * d) * kC + cc]);
-      gs[r * kC + cc] *= activate_grad(z, p.activation);
-    }
-  }
   const int rows = static_cast<int>(min(static_cast<int64_t>(kLt), p.L - t0));
-  auto* gx = static_cast<scalar_t*>(q.grad_x) + n * q.gx_sn + c;
-  for (int r = 0; r < rows; ++r) {
-    acc_t a = acc_t(0);
-    for (int k = 0; k < W; ++k) a += ws[k * kC + cc] * gs[(r + (W - 1 - k) * d) * kC + cc];
-    gx[(t0 + r) * q.gx_sl] = scalar_t(a);
+  const acc_t b = p.bias != nullptr ? acc_t(static_cast<const scalar_t*>(p.bias)[c]) : acc_t(0);
+  acc_t w[kW > 0 ? kW : 1];
+#pragma unroll
+  for (int k = 0; k < kW; ++k) w[k] = ws[k * kC + cc];
+  if (act) {  // gz = dL/dy * act'(z) over the rows that are real times
+    if constexpr (kW > 0) {
+      acc_t win[kW];
+#pragma unroll
+      for (int k = 1; k < kW; ++k) win[k] = acc_t(xcol[(k - 1) * kC]);
+      for (int r = 0; r < grows; ++r) {
+#pragma unroll
+        for (int k = 0; k + 1 < kW; ++k) win[k] = win[k + 1];
+        win[kW - 1] = acc_t(xcol[(r + kW - 1) * kC]);
+        acc_t z = b;
+#pragma unroll
+        for (int k = 0; k < kW; ++k) z += w[k] * win[k];
+        gcol[r * kC] *= activate_grad(z, p.activation);
+      }
+    } else {
+      for (int r = 0; r < grows; ++r) {
+        acc_t z = b;
+        for (int k = 0; k < W; ++k) z += ws[k * kC + cc] * acc_t(xcol[(r + k * d) * kC]);
+        gcol[r * kC] *= activate_grad(z, p.activation);
+      }
+    }
   }
   if (q.grad_init != nullptr && blockIdx.x == 0) {
     auto* gi = static_cast<scalar_t*>(q.grad_init) + (n * p.C + c) * S;
@@ -409,19 +444,76 @@ __global__ void __launch_bounds__(kThreads) bwd_cl_kernel(CausalConvBackwardPara
       acc_t a = acc_t(0);
       for (int k = 0; k < W; ++k) {
         const int g = i - S + (W - 1 - k) * d;
-        if (g >= 0) a += ws[k * kC + cc] * gs[g * kC + cc];
+        if (g >= 0) a += ws[k * kC + cc] * gcol[g * kC];
       }
       gi[i] = scalar_t(a);
     }
   }
+  auto* gx = static_cast<scalar_t*>(q.grad_x) + n * q.gx_sn + c;
   const int64_t P = n * gridDim.x + blockIdx.x;
-  for (int j = 0; j <= W; ++j) {
-    acc_t sum = acc_t(0);
-    for (int r = 0; r < rows; ++r) {
-      sum += gs[r * kC + cc] * (j < W ? acc_t(xs[(r + j * d) * kC + cc]) : acc_t(1));
+  acc_t* part = partial + P * (W + 1) * p.C + c;  // [W + 1] entries, stride C
+  if constexpr (kW > 0) {
+    acc_t gwin[kW], xwin[kW], sw[kW], sb = acc_t(0);  // windows: rows r .. r + kW - 1
+#pragma unroll
+    for (int k = 0; k < kW; ++k) sw[k] = acc_t(0);
+#pragma unroll
+    for (int k = 1; k < kW; ++k) {
+      gwin[k] = gcol[(k - 1) * kC];
+      xwin[k] = acc_t(xcol[(k - 1) * kC]);
     }
-    partial[(P * (W + 1) + j) * p.C + c] = sum;
+    for (int r = 0; r < rows; ++r) {
+#pragma unroll
+      for (int k = 0; k + 1 < kW; ++k) {
+        gwin[k] = gwin[k + 1];
+        xwin[k] = xwin[k + 1];
+      }
+      gwin[kW - 1] = gcol[(r + kW - 1) * kC];
+      xwin[kW - 1] = acc_t(xcol[(r + kW - 1) * kC]);
+      acc_t a = acc_t(0);  // grad_x at t0 + r: sum_k w[k] gz[t0 + r + (W-1-k)]
+#pragma unroll
+      for (int k = 0; k < kW; ++k) a += w[k] * gwin[kW - 1 - k];
+      gx[(t0 + r) * q.gx_sl] = scalar_t(a);
+      sb += gwin[0];  // gz at t0 + r; tap k meets x at t0 + r - (W-1-k): xwin[k]
+#pragma unroll
+      for (int k = 0; k < kW; ++k) sw[k] += gwin[0] * xwin[k];
+    }
+#pragma unroll
+    for (int k = 0; k < kW; ++k) part[k * p.C] = sw[k];
+    part[kW * p.C] = sb;
+  } else {
+    for (int r = 0; r < rows; ++r) {
+      acc_t a = acc_t(0);
+      for (int k = 0; k < W; ++k) a += ws[k * kC + cc] * gcol[(r + (W - 1 - k) * d) * kC];
+      gx[(t0 + r) * q.gx_sl] = scalar_t(a);
+    }
+    for (int j = 0; j <= W; ++j) {
+      acc_t sum = acc_t(0);
+      for (int r = 0; r < rows; ++r) {
+        sum += gcol[r * kC] * (j < W ? acc_t(xcol[(r + j * d) * kC]) : acc_t(1));
+      }
+      part[j * p.C] = sum;
+    }
   }
+}
+
+// The channel-last kernel for (W, d): registers for W <= 4 at d = 1, else the general one.
+template <typename scalar_t>
+void (*fwd_cl_for(int64_t W, int64_t d))(CausalConvParams, bool) {
+  if (d == 1 && W == 1) return fwd_cl_kernel<scalar_t, 1>;
+  if (d == 1 && W == 2) return fwd_cl_kernel<scalar_t, 2>;
+  if (d == 1 && W == 3) return fwd_cl_kernel<scalar_t, 3>;
+  if (d == 1 && W == 4) return fwd_cl_kernel<scalar_t, 4>;
+  return fwd_cl_kernel<scalar_t, 0>;
+}
+
+template <typename scalar_t>
+void (*bwd_cl_for(int64_t W, int64_t d))(CausalConvBackwardParams, bool,
+                                         at::opmath_type<scalar_t>*) {
+  if (d == 1 && W == 1) return bwd_cl_kernel<scalar_t, 1>;
+  if (d == 1 && W == 2) return bwd_cl_kernel<scalar_t, 2>;
+  if (d == 1 && W == 3) return bwd_cl_kernel<scalar_t, 3>;
+  if (d == 1 && W == 4) return bwd_cl_kernel<scalar_t, 4>;
+  return bwd_cl_kernel<scalar_t, 0>;
 }
 
 // grad_weight[c, k] = sum_P partial[P, k, c]; grad_bias[c] = sum_P partial[P, W, c]; fixed order.
@@ -666,8 +758,8 @@ Tensor fwd_impl(const Tensor& x_in, const Tensor& weight, const std::optional<Te
       constexpr int kN = kVecElems<scalar_t>;
       const bool cl = p.channels_last;
       const bool vec = rows_aligned(x, kN, cl) && rows_aligned(y, kN, cl);
-      launch(cl ? fwd_cl_kernel<scalar_t> : fwd_ncl_kernel<scalar_t>, plan.grid, dim3(kThreads),
-             plan.smem, p, vec);
+      launch(cl ? fwd_cl_for<scalar_t>(p.W, p.dilation) : fwd_ncl_kernel<scalar_t>, plan.grid,
+             dim3(kThreads), plan.smem, p, vec);
     } else {
       launch(fwd_direct_kernel<scalar_t>, dim3(blocks_for(y.numel())), dim3(kThreads), 0, p);
     }
@@ -708,7 +800,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bwd_impl(
                          rows_aligned(gx, kN, cl);
         const int64_t P = N * plan.grid.x;
         Tensor partial = at::empty({P * (W + 1) * C}, x.options().dtype(acc_type));
-        launch(cl ? bwd_cl_kernel<scalar_t> : bwd_ncl_kernel<scalar_t>, plan.grid,
+        launch(cl ? bwd_cl_for<scalar_t>(W, dilation) : bwd_ncl_kernel<scalar_t>, plan.grid,
                dim3(kThreads), plan.smem, q, vec, partial.mutable_data_ptr<acc_t>());
         launch(reduce_partials_kernel<acc_t>, dim3(blocks_for((W + 1) * C)), dim3(kThreads), 0,
                partial.const_data_ptr<acc_t>(), P, C, W, gw.mutable_data_ptr<acc_t>(),
