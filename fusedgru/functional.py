@@ -66,8 +66,14 @@ def _layers(input, hx, params, per_layer, num_layers, dropout, train, bidirectio
     autocast = torch.is_autocast_enabled(x.device.type)
     x, hx, params = _autocast(x, hx, params)
     _check_devices_and_dtypes(x, hx, params)
+    order = None
     if lengths is not None:
         lengths = lengths.to(device=x.device, dtype=torch.int64)
+        if x.device.type == "cpu":
+            # The CPU kernels skip a step's finished rows when the rows come longest first:
+            # run in that order (like PackedSequence), give the results back in the caller's.
+            order = torch.argsort(lengths, descending=True, stable=True)
+            x, hx, lengths = x.index_select(1, order), hx.index_select(1, order), lengths[order]
 
     need_workspace = torch.is_grad_enabled() and (
         x.requires_grad or hx.requires_grad or any(p.requires_grad for p in params))
@@ -88,8 +94,12 @@ def _layers(input, hx, params, per_layer, num_layers, dropout, train, bidirectio
             x = outs[0] if D == 1 else torch.cat(outs, dim=2)
             if dropout > 0 and train and layer < num_layers - 1:
                 x = F.dropout(x, dropout, True)
+    h_n = torch.stack(h_n, 0)
+    if order is not None:
+        inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel()))
+        x, h_n = x.index_select(1, inverse), h_n.index_select(1, inverse)
     output = x.transpose(0, 1) if batch_first else x
-    return output, torch.stack(h_n, 0)
+    return output, h_n
 
 
 def gru(
