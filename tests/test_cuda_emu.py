@@ -180,9 +180,21 @@ def gru_case(T, N, C, H, dtype, batch_major, with_lengths, bias=True):
     return x, hx, w_ih, w_hh, b_ih, b_hh, lengths
 
 
-GRU_SHAPES = [(1, 1, 1, 1), (6, 3, 17, 130), (5, 33, 3, 17)]
+GRU_SHAPES = [(1, 1, 1, 1), (6, 3, 17, 130), (5, 33, 3, 17), (4, 10, 7, 100)]
 
 
+def test_gru_persistent_plan(emu):
+    """On the emulated device (4 co-resident blocks): which shapes the persistent kernel takes."""
+    assert emu.gru_persistent_blocks(5, 3, 1, True) == 1
+    assert emu.gru_persistent_blocks(5, 33, 17, True) == 3  # 8 units per block
+    assert emu.gru_persistent_blocks(5, 10, 100, True) == 4  # 32 units per block, 13-wide slices
+    assert emu.gru_persistent_blocks(5, 3, 130, True) == 0  # needs 5 blocks: per-step path
+    assert emu.gru_persistent_blocks(5, 3, 120, False) == 4  # fp32: 15-wide slices
+    assert emu.gru_persistent_blocks(0, 3, 17, True) == 0
+
+
+@pytest.mark.parametrize("forward", ["gru_forward", "gru_forward_per_step"],
+                         ids=["persistent", "per_step"])
 @pytest.mark.parametrize("T, N, C, H", GRU_SHAPES, ids=[f"T{s[0]}-N{s[1]}-C{s[2]}-H{s[3]}"
                                                         for s in GRU_SHAPES])
 @pytest.mark.parametrize("reverse, batch_major, with_lengths, bias",
@@ -190,10 +202,10 @@ GRU_SHAPES = [(1, 1, 1, 1), (6, 3, 17, 130), (5, 33, 3, 17)]
                           (False, True, True, False)],
                          ids=["fwd", "rev-batchmajor-lengths", "batchmajor-lengths-nobias"])
 @pytest.mark.parametrize("with_grad_ws", [False, True], ids=["", "grad_ws"])
-def test_gru_kernels_float64(emu, T, N, C, H, reverse, batch_major, with_lengths, bias,
+def test_gru_kernels_float64(emu, forward, T, N, C, H, reverse, batch_major, with_lengths, bias,
                              with_grad_ws):
     args = gru_case(T, N, C, H, torch.float64, batch_major, with_lengths, bias)
-    out, h, ws = emu.gru_forward(*args, reverse, True)
+    out, h, ws = getattr(emu, forward)(*args, reverse, True)
     out_r, h_r, ws_r = reference.gru_layer(*args, reverse)
     for name, o, r in (("output", out, out_r), ("h_n", h, h_r), ("workspace", ws, ws_r)):
         assert o.shape == r.shape and rel_err(o, r) <= 1e-12, name
@@ -211,11 +223,13 @@ def test_gru_kernels_float64(emu, T, N, C, H, reverse, batch_major, with_lengths
         assert o.shape == r.shape and rel_err(o, r) <= 1e-12, f"grad {name}: {rel_err(o, r)}"
 
 
+@pytest.mark.parametrize("forward", ["gru_forward", "gru_forward_per_step"],
+                         ids=["persistent", "per_step"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_gru_kernels_low_precision(emu, dtype):
+def test_gru_kernels_low_precision(emu, forward, dtype):
     args64 = gru_case(9, 4, 24, 40, torch.float64, False, True)
     args = [a.to(dtype) if a is not None and a.is_floating_point() else a for a in args64]
-    out, h, ws = emu.gru_forward(*args, False, True)
+    out, h, ws = getattr(emu, forward)(*args, False, True)
     ref = reference.gru_layer(*args64)
     low = reference.gru_layer(*args)
     for i, (o, r, t) in enumerate(zip((out, h), ref, low)):

@@ -16,7 +16,9 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 
+#include <cstdlib>
 #include <optional>
+#include <string>
 #include <tuple>
 
 #include "../fusedgru.h"
@@ -194,6 +196,180 @@ void backward_pointwise(const GruBackwardPointwise& p, const Launch& launch) {
   });
 }
 
+// ---------------------------------------------------------------------------------------------
+// Persistent forward: ONE cooperative launch runs all T steps of a layer. Block b owns hidden
+// units [b J, b J + J); thread (j, s) = (tid % J, tid / J) keeps W_hh rows (r, z, n) of unit
+// b J + j over the k-slice [s KS, s KS + KS) in registers for the whole sequence (W_hh is read
+// from DRAM once). Per step: the block stages h_{t-1} [N, H] in shared memory (loads that bypass
+// L1), each thread forms its slice's partial dot products for kPBatch rows at a time, the
+// partials are summed over the slices (warp shuffles, then over warps in a fixed order:
+// deterministic), threads (row, unit) apply the gates and write h_t to the other half of a
+// ping-pong buffer, and a grid-wide barrier ends the step. The input projection x W_ih^T + b_ih
+// of all steps is one GEMM before the launch.
+constexpr int kPThreads = 256;
+constexpr int kPWarps = kPThreads / 32;
+constexpr int kPBatch = 8;
+
+template <typename acc_t>
+constexpr int persistent_max_slice() {
+  return sizeof(acc_t) == 8 ? 16 : 32;  // 3 * this many acc_t registers hold the W_hh slice
+}
+
+struct GruPersistentParams {
+  const void* gi;    // [T, N, 3H] strides (gi_st, gi_sn): x W_ih^T + b_ih
+  const void* w_hh;  // [3H, H] contiguous
+  const void* b_hh;  // [3H]
+  void* hbuf;        // [2, N, H] contiguous: h_{t-1} / h_t ping-pong; [0] = hx on entry
+  void* out;         // [T, N, H] strides (out_st, out_sn)
+  void* ws;          // [T, N, 4H] strides (ws_st, ws_sn): (r, z, n, W_hn h + b_hn), or nullptr
+  const int64_t* lengths;  // [N] or nullptr
+  int64_t gi_st, gi_sn, out_st, out_sn, ws_st, ws_sn;
+  int64_t T;
+  int N, H, J, KS;  // batch, hidden, units per block, slice width (kPThreads / J slices)
+  bool reverse;
+};
+
+// grid: ceil(H / J) blocks, cooperative. smem: N * H scalar_t (rounded up to 16 bytes), then
+// kPWarps * 3 * kPBatch * J acc_t.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kPThreads) gru_persistent_forward_kernel(GruPersistentParams p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int kMaxSlice = persistent_max_slice<acc_t>();
+  const int N = p.N, H = p.H, J = p.J, KS = p.KS;
+  const int j = threadIdx.x % J, k0 = (threadIdx.x / J) * KS;
+  const int unit = blockIdx.x * J + j;
+  acc_t w[3][kMaxSlice];
+  const auto* w_hh = static_cast<const scalar_t*>(p.w_hh);
+#pragma unroll
+  for (int g = 0; g < 3; ++g) {
+#pragma unroll
+    for (int i = 0; i < kMaxSlice; ++i) {
+      const bool in = i < KS && unit < H && k0 + i < H;
+      w[g][i] = in ? acc_t(w_hh[(static_cast<int64_t>(g) * H + unit) * H + k0 + i]) : acc_t(0);
+    }
+  }
+  scalar_t* hs = dynamic_smem<scalar_t>();
+  acc_t* red = reinterpret_cast<acc_t*>(
+      hs + (static_cast<int64_t>(N) * H * sizeof(scalar_t) + 15) / 16 * 16 / sizeof(scalar_t));
+  auto* hbuf = static_cast<scalar_t*>(p.hbuf);
+  const auto* b_hh = static_cast<const scalar_t*>(p.b_hh);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int64_t step = 0; step < p.T; ++step) {
+    const int64_t t = p.reverse ? p.T - 1 - step : step;
+    const scalar_t* h_in = hbuf + (step % 2) * N * H;
+    scalar_t* h_out = hbuf + ((step + 1) % 2) * N * H;
+    for (int e = threadIdx.x; e < N * H; e += kPThreads) hs[e] = load_cg(h_in + e);
+    __syncthreads();
+    for (int nb = 0; nb < N; nb += kPBatch) {
+      acc_t acc[3][kPBatch];
+#pragma unroll
+      for (int b = 0; b < kPBatch; ++b) {
+        acc[0][b] = acc[1][b] = acc[2][b] = acc_t(0);
+        if (nb + b < N) {
+          const scalar_t* hr = hs + (nb + b) * H + k0;
+#pragma unroll
+          for (int i = 0; i < kMaxSlice; ++i) {
+            if (i < KS && k0 + i < H) {
+              const acc_t hv = hr[i];
+              acc[0][b] += w[0][i] * hv;
+              acc[1][b] += w[1][i] * hv;
+              acc[2][b] += w[2][i] * hv;
+            }
+          }
+        }
+      }
+      // Lanes l and l ^ (J m) hold the same unit's other slices: sum them, then over warps.
+      for (int off = J; off < 32; off *= 2) {
+#pragma unroll
+        for (int b = 0; b < kPBatch; ++b) {
+#pragma unroll
+          for (int g = 0; g < 3; ++g) acc[g][b] += __shfl_xor_sync(0xffffffffu, acc[g][b], off);
+        }
+      }
+      if (lane < J) {
+#pragma unroll
+        for (int b = 0; b < kPBatch; ++b) {
+#pragma unroll
+          for (int g = 0; g < 3; ++g) red[((warp * 3 + g) * kPBatch + b) * J + lane] = acc[g][b];
+        }
+      }
+      __syncthreads();
+      if (threadIdx.x < kPBatch * J) {
+        const int b = threadIdx.x / J, jj = threadIdx.x % J;
+        const int n = nb + b, u = blockIdx.x * J + jj;
+        if (n < N && u < H) {
+          acc_t gh[3] = {acc_t(0), acc_t(0), acc_t(0)};
+          for (int v = 0; v < kPWarps; ++v) {
+#pragma unroll
+            for (int g = 0; g < 3; ++g) gh[g] += red[((v * 3 + g) * kPBatch + b) * J + jj];
+          }
+          const acc_t h0 = hs[n * H + u];
+          auto* out = static_cast<scalar_t*>(p.out) + t * p.out_st + n * p.out_sn + u;
+          auto* ws = p.ws != nullptr
+                         ? static_cast<scalar_t*>(p.ws) + t * p.ws_st + n * p.ws_sn + u
+                         : nullptr;
+          if (p.lengths != nullptr && t >= p.lengths[n]) {
+            h_out[n * H + u] = scalar_t(h0);
+            *out = scalar_t(0);
+            if (ws != nullptr) {
+#pragma unroll
+              for (int g = 0; g < kSavedGates; ++g) ws[g * H] = scalar_t(0);
+            }
+          } else {
+            const auto* gi = static_cast<const scalar_t*>(p.gi) + t * p.gi_st + n * p.gi_sn;
+            const acc_t r = sigmoid_(acc_t(gi[u]) + gh[0] + acc_t(b_hh[u]));
+            const acc_t z = sigmoid_(acc_t(gi[H + u]) + gh[1] + acc_t(b_hh[H + u]));
+            const acc_t hn = gh[2] + acc_t(b_hh[2 * H + u]);
+            const acc_t nn = tanh(acc_t(gi[2 * H + u]) + r * hn);
+            const scalar_t h1 = scalar_t(nn + z * (h0 - nn));
+            h_out[n * H + u] = h1;
+            *out = h1;
+            if (ws != nullptr) {
+              ws[0] = scalar_t(r);
+              ws[H] = scalar_t(z);
+              ws[2 * H] = scalar_t(nn);
+              ws[3 * H] = scalar_t(hn);
+            }
+          }
+        }
+      }
+      __syncthreads();  // red is rewritten by the next batch chunk
+    }
+    grid_sync();
+  }
+}
+
+struct PersistentPlan {
+  int J = 0, KS = 0;
+  unsigned int blocks = 0;
+  int64_t smem = 0;
+};
+
+// The persistent kernel's grid for this layer, or J = 0 when it does not apply: fp64/fp32/
+// half/bf16 with W_hh fitting the grid's registers (slice width <= persistent_max_slice), h_{t-1}
+// fitting shared memory, every block resident at once, and FUSEDGRU_PERSISTENT not "0".
+template <typename scalar_t, typename Launch>
+PersistentPlan persistent_plan(int64_t T, int64_t N, int64_t H, const Launch& launch) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const char* env = std::getenv("FUSEDGRU_PERSISTENT");
+  if ((env != nullptr && std::string(env) == "0") || T < 1 || N < 1 || N * H > (1 << 24)) {
+    return {};
+  }
+  const int64_t h_bytes = (N * H * static_cast<int64_t>(sizeof(scalar_t)) + 15) / 16 * 16;
+  for (int J = 1; J <= 32; J *= 2) {
+    const int64_t KS = (H + kPThreads / J - 1) / (kPThreads / J);
+    const int64_t blocks = (H + J - 1) / J;
+    if (KS > persistent_max_slice<acc_t>()) continue;
+    const int64_t smem = h_bytes + kPWarps * 3 * kPBatch * J * static_cast<int64_t>(sizeof(acc_t));
+    if (smem > static_cast<int64_t>(launch.max_smem())) return {};
+    if (blocks <= launch.coresident_blocks(gru_persistent_forward_kernel<scalar_t>,
+                                           dim3(kPThreads), static_cast<size_t>(smem))) {
+      return {J, static_cast<int>(KS), static_cast<unsigned int>(blocks), smem};
+    }
+  }
+  return {};
+}
+
 template <typename Launch>
 std::tuple<Tensor, Tensor, Tensor> forward_impl(
     const Tensor& input, const Tensor& hx, const Tensor& weight_ih, const Tensor& weight_hh,
@@ -216,8 +392,42 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(
   const Tensor b_hh = bias_hh.has_value() ? bias_hh->contiguous() : at::zeros({G}, opts);
   const Tensor len = lengths.has_value() ? lengths->contiguous() : Tensor();
   const Tensor w_hh_t = weight_hh.t();
-  Tensor gh = at::empty({N, G}, opts);
+  bool persistent = false;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "gru_persistent_forward", [&] {
+    const PersistentPlan plan = persistent_plan<scalar_t>(T, N, H, launch);
+    if (plan.J == 0) return;
+    persistent = true;
+    const Tensor w_hh_c = weight_hh.contiguous();
+    Tensor hbuf = at::empty({2, N, H}, opts);
+    hbuf.select(0, 0).copy_(hx);
+    GruPersistentParams q{};
+    q.gi = gi.data_ptr();
+    q.w_hh = w_hh_c.data_ptr();
+    q.b_hh = b_hh.data_ptr();
+    q.hbuf = hbuf.data_ptr();
+    q.out = output.data_ptr();
+    q.ws = need_workspace ? workspace.data_ptr() : nullptr;
+    q.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
+    q.gi_st = gi.stride(0);
+    q.gi_sn = gi.stride(1);
+    q.out_st = output.stride(0);
+    q.out_sn = output.stride(1);
+    q.ws_st = need_workspace ? workspace.stride(0) : 0;
+    q.ws_sn = need_workspace ? workspace.stride(1) : 0;
+    q.T = T;
+    q.N = static_cast<int>(N);
+    q.H = static_cast<int>(H);
+    q.J = plan.J;
+    q.KS = plan.KS;
+    q.reverse = reverse;
+    launch.cooperative(gru_persistent_forward_kernel<scalar_t>, dim3(plan.blocks),
+                       dim3(kPThreads), static_cast<size_t>(plan.smem), q);
+    h.copy_(hbuf.select(0, T % 2));
+  });
+  if (persistent) return {output, h, workspace};
 
+  Tensor gh = at::empty({N, G}, opts);
   GruForwardPointwise p{};
   p.gh = gh.data_ptr();
   p.b_hh = b_hh.data_ptr();

@@ -1,7 +1,9 @@
 // Pieces every CUDA kernel file shares: dynamic shared memory, 16-byte vectors and the launcher.
 //
 // Host code that launches kernels is written once as a template over a launcher,
-//   launch(kernel, grid, block, dynamic_smem_bytes, args...)   and   launch.max_smem(),
+//   launch(kernel, grid, block, dynamic_smem_bytes, args...),  launch.max_smem(),
+//   launch.cooperative(kernel, grid, block, smem, args...)     (all blocks resident at once)
+//   and launch.coresident_blocks(kernel, block, smem)           (the largest cooperative grid),
 // so the same code runs the kernels on the current CUDA stream (StreamLauncher, here) and,
 // in the tests, under the host emulator of tests/cuda_emu (which defines FUSEDGRU_CUDA_EMU).
 #pragma once
@@ -10,11 +12,16 @@
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 #endif
 
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 #include <optional>
+#include <tuple>
+#include <type_traits>
 #include <utility>
 
 namespace fusedgru {
@@ -29,6 +36,29 @@ __device__ __forceinline__ T* dynamic_smem() {
   extern __shared__ __align__(16) unsigned char fusedgru_dynamic_smem[];
   return reinterpret_cast<T*>(fusedgru_dynamic_smem);
 #endif
+}
+
+// Barrier over every thread of a cooperative launch (with its memory ordering).
+__device__ __forceinline__ void grid_sync() {
+#ifdef FUSEDGRU_CUDA_EMU
+  emu::grid_sync();
+#else
+  cooperative_groups::this_grid().sync();
+#endif
+}
+
+// A load that bypasses L1 (which is not coherent across SMs): for data other blocks wrote
+// before the last grid_sync().
+template <typename T>
+__device__ __forceinline__ T load_cg(const T* p) {
+  using Bits = std::conditional_t<sizeof(T) == 2, unsigned short,
+                                  std::conditional_t<sizeof(T) == 4, unsigned int,
+                                                     unsigned long long>>;
+  static_assert(sizeof(T) == sizeof(Bits), "load_cg: 2, 4 or 8 bytes");
+  const Bits bits = __ldcg(reinterpret_cast<const Bits*>(p));
+  T v;
+  memcpy(&v, &bits, sizeof(T));
+  return v;
 }
 
 // kN elements of T moved as one 16-byte load or store (when the address is 16-byte aligned).
@@ -62,6 +92,43 @@ struct StreamLauncher {
                                           static_cast<int>(smem)));
     }
     kernel<<<grid, block, smem, stream>>>(std::forward<Args>(args)...);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  // How many blocks of `kernel` can be resident at once on the device (0 when the device
+  // cannot launch cooperatively): the largest grid launch.cooperative accepts.
+  template <typename... KernelArgs>
+  int64_t coresident_blocks(void (*kernel)(KernelArgs...), dim3 block, size_t smem) const {
+    int device = 0, coop = 0, sms = 0, per_sm = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    if (!coop) return 0;
+    if (smem > kDefaultSmem) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(smem)));
+    }
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &per_sm, kernel, static_cast<int>(block.x * block.y * block.z), smem));
+    return static_cast<int64_t>(per_sm) * sms;
+  }
+
+  // A cooperative launch (all blocks resident at once; kernels may call grid_sync()).
+  template <typename... KernelArgs, typename... Args>
+  void cooperative(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
+                   Args&&... args) const {
+    if (smem > kDefaultSmem) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(smem)));
+    }
+    std::tuple<std::decay_t<KernelArgs>...> params(std::forward<Args>(args)...);
+    std::apply(
+        [&](auto&... p) {
+          void* ptrs[] = {static_cast<void*>(&p)...};
+          C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid,
+                                                     block, ptrs, smem, stream));
+        },
+        params);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };

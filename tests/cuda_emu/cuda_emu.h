@@ -9,6 +9,9 @@
 // buffer filled with a NaN pattern before every block, so a read of a slot no thread wrote shows
 // up in the results. An exception thrown in a kernel thread is rethrown by the launch.
 //
+// Cooperative launches (launch_cooperative) run all blocks at once, so grid_sync() is a barrier
+// over the whole grid; their kernels must use dynamic shared memory only.
+//
 // Not emulated: warp-synchronous execution without shuffles, memory-model races (blocks and
 // threads interleave in one legal order), launch limits beyond the checks below.
 #pragma once
@@ -22,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <functional>
 #include <mutex>
 #include <stdexcept>
@@ -121,6 +125,7 @@ struct Block {
 
 inline thread_local Block* current = nullptr;
 inline thread_local int linear_tid = 0;
+inline thread_local Barrier* current_grid = nullptr;  // cooperative launches only
 
 inline void* dynamic_smem() { return current->smem.data(); }
 
@@ -195,6 +200,55 @@ void launch(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem_by
   }
 }
 
+// A cooperative launch: all blocks run at once (each with its own shared memory and barriers),
+// so grid_sync() can be a barrier over every live thread of the grid. Use small grids.
+template <typename... KernelArgs, typename... Args>
+void launch_cooperative(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem_bytes,
+                        Args&&... args) {
+  const int threads = static_cast<int>(block.x * block.y * block.z);
+  const int blocks = static_cast<int>(grid.x * grid.y * grid.z);
+  if (threads <= 0 || threads > static_cast<int>(kMaxThreads) || blocks <= 0 || blocks > 64 ||
+      smem_bytes > kMaxDynamicSmem) {
+    throw std::invalid_argument("emu::launch_cooperative: bad configuration");
+  }
+  const std::tuple<std::decay_t<KernelArgs>...> params(std::forward<Args>(args)...);
+  std::vector<std::unique_ptr<Block>> bs;
+  for (int b = 0; b < blocks; ++b) {
+    bs.push_back(std::make_unique<Block>(threads, smem_bytes));
+    bs.back()->arm();
+  }
+  Barrier grid_barrier;
+  grid_barrier.reset(blocks * threads);
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(blocks) * threads);
+  auto body = [&](int b, int tid) {
+    current = bs[b].get();
+    current_grid = &grid_barrier;
+    linear_tid = tid;
+    threadIdx = dim3(tid % block.x, (tid / block.x) % block.y, tid / (block.x * block.y));
+    blockIdx = dim3(b % grid.x, (b / grid.x) % grid.y, b / (grid.x * grid.y));
+    blockDim = block;
+    gridDim = grid;
+    try {
+      std::apply(kernel, params);
+    } catch (...) {
+      errors[static_cast<size_t>(b) * threads + tid] = std::current_exception();
+    }
+    current->sync.leave();
+    current->warps[tid / kWarp].leave();
+    grid_barrier.leave();
+  };
+  std::vector<std::thread> pool;
+  for (int b = 0; b < blocks; ++b) {
+    for (int t = 0; t < threads; ++t) pool.emplace_back(body, b, t);
+  }
+  for (auto& t : pool) t.join();
+  for (auto& e : errors) {
+    if (e) std::rethrow_exception(e);
+  }
+}
+
+inline void grid_sync() { current_grid->wait(); }
+
 }  // namespace emu
 
 inline void __syncthreads() { emu::current->sync.wait(); }
@@ -218,6 +272,11 @@ T __shfl_down_sync(unsigned int, T v, unsigned int delta, int width = emu::kWarp
 
 template <typename T>
 T __ldg(const T* p) {
+  return *p;
+}
+
+template <typename T>
+T __ldcg(const T* p) {
   return *p;
 }
 

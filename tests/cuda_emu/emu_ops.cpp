@@ -10,13 +10,36 @@
 
 namespace {
 
+// A device with the H100's shared memory per block, on which only a few blocks (kCoopBlocks)
+// fit at once, so cooperative grids stay small enough to run as threads.
 struct EmuLauncher {
+  static constexpr int64_t kCoopBlocks = 4;
+
   size_t max_smem() const { return emu::kMaxDynamicSmem; }
+
+  template <typename... KernelArgs>
+  int64_t coresident_blocks(void (*)(KernelArgs...), dim3, size_t) const {
+    return kCoopBlocks;
+  }
 
   template <typename... KernelArgs, typename... Args>
   void operator()(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
                   Args&&... args) const {
     emu::launch(kernel, grid, block, smem, std::forward<Args>(args)...);
+  }
+
+  template <typename... KernelArgs, typename... Args>
+  void cooperative(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
+                   Args&&... args) const {
+    emu::launch_cooperative(kernel, grid, block, smem, std::forward<Args>(args)...);
+  }
+};
+
+// A device without cooperative launches: the GRU takes its per-step path.
+struct PerStepLauncher : EmuLauncher {
+  template <typename... KernelArgs>
+  int64_t coresident_blocks(void (*)(KernelArgs...), dim3, size_t) const {
+    return 0;
   }
 };
 
@@ -47,16 +70,27 @@ void define_conv(pybind11::module_& m, const char* suffix) {
         });
 }
 
+template <typename Launch>
+void define_gru_forward(pybind11::module_& m, const char* name) {
+  m.def(name, [](const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+                 const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                 const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& lengths,
+                 bool reverse, bool need_workspace) {
+    return fusedgru::cuda::gru::forward_impl(input, hx, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
+                                             need_workspace, Launch{});
+  });
+}
+
 void define_gru(pybind11::module_& m) {
   namespace cuda = fusedgru::cuda;
   // Same arguments as the fusedgru::gru_forward / gru_backward / gru_cell / ln_gru_* schemas.
-  m.def("gru_forward", [](const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
-                          const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
-                          const std::optional<at::Tensor>& b_hh,
-                          const std::optional<at::Tensor>& lengths, bool reverse,
-                          bool need_workspace) {
-    return cuda::gru::forward_impl(input, hx, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
-                                   need_workspace, EmuLauncher{});
+  // gru_forward takes the persistent kernel where it applies; gru_forward_per_step never does.
+  define_gru_forward<EmuLauncher>(m, "gru_forward");
+  define_gru_forward<PerStepLauncher>(m, "gru_forward_per_step");
+  m.def("gru_persistent_blocks", [](int64_t T, int64_t N, int64_t H, bool fp64) {
+    const auto plan = fp64 ? cuda::gru::persistent_plan<double>(T, N, H, EmuLauncher{})
+                           : cuda::gru::persistent_plan<float>(T, N, H, EmuLauncher{});
+    return static_cast<int64_t>(plan.blocks);
   });
   m.def("gru_backward",
         [](const at::Tensor& grad_output, const at::Tensor& grad_h_n,
