@@ -191,10 +191,13 @@ def test_gru_persistent_plan(emu):
     assert emu.gru_persistent_blocks(5, 3, 130, True) == 0  # needs 5 blocks: per-step path
     assert emu.gru_persistent_blocks(5, 3, 120, False) == 4  # fp32: 15-wide slices
     assert emu.gru_persistent_blocks(0, 3, 17, True) == 0
+    assert emu.gru_persistent_backward_blocks(5, 3, 1, True) == 1
+    assert emu.gru_persistent_backward_blocks(5, 33, 17, True) == 3
+    assert emu.gru_persistent_backward_blocks(5, 10, 100, True) == 4  # 38-wide slices of 3H
+    assert emu.gru_persistent_backward_blocks(5, 3, 130, True) == 0
 
 
-@pytest.mark.parametrize("forward", ["gru_forward", "gru_forward_per_step"],
-                         ids=["persistent", "per_step"])
+@pytest.mark.parametrize("path", ["", "_per_step"], ids=["persistent", "per_step"])
 @pytest.mark.parametrize("T, N, C, H", GRU_SHAPES, ids=[f"T{s[0]}-N{s[1]}-C{s[2]}-H{s[3]}"
                                                         for s in GRU_SHAPES])
 @pytest.mark.parametrize("reverse, batch_major, with_lengths, bias",
@@ -202,18 +205,18 @@ def test_gru_persistent_plan(emu):
                           (False, True, True, False)],
                          ids=["fwd", "rev-batchmajor-lengths", "batchmajor-lengths-nobias"])
 @pytest.mark.parametrize("with_grad_ws", [False, True], ids=["", "grad_ws"])
-def test_gru_kernels_float64(emu, forward, T, N, C, H, reverse, batch_major, with_lengths, bias,
+def test_gru_kernels_float64(emu, path, T, N, C, H, reverse, batch_major, with_lengths, bias,
                              with_grad_ws):
     args = gru_case(T, N, C, H, torch.float64, batch_major, with_lengths, bias)
-    out, h, ws = getattr(emu, forward)(*args, reverse, True)
+    out, h, ws = getattr(emu, "gru_forward" + path)(*args, reverse, True)
     out_r, h_r, ws_r = reference.gru_layer(*args, reverse)
     for name, o, r in (("output", out, out_r), ("h_n", h, h_r), ("workspace", ws, ws_r)):
         assert o.shape == r.shape and rel_err(o, r) <= 1e-12, name
     go, gh = torch.randn_like(out_r), torch.randn_like(h_r)
     gws = torch.randn_like(ws_r) if with_grad_ws else None
     x, hx, w_ih, w_hh, _, _, lengths = args
-    grads = emu.gru_backward(go, gh, gws, x, hx, w_ih, w_hh, lengths, out, ws, reverse, bias,
-                             True, True)
+    grads = getattr(emu, "gru_backward" + path)(go, gh, gws, x, hx, w_ih, w_hh, lengths, out, ws,
+                                                reverse, bias, True, True)
     grads_r = reference.gru_layer_backward(go, gh, gws, x, hx, w_ih, w_hh, lengths, out_r, ws_r,
                                            reverse, bias)
     names = ["input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh"]
@@ -276,3 +279,18 @@ def test_ln_gru_kernels_match_the_cpu_op(emu, T, N, C, H, reverse, batch_major, 
     g_cpu = torch.ops.fusedgru.ln_gru_backward(go, gh, *rest, cpu[0], cpu[2], reverse, True, True)
     for i, (o, r) in enumerate(zip(g, g_cpu)):
         assert o.shape == r.shape and rel_err(o, r) <= 1e-10, f"grad {i}: {rel_err(o, r)}"
+
+
+@pytest.mark.parametrize("path", ["", "_per_step"], ids=["persistent", "per_step"])
+def test_gru_backward_without_weight_grads(emu, path):
+    """No W_hh gradient asked: the kernels skip saving h_{t-1}; input and hx grads unchanged."""
+    args = gru_case(5, 10, 7, 100, torch.float64, True, True)
+    x, hx, w_ih, w_hh, _, _, lengths = args
+    out, h, ws = reference.gru_layer(*args)
+    go, gh = torch.randn_like(out), torch.randn_like(h)
+    grads = getattr(emu, "gru_backward" + path)(go, gh, None, x, hx, w_ih, w_hh, lengths, out,
+                                                ws, False, True, True, False)
+    grads_r = reference.gru_layer_backward(go, gh, None, x, hx, w_ih, w_hh, lengths, out, ws,
+                                           False, True)
+    assert rel_err(grads[0], grads_r[0]) <= 1e-12 and rel_err(grads[1], grads_r[1]) <= 1e-12
+    assert all(g.numel() == 0 for g in grads[2:])

@@ -72,14 +72,12 @@ __global__ void __launch_bounds__(kThreads) gru_forward_pointwise_kernel(GruForw
   }
 }
 
-// Backward pointwise for the forward step t: one thread per (row i, unit j).
+// Backward pointwise for the forward step t, row i, unit j.
 template <typename scalar_t, bool kHprev, bool kGradWs>
-__global__ void __launch_bounds__(kThreads) gru_backward_pointwise_kernel(GruBackwardPointwise p) {
+__device__ __forceinline__ void gru_backward_unit(const GruBackwardPointwise& p, int64_t i,
+                                                  int64_t j) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = p.H;
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= p.N * H) return;
-  const int64_t i = idx / H, j = idx % H;
   const int64_t len = p.lengths != nullptr ? p.lengths[i] : p.T;
   scalar_t* dgh = static_cast<scalar_t*>(p.dgh) + i * p.dg_sn + j;
   scalar_t* dgin = static_cast<scalar_t*>(p.dgin) + i * p.dgin_sn + j;
@@ -116,6 +114,14 @@ __global__ void __launch_bounds__(kThreads) gru_backward_pointwise_kernel(GruBac
   *dgin = scalar_t(da_n);
   *dh = scalar_t(g * z);
   if (kHprev) *hp = scalar_t(h0);
+}
+
+// One thread per (row i, unit j).
+template <typename scalar_t, bool kHprev, bool kGradWs>
+__global__ void __launch_bounds__(kThreads) gru_backward_pointwise_kernel(GruBackwardPointwise p) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= p.N * p.H) return;
+  gru_backward_unit<scalar_t, kHprev, kGradWs>(p, idx / p.H, idx % p.H);
 }
 
 // One GRU step for small batches in a single launch: warp w of block b owns hidden unit
@@ -370,6 +376,129 @@ PersistentPlan persistent_plan(int64_t T, int64_t N, int64_t H, const Launch& la
   return {};
 }
 
+// Persistent backward: ONE cooperative launch runs the reverse-time loop. Block b owns units
+// [b J, b J + J); thread (j, s) keeps the column W_hh[:, b J + j] over the slice [s KS, s KS + KS)
+// of the 3H gate rows in registers. Per step t (in reverse): the block's gate gradients for its
+// units and all rows (the per-step path's pointwise, gru_backward_unit) go to dgh[t]; a grid
+// barrier; then the block stages dgh[t] [N, 3H] in shared memory and adds dgh[t] W_hh to dL/dh
+// of its own units (slice partials summed as in the forward: deterministic). dL/dh stays in
+// global memory, each unit touched by its own block only.
+struct GruPersistentBackwardParams {
+  GruBackwardPointwise base;  // the pointers of step 0; everything else as in the per-step path
+  int64_t go_st, gws_st, ws_st, dgh_st, dgin_st, hp_st;  // step strides (elements)
+  const void* w_hh;                                      // [3H, H] contiguous
+  int N, H, J, KS;
+};
+
+// grid: ceil(H / J) blocks, cooperative. smem: N * 3H scalar_t (rounded up to 16 bytes), then
+// kPWarps * kPBatch * J acc_t.
+template <typename scalar_t, bool kHprev, bool kGradWs>
+__global__ void __launch_bounds__(kPThreads) gru_persistent_backward_kernel(
+    GruPersistentBackwardParams p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int kMaxSlice = 3 * persistent_max_slice<acc_t>();
+  const int N = p.N, H = p.H, J = p.J, KS = p.KS, G = 3 * H;
+  const int j = threadIdx.x % J, k0 = (threadIdx.x / J) * KS;
+  const int unit = blockIdx.x * J + j;
+  acc_t w[kMaxSlice];
+  const auto* w_hh = static_cast<const scalar_t*>(p.w_hh);
+#pragma unroll
+  for (int i = 0; i < kMaxSlice; ++i) {
+    const bool in = i < KS && unit < H && k0 + i < G;
+    w[i] = in ? acc_t(w_hh[static_cast<int64_t>(k0 + i) * H + unit]) : acc_t(0);
+  }
+  scalar_t* gs = dynamic_smem<scalar_t>();
+  acc_t* red = reinterpret_cast<acc_t*>(
+      gs + (static_cast<int64_t>(N) * G * sizeof(scalar_t) + 15) / 16 * 16 / sizeof(scalar_t));
+  auto* dh = static_cast<scalar_t*>(p.base.dh);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int64_t step = 0; step < p.base.T; ++step) {
+    const int64_t t = p.base.reverse ? step : p.base.T - 1 - step;
+    GruBackwardPointwise q = p.base;
+    q.t = t;
+    q.grad_out = static_cast<const scalar_t*>(p.base.grad_out) + t * p.go_st;
+    q.grad_ws = kGradWs ? static_cast<const scalar_t*>(p.base.grad_ws) + t * p.gws_st : nullptr;
+    q.ws = static_cast<const scalar_t*>(p.base.ws) + t * p.ws_st;
+    q.dgh = static_cast<scalar_t*>(p.base.dgh) + t * p.dgh_st;
+    q.dgin = static_cast<scalar_t*>(p.base.dgin) + t * p.dgin_st;
+    q.hprev = kHprev ? static_cast<scalar_t*>(p.base.hprev) + t * p.hp_st : nullptr;
+    for (int e = threadIdx.x; e < N * J; e += kPThreads) {
+      const int u = blockIdx.x * J + e % J;
+      if (u < H) gru_backward_unit<scalar_t, kHprev, kGradWs>(q, e / J, u);
+    }
+    grid_sync();
+    const auto* dg = static_cast<const scalar_t*>(q.dgh);
+    for (int e = threadIdx.x; e < N * G; e += kPThreads) {
+      gs[e] = load_cg(dg + static_cast<int64_t>(e / G) * q.dg_sn + e % G);
+    }
+    __syncthreads();
+    for (int nb = 0; nb < N; nb += kPBatch) {
+      acc_t acc[kPBatch];
+#pragma unroll
+      for (int b = 0; b < kPBatch; ++b) {
+        acc[b] = acc_t(0);
+        if (nb + b < N) {
+          const scalar_t* gr = gs + (nb + b) * G + k0;
+#pragma unroll
+          for (int i = 0; i < kMaxSlice; ++i) {
+            if (i < KS && k0 + i < G) acc[b] += w[i] * acc_t(gr[i]);
+          }
+        }
+      }
+      for (int off = J; off < 32; off *= 2) {
+#pragma unroll
+        for (int b = 0; b < kPBatch; ++b) acc[b] += __shfl_xor_sync(0xffffffffu, acc[b], off);
+      }
+      if (lane < J) {
+#pragma unroll
+        for (int b = 0; b < kPBatch; ++b) red[(warp * kPBatch + b) * J + lane] = acc[b];
+      }
+      __syncthreads();
+      if (threadIdx.x < kPBatch * J) {
+        const int b = threadIdx.x / J, jj = threadIdx.x % J;
+        const int n = nb + b, u = blockIdx.x * J + jj;
+        if (n < N && u < H) {
+          acc_t sum = acc_t(dh[n * H + u]);
+          for (int v = 0; v < kPWarps; ++v) sum += red[(v * kPBatch + b) * J + jj];
+          dh[n * H + u] = scalar_t(sum);
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
+template <typename scalar_t>
+void (*persistent_backward_kernel(bool hprev, bool grad_ws))(GruPersistentBackwardParams) {
+  if (grad_ws) return gru_persistent_backward_kernel<scalar_t, true, true>;
+  if (hprev) return gru_persistent_backward_kernel<scalar_t, true, false>;
+  return gru_persistent_backward_kernel<scalar_t, false, false>;
+}
+
+// As persistent_plan, for the backward: W_hh columns over 3H-row slices, dgh[t] in shared memory.
+template <typename scalar_t, typename Launch>
+PersistentPlan persistent_backward_plan(int64_t T, int64_t N, int64_t H, bool hprev,
+                                        bool grad_ws, const Launch& launch) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const char* env = std::getenv("FUSEDGRU_PERSISTENT");
+  if ((env != nullptr && std::string(env) == "0") || T < 1 || N < 1 || N * H > (1 << 24)) {
+    return {};
+  }
+  const int64_t g_bytes = (N * 3 * H * static_cast<int64_t>(sizeof(scalar_t)) + 15) / 16 * 16;
+  for (int J = 1; J <= 32; J *= 2) {
+    const int64_t KS = (3 * H + kPThreads / J - 1) / (kPThreads / J);
+    const int64_t blocks = (H + J - 1) / J;
+    if (KS > 3 * persistent_max_slice<acc_t>()) continue;
+    const int64_t smem = g_bytes + kPWarps * kPBatch * J * static_cast<int64_t>(sizeof(acc_t));
+    if (smem > static_cast<int64_t>(launch.max_smem())) return {};
+    if (blocks <= launch.coresident_blocks(persistent_backward_kernel<scalar_t>(hprev, grad_ws),
+                                           dim3(kPThreads), static_cast<size_t>(smem))) {
+      return {J, static_cast<int>(KS), static_cast<unsigned int>(blocks), smem};
+    }
+  }
+  return {};
+}
+
 template <typename Launch>
 std::tuple<Tensor, Tensor, Tensor> forward_impl(
     const Tensor& input, const Tensor& hx, const Tensor& weight_ih, const Tensor& weight_hh,
@@ -471,7 +600,33 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
   const bool bm = is_batch_major(x);
   GruBackwardState st = gru_backward_state(grad_output, grad_h_n, grad_workspace, x, bm, hx, H,
                                            lengths, output, workspace, reverse, need_weight_grad);
-  for (int64_t s = 0; s < T && N > 0; ++s) {
+  bool persistent = false;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "gru_persistent_backward", [&] {
+    const bool hprev = st.hprev.defined(), grad_ws = st.gws.defined();
+    const PersistentPlan plan =
+        N > 0 ? persistent_backward_plan<scalar_t>(T, N, H, hprev, grad_ws, launch)
+              : PersistentPlan{};
+    if (plan.J == 0) return;
+    persistent = true;
+    const Tensor w_hh_c = weight_hh.contiguous();
+    GruPersistentBackwardParams q{};
+    q.base = st.at_step(0);
+    q.go_st = st.go.stride(0);
+    q.gws_st = grad_ws ? st.gws.stride(0) : 0;
+    q.ws_st = st.ws.stride(0);
+    q.dgh_st = st.dgh.stride(0);
+    q.dgin_st = st.dgin.stride(0);
+    q.hp_st = hprev ? st.hprev.stride(0) : 0;
+    q.w_hh = w_hh_c.data_ptr();
+    q.N = static_cast<int>(N);
+    q.H = static_cast<int>(H);
+    q.J = plan.J;
+    q.KS = plan.KS;
+    launch.cooperative(persistent_backward_kernel<scalar_t>(hprev, grad_ws), dim3(plan.blocks),
+                       dim3(kPThreads), static_cast<size_t>(plan.smem), q);
+  });
+  for (int64_t s = 0; s < T && N > 0 && !persistent; ++s) {
     const int64_t t = reverse ? s : T - 1 - s;
     backward_pointwise(st.at_step(t), launch);
     // dL/dh_{t-1} = z * dL/dh_t (left in dh by the kernel) + dgh_t W_hh

@@ -81,10 +81,26 @@ void define_gru_forward(pybind11::module_& m, const char* name) {
   });
 }
 
+template <typename Launch>
+void define_gru_backward(pybind11::module_& m, const char* name) {
+  m.def(name, [](const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+                 const std::optional<at::Tensor>& grad_workspace, const at::Tensor& input,
+                 const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                 const std::optional<at::Tensor>& lengths, const at::Tensor& output,
+                 const at::Tensor& workspace, bool reverse, bool has_bias, bool need_input_grad,
+                 bool need_weight_grad) {
+    return fusedgru::cuda::gru::backward_impl(grad_output, grad_h_n, grad_workspace, input, hx,
+                                              w_ih, w_hh, lengths, output, workspace, reverse,
+                                              has_bias, need_input_grad, need_weight_grad,
+                                              Launch{});
+  });
+}
+
 void define_gru(pybind11::module_& m) {
   namespace cuda = fusedgru::cuda;
   // Same arguments as the fusedgru::gru_forward / gru_backward / gru_cell / ln_gru_* schemas.
-  // gru_forward takes the persistent kernel where it applies; gru_forward_per_step never does.
+  // gru_forward / gru_backward take the persistent kernels where they apply; the *_per_step
+  // versions never do.
   define_gru_forward<EmuLauncher>(m, "gru_forward");
   define_gru_forward<PerStepLauncher>(m, "gru_forward_per_step");
   m.def("gru_persistent_blocks", [](int64_t T, int64_t N, int64_t H, bool fp64) {
@@ -92,17 +108,14 @@ void define_gru(pybind11::module_& m) {
                            : cuda::gru::persistent_plan<float>(T, N, H, EmuLauncher{});
     return static_cast<int64_t>(plan.blocks);
   });
-  m.def("gru_backward",
-        [](const at::Tensor& grad_output, const at::Tensor& grad_h_n,
-           const std::optional<at::Tensor>& grad_workspace, const at::Tensor& input,
-           const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
-           const std::optional<at::Tensor>& lengths, const at::Tensor& output,
-           const at::Tensor& workspace, bool reverse, bool has_bias, bool need_input_grad,
-           bool need_weight_grad) {
-          return cuda::gru::backward_impl(grad_output, grad_h_n, grad_workspace, input, hx, w_ih,
-                                          w_hh, lengths, output, workspace, reverse, has_bias,
-                                          need_input_grad, need_weight_grad, EmuLauncher{});
-        });
+  m.def("gru_persistent_backward_blocks", [](int64_t T, int64_t N, int64_t H, bool fp64) {
+    const auto plan =
+        fp64 ? cuda::gru::persistent_backward_plan<double>(T, N, H, true, false, EmuLauncher{})
+             : cuda::gru::persistent_backward_plan<float>(T, N, H, true, false, EmuLauncher{});
+    return static_cast<int64_t>(plan.blocks);
+  });
+  define_gru_backward<EmuLauncher>(m, "gru_backward");
+  define_gru_backward<PerStepLauncher>(m, "gru_backward_per_step");
   m.def("gru_cell", [](const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
                        const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
                        const std::optional<at::Tensor>& b_hh) {
