@@ -3,7 +3,8 @@
 # builds (scripts/bootstrap.sh: a no-op when the build is current). Logs and JSON go to $OUT
 # (the device tool's output folder) or /tmp/fusedgru-gpu.
 #   bash scripts/gpu_check.sh tests   # build, then the cuda-marked tests (the CPU ones run in CI)
-#   bash scripts/gpu_check.sh bench   # bench_gru (gru, packed, layernorm) and bench_conv vs cuDNN
+#   bash scripts/gpu_check.sh bench   # bench_gru (gru, packed, layernorm, per-step path) and
+#                                     # bench_conv vs cuDNN
 #   bash scripts/gpu_check.sh all     # both, for machines without the 10-minute limit
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,10 @@ if [ "$stage" = bench ] || [ "$stage" = all ]; then
       --out "$OUT/bench_gru-$variant.json" > "$OUT/bench_gru-$variant.log" 2>&1
     echo "== bench_gru --variant $variant"; grep -vE "it/s\]|s/it\]" "$OUT/bench_gru-$variant.log" | tail -30
   done
+  FUSEDGRU_PERSISTENT=0 $PY benchmarks/bench_gru.py --device cuda --N 1 16 64 --tf32 off \
+    --out "$OUT/bench_gru-per-step.json" > "$OUT/bench_gru-per-step.log" 2>&1
+  echo "== bench_gru, per-step path (FUSEDGRU_PERSISTENT=0)"
+  grep -vE "it/s\]|s/it\]" "$OUT/bench_gru-per-step.log" | tail -14
   $PY benchmarks/bench_conv.py --device cuda --out "$OUT/bench_conv.json" \
     > "$OUT/bench_conv.log" 2>&1
   echo "== bench_conv"; grep -vE "it/s\]|s/it\]" "$OUT/bench_conv.log" | tail -20

@@ -19,17 +19,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ACT = {None: 0, "silu": 1, "relu": 2}
 
 
+# FUSEDGRU_EMU_ASAN=1 builds the emulated kernels with AddressSanitizer, so any out-of-bounds
+# access to a tensor or to shared memory aborts with a report. Run as
+#   LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
+#   FUSEDGRU_EMU_ASAN=1 .venv/bin/python -m pytest tests/test_cuda_emu.py
+ASAN = os.environ.get("FUSEDGRU_EMU_ASAN") == "1"
+
+
 @pytest.fixture(scope="session")
 def emu():
-    build = os.path.join(ROOT, "build", "cuda_emu")
+    build = os.path.join(ROOT, "build", "cuda_emu_asan" if ASAN else "cuda_emu")
     os.makedirs(build, exist_ok=True)
+    asan = ["-fsanitize=address", "-fno-omit-frame-pointer"] if ASAN else []
     return cpp_extension.load(
-        "fusedgru_cuda_emu",
+        "fusedgru_cuda_emu_asan" if ASAN else "fusedgru_cuda_emu",
         [os.path.join(ROOT, "tests", "cuda_emu", "emu_ops.cpp")] +
         [os.path.join(ROOT, "csrc", f) for f in ("conv_common.cpp", "gru_common.cpp",
                                                  "ln_gru_common.cpp")],
         extra_include_paths=[os.path.join(ROOT, "csrc"), os.path.join(ROOT, "tests", "cuda_emu")],
-        extra_cflags=["-O1"], build_directory=build)
+        extra_cflags=["-O1", *asan], extra_ldflags=asan, build_directory=build)
 
 
 def make_x(layout, N, C, L, dtype):

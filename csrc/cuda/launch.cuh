@@ -20,7 +20,6 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
-#include <tuple>
 #include <type_traits>
 #include <utility>
 
@@ -113,7 +112,9 @@ struct StreamLauncher {
     return static_cast<int64_t>(per_sm) * sms;
   }
 
-  // A cooperative launch (all blocks resident at once; kernels may call grid_sync()).
+  // A cooperative launch (all blocks resident at once; kernels may call grid_sync()), through
+  // cudaLaunchKernelEx with the cooperative attribute, which stream capture records as a
+  // cooperative kernel node (CUDA graphs).
   template <typename... KernelArgs, typename... Args>
   void cooperative(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
                    Args&&... args) const {
@@ -121,14 +122,17 @@ struct StreamLauncher {
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(smem)));
     }
-    std::tuple<std::decay_t<KernelArgs>...> params(std::forward<Args>(args)...);
-    std::apply(
-        [&](auto&... p) {
-          void* ptrs[] = {static_cast<void*>(&p)...};
-          C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid,
-                                                     block, ptrs, smem, stream));
-        },
-        params);
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeCooperative;
+    attr[0].val.cooperative = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    config.attrs = attr;
+    config.numAttrs = 1;
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };

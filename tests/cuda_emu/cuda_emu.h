@@ -31,6 +31,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -107,19 +108,25 @@ struct Block {
       : nthreads(threads),
         warps((threads + kWarp - 1) / kWarp),
         exchange(threads),
-        smem(std::max<size_t>(smem_bytes, 16) / 16 + 1) {}
+        smem_size(smem_bytes),
+        smem(new (std::align_val_t(16)) unsigned char[std::max<size_t>(smem_bytes, 1)]) {}
   void arm() {
     sync.reset(nthreads);
     for (size_t w = 0; w < warps.size(); ++w) {
       warps[w].reset(std::min(kWarp, nthreads - static_cast<int>(w) * kWarp));
     }
-    std::memset(smem.data(), 0xff, smem.size() * sizeof(smem[0]));  // NaN in every float type
+    std::memset(smem.get(), 0xff, smem_size);  // NaN in every float type
   }
   int nthreads;
   Barrier sync;
   std::vector<Barrier> warps;
   std::vector<std::array<unsigned char, 16>> exchange;
-  std::vector<std::array<unsigned char, 16>> smem;  // 16-byte aligned slots
+  size_t smem_size;
+  // Exactly the launch's bytes (16-byte aligned), so an address sanitizer sees overruns.
+  struct AlignedDelete {
+    void operator()(unsigned char* p) const { ::operator delete[](p, std::align_val_t(16)); }
+  };
+  std::unique_ptr<unsigned char[], AlignedDelete> smem;
   std::mutex atomic_mutex;
 };
 
@@ -127,7 +134,7 @@ inline thread_local Block* current = nullptr;
 inline thread_local int linear_tid = 0;
 inline thread_local Barrier* current_grid = nullptr;  // cooperative launches only
 
-inline void* dynamic_smem() { return current->smem.data(); }
+inline void* dynamic_smem() { return current->smem.get(); }
 
 template <typename T>
 T shuffle(T v, int src_lane, int width) {
