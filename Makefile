@@ -3,13 +3,20 @@
 PY := .venv/bin/python
 ARGS ?=
 
-.PHONY: setup test bench bench-conv clean
+.PHONY: setup test test-emu-asan bench bench-conv clean
 
 setup:
 	@bash scripts/bootstrap.sh
 
 test: setup
 	$(PY) -m pytest tests -q -rs $(ARGS)
+
+# The CUDA kernels under the host emulator, built with AddressSanitizer: any out-of-bounds access
+# to a tensor or to shared memory aborts with a report (CI runs this after `make test`).
+test-emu-asan: setup
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
+	ASAN_OPTIONS=detect_leaks=0 FUSEDGRU_EMU_ASAN=1 \
+	$(PY) -m pytest tests/test_cuda_emu.py -q -s -p no:cacheprovider $(ARGS)
 
 bench: setup
 	$(PY) benchmarks/bench_gru.py $(ARGS)

@@ -1,6 +1,10 @@
 """What nn.GRU on cuDNN cannot do: backward in eval mode, torch.export, CUDA-graph capture,
 bitwise determinism. (Double backward: test_gradcheck.py::test_gradgradcheck_module.)"""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from gru_testing import DEVICES, TOL, assert_close
@@ -91,20 +95,36 @@ def test_cuda_graph_capture_forward_and_training_step():
         assert torch.allclose(y_inf, net(static_x)[0], atol=1e-6)
 
 
+# A fresh process without CUBLAS_WORKSPACE_CONFIG: deterministic mode must need no extra
+# environment variable (ATen's cuBLAS GEMMs would refuse; ours run instead). No nn.Linear here:
+# it would hit that very refusal.
+DETERMINISM_SCRIPT = """
+import torch, fusedgru
+torch.use_deterministic_algorithms(True)
+dtype = getattr(torch, "{dtype}")
+gru = fusedgru.GRU(5, 8, num_layers=2, batch_first=True, bidirectional=True).to("cuda", dtype)
+conv = fusedgru.CausalConv1d(16, 4, channels_last=True, activation="silu").to("cuda", dtype)
+x = torch.randn(16, 64, 5, device="cuda", dtype=dtype, requires_grad=True)
+params = [x, *gru.parameters(), *conv.parameters()]
+runs = []
+for _ in range(3):
+    out, h = gru(x)
+    y = conv(out)
+    runs.append([y, h, *torch.autograd.grad((y * y).sum() + h.sum(), params)])
+for other in runs[1:]:
+    for a, b in zip(runs[0], other, strict=True):
+        assert torch.equal(a, b)
+print("bitwise identical")
+"""
+
+
 @pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_deterministic_mode_is_bitwise_reproducible(dtype):
-    prev = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        net = Net().to("cuda", dtype)
-        x = torch.randn(16, 64, 5, device="cuda", dtype=dtype, requires_grad=True)
-        runs = []
-        for _ in range(3):
-            y, h = net(x)
-            runs.append([y, h, *torch.autograd.grad(y.sum() + h.sum(), [x, *net.parameters()])])
-        for other in runs[1:]:
-            for a, b in zip(runs[0], other, strict=True):
-                assert torch.equal(a, b)
-    finally:
-        torch.use_deterministic_algorithms(prev)
+@pytest.mark.parametrize("persistent", ["1", "0"], ids=["persistent", "per_step"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_deterministic_mode_is_bitwise_reproducible(dtype, persistent):
+    env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
+    env["FUSEDGRU_PERSISTENT"] = persistent
+    result = subprocess.run([sys.executable, "-c", DETERMINISM_SCRIPT.format(dtype=dtype)],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "bitwise identical" in result.stdout

@@ -302,3 +302,59 @@ def test_gru_backward_without_weight_grads(emu, path):
                                            False, True)
     assert rel_err(grads[0], grads_r[0]) <= 1e-12 and rel_err(grads[1], grads_r[1]) <= 1e-12
     assert all(g.numel() == 0 for g in grads[2:])
+
+
+# ---------------------------------------------------------------------------------------------
+# Deterministic mode: the GEMMs run in our fixed-order kernel instead of cuBLAS.
+
+@pytest.mark.parametrize("M, K, N", [(1, 1, 1), (130, 17, 65), (64, 64, 64), (3, 200, 129)],
+                         ids=lambda v: str(v))
+@pytest.mark.parametrize("layout", ["rowmajor", "transposed", "strided"])
+@pytest.mark.parametrize("beta", [0.0, 1.0, 0.5])
+def test_gemm_kernel(emu, M, K, N, layout, beta):
+    def mat(r, c):
+        if layout == "transposed":
+            return torch.randn(c, r, dtype=torch.float64).t()
+        if layout == "strided":
+            return torch.randn(2 * r, 3 * c, dtype=torch.float64)[::2, ::3]
+        return torch.randn(r, c, dtype=torch.float64)
+    a, b, out = mat(M, K), mat(K, N), mat(M, N)
+    expected = beta * out + a @ b
+    emu.gemm(out, a, b, beta)
+    assert rel_err(out, expected) <= 1e-13
+
+
+@pytest.fixture
+def deterministic():
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(prev)
+
+
+@pytest.mark.parametrize("path", ["", "_per_step"], ids=["persistent", "per_step"])
+def test_gru_kernels_in_deterministic_mode(emu, deterministic, monkeypatch, path):
+    """cuBLAS would refuse (no CUBLAS_WORKSPACE_CONFIG): every GEMM runs in gemm_kernel."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    args = gru_case(5, 10, 7, 100, torch.float64, True, True)
+    out, h, ws = getattr(emu, "gru_forward" + path)(*args, True, True)
+    out_r, h_r, ws_r = reference.gru_layer(*args, True)
+    assert rel_err(out, out_r) <= 1e-12 and rel_err(h, h_r) <= 1e-12
+    x, hx, w_ih, w_hh, _, _, lengths = args
+    go, gh = torch.randn_like(out_r), torch.randn_like(h_r)
+    grads = getattr(emu, "gru_backward" + path)(go, gh, None, x, hx, w_ih, w_hh, lengths, out, ws,
+                                                True, True, True, True)
+    grads_r = reference.gru_layer_backward(go, gh, None, x, hx, w_ih, w_hh, lengths, out_r, ws_r,
+                                           True, True)
+    for i, (o, r) in enumerate(zip(grads, grads_r)):
+        assert rel_err(o, r) <= 1e-12, f"grad {i}"
+
+
+def test_ln_gru_kernels_in_deterministic_mode(emu, deterministic, monkeypatch):
+    import fusedgru  # noqa: F401
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    x, hx, w_ih, w_hh, _, _, lengths = gru_case(4, 3, 7, 33, torch.float64, False, True)
+    ln = [torch.randn(3 * 33, dtype=torch.float64) for _ in range(4)]
+    ours = emu.ln_gru_forward(x, hx, w_ih, w_hh, *ln, lengths, False, 1e-5, True)
+    out_r, h_r = reference.ln_gru_layer(x, hx, w_ih, w_hh, *ln, lengths, False)
+    assert rel_err(ours[0], out_r) <= 1e-10 and rel_err(ours[1], h_r) <= 1e-10

@@ -22,6 +22,7 @@
 #include <tuple>
 
 #include "../fusedgru.h"
+#include "gemm_kernels.cuh"
 #include "gru_common.cuh"
 #include "launch.cuh"
 
@@ -507,6 +508,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(
     const Launch& launch) {
   check_gru_forward_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths);
   const CudnnTf32Policy tf32;
+  const Matmul mm = gemm::matmul_for(launch);
   const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1), G = 3 * H;
   const auto opts = input.options();
   const Tensor x = steps_layout(input);
@@ -517,7 +519,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(
   Tensor h = hx.clone(at::MemoryFormat::Contiguous);
   if (N == 0) return {output, h, workspace};
 
-  const Tensor gi = gru_input_projection(x, bm, weight_ih, bias_ih, aten_matmul);
+  const Tensor gi = gru_input_projection(x, bm, weight_ih, bias_ih, mm);
   const Tensor b_hh = bias_hh.has_value() ? bias_hh->contiguous() : at::zeros({G}, opts);
   const Tensor len = lengths.has_value() ? lengths->contiguous() : Tensor();
   const Tensor w_hh_t = weight_hh.t();
@@ -575,7 +577,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(
   p.dtype = input.scalar_type();
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
-    aten_matmul(gh, h, w_hh_t, 0.0);
+    mm(gh, h, w_hh_t, 0.0);
     p.t = t;
     p.gi = step_ptr(gi, t);
     p.out = step_ptr(output, t);
@@ -595,6 +597,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
   check_gru_backward_args(grad_output, grad_h_n, grad_workspace, input, hx, weight_ih,
                           weight_hh, lengths, output, workspace);
   const CudnnTf32Policy tf32;
+  const Matmul mm = gemm::matmul_for(launch);
   const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
   const Tensor x = steps_layout(input);
   const bool bm = is_batch_major(x);
@@ -630,11 +633,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
     const int64_t t = reverse ? s : T - 1 - s;
     backward_pointwise(st.at_step(t), launch);
     // dL/dh_{t-1} = z * dL/dh_t (left in dh by the kernel) + dgh_t W_hh
-    aten_matmul(st.dh, st.dgh.select(0, t), weight_hh, 1.0);
+    mm(st.dh, st.dgh.select(0, t), weight_hh, 1.0);
   }
   auto [grad_input, gw_ih, gw_hh, gb_ih, gb_hh] =
       gru_backward_gemms(x, bm, weight_ih, st.dgh, st.dgin, st.hprev, has_bias, need_input_grad,
-                         need_weight_grad, aten_matmul);
+                         need_weight_grad, mm);
   return {grad_input, st.dh, gw_ih, gw_hh, gb_ih, gb_hh};
 }
 

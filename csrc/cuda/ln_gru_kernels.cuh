@@ -18,6 +18,7 @@
 #include <tuple>
 
 #include "../fusedgru.h"
+#include "gemm_kernels.cuh"
 #include "gru_common.cuh"
 #include "launch.cuh"
 
@@ -188,6 +189,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(
   check_ln_gru_forward_args(input, hx, weight_ih, weight_hh, ln_ih_weight, ln_ih_bias,
                             ln_hh_weight, ln_hh_bias, lengths, eps);
   const CudnnTf32Policy tf32;
+  const Matmul mm = gemm::matmul_for(launch);
   const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
   const auto opts = input.options();
   const Tensor x = steps_layout(input);
@@ -198,7 +200,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(
   Tensor h = hx.clone(at::MemoryFormat::Contiguous);
   if (N == 0) return {output, h, workspace};
   const Tensor ai = ln_gru_input_norm(x, bm, weight_ih, ln_ih_weight, ln_ih_bias, eps,
-                                      workspace, aten_matmul);
+                                      workspace, mm);
   const Tensor g_h = ln_hh_weight.contiguous(), b_h = ln_hh_bias.contiguous();
   const Tensor len = lengths.has_value() ? lengths->contiguous() : Tensor();
   const Tensor w_hh_t = weight_hh.t();
@@ -217,7 +219,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(
   p.eps = eps;
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
-    aten_matmul(gh, h, w_hh_t, 0.0);
+    mm(gh, h, w_hh_t, 0.0);
     p.t = t;
     p.ai = step_ptr(ai, t);
     p.out = step_ptr(output, t);
@@ -241,6 +243,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backw
   check_ln_gru_backward_args(grad_output, grad_h_n, input, hx, weight_ih, weight_hh,
                              ln_ih_weight, ln_hh_weight, ln_hh_bias, lengths, output, workspace);
   const CudnnTf32Policy tf32;
+  const Matmul mm = gemm::matmul_for(launch);
   const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
   const Tensor x = steps_layout(input);
   const bool bm = is_batch_major(x);
@@ -255,13 +258,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backw
       launch(ln_gru_backward_kernel<scalar_t>, dim3(static_cast<unsigned int>(N)),
              dim3(kThreads), 0, p);
     });
-    aten_matmul(st.dh, st.dg_raw.select(0, t), weight_hh, 1.0);
+    mm(st.dh, st.dg_raw.select(0, t), weight_hh, 1.0);
   }
   auto [d_gi, g_gi, g_bi, g_gh, g_bh] =
       ln_gru_input_backward(bm, ln_ih_weight, st.ws, st.da_i, st.da_h, need_weight_grad);
   auto [grad_input, g_wih, g_whh] =
       ln_gru_backward_gemms(x, bm, weight_ih, d_gi, st.dg_raw, st.hprev, need_input_grad,
-                            need_weight_grad, aten_matmul);
+                            need_weight_grad, mm);
   return {grad_input, st.dh, g_wih, g_whh, g_gi, g_bi, g_gh, g_bh};
 }
 

@@ -145,6 +145,10 @@ void define_gru(pybind11::module_& m) {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("gemm", [](at::Tensor out, const at::Tensor& a, const at::Tensor& b, double beta) {
+    fusedgru::cuda::gemm::matmul(out, a, b, beta, EmuLauncher{});
+    return out;
+  });
   define_conv<EmuLauncher>(m, "");
   define_conv<SmallSmemLauncher>(m, "_small_smem");
   define_gru(m);
