@@ -72,7 +72,8 @@ def bench_point(args, layout, W, d, dt):
     xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
     if layout == "channels_last":
         xg = x.transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
-    gy = torch.randn(N, C, L, device=device, dtype=dtype)
+    # The gradient arrives in the layout the output leaves in (channel-last between GRU layers).
+    gy = torch.randn_like(xg)
     S, act = (W - 1) * d, args.activation
 
     impls = {

@@ -3,10 +3,13 @@
 //     fp32 buffer (vectorized over time), then bias + activation on the way out.
 //   channel-last layout: one task per (n, time chunk); each step accumulates the W taps over a
 //     channel-contiguous fp32 buffer (vectorized over channels).
-// Backward: one task per channel c (weight/bias gradients reduced in a fixed order, so the result
-// is deterministic): per batch row, the activation gradient, grad_x (the taps mirrored in time),
-// grad_initial_state and the weight/bias sums. Channel-last inputs are copied to (N, C, L) for
-// the backward. Shape legend: ../causal_conv1d.h.
+// Backward, (N, C, L): one task per channel c: per batch row, the activation gradient, grad_x
+//   (the taps mirrored in time), grad_initial_state and the weight/bias sums.
+// Backward, channel-last: one task per (n, time chunk), vectorized over channels: gz for the
+//   chunk and its S-step future halo, grad_x, grad_initial_state (first chunk) and per-task
+//   weight/bias partial sums, added over tasks in a fixed order.
+// Both are deterministic (fixed summation orders whatever the thread count).
+// Shape legend: ../causal_conv1d.h.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -169,10 +172,69 @@ void forward_channels_last(const CausalConvParams& p) {
   });
 }
 
-// Gradients for channel c over all batch rows; x and grad_y time-contiguous.
-template <typename scalar_t>
-void backward_channel(const CausalConvBackwardParams& q, int64_t c, at::opmath_type<scalar_t>* z,
-                      at::opmath_type<scalar_t>* gz, at::opmath_type<scalar_t>* gx) {
+// gz[c] = gy[c] * act'(z[c]) with the activation a compile-time constant (vectorizes).
+template <int64_t kAct, typename acc_t, typename scalar_t>
+FUSEDGRU_INLINE void activation_grad_rows(acc_t* __restrict gz, const scalar_t* __restrict gy,
+                                          const acc_t* __restrict z, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) gz[i] = acc_t(gy[i]) * activate_grad(z[i], kAct);
+}
+
+template <typename acc_t, typename scalar_t>
+FUSEDGRU_INLINE void copy_rows(acc_t* __restrict dst, const scalar_t* __restrict src, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = acc_t(src[i]);
+}
+
+template <typename acc_t, typename scalar_t>
+FUSEDGRU_INLINE void cast_rows(scalar_t* __restrict dst, const acc_t* __restrict src, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = scalar_t(src[i]);
+}
+
+// acc[i] += a[i] * b[i]
+template <typename acc_t>
+FUSEDGRU_INLINE void fma_acc(acc_t* __restrict acc, const acc_t* __restrict a,
+                             const acc_t* __restrict b, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) acc[i] += a[i] * b[i];
+}
+
+// sum_i a[i] * b[i] in kLanes independent partial sums added in a fixed order at the end, so
+// the loop vectorizes (one running sum is a serial chain the compiler must not reassociate) and
+// the result does not depend on the thread count.
+template <typename acc_t, typename scalar_t>
+FUSEDGRU_INLINE acc_t dot_lanes(const acc_t* __restrict a, const scalar_t* __restrict b,
+                                int64_t n) {
+  constexpr int kLanes = 256 / sizeof(acc_t);  // four AVX-512 vectors of partial sums
+  acc_t part[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) part[l] += a[i + l] * acc_t(b[i + l]);
+  }
+  for (int l = 0; i < n; ++i, ++l) part[l] += a[i] * acc_t(b[i]);
+  acc_t sum = 0;
+  for (int l = 0; l < kLanes; ++l) sum += part[l];
+  return sum;
+}
+
+template <typename acc_t>
+FUSEDGRU_INLINE acc_t sum_lanes(const acc_t* __restrict a, int64_t n) {
+  constexpr int kLanes = 256 / sizeof(acc_t);
+  acc_t part[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) part[l] += a[i + l];
+  }
+  for (int l = 0; i < n; ++i, ++l) part[l] += a[i];
+  acc_t sum = 0;
+  for (int l = 0; l < kLanes; ++l) sum += part[l];
+  return sum;
+}
+
+// Gradients for channel c over all batch rows; x and grad_y time-contiguous. Scratch: z, gz, gx
+// [L] each.
+template <int64_t kAct, typename scalar_t>
+FUSEDGRU_CLONES void backward_channel(const CausalConvBackwardParams& q, int64_t c,
+                                      at::opmath_type<scalar_t>* z,
+                                      at::opmath_type<scalar_t>* gz,
+                                      at::opmath_type<scalar_t>* gx) {
   using acc_t = at::opmath_type<scalar_t>;
   const CausalConvParams& p = q.fwd;
   const int64_t L = p.L, W = p.W, d = p.dilation, S = (W - 1) * d;
@@ -181,11 +243,11 @@ void backward_channel(const CausalConvBackwardParams& q, int64_t c, at::opmath_t
   acc_t gb = 0;
   for (int64_t n = 0; n < p.N; ++n) {
     const auto* gy = static_cast<const scalar_t*>(q.grad_y) + n * q.gy_sn + c * q.gy_sc;
-    if (p.activation != kActNone) {
+    if constexpr (kAct != kActNone) {
       conv_row<scalar_t>(p, n, c, z);
-      for (int64_t t = 0; t < L; ++t) gz[t] = acc_t(gy[t]) * activate_grad(z[t], p.activation);
+      activation_grad_rows<kAct>(gz, gy, z, L);
     } else {
-      for (int64_t t = 0; t < L; ++t) gz[t] = acc_t(gy[t]);
+      copy_rows(gz, gy, L);
     }
     // grad_x[u] = sum_k w[k] gz[u + off_k]
     std::fill(gx, gx + L, acc_t(0));
@@ -193,8 +255,7 @@ void backward_channel(const CausalConvBackwardParams& q, int64_t c, at::opmath_t
       const int64_t off = (W - 1 - k) * d;
       if (off < L) axpy(gx, gz + off, acc_t(w[k]), L - off);
     }
-    auto* gx_row = static_cast<scalar_t*>(q.grad_x) + n * q.gx_sn + c * q.gx_sc;
-    for (int64_t u = 0; u < L; ++u) gx_row[u] = scalar_t(gx[u]);
+    cast_rows(static_cast<scalar_t*>(q.grad_x) + n * q.gx_sn + c * q.gx_sc, gx, L);
     if (q.grad_init != nullptr) {
       auto* gi = static_cast<scalar_t*>(q.grad_init) + (n * p.C + c) * S;
       for (int64_t s = 0; s < S; ++s) {
@@ -213,14 +274,124 @@ void backward_channel(const CausalConvBackwardParams& q, int64_t c, at::opmath_t
       const int64_t off = (W - 1 - k) * d;
       acc_t acc = 0;
       for (int64_t t = 0; t < std::min(off, L); ++t) acc += gz[t] * tap(p, x, init, t - off, S);
-      for (int64_t t = off; t < L; ++t) acc += gz[t] * acc_t(x[t - off]);
+      if (off < L) acc += dot_lanes(gz + off, x, L - off);
       gw[k] += acc;
     }
-    for (int64_t t = 0; t < L; ++t) gb += gz[t];
+    gb += sum_lanes(gz, L);
   }
   auto* gw_out = static_cast<acc_t*>(q.grad_weight) + c * W;
   std::copy(gw.begin(), gw.end(), gw_out);
   if (q.grad_bias != nullptr) static_cast<acc_t*>(q.grad_bias)[c] = gb;
+}
+
+// Channel-last backward of batch row n, steps [t0, t1). wt: [W, C] taps transposed; bias [C].
+// Scratch: gz [(t1 - t0 + S) * C] (gz over times [t0, t1 + S), zero from L on), row [C],
+// xrow [C]. part: [(W + 1) * C] this task's weight (rows k < W) and bias (row W) sums.
+template <typename scalar_t>
+FUSEDGRU_CLONES void channels_last_backward_steps(
+    const CausalConvBackwardParams& q, const at::opmath_type<scalar_t>* wt,
+    const at::opmath_type<scalar_t>* bias, int64_t n, int64_t t0, int64_t t1,
+    at::opmath_type<scalar_t>* gz, at::opmath_type<scalar_t>* row,
+    at::opmath_type<scalar_t>* xrow, at::opmath_type<scalar_t>* part) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const CausalConvParams& p = q.fwd;
+  const int64_t C = p.C, W = p.W, d = p.dilation, S = (W - 1) * d, L = p.L;
+  const auto* x = static_cast<const scalar_t*>(p.x) + n * p.x_sn;
+  const auto* gy = static_cast<const scalar_t*>(q.grad_y) + n * q.gy_sn;
+  const auto* init = p.init != nullptr ? static_cast<const scalar_t*>(p.init) + n * p.i_sn
+                                       : nullptr;
+  // x (or the initial state, or zero) at time t, channels [0, C), into xrow.
+  const auto load_x = [&](int64_t t) -> const acc_t* {
+    if (t >= 0) {
+      copy_rows(xrow, x + t * p.x_sl, C);
+    } else if (init != nullptr) {
+      for (int64_t c = 0; c < C; ++c) xrow[c] = acc_t(init[c * p.i_sc + (S + t) * p.i_ss]);
+    } else {
+      std::fill(xrow, xrow + C, acc_t(0));
+    }
+    return xrow;
+  };
+  const int64_t g_end = std::min(t1 + S, L);
+  for (int64_t u = t0; u < t1 + S; ++u) {
+    acc_t* g = gz + (u - t0) * C;
+    if (u >= g_end) {
+      std::fill(g, g + C, acc_t(0));
+    } else if (p.activation == kActNone) {
+      copy_rows(g, gy + u * q.gy_sl, C);
+    } else {
+      std::copy(bias, bias + C, row);
+      for (int64_t k = 0; k < W; ++k) fma_acc(row, wt + k * C, load_x(u - (W - 1 - k) * d), C);
+      if (p.activation == kActSilu) {
+        activation_grad_rows<kActSilu>(g, gy + u * q.gy_sl, row, C);
+      } else {
+        activation_grad_rows<kActRelu>(g, gy + u * q.gy_sl, row, C);
+      }
+    }
+  }
+  auto* gx = static_cast<scalar_t*>(q.grad_x) + n * q.gx_sn;
+  for (int64_t t = t0; t < t1; ++t) {  // grad_x[t] = sum_k w[k] gz[t + (W-1-k) d]
+    std::fill(row, row + C, acc_t(0));
+    for (int64_t k = 0; k < W; ++k) {
+      fma_acc(row, wt + k * C, gz + (t - t0 + (W - 1 - k) * d) * C, C);
+    }
+    cast_rows(gx + t * q.gx_sl, row, C);
+  }
+  if (q.grad_init != nullptr && t0 == 0) {
+    auto* gi = static_cast<scalar_t*>(q.grad_init) + n * C * S;
+    for (int64_t s = 0; s < S; ++s) {  // time s - S
+      std::fill(row, row + C, acc_t(0));
+      for (int64_t k = 0; k < W; ++k) {
+        const int64_t u = s - S + (W - 1 - k) * d;
+        if (u >= 0 && u < L) fma_acc(row, wt + k * C, gz + u * C, C);
+      }
+      for (int64_t c = 0; c < C; ++c) gi[c * S + s] = scalar_t(row[c]);
+    }
+  }
+  for (int64_t t = t0; t < t1; ++t) {
+    const acc_t* g = gz + (t - t0) * C;
+    for (int64_t k = 0; k < W; ++k) fma_acc(part + k * C, g, load_x(t - (W - 1 - k) * d), C);
+    axpy(part + W * C, g, acc_t(1), C);
+  }
+}
+
+template <typename scalar_t>
+void backward_channels_last(const CausalConvBackwardParams& q) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const CausalConvParams& p = q.fwd;
+  const int64_t C = p.C, W = p.W, S = (W - 1) * p.dilation;
+  std::vector<acc_t> wt(W * C), bias(C, acc_t(0));
+  const auto* w = static_cast<const scalar_t*>(p.weight);
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t k = 0; k < W; ++k) wt[k * C + c] = acc_t(w[c * W + k]);
+    if (p.bias != nullptr) bias[c] = acc_t(static_cast<const scalar_t*>(p.bias)[c]);
+  }
+  const int64_t chunk = 128;
+  const int64_t chunks = (p.L + chunk - 1) / chunk, tasks = p.N * chunks;
+  std::vector<acc_t> partial(tasks * (W + 1) * C, acc_t(0));
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> gz((chunk + S) * C), row(C), xrow(C);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / chunks, t0 = (r % chunks) * chunk;
+      channels_last_backward_steps<scalar_t>(q, wt.data(), bias.data(), n, t0,
+                                             std::min(p.L, t0 + chunk), gz.data(), row.data(),
+                                             xrow.data(), partial.data() + r * (W + 1) * C);
+    }
+  });
+  auto* gw = static_cast<acc_t*>(q.grad_weight);
+  auto* gb = static_cast<acc_t*>(q.grad_bias);
+  at::parallel_for(0, C, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      for (int64_t k = 0; k <= W; ++k) {
+        acc_t sum = 0;
+        for (int64_t r = 0; r < tasks; ++r) sum += partial[(r * (W + 1) + k) * C + c];
+        if (k < W) {
+          gw[c * W + k] = sum;
+        } else if (gb != nullptr) {
+          gb[c] = sum;
+        }
+      }
+    }
+  });
 }
 
 Tensor causal_conv1d_fwd(const Tensor& x_in, const Tensor& weight,
@@ -255,17 +426,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> causal_conv1d_bwd(
     const std::optional<Tensor>& bias, const std::optional<Tensor>& initial_state,
     int64_t dilation, int64_t activation) {
   check_causal_conv_bwd_args(grad_y, x_in, weight, bias, initial_state, dilation, activation);
-  const bool channels_last = conv_channels_last(conv_input_layout(x_in));
-  const Tensor x = x_in.stride(2) == 1 ? x_in : x_in.contiguous();
-  const Tensor gy = grad_y.stride(2) == 1 ? grad_y : grad_y.contiguous();
+  const Tensor x = conv_input_layout(x_in);
+  const bool channels_last = conv_channels_last(x);
+  // grad_y in x's layout (time- or channel-contiguous); x itself is already.
+  const Tensor gy = channels_last
+      ? (grad_y.stride(1) == 1 ? grad_y : grad_y.transpose(1, 2).contiguous().transpose(1, 2))
+      : (grad_y.stride(2) == 1 ? grad_y : grad_y.contiguous());
   const Tensor w = weight.contiguous();
   const std::optional<Tensor> b =
       bias.has_value() ? std::optional<Tensor>(bias->contiguous()) : std::nullopt;
   const int64_t N = x.size(0), C = x.size(1), L = x.size(2), W = w.size(1);
   const int64_t S = (W - 1) * dilation;
   const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  Tensor gx = at::empty({N, C, L}, x.options());
-  Tensor g_init = initial_state.has_value() ? at::empty({N, C, S}, x.options())
+  Tensor gx = conv_empty_like(x);
+  Tensor g_init = initial_state.has_value() ? at::zeros({N, C, S}, x.options())
                                             : at::empty({0}, x.options());
   Tensor gw = at::zeros({C, W}, x.options().dtype(acc_type));
   Tensor gb = at::zeros({bias.has_value() ? C : 0}, x.options().dtype(acc_type));
@@ -275,17 +449,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> causal_conv1d_bwd(
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                     "causal_conv1d_bwd_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
+      if (channels_last) {
+        backward_channels_last<scalar_t>(q);
+        return;
+      }
+      const auto channel = activation == kActSilu   ? backward_channel<kActSilu, scalar_t>
+                           : activation == kActRelu ? backward_channel<kActRelu, scalar_t>
+                                                    : backward_channel<kActNone, scalar_t>;
       at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
         std::vector<acc_t> z(L), gz(L), gxb(L);
-        for (int64_t c = begin; c < end; ++c) {
-          backward_channel<scalar_t>(q, c, z.data(), gz.data(), gxb.data());
-        }
+        for (int64_t c = begin; c < end; ++c) channel(q, c, z.data(), gz.data(), gxb.data());
       });
     });
-  } else if (initial_state.has_value()) {
-    g_init.zero_();
   }
-  if (channels_last) gx = gx.transpose(1, 2).contiguous().transpose(1, 2);
   return {gx, gw.to(weight.scalar_type()), gb.to(weight.scalar_type()), g_init};
 }
 
