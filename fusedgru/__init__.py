@@ -7,7 +7,7 @@ from . import _ops  # noqa: F401  (registers the ops' fake kernels and autograd)
 from . import models, reference
 from .conv import CausalConv1d, causal_conv1d, causal_conv1d_update
 from .functional import gru, ln_gru
-from .rnn import GRU, GRUCell, LayerNormGRU, convert
+from .rnn import GRU, GRUCell, LayerNormGRU, convert, revert
 
 
 def has_cuda_kernels() -> bool:
@@ -16,4 +16,4 @@ def has_cuda_kernels() -> bool:
 
 
 __all__ = ["GRU", "GRUCell", "LayerNormGRU", "CausalConv1d", "__version__", "causal_conv1d", "causal_conv1d_update",
-           "convert", "gru", "has_cuda_kernels", "ln_gru", "models", "reference"]
+           "convert", "gru", "has_cuda_kernels", "ln_gru", "models", "reference", "revert"]

@@ -5,12 +5,37 @@ T time steps, N batch, C input features, H hidden size.
 """
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
+from torch._C._functorch import TransformType
+from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from . import _C  # noqa: F401  (loading the library registers the ops)
 from . import reference
 
 SAVED_GATES = 4  # r, z, n, W_hn h + b_hn per hidden unit (csrc/fusedgru.h: kSavedGates)
+
+
+def needs_reference(*tensors) -> bool:
+    """Whether a call must run the torch-op references of ``fusedgru.reference`` instead of the
+    fused ops: under forward-mode AD (a dual tensor among ``tensors``) and under the torch.func
+    transforms that differentiate (grad, vjp, jacrev, jvp, jacfwd, hessian, also inside vmap).
+
+    The fused ops carry reverse-mode formulas (torch.library.register_autograd) only. Forward
+    AD through them would silently drop the tangent (an op whose inputs do not require grad
+    skips its autograd node), and torch.func's grad transforms reject the generated autograd
+    node (pytorch/pytorch#170834). The references support every transform exactly, at the cost
+    of a Python loop over time steps. Plain vmap keeps the fused ops (a per-sample loop).
+    Never true while torch.compile or torch.export trace (they support neither transform)."""
+    if torch.compiler.is_compiling():
+        return False
+    if fwAD._current_level >= 0 and any(
+            t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors):
+        return True
+    if torch._C._functorch.peek_interpreter_stack() is None:
+        return False
+    differentiating = (TransformType.Grad, TransformType.Jvp)
+    return any(i.key() in differentiating for i in retrieve_all_functorch_interpreters())
 
 
 def _batch_major(x: Tensor) -> bool:

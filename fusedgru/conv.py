@@ -5,7 +5,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._ops import ACTIVATION_CODES
+from . import reference
+from ._ops import ACTIVATION_CODES, needs_reference
 
 
 def _activation_code(activation) -> int:
@@ -49,7 +50,10 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, dila
     code = _activation_code(activation)
     if x.dim() != 3:
         raise RuntimeError(f"x must have shape (N, C, L), got {tuple(x.shape)}")
-    y = torch.ops.fusedgru.causal_conv1d_fwd(x, weight, bias, initial_state, dilation, code)
+    if needs_reference(x, weight, bias, initial_state):
+        y = reference.causal_conv1d(x, weight, bias, dilation, activation, initial_state)
+    else:
+        y = torch.ops.fusedgru.causal_conv1d_fwd(x, weight, bias, initial_state, dilation, code)
     if not return_final_state:
         return y
     S = (weight.shape[1] - 1) * dilation

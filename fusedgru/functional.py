@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _ops  # noqa: F401  (registers fakes and autograd)
+from . import reference
+from ._ops import needs_reference
 
 
 def _check_devices_and_dtypes(input: Tensor, hx: Tensor, params: Sequence[Tensor]) -> None:
@@ -68,6 +69,8 @@ def _layers(input, hx, params, per_layer, num_layers, dropout, train, bidirectio
     _check_devices_and_dtypes(x, hx, params)
     order = None
     if lengths is not None:
+        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+            raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
         lengths = lengths.to(device=x.device, dtype=torch.int64)
         if x.device.type == "cpu":
             # The CPU kernels skip a step's finished rows when the rows come longest first:
@@ -130,10 +133,15 @@ def gru(
         ``output [T, N, D*H]`` (``[N, T, D*H]`` with batch_first) and ``h_n [num_layers*D, N, H]``.
     """
 
+    use_reference = needs_reference(input, hx, *params)
+
     def run_layer(x, h0, w, lengths, reverse, need_workspace):
         b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
-        out, h, _ = torch.ops.fusedgru.gru_forward(x, h0, w[0], w[1], b_ih, b_hh, lengths,
-                                                   reverse, need_workspace)
+        if use_reference:
+            out, h, _ = reference.gru_layer(x, h0, w[0], w[1], b_ih, b_hh, lengths, reverse)
+        else:
+            out, h, _ = torch.ops.fusedgru.gru_forward(x, h0, w[0], w[1], b_ih, b_hh, lengths,
+                                                       reverse, need_workspace)
         return out, h
 
     return _layers(input, hx, params, 4 if has_biases else 2, num_layers, dropout, train,
@@ -157,7 +165,11 @@ def ln_gru(
     ``weight_hh [3H, H]``, ``ln_ih_weight``, ``ln_ih_bias``, ``ln_hh_weight``, ``ln_hh_bias``
     (each ``[3H]``)."""
 
+    use_reference = needs_reference(input, hx, *params)
+
     def run_layer(x, h0, w, lengths, reverse, need_workspace):
+        if use_reference:
+            return reference.ln_gru_layer(x, h0, *w, lengths, reverse, eps)
         out, h, _ = torch.ops.fusedgru.ln_gru_forward(x, h0, *w, lengths, reverse, eps,
                                                       need_workspace)
         return out, h

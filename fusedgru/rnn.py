@@ -7,6 +7,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from . import reference
+from ._ops import needs_reference
 from .functional import _check_devices_and_dtypes, gru, ln_gru
 
 
@@ -238,9 +240,24 @@ class GRUCell(nn.RNNCellBase):
         params = [self.weight_ih, self.weight_hh] + (
             [self.bias_ih, self.bias_hh] if self.bias else [])
         _check_devices_and_dtypes(input, hx, params)
-        out = torch.ops.fusedgru.gru_cell(input, hx, self.weight_ih, self.weight_hh,
-                                          self.bias_ih, self.bias_hh)
+        if needs_reference(input, hx, *params):
+            out = reference.gru_layer(input.unsqueeze(0), hx, self.weight_ih, self.weight_hh,
+                                      self.bias_ih, self.bias_hh)[1]
+        else:
+            out = torch.ops.fusedgru.gru_cell(input, hx, self.weight_ih, self.weight_hh,
+                                              self.bias_ih, self.bias_hh)
         return out if is_batched else out.squeeze(0)
+
+
+def _replace(model: nn.Module, kinds, swap) -> nn.Module:
+    """Apply swap to model itself, or to every submodule that is an instance of kinds."""
+    if isinstance(model, kinds):
+        return swap(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, kinds):
+                setattr(parent, name, swap(child))
+    return model
 
 
 def convert(model: nn.Module) -> nn.Module:
@@ -266,10 +283,28 @@ def convert(model: nn.Module) -> nn.Module:
         new.train(gru_module.training)
         return new
 
-    if isinstance(model, (nn.GRU, nn.GRUCell)):
-        return swap(model)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, (nn.GRU, nn.GRUCell)):
-                setattr(parent, name, swap(child))
-    return model
+    return _replace(model, (nn.GRU, nn.GRUCell), swap)
+
+
+def revert(model: nn.Module) -> nn.Module:
+    """The inverse of :func:`convert`: replace every :class:`fusedgru.GRU` (:class:`GRUCell`) in
+    ``model`` by a ``torch.nn.GRU`` (``nn.GRUCell``) sharing its parameter objects, for what
+    needs the stock modules (``torch.jit.script``, the TorchScript-based ONNX exporter, loading
+    without fusedgru installed); returns the model. :class:`LayerNormGRU` has no stock
+    counterpart and stays."""
+
+    def swap(module):
+        if isinstance(module, GRUCell):
+            new = nn.GRUCell(module.input_size, module.hidden_size, module.bias, device="meta")
+            for name, param in module.named_parameters(recurse=False):
+                setattr(new, name, param)
+            return new.train(module.training)
+        new = nn.GRU(module.input_size, module.hidden_size, module.num_layers, module.bias,
+                     module.batch_first, module.dropout, module.bidirectional, device="meta")
+        for name in module._flat_weights_names:
+            setattr(new, name, getattr(module, name))
+        new._init_flat_weights()
+        new.flatten_parameters()
+        return new.train(module.training)
+
+    return _replace(model, (GRU, GRUCell), swap)

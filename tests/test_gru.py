@@ -344,6 +344,35 @@ def test_convert_replaces_every_gru_and_shares_parameters():
     assert isinstance(single, fusedgru.GRU)
 
 
+def test_revert_gives_stock_modules_sharing_parameters():
+    net = nn.Sequential(fusedgru.GRU(3, 4, num_layers=2, bidirectional=True, batch_first=True),
+                        fusedgru.GRUCell(8, 5), fusedgru.LayerNormGRU(2, 3)).double().eval()
+    params_before = dict(net.named_parameters())
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+    expected_gru, expected_cell = net[0](x), net[1](x[:, 0].repeat(1, 3)[:, :8])
+    assert fusedgru.revert(net) is net
+    assert type(net[0]) is nn.GRU and type(net[1]) is nn.GRUCell
+    assert isinstance(net[2], fusedgru.LayerNormGRU)
+    assert not net[0].training and net[0].num_layers == 2 and net[0].bidirectional
+    for n, p in net.named_parameters():
+        assert p is params_before[n], f"{n} must be the same Parameter object"
+    for ours, theirs in zip(expected_gru, net[0](x)):
+        assert_close(ours, theirs, TOL[torch.float64], "GRU")
+    assert_close(expected_cell, net[1](x[:, 0].repeat(1, 3)[:, :8]), TOL[torch.float64], "cell")
+    scripted = torch.jit.script(nn.Sequential(net[0]))  # TorchScript needs the stock module
+    assert_close(scripted(x)[0], expected_gru[0], TOL[torch.float64], "scripted")
+    assert type(fusedgru.revert(fusedgru.GRU(2, 3))) is nn.GRU
+
+
+def test_jit_trace_without_check_runs_the_fused_ops():
+    m = fusedgru.GRU(3, 4, num_layers=2).double()
+    traced = torch.jit.trace(m, (torch.randn(5, 2, 3, dtype=torch.float64),), check_trace=False)
+    assert "fusedgru::gru_forward" in str(traced.graph)
+    x = torch.randn(8, 3, 3, dtype=torch.float64)  # another length and batch
+    for ours, theirs in zip(traced(x), m(x)):
+        assert_close(ours, theirs, TOL[torch.float64], "traced")
+
+
 def test_functional_gru_matches_module():
     m = fusedgru.GRU(3, 4, num_layers=2, bidirectional=True, batch_first=True).double()
     x = torch.randn(2, 5, 3, dtype=torch.float64)
@@ -466,6 +495,8 @@ def test_lengths_keyword_matches_packed_sequence(device):
         assert_close(a, b, TOL[dtype], "gradient")
     with pytest.raises(ValueError, match="lengths must have shape"):
         m(x, lengths=torch.tensor([1, 2]))
+    with pytest.raises(TypeError, match="lengths must hold integers"):
+        m(x, lengths=torch.tensor([2.0, 7.0, 5.0]))
 
 
 @pytest.mark.parametrize("device", DEVICES)
