@@ -32,12 +32,13 @@ def parse_args(argv=None):
     p.add_argument("--I", type=int, nargs="+", help="input sizes (default: I = H)")
     p.add_argument("--layers", type=int, nargs="+", default=[1])
     p.add_argument("--bidirectional", action="store_true")
-    p.add_argument("--variant", default="gru", choices=["gru", "layernorm", "packed"],
+    p.add_argument("--variant", default="gru", choices=["gru", "layernorm", "packed", "cell"],
                    help="gru: fusedgru.GRU vs nn.GRU; layernorm: fusedgru.LayerNormGRU (the cost "
                         "of its normalization, against the same nn.GRU); packed: variable "
                         "lengths drawn uniformly from 1..T, nn.GRU on a PackedSequence (packing "
                         "and unpacking included) vs fusedgru.GRU(x, lengths=...) on the padded "
-                        "batch")
+                        "batch; cell: streaming, T steps of fusedgru.GRUCell vs nn.GRUCell in a "
+                        "Python loop carrying h (1 layer)")
     p.add_argument("--dtype", nargs="+", choices=list(DTYPES))
     p.add_argument("--tf32", nargs="+", choices=["on", "off"],
                    help="fp32 on CUDA: torch.backends.cudnn/cuda.matmul.allow_tf32, the same "
@@ -64,7 +65,11 @@ def bench_point(args, T, N, I, H, L, dtype_name, tf32):
         torch.backends.cudnn.allow_tf32 = tf32 == "on"
         torch.backends.cuda.matmul.allow_tf32 = tf32 == "on"
     ref = nn.GRU(I, H, num_layers=L, bidirectional=args.bidirectional).to(device, dtype)
-    if args.variant == "layernorm":
+    if args.variant == "cell":
+        ref = nn.GRUCell(I, H).to(device, dtype)
+        ours = fusedgru.GRUCell(I, H).to(device, dtype)
+        ours.load_state_dict(ref.state_dict())
+    elif args.variant == "layernorm":
         ours = fusedgru.LayerNormGRU(I, H, num_layers=L, bidirectional=args.bidirectional)
         ours.to(device, dtype).load_state_dict(ref.state_dict(), strict=False)
     else:
@@ -75,6 +80,17 @@ def bench_point(args, T, N, I, H, L, dtype_name, tf32):
     D = 2 if args.bidirectional else 1
     go = torch.randn(T, N, D * H, device=device, dtype=dtype)
     run = {ref: lambda m, inp: m(inp)[0], ours: lambda m, inp: m(inp)[0]}
+    if args.variant == "cell":
+        go = go[:, :, :H]
+
+        def stream(m, inp):
+            h, outs = None, []
+            for t in range(inp.shape[0]):
+                h = m(inp[t], h)
+                outs.append(h)
+            return torch.stack(outs)
+
+        run = {ref: stream, ours: stream}
     if args.variant == "packed":
         lengths = torch.randint(1, T + 1, (N,))
         lengths_dev = lengths.to(device)
@@ -113,6 +129,8 @@ def bench_point(args, T, N, I, H, L, dtype_name, tf32):
 
 def print_table(rows, device):
     ref_name = "cuDNN" if device == "cuda" else "nn.GRU"
+    if rows and rows[0]["variant"] == "cell":
+        ref_name = "nn.GRUCell"
     head = (f"{'dtype':>5} {'tf32':>4} {'T':>5} {'N':>5} {'I':>5} {'H':>5} {'L':>2} {'mode':>7} "
             f"{ref_name + ' ms':>10} {'fusedgru ms':>12} {'speedup':>8} {'tokens/s':>11} "
             f"{'us/step':>8}")

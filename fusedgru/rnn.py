@@ -243,6 +243,12 @@ class GRUCell(nn.RNNCellBase):
         if needs_reference(input, hx, *params):
             out = reference.gru_layer(input.unsqueeze(0), hx, self.weight_ih, self.weight_hh,
                                       self.bias_ih, self.bias_hh)[1]
+        elif torch.is_grad_enabled() and any(t.requires_grad for t in (input, hx, *params)):
+            # Training: one step of gru_forward saves the activations its backward needs
+            # (gru_cell's backward would recompute the step).
+            out = torch.ops.fusedgru.gru_forward(input.unsqueeze(0), hx, self.weight_ih,
+                                                 self.weight_hh, self.bias_ih, self.bias_hh, None,
+                                                 False, True)[1]
         else:
             out = torch.ops.fusedgru.gru_cell(input, hx, self.weight_ih, self.weight_hh,
                                               self.bias_ih, self.bias_hh)

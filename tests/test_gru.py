@@ -501,8 +501,9 @@ def test_lengths_keyword_matches_packed_sequence(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-@pytest.mark.parametrize("N, C, H, bias", [(1, 1, 1, True), (3, 17, 130, True), (40, 5, 7, False),
-                                           (0, 3, 4, True)])
+@pytest.mark.parametrize("N, C, H, bias", [(1, 1, 1, True), (3, 17, 130, True), (5, 33, 64, False),
+                                           (8, 64, 17, True), (9, 3, 130, True),
+                                           (40, 5, 7, False), (0, 3, 4, True)])
 def test_gru_cell_matches_nn_gru_cell(device, dtype, N, C, H, bias):
     ref = nn.GRUCell(C, H, bias=bias).to(device, dtype)
     ours = fusedgru.GRUCell(C, H, bias=bias).to(device, dtype)
@@ -520,6 +521,48 @@ def test_gru_cell_matches_nn_gru_cell(device, dtype, N, C, H, bias):
         assert_close(a, b, TOL[dtype], "gradient")
     if N:
         assert_close(ours(x[0]), ref(x[0]), TOL[dtype], "unbatched")
+
+
+@pytest.mark.parametrize("device, dtype", [
+    ("cpu", torch.bfloat16),
+    pytest.param("cuda", torch.bfloat16, marks=pytest.mark.cuda),
+    pytest.param("cuda", torch.float16, marks=pytest.mark.cuda),
+], ids=["cpu-bf16", "cuda-bf16", "cuda-fp16"])
+@pytest.mark.parametrize("N", [1, 6, 33])
+def test_gru_cell_low_precision_error_within_twice_torch(device, dtype, N):
+    """Streaming steps in low precision, every row count path (CPU: the dot-product kernel up to
+    8 rows, GEMMs beyond): err(ours, fp64) <= 2 err(nn.GRUCell in dtype, fp64) + eps."""
+    ref = nn.GRUCell(70, 130).double()
+    ours = fusedgru.GRUCell(70, 130).double()
+    ours.load_state_dict(ref.state_dict())
+    x, hx = torch.randn(N, 70, dtype=torch.float64), torch.randn(N, 130, dtype=torch.float64)
+    with torch.no_grad():
+        exact = ref(x, hx)
+        theirs = copy.deepcopy(ref).to(device, dtype)(x.to(device, dtype), hx.to(device, dtype))
+        got = ours.to(device, dtype)(x.to(device, dtype), hx.to(device, dtype))
+    assert got.dtype == dtype
+    assert rel_err(got, exact) <= 2 * rel_err(theirs, exact) + 1e-3
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("N", [1, 3, 8, 9])
+def test_streaming_single_steps_equal_the_full_sequence(device, N):
+    """Inference one step at a time (T = 1, hx carried: the CPU's dot-product path up to 8
+    rows) equals one call over the whole sequence and nn.GRU."""
+    ref, ours = pair(device, torch.float64, 5, 17, num_layers=2)
+    x = torch.randn(11, N, 5, device=device, dtype=torch.float64)
+    hx = torch.randn(2, N, 17, device=device, dtype=torch.float64)
+    with torch.no_grad():
+        full, h_full = ours(x, hx)
+        ref_out, ref_h = ref(x, hx)
+        h, steps = hx, []
+        for t in range(x.shape[0]):
+            out, h = ours(x[t:t + 1], h)
+            steps.append(out)
+    assert_close(torch.cat(steps), full, TOL[torch.float64], "steps vs full")
+    assert_close(h, h_full, TOL[torch.float64], "h_n")
+    assert_close(full, ref_out, TOL[torch.float64], "vs nn.GRU")
+    assert_close(h_full, ref_h, TOL[torch.float64], "h_n vs nn.GRU")
 
 
 @pytest.mark.parametrize("case", ["feature", "hx batch", "hx size", "3-D input", "3-D hidden"])

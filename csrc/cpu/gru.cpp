@@ -8,6 +8,10 @@
 // Backward: the same blocks, one region per step: the dh GEMM of the step just finished for the
 // thread's columns of dh, then the fused gate-gradient pass of the next step for the same units;
 // then the weight and input gradients as GEMMs over all steps (gru_common.cpp).
+// A single inference step of at most kCellRows rows (gru_cell, streaming with T = 1) skips the
+// GEMMs: each thread takes a block of units and forms their six dot products per row straight
+// off the weight rows (read once, no copy), then the gates. Other single steps run one GEMM
+// over all units instead of copying W_hh into per-thread blocks that no later step would reuse.
 // The inner loops are branch-free so the compiler vectorizes them; on x86 each is cloned for
 // AVX-512, AVX2 and the baseline and picked at load time. Shape legend: ../fusedgru.h.
 #include <ATen/Dispatch.h>
@@ -158,6 +162,126 @@ void backward_pointwise(const GruBackwardPointwise& p) {
   });
 }
 
+// ---- One step for a few rows (gru_cell, streaming): no GEMM call and no copy of the weights ----
+
+// Up to this many rows a step reads each weight row once (then from L1 for the other rows)
+// and forms its dot products directly; larger batches take the GEMM path.
+constexpr int64_t kCellRows = 8;
+
+// x [N, C], h [N, H], h_out [N, H] contiguous; W_ih [3H, C], W_hh [3H, H] row-contiguous (row
+// strides wi_s, wh_s); biases [3H] or nullptr.
+struct CellParams {
+  const void *x, *h, *w_ih, *w_hh, *b_ih, *b_hh;
+  void* h_out;
+  int64_t N, C, H, wi_s, wh_s;
+};
+
+// out[g][r] = a_g . v_r (g < 3, r < R; v_r = v + r * vs) over n elements: 3R independent chains
+// of kLanes partial sums (vectorizes without reassociating a scalar sum; each weight vector is
+// loaded once for R rows), lanes added in a fixed order.
+template <int R, typename acc_t, typename scalar_t>
+FUSEDGRU_INLINE void dot3(const scalar_t* __restrict a0, const scalar_t* __restrict a1,
+                          const scalar_t* __restrict a2, const scalar_t* __restrict v,
+                          int64_t vs, int64_t n, acc_t (*out)[R]) {
+  constexpr int kLanes = 64 / sizeof(acc_t);  // one AVX-512 vector per chain
+  acc_t s[3][R][kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int r = 0; r < R; ++r) {
+      for (int l = 0; l < kLanes; ++l) {
+        const acc_t vi = acc_t(v[r * vs + i + l]);
+        s[0][r][l] += acc_t(a0[i + l]) * vi;
+        s[1][r][l] += acc_t(a1[i + l]) * vi;
+        s[2][r][l] += acc_t(a2[i + l]) * vi;
+      }
+    }
+  }
+  for (int l = 0; i < n; ++i, ++l) {
+    for (int r = 0; r < R; ++r) {
+      const acc_t vi = acc_t(v[r * vs + i]);
+      s[0][r][l] += acc_t(a0[i]) * vi;
+      s[1][r][l] += acc_t(a1[i]) * vi;
+      s[2][r][l] += acc_t(a2[i]) * vi;
+    }
+  }
+  for (int g = 0; g < 3; ++g) {
+    for (int r = 0; r < R; ++r) {
+      acc_t sum = 0;
+      for (int l = 0; l < kLanes; ++l) sum += s[g][r][l];
+      out[g][r] = sum;
+    }
+  }
+}
+
+// Rows [n0, n0 + R) of unit j: the six dot products, then the gates.
+template <int R, typename scalar_t>
+FUSEDGRU_INLINE void cell_rows(const CellParams& p, int64_t j, int64_t n0,
+                               const at::opmath_type<scalar_t>* b_i,
+                               const at::opmath_type<scalar_t>* b_h) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = p.H, C = p.C;
+  const auto* x = static_cast<const scalar_t*>(p.x) + n0 * C;
+  const auto* h = static_cast<const scalar_t*>(p.h) + n0 * H;
+  const auto* wi = static_cast<const scalar_t*>(p.w_ih);
+  const auto* wh = static_cast<const scalar_t*>(p.w_hh);
+  acc_t gi[3][R], gh[3][R];
+  dot3<R>(wi + j * p.wi_s, wi + (H + j) * p.wi_s, wi + (2 * H + j) * p.wi_s, x, C, C, gi);
+  dot3<R>(wh + j * p.wh_s, wh + (H + j) * p.wh_s, wh + (2 * H + j) * p.wh_s, h, H, H, gh);
+  auto* h_out = static_cast<scalar_t*>(p.h_out) + n0 * H;
+  for (int r = 0; r < R; ++r) {
+    const acc_t rg = sigmoid(gi[0][r] + b_i[0] + gh[0][r] + b_h[0]);
+    const acc_t z = sigmoid(gi[1][r] + b_i[1] + gh[1][r] + b_h[1]);
+    const acc_t nn = tanh(gi[2][r] + b_i[2] + rg * (gh[2][r] + b_h[2]));
+    const acc_t h0 = acc_t(h[r * H + j]);
+    h_out[r * H + j] = scalar_t(nn + z * (h0 - nn));
+  }
+}
+
+// Units [j0, j1) of every row, rows four at a time.
+template <typename scalar_t>
+FUSEDGRU_CLONES void cell_units(const CellParams& p, int64_t j0, int64_t j1) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = p.H;
+  const auto* bi = static_cast<const scalar_t*>(p.b_ih);
+  const auto* bh = static_cast<const scalar_t*>(p.b_hh);
+  for (int64_t j = j0; j < j1; ++j) {
+    acc_t b_i[3], b_h[3];
+    for (int g = 0; g < 3; ++g) {
+      b_i[g] = bi != nullptr ? acc_t(bi[g * H + j]) : acc_t(0);
+      b_h[g] = bh != nullptr ? acc_t(bh[g * H + j]) : acc_t(0);
+    }
+    int64_t n = 0;
+    for (; n + 4 <= p.N; n += 4) cell_rows<4, scalar_t>(p, j, n, b_i, b_h);
+    for (; n < p.N; ++n) cell_rows<1, scalar_t>(p, j, n, b_i, b_h);
+  }
+}
+
+// One step of rows [0, N), N <= kCellRows, row-contiguous weights (checked by the caller).
+Tensor cell_step(const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
+                 const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
+                 const std::optional<Tensor>& bias_hh) {
+  const Tensor x = input.contiguous(), h = hx.contiguous();
+  const std::optional<Tensor> b_ih =
+      bias_ih.has_value() ? std::optional<Tensor>(bias_ih->contiguous()) : std::nullopt;
+  const std::optional<Tensor> b_hh =
+      bias_hh.has_value() ? std::optional<Tensor>(bias_hh->contiguous()) : std::nullopt;
+  const int64_t N = x.size(0), H = weight_hh.size(1);
+  Tensor h_out = at::empty({N, H}, hx.options());
+  const CellParams p{x.data_ptr(), h.data_ptr(), weight_ih.data_ptr(), weight_hh.data_ptr(),
+                     b_ih.has_value() ? b_ih->data_ptr() : nullptr,
+                     b_hh.has_value() ? b_hh->data_ptr() : nullptr,
+                     h_out.data_ptr(), N, x.size(1), H, weight_ih.stride(0),
+                     weight_hh.stride(0)};
+  // ~6 (C + H) N multiply-adds per unit: tasks of at least ~32K of them.
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, 6 * (p.C + H) * N));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gru_cell_cpu", [&] {
+    at::parallel_for(0, H, grain, [&](int64_t j0, int64_t j1) {
+      cell_units<scalar_t>(p, j0, j1);
+    });
+  });
+  return h_out;
+}
+
 std::tuple<Tensor, Tensor, Tensor> gru_forward(
     const Tensor& input, const Tensor& hx, const Tensor& weight_ih, const Tensor& weight_hh,
     const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh,
@@ -170,6 +294,13 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   Tensor output = alloc_steps(bm, T, N, H, opts);
   Tensor workspace =
       need_workspace ? alloc_steps(bm, T, N, kSavedGates * H, opts) : at::empty({0}, opts);
+  if (T == 1 && N >= 1 && N <= kCellRows && !need_workspace && !lengths.has_value() &&
+      weight_ih.stride(1) == 1 && weight_hh.stride(1) == 1) {
+    // A single inference step (streaming, GRUCell): dot products straight off the weights.
+    Tensor h1 = cell_step(input.select(0, 0), hx, weight_ih, weight_hh, bias_ih, bias_hh);
+    output.select(0, 0).copy_(h1);
+    return {output, h1, workspace};
+  }
   Tensor h = hx.clone(at::MemoryFormat::Contiguous);
   if (N == 0) return {output, h, workspace};
 
@@ -177,7 +308,9 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   const Tensor b_hh = bias_hh.has_value() ? bias_hh->contiguous() : at::zeros({G}, opts);
   const Tensor len = lengths.has_value() ? lengths->contiguous() : Tensor();
   const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
-  const std::vector<Block> blocks = plan_blocks(N, H);
+  // One step reuses nothing: one GEMM over all units (ATen's threads) rather than copying
+  // W_hh into per-thread blocks.
+  const std::vector<Block> blocks = T == 1 ? std::vector<Block>{{0, H}} : plan_blocks(N, H);
   const int64_t nb = static_cast<int64_t>(blocks.size());
 
   // Per block: the W_hh rows (r, z, n) of its units, as [H, 3w], and its gh buffer [N, 3w].
