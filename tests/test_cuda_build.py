@@ -1,5 +1,7 @@
 """Compile check of every CUDA source with the machine's nvcc against torch's headers (no GPU
-needed): a CUDA syntax or template error turns CI red even on CPU-only machines."""
+needed): a CUDA syntax or template error turns CI red even on CPU-only machines. ptxas's
+resource report is checked too: no kernel may spill registers to local memory (the persistent
+GRU kernels keep their W_hh slices in registers; a spill there would be a silent slowdown)."""
 
 import glob
 import os
@@ -42,8 +44,15 @@ def test_cuda_source_compiles(source, tmp_path):
         includes.append(str(tmp_path))
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     cmd = [NVCC, f"-std={cxx_standard()}", "-O1", "--expt-relaxed-constexpr",
-           "-gencode=arch=compute_90,code=sm_90", "-Xcompiler", "-fPIC",
+           "-gencode=arch=compute_90,code=sm_90", "-Xptxas", "-v", "-Xcompiler", "-fPIC",
            f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-DFUSEDGRU_WITH_CUDA",
            *[f"-I{p}" for p in includes], "-c", source, "-o", str(tmp_path / "out.o")]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, f"nvcc failed:\n{result.stderr[-6000:]}"
+    # ptxas -v: "Compiling entry function '<mangled>' for 'sm_90'", then "... N bytes spill
+    # stores, M bytes spill loads" for that kernel.
+    kernels = re.findall(r"Compiling entry function '(\w+)'.*?(\d+) bytes spill stores",
+                         result.stderr, flags=re.S)
+    assert kernels, f"no ptxas resource report:\n{result.stderr[-2000:]}"
+    spilling = [name for name, stores in kernels if int(stores) > 0]
+    assert not spilling, f"kernels spilling registers: {spilling}"

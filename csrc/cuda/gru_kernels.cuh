@@ -239,7 +239,7 @@ struct GruPersistentParams {
 // grid: ceil(H / J) blocks, cooperative. smem: N * H scalar_t (rounded up to 16 bytes), then
 // kPWarps * 3 * kPBatch * J acc_t.
 template <typename scalar_t>
-__global__ void __launch_bounds__(kPThreads) gru_persistent_forward_kernel(GruPersistentParams p) {
+__global__ void __launch_bounds__(kPThreads, 1) gru_persistent_forward_kernel(GruPersistentParams p) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int kMaxSlice = persistent_max_slice<acc_t>();
   const int N = p.N, H = p.H, J = p.J, KS = p.KS;
@@ -394,7 +394,7 @@ struct GruPersistentBackwardParams {
 // grid: ceil(H / J) blocks, cooperative. smem: N * 3H scalar_t (rounded up to 16 bytes), then
 // kPWarps * kPBatch * J acc_t.
 template <typename scalar_t, bool kHprev, bool kGradWs>
-__global__ void __launch_bounds__(kPThreads) gru_persistent_backward_kernel(
+__global__ void __launch_bounds__(kPThreads, 1) gru_persistent_backward_kernel(
     GruPersistentBackwardParams p) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int kMaxSlice = 3 * persistent_max_slice<acc_t>();
