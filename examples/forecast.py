@@ -40,7 +40,8 @@ def make_models(hidden):
         "fusedgru.GRU": Recurrent(fusedgru.GRU(1, hidden, num_layers=2, batch_first=True), hidden),
         "nn.GRU": Recurrent(nn.GRU(1, hidden, num_layers=2, batch_first=True), hidden),
         "nn.LSTM": Recurrent(nn.LSTM(1, hidden, num_layers=2, batch_first=True), hidden),
-        "CausalConvGRU": Recurrent(CausalConvGRU(1, hidden, num_layers=2, kernel_size=4), hidden),
+        "CausalConvGRU": Recurrent(CausalConvGRU(1, hidden, num_layers=2, kernel_size=4,
+                                                conv_activation=None), hidden),
     }
 
 

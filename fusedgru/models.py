@@ -10,9 +10,10 @@ from .rnn import GRU
 
 
 class CausalConvGRU(nn.Module):
-    r"""A stack of ``num_layers`` blocks, each a causal depthwise conv (SiLU) over time followed by
-    a unidirectional GRU layer, with a residual connection where input and output widths agree,
-    and an optional attention head.
+    r"""A stack of ``num_layers`` blocks, each a causal depthwise conv over time (activation
+    ``conv_activation``: SiLU by default, ReLU or none; none suits raw regression inputs) followed
+    by a unidirectional GRU layer, with a residual connection where input and output widths
+    agree, and an optional attention head.
 
     * ``attention=None``: output ``(N, L, H)``; y_t depends only on x_{<=t}. Streams step by step
       with :meth:`init_state` / :meth:`step`.
@@ -27,7 +28,8 @@ class CausalConvGRU(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 2,
                  kernel_size: int = 4, dilation: int = 1, dropout: float = 0.0,
-                 attention: str | None = None, num_heads: int = 1, batch_first: bool = True):
+                 attention: str | None = None, num_heads: int = 1, batch_first: bool = True,
+                 conv_activation: str | None = "silu"):
         super().__init__()
         if attention not in (None, "causal", "pool"):
             raise ValueError(f"attention must be None, 'causal' or 'pool', got {attention!r}")
@@ -40,7 +42,8 @@ class CausalConvGRU(nn.Module):
         self.dropout = dropout
         widths = [input_size] + [hidden_size] * num_layers
         self.convs = nn.ModuleList(
-            CausalConv1d(widths[i], kernel_size, dilation, activation="silu", channels_last=True)
+            CausalConv1d(widths[i], kernel_size, dilation, activation=conv_activation,
+                         channels_last=True)
             for i in range(num_layers))
         self.grus = nn.ModuleList(GRU(widths[i], hidden_size, batch_first=True)
                                   for i in range(num_layers))

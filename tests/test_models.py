@@ -54,9 +54,11 @@ def test_pool_ignores_padding(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("num_layers, width", [(1, 5), (3, 6)])
-def test_streaming_equals_full(device, num_layers, width):
-    m = CausalConvGRU(width, 6, num_layers=num_layers, kernel_size=4, dilation=2,
-                      dropout=0.3).to(device, torch.float64).eval()
+@pytest.mark.parametrize("conv_activation", ["silu", None, "relu"])
+def test_streaming_equals_full(device, num_layers, width, conv_activation):
+    m = CausalConvGRU(width, 6, num_layers=num_layers, kernel_size=4, dilation=2, dropout=0.3,
+                      conv_activation=conv_activation).to(device, torch.float64).eval()
+    assert all(conv.activation == conv_activation for conv in m.convs)
     x = torch.randn(2, 15, width, device=device, dtype=torch.float64)
     y = m(x)
     with torch.no_grad():
@@ -68,6 +70,8 @@ def test_streaming_equals_full(device, num_layers, width):
     assert torch.allclose(torch.stack(ys, 1), y, rtol=0, atol=1e-12)
     with pytest.raises(RuntimeError, match="streaming needs attention=None"):
         CausalConvGRU(3, 4, attention="causal").init_state(1)
+    with pytest.raises(ValueError, match="activation must be None, 'silu' or 'relu'"):
+        CausalConvGRU(3, 4, conv_activation="gelu")
 
 
 @pytest.mark.parametrize("device", DEVICES)
