@@ -32,26 +32,29 @@ namespace {
 using at::Tensor;
 
 // One active row, units [0, w) of a block. gi, b, ws: gate g at g * H; gh: gate g at g * sg.
-template <typename scalar_t, bool kSave>
-FUSEDGRU_INLINE void forward_span(const scalar_t* __restrict gi, const scalar_t* __restrict gh,
-                                  const scalar_t* __restrict b, const scalar_t* __restrict h_in,
-                                  scalar_t* __restrict h_out, scalar_t* __restrict out,
-                                  scalar_t* __restrict ws, int64_t w, int64_t H, int64_t sg) {
+// Pointers to storage_t<scalar_t> (vec_math.h).
+template <typename scalar_t, bool kSave, typename S = storage_t<scalar_t>>
+FUSEDGRU_INLINE void forward_span(const S* __restrict gi, const S* __restrict gh,
+                                  const S* __restrict b, const S* __restrict h_in,
+                                  S* __restrict h_out, S* __restrict out, S* __restrict ws,
+                                  int64_t w, int64_t H, int64_t sg) {
   using acc_t = at::opmath_type<scalar_t>;
+  using E = Elem<scalar_t>;
   for (int64_t j = 0; j < w; ++j) {
-    const acc_t r = sigmoid(acc_t(gi[j]) + acc_t(gh[j]) + acc_t(b[j]));
-    const acc_t z = sigmoid(acc_t(gi[H + j]) + acc_t(gh[sg + j]) + acc_t(b[H + j]));
-    const acc_t hn = acc_t(gh[2 * sg + j]) + acc_t(b[2 * H + j]);
-    const acc_t n = tanh(acc_t(gi[2 * H + j]) + r * hn);
-    const acc_t h0 = acc_t(h_in[j]);
-    const scalar_t h1 = scalar_t(n + z * (h0 - n));
+    const acc_t r = sigmoid(acc_t(E::load(gi[j])) + acc_t(E::load(gh[j])) + acc_t(E::load(b[j])));
+    const acc_t z = sigmoid(acc_t(E::load(gi[H + j])) + acc_t(E::load(gh[sg + j])) +
+                            acc_t(E::load(b[H + j])));
+    const acc_t hn = acc_t(E::load(gh[2 * sg + j])) + acc_t(E::load(b[2 * H + j]));
+    const acc_t n = tanh(acc_t(E::load(gi[2 * H + j])) + r * hn);
+    const acc_t h0 = E::load(h_in[j]);
+    const S h1 = E::store(n + z * (h0 - n));
     h_out[j] = h1;
     out[j] = h1;
     if constexpr (kSave) {
-      ws[j] = scalar_t(r);
-      ws[H + j] = scalar_t(z);
-      ws[2 * H + j] = scalar_t(n);
-      ws[3 * H + j] = scalar_t(hn);
+      ws[j] = E::store(r);
+      ws[H + j] = E::store(z);
+      ws[2 * H + j] = E::store(n);
+      ws[3 * H + j] = E::store(hn);
     }
   }
 }
@@ -74,41 +77,43 @@ FUSEDGRU_CLONES void forward_units(const GruForwardPointwise& p) {
       }
       continue;
     }
-    forward_span<scalar_t, kSave>(static_cast<const scalar_t*>(p.gi) + i * p.gi_sn + p.j0,
-                                  static_cast<const scalar_t*>(p.gh) + i * p.gh_sn, b, h_in,
-                                  h_out, out, ws, w, H, p.gh_sg);
+    forward_span<scalar_t, kSave>(raw(static_cast<const scalar_t*>(p.gi) + i * p.gi_sn + p.j0),
+                                  raw(static_cast<const scalar_t*>(p.gh) + i * p.gh_sn), raw(b),
+                                  raw(h_in), raw(h_out), raw(out), raw(ws), w, H, p.gh_sg);
   }
 }
 
 // One active row, units [0, w) of a block. ws, gws, dgh: gate g at g * H. With kGradWs the
 // gradients of the saved activations (r, z, n, W_hn h + b_hn) join in (double backward).
-template <typename scalar_t, bool kHprev, bool kGradWs>
-FUSEDGRU_INLINE void backward_span(const scalar_t* __restrict go, const scalar_t* __restrict gws,
-                                   const scalar_t* __restrict ws,
-                                   const scalar_t* __restrict h0p, scalar_t* __restrict dh,
-                                   scalar_t* __restrict dgh, scalar_t* __restrict dgin,
-                                   scalar_t* __restrict hp, int64_t w, int64_t H) {
+// Pointers to storage_t<scalar_t> (vec_math.h).
+template <typename scalar_t, bool kHprev, bool kGradWs, typename S = storage_t<scalar_t>>
+FUSEDGRU_INLINE void backward_span(const S* __restrict go, const S* __restrict gws,
+                                   const S* __restrict ws, const S* __restrict h0p,
+                                   S* __restrict dh, S* __restrict dgh, S* __restrict dgin,
+                                   S* __restrict hp, int64_t w, int64_t H) {
   using acc_t = at::opmath_type<scalar_t>;
+  using E = Elem<scalar_t>;
   for (int64_t j = 0; j < w; ++j) {
-    const acc_t g = acc_t(dh[j]) + acc_t(go[j]);
-    const acc_t r = ws[j], z = ws[H + j], n = ws[2 * H + j], hn = ws[3 * H + j];
-    const acc_t h0 = h0p[j];
+    const acc_t g = acc_t(E::load(dh[j])) + acc_t(E::load(go[j]));
+    const acc_t r = E::load(ws[j]), z = E::load(ws[H + j]), n = E::load(ws[2 * H + j]),
+                hn = E::load(ws[3 * H + j]);
+    const acc_t h0 = E::load(h0p[j]);
     acc_t dn = g * (acc_t(1) - z), dz = g * (h0 - n), dr = 0, dhn = 0;
     if constexpr (kGradWs) {
-      dr = gws[j];
-      dz += acc_t(gws[H + j]);
-      dn += acc_t(gws[2 * H + j]);
-      dhn = gws[3 * H + j];
+      dr = E::load(gws[j]);
+      dz += acc_t(E::load(gws[H + j]));
+      dn += acc_t(E::load(gws[2 * H + j]));
+      dhn = E::load(gws[3 * H + j]);
     }
     const acc_t da_n = dn * (acc_t(1) - n * n);
     const acc_t da_z = dz * z * (acc_t(1) - z);
     const acc_t da_r = (da_n * hn + dr) * r * (acc_t(1) - r);
-    dgh[j] = scalar_t(da_r);
-    dgh[H + j] = scalar_t(da_z);
-    dgh[2 * H + j] = scalar_t(da_n * r + dhn);
-    dgin[j] = scalar_t(da_n);
-    dh[j] = scalar_t(g * z);
-    if constexpr (kHprev) hp[j] = scalar_t(h0);
+    dgh[j] = E::store(da_r);
+    dgh[H + j] = E::store(da_z);
+    dgh[2 * H + j] = E::store(da_n * r + dhn);
+    dgin[j] = E::store(da_n);
+    dh[j] = E::store(g * z);
+    if constexpr (kHprev) hp[j] = E::store(h0);
   }
 }
 
@@ -133,10 +138,10 @@ FUSEDGRU_CLONES void backward_units(const GruBackwardPointwise& p) {
         from_out ? static_cast<const scalar_t*>(p.out) + tp * p.out_st + i * p.out_sn + p.j0
                  : static_cast<const scalar_t*>(p.hx) + i * H + p.j0;
     backward_span<scalar_t, kHprev, kGradWs>(
-        static_cast<const scalar_t*>(p.grad_out) + i * p.go_sn + p.j0,
-        at_offset(static_cast<const scalar_t*>(p.grad_ws), i * p.gws_sn + p.j0),
-        static_cast<const scalar_t*>(p.ws) + i * p.ws_sn + p.j0, h0p,
-        static_cast<scalar_t*>(p.dh) + i * H + p.j0, dgh, dgin, hp, w, H);
+        raw(static_cast<const scalar_t*>(p.grad_out) + i * p.go_sn + p.j0),
+        raw(at_offset(static_cast<const scalar_t*>(p.grad_ws), i * p.gws_sn + p.j0)),
+        raw(static_cast<const scalar_t*>(p.ws) + i * p.ws_sn + p.j0), raw(h0p),
+        raw(static_cast<scalar_t*>(p.dh) + i * H + p.j0), raw(dgh), raw(dgin), raw(hp), w, H);
   }
 }
 

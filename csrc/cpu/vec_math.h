@@ -3,6 +3,9 @@
 // libm over the whole range, NaN propagates. double: libm (the float64 path serves gradcheck).
 #pragma once
 
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -10,6 +13,56 @@
 
 namespace fusedgru {
 namespace cpu {
+
+// How the element loops see a dtype: the type they read and write (storage) and conversions
+// to and from the math type by value. c10::BFloat16 and c10::Half are structs, and GCC does not
+// vectorize a loop that copies structs ("more than one data ref"), so their loops take the
+// 16-bit patterns (raw() casts the pointers) and convert in registers: bf16 widens by a shift
+// and narrows by branch-free round-to-nearest-even (NaN stays a quiet NaN), as c10 does.
+// (Helpers taking pointers would not do: the vectorizer loses the callers' __restrict through
+// them.)
+template <typename T>
+struct Elem {
+  using storage = T;
+  static T load(T v) { return v; }
+  static T store(T v) { return v; }
+};
+
+template <>
+struct Elem<c10::BFloat16> {
+  using storage = uint16_t;
+  static float load(uint16_t b) {
+    const uint32_t bits = static_cast<uint32_t>(b) << 16;
+    float v;
+    std::memcpy(&v, &bits, sizeof(v));
+    return v;
+  }
+  static uint16_t store(float v) {
+    uint32_t u;
+    std::memcpy(&u, &v, sizeof(u));
+    const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    return static_cast<uint16_t>((u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : rounded);
+  }
+};
+
+template <>
+struct Elem<c10::Half> {
+  using storage = uint16_t;
+  static float load(uint16_t b) { return c10::detail::fp16_ieee_to_fp32_value(b); }
+  static uint16_t store(float v) { return c10::detail::fp16_ieee_from_fp32_value(v); }
+};
+
+template <typename T>
+using storage_t = typename Elem<T>::storage;
+
+template <typename T>
+inline storage_t<T>* raw(T* p) {
+  return reinterpret_cast<storage_t<T>*>(p);
+}
+template <typename T>
+inline const storage_t<T>* raw(const T* p) {
+  return reinterpret_cast<const storage_t<T>*>(p);
+}
 
 // exp(x) for float: range reduction x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial for e^r.
 inline float exp_f32(float x) {
