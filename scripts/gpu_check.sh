@@ -3,7 +3,7 @@
 # builds (scripts/bootstrap.sh: a no-op when the build is current). Logs and JSON go to $OUT
 # (the device tool's output folder) or /tmp/fusedgru-gpu.
 #   bash scripts/gpu_check.sh tests   # build, then the cuda-marked tests (the CPU ones run in CI)
-#   bash scripts/gpu_check.sh bench   # bench_gru (gru, packed, layernorm, per-step path) and
+#   bash scripts/gpu_check.sh bench   # bench_gru (gru, packed, layernorm, cell, per-step path) and
 #                                     # bench_conv vs cuDNN
 #   bash scripts/gpu_check.sh all     # both, for machines without the 10-minute limit
 set -uo pipefail
@@ -25,9 +25,10 @@ if [ "$stage" = tests ] || [ "$stage" = all ]; then
 fi
 
 if [ "$stage" = bench ] || [ "$stage" = all ]; then
-  for variant in gru packed layernorm; do
+  for variant in gru packed layernorm cell; do
     extra=()
     [ "$variant" = gru ] || extra=(--N 16 64 256 --tf32 off)
+    [ "$variant" = cell ] && extra=(--N 1 16 64 --tf32 off)
     $PY benchmarks/bench_gru.py --device cuda --variant "$variant" "${extra[@]}" --plot \
       --out "$OUT/bench_gru-$variant.json" > "$OUT/bench_gru-$variant.log" 2>&1
     echo "== bench_gru --variant $variant"; grep -vE "it/s\]|s/it\]" "$OUT/bench_gru-$variant.log" | tail -30
