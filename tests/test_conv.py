@@ -280,3 +280,27 @@ def test_compile_fullgraph(device):
     g_c = torch.autograd.grad(y_c.sum(), [x, *net.parameters()])
     for a, r in zip(g_c, g_e):
         assert torch.allclose(a, r, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["ncl", "channels_last"])
+def test_cpu_backward_is_bitwise_independent_of_the_thread_count(layout):
+    """Weight and bias gradients are summed in a fixed order (channel-last: 72 tasks over more
+    partial-sum slots than threads), so every thread count gives the same bits."""
+    N, C, L, W = 3, 40, 3000, 5
+    x = make_x(layout, N, C, L, "cpu", torch.float32).requires_grad_()
+    w = torch.randn(C, W, requires_grad=True)
+    b = torch.randn(C, requires_grad=True)
+    s = torch.randn(N, C, 2 * (W - 1), requires_grad=True)
+    gy = torch.randn(N, C, L)
+    before = torch.get_num_threads()
+    grads = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            y = fusedgru.causal_conv1d(x, w, b, dilation=2, activation="silu", initial_state=s)
+            grads.append(torch.autograd.grad(y, [x, w, b, s], gy))
+    finally:
+        torch.set_num_threads(before)
+    for other in grads[1:]:
+        for a, c in zip(grads[0], other, strict=True):
+            assert torch.equal(a, c)

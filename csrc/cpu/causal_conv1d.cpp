@@ -6,8 +6,8 @@
 // Backward, (N, C, L): one task per channel c: per batch row, the activation gradient, grad_x
 //   (the taps mirrored in time), grad_initial_state and the weight/bias sums.
 // Backward, channel-last: one task per (n, time chunk), vectorized over channels: gz for the
-//   chunk and its S-step future halo, grad_x, grad_initial_state (first chunk) and per-task
-//   weight/bias partial sums, added over tasks in a fixed order.
+//   chunk and its S-step future halo, grad_x, grad_initial_state (first chunk) and weight/bias
+//   partial sums, per slot of consecutive tasks, added over the slots in a fixed order.
 // Both are deterministic (fixed summation orders whatever the thread count).
 // Shape legend: ../causal_conv1d.h.
 #include <ATen/Dispatch.h>
@@ -365,16 +365,23 @@ void backward_channels_last(const CausalConvBackwardParams& q) {
     for (int64_t k = 0; k < W; ++k) wt[k * C + c] = acc_t(w[c * W + k]);
     if (p.bias != nullptr) bias[c] = acc_t(static_cast<const scalar_t*>(p.bias)[c]);
   }
+  // Tasks (n, chunk of 128 steps) in a fixed number of slots, each slot's tasks run in order by
+  // one thread into the slot's own weight/bias sums: deterministic whatever the thread count,
+  // and the partial sums stay bounded (kSlots x (W + 1) x C) however long the input.
+  constexpr int64_t kSlots = 64;
   const int64_t chunk = 128;
   const int64_t chunks = (p.L + chunk - 1) / chunk, tasks = p.N * chunks;
-  std::vector<acc_t> partial(tasks * (W + 1) * C, acc_t(0));
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t slots = std::min(tasks, kSlots);
+  std::vector<acc_t> partial(slots * (W + 1) * C, acc_t(0));
+  at::parallel_for(0, slots, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> gz((chunk + S) * C), row(C), xrow(C);
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = r / chunks, t0 = (r % chunks) * chunk;
-      channels_last_backward_steps<scalar_t>(q, wt.data(), bias.data(), n, t0,
-                                             std::min(p.L, t0 + chunk), gz.data(), row.data(),
-                                             xrow.data(), partial.data() + r * (W + 1) * C);
+    for (int64_t slot = begin; slot < end; ++slot) {
+      for (int64_t r = slot * tasks / slots; r < (slot + 1) * tasks / slots; ++r) {
+        const int64_t n = r / chunks, t0 = (r % chunks) * chunk;
+        channels_last_backward_steps<scalar_t>(q, wt.data(), bias.data(), n, t0,
+                                               std::min(p.L, t0 + chunk), gz.data(), row.data(),
+                                               xrow.data(), partial.data() + slot * (W + 1) * C);
+      }
     }
   });
   auto* gw = static_cast<acc_t*>(q.grad_weight);
@@ -383,7 +390,7 @@ void backward_channels_last(const CausalConvBackwardParams& q) {
     for (int64_t c = begin; c < end; ++c) {
       for (int64_t k = 0; k <= W; ++k) {
         acc_t sum = 0;
-        for (int64_t r = 0; r < tasks; ++r) sum += partial[(r * (W + 1) + k) * C + c];
+        for (int64_t r = 0; r < slots; ++r) sum += partial[(r * (W + 1) + k) * C + c];
         if (k < W) {
           gw[c * W + k] = sum;
         } else if (gb != nullptr) {
