@@ -64,9 +64,11 @@ def bench_point(args, T, N, I, H, L, dtype_name, tf32):
     if device == "cuda":
         torch.backends.cudnn.allow_tf32 = tf32 == "on"
         torch.backends.cuda.matmul.allow_tf32 = tf32 == "on"
-    ref = nn.GRU(I, H, num_layers=L, bidirectional=args.bidirectional).to(device, dtype)
     if args.variant == "cell":
         ref = nn.GRUCell(I, H).to(device, dtype)
+    else:
+        ref = nn.GRU(I, H, num_layers=L, bidirectional=args.bidirectional).to(device, dtype)
+    if args.variant == "cell":
         ours = fusedgru.GRUCell(I, H).to(device, dtype)
         ours.load_state_dict(ref.state_dict())
     elif args.variant == "layernorm":

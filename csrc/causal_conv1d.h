@@ -61,6 +61,9 @@ at::Tensor conv_input_layout(const at::Tensor& x);
 bool conv_channels_last(const at::Tensor& x);
 // Empty [N, C, L] in the layout of x (after conv_input_layout).
 at::Tensor conv_empty_like(const at::Tensor& x);
+// g ([N, C, L]) with its time dim (channels_last false) or channel dim (true) contiguous, like
+// x after conv_input_layout; g itself when it already is.
+at::Tensor conv_like_layout(const at::Tensor& g, bool channels_last);
 CausalConvParams conv_params(const at::Tensor& x, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias,
                              const std::optional<at::Tensor>& initial_state, int64_t dilation,

@@ -64,6 +64,11 @@ Tensor conv_input_layout(const Tensor& x) {
   return (x.stride(2) == 1 || x.stride(1) == 1) ? x : x.contiguous();
 }
 
+Tensor conv_like_layout(const Tensor& g, bool channels_last) {
+  if (channels_last) return g.stride(1) == 1 ? g : g.transpose(1, 2).contiguous().transpose(1, 2);
+  return g.stride(2) == 1 ? g : g.contiguous();
+}
+
 Tensor conv_empty_like(const Tensor& x) {
   const int64_t N = x.size(0), C = x.size(1), L = x.size(2);
   return conv_channels_last(x) ? at::empty({N, L, C}, x.options()).transpose(1, 2)

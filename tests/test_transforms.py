@@ -2,6 +2,7 @@
 gradients, hessian) through fusedgru's layers, against independent implementations: nn.GRU,
 nn.GRUCell, F.conv1d and central finite differences, in float64."""
 
+import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
@@ -10,7 +11,6 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 
 import fusedgru
-import pytest
 
 DT = torch.float64
 

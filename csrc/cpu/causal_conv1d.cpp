@@ -149,16 +149,28 @@ FUSEDGRU_CLONES void channels_last_steps(const CausalConvParams& p,
   }
 }
 
+// The channel-last kernels' weights in the math type: wt [W, C] (taps transposed, so a tap's
+// weights are channel-contiguous) and bias [C] (zeros without one).
 template <typename scalar_t>
-void forward_channels_last(const CausalConvParams& p) {
+void channels_last_taps(const CausalConvParams& p, std::vector<at::opmath_type<scalar_t>>& wt,
+                        std::vector<at::opmath_type<scalar_t>>& bias) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t C = p.C, W = p.W;
-  std::vector<acc_t> wt(W * C), bias(C, acc_t(0));
+  wt.assign(W * C, acc_t(0));
+  bias.assign(C, acc_t(0));
   const auto* w = static_cast<const scalar_t*>(p.weight);
   for (int64_t c = 0; c < C; ++c) {
     for (int64_t k = 0; k < W; ++k) wt[k * C + c] = acc_t(w[c * W + k]);
     if (p.bias != nullptr) bias[c] = acc_t(static_cast<const scalar_t*>(p.bias)[c]);
   }
+}
+
+template <typename scalar_t>
+void forward_channels_last(const CausalConvParams& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t C = p.C;
+  std::vector<acc_t> wt, bias;
+  channels_last_taps<scalar_t>(p, wt, bias);
   const int64_t chunk = 64;
   const int64_t chunks = (p.L + chunk - 1) / chunk;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, chunk * C));
@@ -187,13 +199,6 @@ FUSEDGRU_INLINE void copy_rows(acc_t* __restrict dst, const scalar_t* __restrict
 template <typename acc_t, typename scalar_t>
 FUSEDGRU_INLINE void cast_rows(scalar_t* __restrict dst, const acc_t* __restrict src, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = scalar_t(src[i]);
-}
-
-// acc[i] += a[i] * b[i]
-template <typename acc_t>
-FUSEDGRU_INLINE void fma_acc(acc_t* __restrict acc, const acc_t* __restrict a,
-                             const acc_t* __restrict b, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) acc[i] += a[i] * b[i];
 }
 
 // sum_i a[i] * b[i] in kLanes independent partial sums added in a fixed order at the end, so
@@ -320,7 +325,7 @@ FUSEDGRU_CLONES void channels_last_backward_steps(
       copy_rows(g, gy + u * q.gy_sl, C);
     } else {
       std::copy(bias, bias + C, row);
-      for (int64_t k = 0; k < W; ++k) fma_acc(row, wt + k * C, load_x(u - (W - 1 - k) * d), C);
+      for (int64_t k = 0; k < W; ++k) fma_rows(row, wt + k * C, load_x(u - (W - 1 - k) * d), C);
       if (p.activation == kActSilu) {
         activation_grad_rows<kActSilu>(g, gy + u * q.gy_sl, row, C);
       } else {
@@ -332,7 +337,7 @@ FUSEDGRU_CLONES void channels_last_backward_steps(
   for (int64_t t = t0; t < t1; ++t) {  // grad_x[t] = sum_k w[k] gz[t + (W-1-k) d]
     std::fill(row, row + C, acc_t(0));
     for (int64_t k = 0; k < W; ++k) {
-      fma_acc(row, wt + k * C, gz + (t - t0 + (W - 1 - k) * d) * C, C);
+      fma_rows(row, wt + k * C, gz + (t - t0 + (W - 1 - k) * d) * C, C);
     }
     cast_rows(gx + t * q.gx_sl, row, C);
   }
@@ -342,14 +347,14 @@ FUSEDGRU_CLONES void channels_last_backward_steps(
       std::fill(row, row + C, acc_t(0));
       for (int64_t k = 0; k < W; ++k) {
         const int64_t u = s - S + (W - 1 - k) * d;
-        if (u >= 0 && u < L) fma_acc(row, wt + k * C, gz + u * C, C);
+        if (u >= 0 && u < L) fma_rows(row, wt + k * C, gz + u * C, C);
       }
       for (int64_t c = 0; c < C; ++c) gi[c * S + s] = scalar_t(row[c]);
     }
   }
   for (int64_t t = t0; t < t1; ++t) {
     const acc_t* g = gz + (t - t0) * C;
-    for (int64_t k = 0; k < W; ++k) fma_acc(part + k * C, g, load_x(t - (W - 1 - k) * d), C);
+    for (int64_t k = 0; k < W; ++k) fma_rows(part + k * C, g, load_x(t - (W - 1 - k) * d), C);
     axpy(part + W * C, g, acc_t(1), C);
   }
 }
@@ -359,12 +364,8 @@ void backward_channels_last(const CausalConvBackwardParams& q) {
   using acc_t = at::opmath_type<scalar_t>;
   const CausalConvParams& p = q.fwd;
   const int64_t C = p.C, W = p.W, S = (W - 1) * p.dilation;
-  std::vector<acc_t> wt(W * C), bias(C, acc_t(0));
-  const auto* w = static_cast<const scalar_t*>(p.weight);
-  for (int64_t c = 0; c < C; ++c) {
-    for (int64_t k = 0; k < W; ++k) wt[k * C + c] = acc_t(w[c * W + k]);
-    if (p.bias != nullptr) bias[c] = acc_t(static_cast<const scalar_t*>(p.bias)[c]);
-  }
+  std::vector<acc_t> wt, bias;
+  channels_last_taps<scalar_t>(p, wt, bias);
   // Tasks (n, chunk of 128 steps) in a fixed number of slots, each slot's tasks run in order by
   // one thread into the slot's own weight/bias sums: deterministic whatever the thread count,
   // and the partial sums stay bounded (kSlots x (W + 1) x C) however long the input.
@@ -435,10 +436,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> causal_conv1d_bwd(
   check_causal_conv_bwd_args(grad_y, x_in, weight, bias, initial_state, dilation, activation);
   const Tensor x = conv_input_layout(x_in);
   const bool channels_last = conv_channels_last(x);
-  // grad_y in x's layout (time- or channel-contiguous); x itself is already.
-  const Tensor gy = channels_last
-      ? (grad_y.stride(1) == 1 ? grad_y : grad_y.transpose(1, 2).contiguous().transpose(1, 2))
-      : (grad_y.stride(2) == 1 ? grad_y : grad_y.contiguous());
+  const Tensor gy = conv_like_layout(grad_y, channels_last);
   const Tensor w = weight.contiguous();
   const std::optional<Tensor> b =
       bias.has_value() ? std::optional<Tensor>(bias->contiguous()) : std::nullopt;

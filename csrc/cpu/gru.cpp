@@ -183,30 +183,32 @@ struct CellParams {
 
 // out[g][r] = a_g . v_r (g < 3, r < R; v_r = v + r * vs) over n elements: 3R independent chains
 // of kLanes partial sums (vectorizes without reassociating a scalar sum; each weight vector is
-// loaded once for R rows), lanes added in a fixed order.
-template <int R, typename acc_t, typename scalar_t>
-FUSEDGRU_INLINE void dot3(const scalar_t* __restrict a0, const scalar_t* __restrict a1,
-                          const scalar_t* __restrict a2, const scalar_t* __restrict v,
-                          int64_t vs, int64_t n, acc_t (*out)[R]) {
+// loaded once for R rows), lanes added in a fixed order. Pointers to storage_t<scalar_t>.
+template <int R, typename scalar_t, typename S = storage_t<scalar_t>>
+FUSEDGRU_INLINE void dot3(const S* __restrict a0, const S* __restrict a1,
+                          const S* __restrict a2, const S* __restrict v, int64_t vs, int64_t n,
+                          at::opmath_type<scalar_t> (*out)[R]) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using E = Elem<scalar_t>;
   constexpr int kLanes = 64 / sizeof(acc_t);  // one AVX-512 vector per chain
   acc_t s[3][R][kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     for (int r = 0; r < R; ++r) {
       for (int l = 0; l < kLanes; ++l) {
-        const acc_t vi = acc_t(v[r * vs + i + l]);
-        s[0][r][l] += acc_t(a0[i + l]) * vi;
-        s[1][r][l] += acc_t(a1[i + l]) * vi;
-        s[2][r][l] += acc_t(a2[i + l]) * vi;
+        const acc_t vi = E::load(v[r * vs + i + l]);
+        s[0][r][l] += acc_t(E::load(a0[i + l])) * vi;
+        s[1][r][l] += acc_t(E::load(a1[i + l])) * vi;
+        s[2][r][l] += acc_t(E::load(a2[i + l])) * vi;
       }
     }
   }
   for (int l = 0; i < n; ++i, ++l) {
     for (int r = 0; r < R; ++r) {
-      const acc_t vi = acc_t(v[r * vs + i]);
-      s[0][r][l] += acc_t(a0[i]) * vi;
-      s[1][r][l] += acc_t(a1[i]) * vi;
-      s[2][r][l] += acc_t(a2[i]) * vi;
+      const acc_t vi = E::load(v[r * vs + i]);
+      s[0][r][l] += acc_t(E::load(a0[i])) * vi;
+      s[1][r][l] += acc_t(E::load(a1[i])) * vi;
+      s[2][r][l] += acc_t(E::load(a2[i])) * vi;
     }
   }
   for (int g = 0; g < 3; ++g) {
@@ -224,21 +226,24 @@ FUSEDGRU_INLINE void cell_rows(const CellParams& p, int64_t j, int64_t n0,
                                const at::opmath_type<scalar_t>* b_i,
                                const at::opmath_type<scalar_t>* b_h) {
   using acc_t = at::opmath_type<scalar_t>;
+  using E = Elem<scalar_t>;
   const int64_t H = p.H, C = p.C;
-  const auto* x = static_cast<const scalar_t*>(p.x) + n0 * C;
-  const auto* h = static_cast<const scalar_t*>(p.h) + n0 * H;
-  const auto* wi = static_cast<const scalar_t*>(p.w_ih);
-  const auto* wh = static_cast<const scalar_t*>(p.w_hh);
+  const auto* x = raw(static_cast<const scalar_t*>(p.x) + n0 * C);
+  const auto* h = raw(static_cast<const scalar_t*>(p.h) + n0 * H);
+  const auto* wi = raw(static_cast<const scalar_t*>(p.w_ih));
+  const auto* wh = raw(static_cast<const scalar_t*>(p.w_hh));
   acc_t gi[3][R], gh[3][R];
-  dot3<R>(wi + j * p.wi_s, wi + (H + j) * p.wi_s, wi + (2 * H + j) * p.wi_s, x, C, C, gi);
-  dot3<R>(wh + j * p.wh_s, wh + (H + j) * p.wh_s, wh + (2 * H + j) * p.wh_s, h, H, H, gh);
-  auto* h_out = static_cast<scalar_t*>(p.h_out) + n0 * H;
+  dot3<R, scalar_t>(wi + j * p.wi_s, wi + (H + j) * p.wi_s, wi + (2 * H + j) * p.wi_s, x, C, C,
+                    gi);
+  dot3<R, scalar_t>(wh + j * p.wh_s, wh + (H + j) * p.wh_s, wh + (2 * H + j) * p.wh_s, h, H, H,
+                    gh);
+  auto* h_out = raw(static_cast<scalar_t*>(p.h_out) + n0 * H);
   for (int r = 0; r < R; ++r) {
     const acc_t rg = sigmoid(gi[0][r] + b_i[0] + gh[0][r] + b_h[0]);
     const acc_t z = sigmoid(gi[1][r] + b_i[1] + gh[1][r] + b_h[1]);
     const acc_t nn = tanh(gi[2][r] + b_i[2] + rg * (gh[2][r] + b_h[2]));
-    const acc_t h0 = acc_t(h[r * H + j]);
-    h_out[r * H + j] = scalar_t(nn + z * (h0 - nn));
+    const acc_t h0 = E::load(h[r * H + j]);
+    h_out[r * H + j] = E::store(nn + z * (h0 - nn));
   }
 }
 

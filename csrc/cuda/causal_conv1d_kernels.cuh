@@ -694,12 +694,6 @@ inline bool rows_aligned(const Tensor& t, int64_t kN, bool channels_last) {
   return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 && a % kN == 0 && b % kN == 0;
 }
 
-// g with its time dim (NCL) or channel dim (channel-last) contiguous, like x.
-inline Tensor like_layout(const Tensor& g, bool channels_last) {
-  if (channels_last) return g.stride(1) == 1 ? g : g.transpose(1, 2).contiguous().transpose(1, 2);
-  return g.stride(2) == 1 ? g : g.contiguous();
-}
-
 struct TilePlan {
   bool tiled;
   dim3 grid;
@@ -775,7 +769,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bwd_impl(
   check_causal_conv_bwd_args(grad_y, x_in, weight, bias, initial_state, dilation, activation);
   const Tensor x = conv_input_layout(x_in);
   const bool cl = conv_channels_last(x);
-  const Tensor gy = like_layout(grad_y, cl);
+  const Tensor gy = conv_like_layout(grad_y, cl);
   const Tensor w = weight.contiguous();
   const std::optional<Tensor> b =
       bias.has_value() ? std::optional<Tensor>(bias->contiguous()) : std::nullopt;
