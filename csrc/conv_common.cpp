@@ -1,11 +1,33 @@
 // Host-side checks and layout handling of the causal depthwise conv1d ops, shared by the CPU and
 // CUDA implementations. Shape legend: causal_conv1d.h.
 #include "causal_conv1d.h"
+
+#include <ATen/MemoryOverlap.h>
+#include <c10/util/safe_numerics.h>
+
 #include "checks.h"
 
 namespace fusedgru {
 
 using at::Tensor;
+
+namespace {
+
+// S = (W-1)*dilation, refusing what int64 cannot hold: the kernels index up to L + S steps of
+// history and input per channel, and per-row scratch of (L + S) * C, so each of these must fit
+// (dilation = 2**62 with W = 4 wrapped around and read far outside the tensors).
+int64_t history_steps(int64_t W, int64_t dilation, int64_t L, int64_t C) {
+  int64_t S = 0, span = 0, scratch = 0;
+  TORCH_CHECK_VALUE(!c10::mul_overflows(W - 1, dilation, &S), "dilation ", dilation,
+                    " is too large: the history (W-1)*dilation = ", W - 1, "*", dilation,
+                    " overflows int64");
+  TORCH_CHECK_VALUE(!c10::add_overflows(S, L, &span) && !c10::mul_overflows(span, C, &scratch),
+                    "dilation ", dilation, " is too large: (L + (W-1)*dilation) * C = (", L,
+                    " + ", S, ") * ", C, " overflows int64");
+  return S;
+}
+
+}  // namespace
 
 void check_causal_conv_args(const Tensor& x, const Tensor& weight,
                             const std::optional<Tensor>& bias,
@@ -19,6 +41,7 @@ void check_causal_conv_args(const Tensor& x, const Tensor& weight,
               " (x is (N, C, L) = ", x.sizes(), ")");
   TORCH_CHECK_VALUE(W >= 1, "kernel width must be >= 1, got ", W);
   TORCH_CHECK_VALUE(dilation >= 1, "dilation must be >= 1, got ", dilation);
+  const int64_t S = history_steps(W, dilation, x.size(2), C);
   TORCH_CHECK_VALUE(activation >= kActNone && activation <= kActRelu,
                     "activation code must be 0 (none), 1 (silu) or 2 (relu), got ", activation);
   FUSEDGRU_CHECK_SAME_DTYPE(weight, x);
@@ -32,7 +55,6 @@ void check_causal_conv_args(const Tensor& x, const Tensor& weight,
   }
   if (initial_state.has_value()) {
     const Tensor& s = *initial_state;
-    const int64_t S = (W - 1) * dilation;
     TORCH_CHECK(s.dim() == 3 && s.size(0) == N && s.size(1) == C && s.size(2) == S,
                 "initial_state must have shape (N, C, (W-1)*dilation) = (", N, ", ", C, ", ", S,
                 "), got ", s.sizes());
@@ -45,9 +67,8 @@ void check_causal_conv_update_args(const Tensor& x, const Tensor& conv_state,
                                    const Tensor& weight, const std::optional<Tensor>& bias,
                                    int64_t dilation, int64_t activation) {
   TORCH_CHECK(x.dim() == 2, "x must have shape (N, C) (one time step), got ", x.sizes());
-  TORCH_CHECK(weight.dim() == 2, "weight must have shape (C, W), got ", weight.sizes());
-  TORCH_CHECK_VALUE(weight.size(1) >= 1, "kernel width must be >= 1, got ", weight.size(1));
-  TORCH_CHECK_VALUE(dilation >= 1, "dilation must be >= 1, got ", dilation);
+  // x, weight, bias, dilation (S below cannot overflow after this) and activation.
+  check_causal_conv_args(x.unsqueeze(2), weight, bias, std::nullopt, dilation, activation);
   const int64_t N = x.size(0), C = x.size(1), S = (weight.size(1) - 1) * dilation;
   TORCH_CHECK(conv_state.dim() == 3 && conv_state.size(0) == N && conv_state.size(1) == C &&
                   conv_state.size(2) == S,
@@ -55,7 +76,19 @@ void check_causal_conv_update_args(const Tensor& x, const Tensor& conv_state,
               "), got ", conv_state.sizes());
   FUSEDGRU_CHECK_SAME_DTYPE(conv_state, x);
   FUSEDGRU_CHECK_SAME_DEVICE(conv_state, x);
-  check_causal_conv_args(x.unsqueeze(2), weight, bias, std::nullopt, dilation, activation);
+  // conv_state is written in place. Like torch's in-place ops, refuse a state whose elements
+  // share memory (an expand()ed state: every alias would receive each row's shift, and the
+  // step would read values another row already overwrote) or that shares memory with the
+  // step's inputs. Also like them, only what these checks can decide is refused (a zero
+  // stride; overlap between dense tensors); other strided aliasing is not detected.
+  TORCH_CHECK(at::has_internal_overlap(conv_state) != at::MemOverlap::Yes,
+              "conv_state is updated in place, but several of its elements refer to one memory "
+              "location (an expand()ed or otherwise self-overlapping tensor, strides ",
+              conv_state.strides(), "); pass a tensor with its own memory, e.g. "
+              "conv_state.clone()");
+  at::assert_no_overlap(conv_state, x);
+  at::assert_no_overlap(conv_state, weight);
+  if (bias.has_value()) at::assert_no_overlap(conv_state, *bias);
 }
 
 bool conv_channels_last(const Tensor& x) { return x.stride(2) != 1 && x.stride(1) == 1; }

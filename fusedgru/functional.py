@@ -33,58 +33,148 @@ def _check_devices_and_dtypes(input: Tensor, hx: Tensor, params: Sequence[Tensor
                 f"Convert input: input.to({p.dtype}), or convert model: model.to({input.dtype})")
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """torch.is_autocast_enabled for any device type: False where autocast does not exist (the
+    meta device, where torch.is_autocast_enabled raises "unknown device type for autocast")."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+def no_autocast(device_type: str):
+    """A context that turns autocast off on device_type if it is on (else a no-op, so graphs
+    exported without autocast carry no autocast regions)."""
+    if autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _autocast(input: Tensor, hx: Tensor, params: Sequence[Tensor]):
-    """Cast like nn.GRU under torch.autocast: CUDA runs the layer in the autocast dtype; the CPU
-    autocast leaves GRUs alone, except that the weights follow a low-precision input."""
+    """Cast like nn.GRU / nn.GRUCell under torch.autocast.
+
+    CUDA: cuDNN's RNN is on autocast's lower-precision list, so the layer runs in the autocast
+    dtype. CPU: autocast leaves the RNN op alone and casts only its GEMMs (to its dtype); the gate
+    arithmetic then follows type promotion with hx, so nn.GRU's output and h_n (nn.GRUCell's h')
+    come back in hx's dtype: bfloat16 input with float32 hx gives float32, float32 input with
+    bfloat16 hx gives bfloat16, and hx defaults to zeros of input's dtype. We run the whole layer
+    in hx's dtype: the same result dtypes, with GEMMs at least as precise as nn.GRU's."""
     device_type = input.device.type
-    if not torch.is_autocast_enabled(device_type):
+    if not autocast_enabled(device_type):
         return input, hx, params
     if device_type == "cuda":
         dtype = torch.get_autocast_dtype("cuda")
-    elif input.dtype != params[0].dtype and input.is_floating_point():
-        dtype = input.dtype
+    elif hx.is_floating_point():
+        dtype = hx.dtype
     else:
+        return input, hx, params
+    if input.dtype == hx.dtype == dtype and all(p.dtype == dtype for p in params):
         return input, hx, params
     return input.to(dtype), hx.to(dtype), [p.to(dtype) for p in params]
 
 
-def _layers(input, hx, params, per_layer, num_layers, dropout, train, bidirectional,
+def check_lengths(lengths, N: int, T: int, device: torch.device) -> Tensor | None:
+    """``lengths`` checked and as an int64 tensor on ``device``: shape ``(N,)``, integers (a
+    list or tuple of ints is turned into a tensor, as ``pack_padded_sequence`` accepts one), and
+    each entry in ``[0, T]`` when the values are on the host (a list or a CPU tensor). A CUDA
+    tensor's values are not read here, as that would make the host wait for the device; the CUDA
+    kernels clamp its entries into ``[0, T]`` instead. The checks run in the caller's order, so
+    an error names the caller's index."""
+    if lengths is None:
+        return None
+    if not isinstance(lengths, Tensor):
+        lengths = torch.as_tensor(lengths)
+        if lengths.numel() == 0:  # as_tensor([]) is float32; an empty list of ints is fine
+            lengths = lengths.long()
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
+    if tuple(lengths.shape) != (N,):
+        raise ValueError(f"lengths must have shape (N,) = ({N},), got {tuple(lengths.shape)}")
+    # Under torch.compile the values are symbolic; the CPU op checks them when it runs.
+    if lengths.device.type == "cpu" and N > 0 and not torch.compiler.is_compiling():
+        bad = ((lengths < 0) | (lengths > T)).nonzero()
+        if bad.numel() > 0:
+            i = int(bad[0, 0])
+            raise ValueError(f"lengths must lie in [0, T] = [0, {T}], got lengths[{i}] = "
+                             f"{int(lengths[i])}")
+    return lengths.to(device=device, dtype=torch.int64)
+
+
+def _shape_str(shape) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _check_weight_shapes(input_size: int, params: Sequence[Tensor], names: Sequence[str],
+                         num_layers: int, D: int, what: str) -> int:
+    """Check every weight's shape against nn.GRU's layout; returns the hidden size H.
+
+    H is read off the rows of ``weight_hh_l0`` (3H, whichever weight was passed in its place:
+    input and recurrent weights and the biases all have 3H rows), so a swapped or misplaced
+    weight is reported by its own name rather than as a hidden-state size mismatch."""
+    per_layer = len(names)
+    first = params[1]
+    if first.dim() == 0 or first.shape[0] % 3 != 0 or first.shape[0] == 0:
+        raise RuntimeError(
+            f"{what} weight_hh_l0 must have shape (3*hidden_size, hidden_size), got "
+            f"{_shape_str(first.shape)}")
+    H = first.shape[0] // 3
+    wrong = []
+    for layer in range(num_layers):
+        for d in range(D):
+            suffix = f"_l{layer}" + ("_reverse" if d else "")
+            k = (layer * D + d) * per_layer
+            for name, p in zip(names, params[k:k + per_layer]):
+                if name == "weight_ih":
+                    expected = (3 * H, input_size if layer == 0 else D * H)
+                elif name == "weight_hh":
+                    expected = (3 * H, H)
+                else:
+                    expected = (3 * H,)
+                if tuple(p.shape) != expected:
+                    wrong.append(f"{name}{suffix} must have shape {_shape_str(expected)}, got "
+                                 f"{_shape_str(p.shape)}")
+    if wrong:
+        raise RuntimeError(
+            f"{what} weights do not fit input_size={input_size}, hidden_size={H} (from "
+            f"weight_hh_l0), num_layers={num_layers}, bidirectional={D == 2}: "
+            + "; ".join(wrong))
+    return H
+
+
+def _layers(input, hx, params, names, num_layers, dropout, train, bidirectional,
             batch_first, lengths, run_layer, what):
-    """The multi-layer, multi-direction loop shared by the GRU variants. run_layer(x, h0,
-    layer_params, reverse, need_workspace) -> (output [T, N, H], h_n [N, H])."""
+    """The multi-layer, multi-direction loop shared by the GRU variants, and the one place
+    their arguments are checked. names: the parameter names of one layer and direction
+    (nn.GRU's, without the ``_l{k}`` suffix). run_layer(x, h0, layer_params, lengths, reverse,
+    need_workspace) -> (output [T, N, H], h_n [N, H])."""
     D = 2 if bidirectional else 1
+    per_layer = len(names)
     if len(params) != num_layers * D * per_layer:
         raise ValueError(
             f"expected {num_layers * D * per_layer} {what} parameters for "
             f"num_layers={num_layers}, bidirectional={bidirectional}, got {len(params)}")
-    H = params[1].shape[1]
+    if input.dim() != 3:  # nn.GRU's check_input wording
+        raise RuntimeError(f"input must have 3 dimensions, got {input.dim()}")
     x = input.transpose(0, 1) if batch_first else input
-    expected_hx = (num_layers * D, x.shape[1], H)
+    T, N = x.shape[0], x.shape[1]
+    H = _check_weight_shapes(x.shape[2], params, names, num_layers, D, what)
+    expected_hx = (num_layers * D, N, H)
     if hx is None:
         hx = x.new_zeros(expected_hx)
     elif tuple(hx.shape) != expected_hx:
         raise RuntimeError(f"Expected hidden size {expected_hx}, got {list(hx.shape)}")
-    autocast = torch.is_autocast_enabled(x.device.type)
+    # Before any reordering, so that an error names the caller's index.
+    lengths = check_lengths(lengths, N, T, x.device)
     x, hx, params = _autocast(x, hx, params)
     _check_devices_and_dtypes(x, hx, params)
     order = None
-    if lengths is not None:
-        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
-            raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
-        lengths = lengths.to(device=x.device, dtype=torch.int64)
-        if x.device.type == "cpu":
-            # The CPU kernels skip a step's finished rows when the rows come longest first:
-            # run in that order (like PackedSequence), give the results back in the caller's.
-            order = torch.argsort(lengths, descending=True, stable=True)
-            x, hx, lengths = x.index_select(1, order), hx.index_select(1, order), lengths[order]
+    if lengths is not None and x.device.type == "cpu":
+        # The CPU kernels skip a step's finished rows when the rows come longest first:
+        # run in that order (like PackedSequence), give the results back in the caller's.
+        order = torch.argsort(lengths, descending=True, stable=True)
+        x, hx, lengths = x.index_select(1, order), hx.index_select(1, order), lengths[order]
 
     need_workspace = torch.is_grad_enabled() and (
         x.requires_grad or hx.requires_grad or any(p.requires_grad for p in params))
-    # The inputs are cast already; keep autocast from casting again inside (and keep exported
-    # graphs free of autocast regions when it is off).
-    no_autocast = torch.autocast(x.device.type, enabled=False) if autocast else \
-        contextlib.nullcontext()
-    with no_autocast:
+    # The inputs are cast already; keep autocast from casting again inside (the references).
+    with no_autocast(x.device.type):
         h_n = []
         for layer in range(num_layers):
             outs = []
@@ -105,6 +195,12 @@ def _layers(input, hx, params, per_layer, num_layers, dropout, train, bidirectio
     return output, h_n
 
 
+# Parameter names of one layer and direction, in params order (nn.GRU's _flat_weights_names).
+_GRU_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+_LN_GRU_NAMES = ("weight_ih", "weight_hh", "ln_ih_weight", "ln_ih_bias", "ln_hh_weight",
+                 "ln_hh_bias")
+
+
 def gru(
     input: Tensor,
     hx: Tensor | None,
@@ -115,7 +211,7 @@ def gru(
     train: bool,
     bidirectional: bool,
     batch_first: bool,
-    lengths: Tensor | None = None,
+    lengths: Tensor | Sequence[int] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Multi-layer GRU on fused kernels; the arguments of ``torch._VF.gru``.
 
@@ -126,8 +222,18 @@ def gru(
         params: per layer and direction ``weight_ih [3H, C_l]``, ``weight_hh [3H, H]`` and, with
             ``has_biases``, ``bias_ih [3H]``, ``bias_hh [3H]``: ``nn.GRU._flat_weights`` order.
         dropout: dropout probability on the outputs of all layers but the last, when ``train``.
-        lengths: optional ``[N]`` int64 valid lengths; row i runs time steps ``t < lengths[i]``
-            (the reverse direction starts at ``lengths[i] - 1``), outputs past it are zero.
+        lengths: optional ``[N]`` integer tensor (or list of ints) of valid lengths in
+            ``[0, T]``; row i runs time steps ``t < lengths[i]`` (the reverse direction starts
+            at ``lengths[i] - 1``), outputs past it are zero and its ``h_n`` is its state after
+            its last valid step (``hx`` itself for a length of 0). Checked for shape ``(N,)``
+            and dtype; its values are checked when they are on the host (a list or a CPU
+            tensor), while a CUDA tensor's are not read (no host synchronization): the CUDA
+            kernels clamp each entry into ``[0, T]``.
+
+    Raises:
+        RuntimeError: a weight whose shape does not fit nn.GRU's layout (named as in nn.GRU,
+            e.g. ``weight_hh_l0``), or an ``hx`` of the wrong size.
+        ValueError / TypeError: ``lengths`` of the wrong shape or range / dtype.
 
     Returns:
         ``output [T, N, D*H]`` (``[N, T, D*H]`` with batch_first) and ``h_n [num_layers*D, N, H]``.
@@ -144,8 +250,9 @@ def gru(
                                                        reverse, need_workspace)
         return out, h
 
-    return _layers(input, hx, params, 4 if has_biases else 2, num_layers, dropout, train,
-                   bidirectional, batch_first, lengths, run_layer, "GRU")
+    names = _GRU_NAMES if has_biases else _GRU_NAMES[:2]
+    return _layers(input, hx, params, names, num_layers, dropout, train, bidirectional,
+                   batch_first, lengths, run_layer, "GRU")
 
 
 def ln_gru(
@@ -157,7 +264,7 @@ def ln_gru(
     train: bool,
     bidirectional: bool,
     batch_first: bool,
-    lengths: Tensor | None = None,
+    lengths: Tensor | Sequence[int] | None = None,
     eps: float = 1e-5,
 ) -> tuple[Tensor, Tensor]:
     """Multi-layer layer-normalized GRU (see :class:`fusedgru.LayerNormGRU`). Arguments as
@@ -174,5 +281,5 @@ def ln_gru(
                                                       need_workspace)
         return out, h
 
-    return _layers(input, hx, params, 6, num_layers, dropout, train, bidirectional, batch_first,
-                   lengths, run_layer, "LayerNormGRU")
+    return _layers(input, hx, params, _LN_GRU_NAMES, num_layers, dropout, train, bidirectional,
+                   batch_first, lengths, run_layer, "LayerNormGRU")

@@ -1,11 +1,13 @@
 """Ready-made models built on the fused ops: the causal-conv + GRU (+ attention) stack."""
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conv import CausalConv1d
-from .functional import gru
+from .functional import check_lengths, gru
 from .rnn import GRU
 
 
@@ -20,10 +22,13 @@ class CausalConvGRU(nn.Module):
     * ``attention="causal"``: adds multi-head causal self-attention over the GRU outputs
       (``scaled_dot_product_attention(is_causal=True)``) with a residual connection; still causal.
     * ``attention="pool"``: reduces the sequence to one ``(N, H)`` vector with learned attention
-      weights over the valid steps (for classification).
+      weights over the valid steps (for classification). A sequence of length 0 has no step to
+      attend to and pools to the zero vector, with zero gradients (a softmax over no step would
+      be 0/0 = NaN and turn the whole batch's gradients to NaN).
 
-    Inputs are ``(N, L, C)`` (``(L, N, C)`` with ``batch_first=False``); ``lengths`` (``[N]``)
-    marks right-padded sequences: padded steps never affect valid ones.
+    Inputs are ``(N, L, C)`` (``(L, N, C)`` with ``batch_first=False``); ``lengths`` (``[N]``
+    ints in ``[0, L]``, a tensor or a list, checked as in :func:`fusedgru.gru`) marks
+    right-padded sequences: padded steps never affect valid ones.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 2,
@@ -53,9 +58,15 @@ class CausalConvGRU(nn.Module):
         elif attention == "pool":
             self.score = nn.Linear(hidden_size, 1)
 
-    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, lengths: Tensor | Sequence[int] | None = None) -> Tensor:
         if not self.batch_first:
             x = x.transpose(0, 1)
+        if x.dim() != 3:
+            raise RuntimeError(f"x must have shape (N, L, C) (or (L, N, C) with "
+                               f"batch_first=False), got {tuple(x.shape)}")
+        # Checked here as well as in each GRU layer: the pooling below needs it as a tensor, and
+        # a bad one should fail before any layer runs.
+        lengths = check_lengths(lengths, x.shape[0], x.shape[1], x.device)
         for layer in range(self.num_layers):
             g = self.grus[layer]
             out, _ = gru(self.convs[layer](x), None, g._weights(), g.bias, 1, 0.0, False, False,
@@ -71,10 +82,16 @@ class CausalConvGRU(nn.Module):
             x = x + self.proj(a.transpose(1, 2).reshape(N, L, H))
         elif self.attention == "pool":
             scores = self.score(x).squeeze(-1)  # [N, L]
-            if lengths is not None:
-                valid = torch.arange(x.shape[1], device=x.device) < lengths.to(x.device)[:, None]
-                scores = scores.masked_fill(~valid, float("-inf"))
-            return (scores.softmax(dim=1).unsqueeze(-1) * x).sum(dim=1)
+            if lengths is None:
+                return (scores.softmax(dim=1).unsqueeze(-1) * x).sum(dim=1)
+            valid = torch.arange(x.shape[1], device=x.device) < lengths[:, None]
+            # A row of length 0 would softmax over all -inf (NaN): give it finite scores, then
+            # zero weights. masked_fill passes no gradient to the filled entries, so the row
+            # pools to zero with zero gradients and leaves the other rows' gradients finite.
+            empty = ~valid.any(dim=1, keepdim=True)
+            scores = scores.masked_fill(~valid, float("-inf")).masked_fill(empty, 0.0)
+            weights = scores.softmax(dim=1).masked_fill(empty, 0.0)
+            return (weights.unsqueeze(-1) * x).sum(dim=1)
         return x if self.batch_first else x.transpose(0, 1)
 
     def init_state(self, batch_size: int) -> list[tuple[Tensor, Tensor]]:

@@ -2,14 +2,18 @@
 fused kernels) and LayerNormGRU."""
 
 import warnings
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
+from torch.nn.utils.weight_norm import WeightNorm
 
 from . import reference
 from ._ops import needs_reference
-from .functional import _check_devices_and_dtypes, gru, ln_gru
+from .functional import _autocast, _check_devices_and_dtypes, autocast_enabled, gru, ln_gru, \
+    no_autocast
 
 
 def _packed_to_padded(data: Tensor, batch_sizes: Tensor):
@@ -26,10 +30,14 @@ class _GRUInterface:
     """nn.GRU's forward contract over ``self._run``: 3-D (batch_first or not), unbatched 2-D or
     PackedSequence input, optional hx, nn.GRU's checks and messages, plus ``lengths``."""
 
-    def forward(self, input, hx: Tensor | None = None, *, lengths: Tensor | None = None):
-        """nn.GRU's forward; ``lengths`` (an extension, [N] ints) runs row i over its first
-        ``lengths[i]`` steps only: outputs past them are zero and ``h_n`` is the state at each
-        row's last valid step, as with a PackedSequence, but on the padded batch directly."""
+    def forward(self, input, hx: Tensor | None = None, *,
+                lengths: Tensor | Sequence[int] | None = None):
+        """nn.GRU's forward; ``lengths`` (an extension: ``[N]`` ints in ``[0, T]``, a tensor or
+        a list) runs row i over its first ``lengths[i]`` steps only: outputs past them are zero
+        and ``h_n`` is the state at each row's last valid step, as with a PackedSequence, but on
+        the padded batch directly. Its shape and dtype are always checked, its values when they
+        are on the host; on CUDA the kernels clamp them into ``[0, T]`` (no host sync), see
+        :func:`fusedgru.gru`."""
         D = 2 if self.bidirectional else 1
         if isinstance(input, PackedSequence):
             if lengths is not None:
@@ -66,11 +74,7 @@ class _GRUInterface:
         self.check_forward_args(input, hx, None)
         if input.shape[0 if not self.batch_first else 1] == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        if lengths is not None:
-            lengths = torch.as_tensor(lengths)
-            if lengths.shape != (input.shape[batch_dim],):
-                raise ValueError(f"lengths must have shape ({input.shape[batch_dim]},), "
-                                 f"got {tuple(lengths.shape)}")
+        # lengths is checked in functional._layers, which every entry point goes through.
         output, h_n = self._run(input, hx, batch_first=self.batch_first, lengths=lengths)
         if not is_batched:
             output = output.squeeze(batch_dim)
@@ -79,8 +83,7 @@ class _GRUInterface:
 
     def check_input(self, input: Tensor, batch_sizes: Tensor | None) -> None:
         # nn.RNNBase compares against the cached _flat_weights; compare against the live weights.
-        if input.dtype != self.weight_ih_l0.dtype and not torch.is_autocast_enabled(
-                input.device.type):
+        if input.dtype != self.weight_ih_l0.dtype and not autocast_enabled(input.device.type):
             w = self.weight_ih_l0.dtype
             raise ValueError(
                 f"RNN input dtype ({input.dtype}) does not match weight dtype ({w}). "
@@ -239,37 +242,127 @@ class GRUCell(nn.RNNCellBase):
                                f"expected {self.hidden_size}")
         params = [self.weight_ih, self.weight_hh] + (
             [self.bias_ih, self.bias_hh] if self.bias else [])
+        # Under autocast, nn.GRUCell's h' takes hx's dtype (see functional._autocast).
+        input, hx, params = _autocast(input, hx, params)
         _check_devices_and_dtypes(input, hx, params)
-        if needs_reference(input, hx, *params):
-            out = reference.gru_layer(input.unsqueeze(0), hx, self.weight_ih, self.weight_hh,
-                                      self.bias_ih, self.bias_hh)[1]
-        elif torch.is_grad_enabled() and any(t.requires_grad for t in (input, hx, *params)):
-            # Training: one step of gru_forward saves the activations its backward needs
-            # (gru_cell's backward would recompute the step).
-            out = torch.ops.fusedgru.gru_forward(input.unsqueeze(0), hx, self.weight_ih,
-                                                 self.weight_hh, self.bias_ih, self.bias_hh, None,
-                                                 False, True)[1]
-        else:
-            out = torch.ops.fusedgru.gru_cell(input, hx, self.weight_ih, self.weight_hh,
-                                              self.bias_ih, self.bias_hh)
+        w_ih, w_hh = params[0], params[1]
+        b_ih, b_hh = (params[2], params[3]) if self.bias else (None, None)
+        with no_autocast(input.device.type):  # cast already; the references must not recast
+            if needs_reference(input, hx, *params):
+                out = reference.gru_layer(input.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh)[1]
+            elif torch.is_grad_enabled() and any(t.requires_grad for t in (input, hx, *params)):
+                # Training: one step of gru_forward saves the activations its backward needs
+                # (gru_cell's backward would recompute the step).
+                out = torch.ops.fusedgru.gru_forward(input.unsqueeze(0), hx, w_ih, w_hh, b_ih,
+                                                     b_hh, None, False, True)[1]
+            else:
+                out = torch.ops.fusedgru.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
         return out if is_batched else out.squeeze(0)
 
 
-def _replace(model: nn.Module, kinds, swap) -> nn.Module:
-    """Apply swap to model itself, or to every submodule that is an instance of kinds."""
+# Per-module hook registries (nn.Module attributes) whose entries a replacement would drop.
+_HOOK_KINDS = {
+    "_forward_pre_hooks": "forward pre-hooks",
+    "_forward_hooks": "forward hooks",
+    "_backward_pre_hooks": "backward pre-hooks",
+    "_backward_hooks": "backward hooks",
+    "_state_dict_pre_hooks": "state_dict pre-hooks",
+    "_state_dict_hooks": "state_dict hooks",
+    "_load_state_dict_pre_hooks": "load_state_dict pre-hooks",
+    "_load_state_dict_post_hooks": "load_state_dict post-hooks",
+}
+
+
+def _why_not_replaceable(module: nn.Module, stock: tuple[type, ...]) -> str | None:
+    """Why swapping ``module`` for its counterpart would change what the model computes, or
+    None when the swap is faithful: the counterpart shares the parameters and copies the
+    constructor arguments and the training flag, nothing else."""
+    if parametrize.is_parametrized(module):
+        names = ", ".join(module.parametrizations.keys())
+        return (f"it has parametrizations on {names} (torch.nn.utils.parametrize, e.g. "
+                f"weight_norm): those weights are recomputed on every call, and the replacement "
+                f"would hold plain parameters instead")
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, WeightNorm):  # the legacy torch.nn.utils.weight_norm
+            return (f"it has torch.nn.utils.weight_norm on {hook.name} (a forward pre-hook "
+                    f"that recomputes {hook.name} on every call), which the replacement would "
+                    f"drop")
+    for attr, kind in _HOOK_KINDS.items():
+        hooks = getattr(module, attr, None)
+        if hooks:
+            return (f"it has {len(hooks)} {kind} ({', '.join(map(_hook_name, hooks.values()))}), "
+                    f"which the replacement would drop")
+    if type(module) not in stock:
+        base = next(t for t in stock if isinstance(module, t))
+        return (f"its class {type(module).__qualname__} subclasses {base.__module__}."
+                f"{base.__qualname__}: its own methods (forward, ...) and attributes would be "
+                f"lost")
+    return None
+
+
+def _hook_name(hook) -> str:
+    return getattr(hook, "__qualname__", type(hook).__qualname__)
+
+
+def _replace(model: nn.Module, kinds: tuple[type, ...], swap: Callable[[nn.Module], nn.Module],
+             strict: bool, action: str) -> nn.Module:
+    """Apply swap to model itself, or to every submodule that is an instance of kinds: only to
+    those the swap reproduces (exactly one of kinds, no hooks, no parametrizations); for the
+    others raise before replacing anything (strict) or warn and leave them. A module found at
+    several places is swapped once and the one replacement put at all of them, so sharing
+    (tied encoders, a layer reused in a loop) is kept."""
+    # (parent or None for the model itself, attribute name, module, path in model)
+    sites: list[tuple[nn.Module | None, str, nn.Module, str]] = []
     if isinstance(model, kinds):
-        return swap(model)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, kinds):
-                setattr(parent, name, swap(child))
+        sites.append((None, "", model, ""))
+    else:
+        for parent_path, parent in model.named_modules():
+            # parent._modules, not named_children(): that skips a second name for the same child.
+            for name, child in parent._modules.items():
+                if isinstance(child, kinds):
+                    sites.append((parent, name, child,
+                                  f"{parent_path}.{name}" if parent_path else name))
+    problems: dict[int, str] = {}  # id(module) -> why it stays, at its first path
+    for _, _, module, path in sites:
+        if id(module) not in problems:
+            reason = _why_not_replaceable(module, kinds)
+            if reason is not None:
+                where = repr(path) if path else "the model itself"
+                problems[id(module)] = (f"cannot replace {where} ({type(module).__qualname__}) "
+                                        f"without changing what it computes: {reason}")
+    if problems and strict:
+        raise ValueError(f"fusedgru.{action}: " + "; ".join(problems.values())
+                         + f". Remove that, or call {action}(..., strict=False) to leave such "
+                           "modules as they are")
+    for message in problems.values():
+        warnings.warn(f"fusedgru.{action}: {message}; left as it is (strict=False)",
+                      stacklevel=3)
+    replaced: dict[int, nn.Module] = {}  # id(original) -> its one replacement
+    for parent, name, module, _ in sites:
+        if id(module) in problems:
+            continue
+        if id(module) not in replaced:
+            replaced[id(module)] = swap(module)
+        if parent is None:
+            return replaced[id(module)]
+        setattr(parent, name, replaced[id(module)])
     return model
 
 
-def convert(model: nn.Module) -> nn.Module:
+def convert(model: nn.Module, *, strict: bool = True) -> nn.Module:
     """Replace every ``torch.nn.GRU`` (``nn.GRUCell``) in ``model``, the model itself included, by
     a :class:`fusedgru.GRU` (:class:`fusedgru.GRUCell`) that shares its parameter objects, so
-    weights, device, dtype, ``requires_grad`` and optimizer state carry over; returns the model."""
+    weights, device, dtype, ``requires_grad`` and optimizer state carry over; returns the model.
+    A module referenced at several places becomes one replacement referenced at all of them.
+
+    Only what the replacement reproduces exactly is replaced. A module that is an instance of a
+    subclass of ``nn.GRU`` / ``nn.GRUCell`` (its own ``forward`` or attributes), that carries
+    hooks (forward, forward pre-, backward, state_dict; also the legacy
+    ``torch.nn.utils.weight_norm``) or parametrizations (``torch.nn.utils.parametrize``,
+    ``torch.nn.utils.parametrizations.weight_norm``) would silently lose them. With
+    ``strict=True`` (the default) such modules raise a ``ValueError`` naming each one's path in
+    ``model`` and the reason, before anything is replaced; with ``strict=False`` they are left as
+    they are, each with a ``UserWarning`` saying so, and the rest is converted."""
 
     def swap(gru_module):
         if isinstance(gru_module, nn.GRUCell):
@@ -289,15 +382,16 @@ def convert(model: nn.Module) -> nn.Module:
         new.train(gru_module.training)
         return new
 
-    return _replace(model, (nn.GRU, nn.GRUCell), swap)
+    return _replace(model, (nn.GRU, nn.GRUCell), swap, strict, "convert")
 
 
-def revert(model: nn.Module) -> nn.Module:
+def revert(model: nn.Module, *, strict: bool = True) -> nn.Module:
     """The inverse of :func:`convert`: replace every :class:`fusedgru.GRU` (:class:`GRUCell`) in
     ``model`` by a ``torch.nn.GRU`` (``nn.GRUCell``) sharing its parameter objects, for what
     needs the stock modules (``torch.jit.script``, the TorchScript-based ONNX exporter, loading
     without fusedgru installed); returns the model. :class:`LayerNormGRU` has no stock
-    counterpart and stays."""
+    counterpart and stays. Subclasses, hooks, parametrizations and shared modules are handled
+    as in :func:`convert` (``strict``)."""
 
     def swap(module):
         if isinstance(module, GRUCell):
@@ -313,4 +407,4 @@ def revert(model: nn.Module) -> nn.Module:
         new.flatten_parameters()
         return new.train(module.training)
 
-    return _replace(model, (GRU, GRUCell), swap)
+    return _replace(model, (GRU, GRUCell), swap, strict, "revert")

@@ -304,3 +304,61 @@ def test_cpu_backward_is_bitwise_independent_of_the_thread_count(layout):
     for other in grads[1:]:
         for a, c in zip(grads[0], other, strict=True):
             assert torch.equal(a, c)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("alias", ["expanded state", "x inside the state", "weight inside"])
+def test_update_refuses_a_state_that_aliases(device, alias):
+    """conv_state is written in place: like torch's in-place ops, refuse one whose elements
+    share memory (each alias would take every row's shift) or that shares memory with x or
+    the weight (where at::assert_no_overlap can tell: dense tensors); nothing is written."""
+    N, C, W = 3, 5, 4
+    w = torch.randn(C, W, device=device)
+    x = torch.randn(N, C, device=device)
+    if alias == "expanded state":
+        state = torch.randn(1, C, W - 1, device=device).expand(N, C, W - 1)
+        match = "conv_state is updated in place, but several of its elements refer to one memory"
+    elif alias == "x inside the state":
+        state = torch.randn(N, C, W - 1, device=device)
+        x = state.view(-1)[C:C + N * C].view(N, C)
+        match = "some elements of the input tensor and the written-to tensor refer to a single"
+    else:
+        state = torch.randn(N, C, W - 1, device=device)
+        w = state.view(-1)[:C * W].view(C, W)
+        match = "some elements of the input tensor and the written-to tensor refer to a single"
+    before = state.clone()
+    with torch.no_grad(), pytest.raises(RuntimeError, match=match):
+        fusedgru.causal_conv1d_update(x, state, w)
+    assert torch.equal(state, before)
+    with torch.no_grad():  # a private copy is fine and gives the reference result
+        own = state.clone()
+        y = fusedgru.causal_conv1d_update(x.clone(), own, w.clone())
+        expected = reference.causal_conv1d(x[:, :, None], w, None, 1, None, state)[..., 0]
+    assert torch.allclose(y, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("W, dilation, message", [
+    (4, 2**62, r"dilation 4611686018427387904 is too large: the history \(W-1\)\*dilation = "
+               r"3\*4611686018427387904 overflows int64"),
+    (3, 2**62 + 1, r"the history \(W-1\)\*dilation = 2\*4611686018427387905 overflows int64"),
+    (4, 2**60, r"dilation 1152921504606846976 is too large: \(L \+ \(W-1\)\*dilation\) \* C = "
+               r"\(9 \+ 3458764513820540928\) \* 5 overflows int64"),
+])
+def test_absurd_dilation_is_refused(device, W, dilation, message):
+    x = torch.randn(2, 5, 9, device=device)
+    w, b = torch.randn(5, W, device=device), torch.randn(5, device=device)
+    with pytest.raises(ValueError, match=message):
+        fusedgru.causal_conv1d(x, w, b, dilation=dilation)
+    with pytest.raises(ValueError, match=message):
+        torch.ops.fusedgru.causal_conv1d_bwd(torch.randn_like(x), x, w, b, None, dilation, 0)
+    if "history" in message:
+        with torch.no_grad(), pytest.raises(ValueError, match=message):
+            fusedgru.causal_conv1d_update(x[..., 0], torch.randn(2, 5, 3, device=device), w,
+                                          b, dilation=dilation)
+    conv = fusedgru.CausalConv1d(5, W, dilation=dilation).to(device)
+    with pytest.raises(ValueError, match=message):
+        conv(x)
+    # a huge history that fits still runs: every tap but the last reads the zeros before t = 0
+    y = fusedgru.causal_conv1d(x, w, b, dilation=2**40)
+    assert torch.allclose(y, w[:, -1:] * x + b[:, None], atol=1e-6)

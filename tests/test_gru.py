@@ -615,3 +615,348 @@ def test_cuda_paths_match_nn_gru(monkeypatch, persistent, N, H):
     out_r, h_r = ours.cpu()(x.detach().cpu(), hx.detach().cpu(), lengths=lengths)
     assert_close(out.cpu(), out_r, TOL[torch.float64], "lengths output")
     assert_close(h_n.cpu(), h_r, TOL[torch.float64], "lengths h_n")
+
+
+# ---- lengths: checked once, in functional._layers, for every entry point ----
+
+def _lengths_entry_points():
+    """Each public way to pass lengths, as f(x [T, N, C] float64, lengths) -> output."""
+    gru_m = fusedgru.GRU(3, 4, num_layers=2, bidirectional=True).double()
+    bf_m = fusedgru.GRU(3, 4, batch_first=True).double()
+    ln_m = fusedgru.LayerNormGRU(3, 4).double()
+    return {
+        "GRU": lambda x, lengths: gru_m(x, lengths=lengths)[0],
+        "GRU batch_first": lambda x, lengths: bf_m(x.transpose(0, 1), lengths=lengths)[0]
+        .transpose(0, 1),
+        "LayerNormGRU": lambda x, lengths: ln_m(x, lengths=lengths)[0],
+        "gru": lambda x, lengths: fusedgru.gru(x, None, list(gru_m.parameters()), True, 2, 0.0,
+                                               False, True, False, lengths=lengths)[0],
+        "ln_gru": lambda x, lengths: fusedgru.ln_gru(x, None, list(ln_m.parameters()), 1, 0.0,
+                                                     False, False, False, lengths=lengths)[0],
+    }
+
+
+BAD_LENGTHS = {  # T = 6, N = 4
+    "too few": ([3, 6, 2], ValueError, r"lengths must have shape (N,) = (4,), got (3,)"),
+    "too many": ([3, 6, 2, 1, 1], ValueError, r"lengths must have shape (N,) = (4,), got (5,)"),
+    "2-D": ([[3, 6, 2, 1]], ValueError, r"lengths must have shape (N,) = (4,), got (1, 4)"),
+    "0-D": (3, ValueError, r"lengths must have shape (N,) = (4,), got ()"),
+    "float": ([3.0, 6.0, 2.0, 1.0], TypeError, "lengths must hold integers, got dtype "
+                                              "torch.float32"),
+    "bool": ([True, True, False, True], TypeError, "lengths must hold integers, got dtype "
+                                                  "torch.bool"),
+    # sorted, 7 would be entry 0: the message must name the caller's index
+    "too long": ([3, 7, 2, 1], ValueError, "lengths must lie in [0, T] = [0, 6], got "
+                                          "lengths[1] = 7"),
+    "negative": ([3, 6, 2, -1], ValueError, "lengths must lie in [0, T] = [0, 6], got "
+                                           "lengths[3] = -1"),
+}
+
+
+@pytest.mark.parametrize("entry", list(_lengths_entry_points()))
+@pytest.mark.parametrize("case", list(BAD_LENGTHS))
+@pytest.mark.parametrize("as_tensor", [True, False], ids=["tensor", "list"])
+def test_bad_lengths_are_refused_with_the_same_message_everywhere(entry, case, as_tensor):
+    f = _lengths_entry_points()[entry]
+    value, exc, message = BAD_LENGTHS[case]
+    lengths = torch.tensor(value) if as_tensor else value
+    x = torch.randn(6, 4, 3, dtype=torch.float64)
+    with pytest.raises(exc) as got:
+        f(x, lengths)
+    assert str(got.value) == message
+
+
+@pytest.mark.parametrize("entry", list(_lengths_entry_points()))
+def test_lengths_as_a_list_or_int32_equal_int64_tensor(entry):
+    f = _lengths_entry_points()[entry]
+    x = torch.randn(6, 4, 3, dtype=torch.float64)
+    lengths = [3, 6, 0, 1]  # a length of 0 included: its outputs are all zero
+    expected = f(x, torch.tensor(lengths))
+    assert torch.equal(f(x, lengths), expected)
+    assert torch.equal(f(x, tuple(lengths)), expected)
+    assert torch.equal(f(x, torch.tensor(lengths, dtype=torch.int32)), expected)
+    assert torch.all(expected[:, 2] == 0) and torch.all(expected[1:, 3] == 0)
+    assert expected[:3, 0].abs().min() > 0 and expected[0, 3].abs().min() > 0
+
+
+def test_list_lengths_match_packed_nn_gru():
+    ref, ours = pair("cpu", torch.float64, 3, 4, num_layers=2, bidirectional=True)
+    lengths = [2, 7, 5]
+    x = torch.randn(7, 3, 3, dtype=torch.float64)
+    out, h = ours(x, lengths=lengths)
+    p_out, p_h = ref(pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False))
+    assert_close(out, pad_packed_sequence(p_out, total_length=7)[0], TOL[torch.float64], "out")
+    assert_close(h, p_h, TOL[torch.float64], "h_n")
+
+
+# ---- CPU autocast: the dtypes (and values) nn.GRU / nn.GRUCell give ----
+
+@pytest.mark.parametrize("x_dtype, hx_dtype", [
+    (torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16),
+    (torch.bfloat16, None), (torch.float32, None), (torch.bfloat16, torch.bfloat16),
+], ids=["x-bf16-hx-fp32", "x-fp32-hx-bf16", "x-bf16-no-hx", "x-fp32-no-hx", "both-bf16"])
+def test_gru_under_cpu_autocast_returns_nn_grus_dtypes(x_dtype, hx_dtype):
+    """nn.GRU under CPU autocast returns output and h_n in hx's dtype (hx defaults to zeros of
+    the input's dtype); ours too, at least as accurately (against float64 on the same inputs)."""
+    ref, ours = pair("cpu", torch.float32, 4, 6, num_layers=2, bidirectional=True)
+    ref64 = copy.deepcopy(ref).double()
+    x = torch.randn(5, 3, 4).to(x_dtype)
+    hx = torch.randn(4, 3, 6).to(hx_dtype) if hx_dtype is not None else None
+    exact = ref64(x.double(), hx.double() if hx is not None else None)
+    with torch.autocast("cpu"):
+        theirs = ref(x, hx) if hx is not None else ref(x)
+        got = ours(x, hx) if hx is not None else ours(x)
+    for what, o, t, e in zip(("output", "h_n"), got, theirs, exact):
+        assert o.dtype == t.dtype, f"{what}: {o.dtype}, nn.GRU gives {t.dtype}"
+        assert rel_err(o, e) <= 2 * rel_err(t, e) + 1e-6, what
+        assert rel_err(o, t) <= 2e-2, what  # the same function, up to nn.GRU's bf16 GEMMs
+
+
+@pytest.mark.parametrize("hx_dtype", [torch.float32, torch.bfloat16])
+def test_gru_cell_under_cpu_autocast_behaves_like_nn_gru_cell(hx_dtype):
+    """A decoder step under CPU autocast: nn.Linear gives a bfloat16 activation, the state is
+    float32 (or bfloat16). nn.GRUCell's h' takes hx's dtype; ours the same, as accurate, with
+    gradients of the same dtypes and at least as accurate; a converted decoder runs too."""
+    torch.manual_seed(0)
+    proj, ref = nn.Linear(7, 5), nn.GRUCell(5, 6)
+    ours = fusedgru.GRUCell(5, 6)
+    ours.load_state_dict(ref.state_dict())
+    ref64 = copy.deepcopy(ref).double()
+    x, hx = torch.randn(4, 7), torch.randn(4, 6).to(hx_dtype).requires_grad_()
+    g = torch.randn(4, 6)
+    with torch.autocast("cpu"):
+        a = proj(x)
+    assert a.dtype == torch.bfloat16
+    a = a.detach().requires_grad_()
+    a64, hx64 = (t.detach().double().requires_grad_() for t in (a, hx))
+    results = {}
+    for name, cell, inputs in (("theirs", ref, (a, hx)), ("ours", ours, (a, hx)),
+                               ("exact", ref64, (a64, hx64))):
+        with torch.autocast("cpu", enabled=name != "exact"):
+            out = cell(*inputs)
+        grads = torch.autograd.grad((out * g.to(out.dtype)).sum(), [*inputs, *cell.parameters()])
+        results[name] = (out, *grads)
+    assert results["ours"][0].dtype == results["theirs"][0].dtype == hx_dtype
+    for i, (o, t, e) in enumerate(zip(results["ours"], results["theirs"], results["exact"])):
+        assert o.dtype == t.dtype, f"tensor {i}: {o.dtype}, nn.GRUCell gives {t.dtype}"
+        assert rel_err(o, e) <= 2 * rel_err(t, e) + 1e-6, f"tensor {i}"
+        assert rel_err(o, t) <= 3e-2, f"tensor {i}"
+
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj, self.cell = nn.Linear(7, 5), nn.GRUCell(5, 6)
+
+        def forward(self, x, h):
+            return self.cell(self.proj(x), h)
+
+    dec = Decoder()
+    with torch.autocast("cpu"):
+        expected = dec(x, hx)
+        got = fusedgru.convert(dec)(x, hx)
+    assert isinstance(dec.cell, fusedgru.GRUCell)
+    assert got.dtype == expected.dtype == hx_dtype
+    assert rel_err(got, expected) <= 3e-2
+
+
+# ---- meta device (deferred init, shape inference) ----
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("kind", ["GRU", "LayerNormGRU"])
+def test_meta_device_gives_nn_grus_shapes(kind, batch_first):
+    kwargs = dict(num_layers=2, bidirectional=True, batch_first=batch_first, device="meta")
+    ref = nn.GRU(3, 5, **kwargs)
+    ours = getattr(fusedgru, kind)(3, 5, **kwargs)
+    x = torch.randn((2, 7, 3) if batch_first else (7, 2, 3), device="meta")
+    hx = torch.randn(4, 2, 5, device="meta")
+    for args in ((x,), (x, hx), (x[0] if batch_first else x[:, 0],)):
+        expected = ref(*args)
+        got = ours(*args)
+        for o, e in zip(got, expected, strict=True):
+            assert o.device.type == "meta" and o.shape == e.shape and o.dtype == e.dtype
+    out, h = ours(x, lengths=torch.tensor([7, 3]))  # values on the host: checked
+    assert out.shape == expected_out_shape(batch_first) and h.shape == (4, 2, 5)
+    out, h = ours(x, lengths=torch.empty(2, dtype=torch.long, device="meta"))  # not readable
+    assert out.shape == expected_out_shape(batch_first) and h.shape == (4, 2, 5)
+    with pytest.raises(ValueError, match=r"lengths must have shape \(N,\) = \(2,\), got \(3,\)"):
+        ours(x, lengths=torch.empty(3, dtype=torch.long, device="meta"))
+    x.requires_grad_()
+    out, h = ours(x)
+    (out.sum() + h.sum()).backward()
+    assert x.grad.shape == x.shape and x.grad.device.type == "meta"
+    # deferred init: materialize, then the module computes what nn.GRU does
+    ours.to_empty(device="cpu").reset_parameters()
+    assert ours(torch.randn(x.shape))[0].shape == expected_out_shape(batch_first)
+
+
+def expected_out_shape(batch_first):
+    return (2, 7, 10) if batch_first else (7, 2, 10)
+
+
+def test_meta_device_gru_cell():
+    ref, ours = nn.GRUCell(3, 5, device="meta"), fusedgru.GRUCell(3, 5, device="meta")
+    x = torch.randn(4, 3, device="meta")
+    assert ours(x).shape == ref(x).shape == (4, 5) and ours(x).device.type == "meta"
+
+
+# ---- the functional form names a misshapen weight ----
+
+def test_functional_gru_names_the_misshapen_weight():
+    m = fusedgru.GRU(3, 4, num_layers=2, bidirectional=True)
+    w = list(m.parameters())  # per layer and direction: weight_ih, weight_hh, bias_ih, bias_hh
+    x = torch.randn(5, 2, 3)
+    cases = {
+        "swapped": ([w[1], w[0]] + w[2:], "weight_ih_l0 must have shape (12, 3), got (12, 4); "
+                                          "weight_hh_l0 must have shape (12, 4), got (12, 3)"),
+        "1-D": ([w[0], w[2], w[1]] + w[3:], "weight_hh_l0 must have shape (12, 4), got (12,); "
+                                            "bias_ih_l0 must have shape (12,), got (12, 4)"),
+        "layer 1 reverse": (w[:12] + [w[12][:, :4]] + w[13:],
+                            "weight_ih_l1_reverse must have shape (12, 8), got (12, 4)"),
+    }
+    for what, (params, message) in cases.items():
+        with pytest.raises(RuntimeError) as got:
+            fusedgru.gru(x, None, params, True, 2, 0.0, False, True, False)
+        assert str(got.value) == (
+            "GRU weights do not fit input_size=3, hidden_size=4 (from weight_hh_l0), "
+            f"num_layers=2, bidirectional=True: {message}"), what
+    with pytest.raises(RuntimeError, match=r"weight_hh_l0 must have shape \(3\*hidden_size, "
+                                           r"hidden_size\), got \(\)"):
+        fusedgru.gru(x, None, [w[0], w[0].sum()] + w[2:], True, 2, 0.0, False, True, False)
+    with pytest.raises(RuntimeError, match=r"weight_hh_l0 must have shape \(3\*hidden_size, "
+                                           r"hidden_size\), got \(4, 4\)"):
+        fusedgru.gru(x, None, [w[0], w[1][:4]] + w[2:], True, 2, 0.0, False, True, False)
+    ln = fusedgru.LayerNormGRU(3, 4)
+    p = list(ln.parameters())
+    with pytest.raises(RuntimeError, match=r"ln_hh_bias_l0 must have shape \(12,\), got \(4,\)"):
+        fusedgru.ln_gru(x, None, p[:5] + [p[5][:4]], 1, 0.0, False, False, False)
+    # a module whose weight was reassigned with the wrong shape says the same
+    m.weight_hh_l1 = nn.Parameter(torch.randn(12, 5))
+    with pytest.raises(RuntimeError, match=r"weight_hh_l1 must have shape \(12, 4\), got "
+                                           r"\(12, 5\)"):
+        m(x)
+
+
+# ---- convert / revert never silently change behaviour ----
+
+class _OwnForwardGRU(nn.GRU):
+    def forward(self, input, hx=None):
+        out, h = super().forward(input, hx)
+        return 2 * out, h
+
+
+def _hooked(kind):
+    g = nn.GRU(3, 4).double()
+    if kind == "forward hook":
+        g.register_forward_hook(lambda mod, args, out: (out[0] + 1, out[1]))
+    elif kind == "forward pre-hook":
+        g.register_forward_pre_hook(lambda mod, args: (args[0] * 2,))
+    elif kind == "parametrization":
+        nn.utils.parametrizations.weight_norm(g, "weight_hh_l0")
+    elif kind == "legacy weight_norm":
+        with pytest.warns(FutureWarning):
+            nn.utils.weight_norm(g, "weight_hh_l0")
+    elif kind == "subclass":
+        g = _OwnForwardGRU(3, 4).double()
+    return g
+
+
+CONVERT_REFUSALS = {
+    "forward hook": "it has 1 forward hooks (",
+    "forward pre-hook": "it has 1 forward pre-hooks (",
+    "parametrization": "it has parametrizations on weight_hh_l0 (torch.nn.utils.parametrize",
+    "legacy weight_norm": "it has torch.nn.utils.weight_norm on weight_hh_l0",
+    "subclass": "its class _OwnForwardGRU subclasses torch.nn.modules.rnn.GRU",
+}
+
+
+@pytest.mark.parametrize("kind", list(CONVERT_REFUSALS))
+def test_convert_refuses_what_it_cannot_carry_over(kind):
+    net = nn.Sequential(nn.Linear(3, 3), nn.Sequential(_hooked(kind))).double()
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    expected = net[1][0](net[0](x))[0]
+    with pytest.raises(ValueError) as got:
+        fusedgru.convert(net)
+    message = str(got.value)
+    assert message.startswith("fusedgru.convert: cannot replace '1.0' (")
+    assert CONVERT_REFUSALS[kind] in message and "strict=False" in message
+    assert net[1][0] is not None and not isinstance(net[1][0], fusedgru.GRU)
+    # strict=False: left as it is, with a warning; the rest is converted
+    net.add_module("plain", nn.GRU(3, 4).double())
+    with pytest.warns(UserWarning, match=r"cannot replace '1.0' .* left as it is"):
+        fusedgru.convert(net, strict=False)
+    assert not isinstance(net[1][0], fusedgru.GRU) and isinstance(net.plain, fusedgru.GRU)
+    assert torch.equal(net[1][0](net[0](x))[0], expected)
+    with pytest.raises(ValueError, match="cannot replace the model itself"):
+        fusedgru.convert(_hooked(kind))
+
+
+def test_convert_keeps_a_shared_module_shared():
+    shared, cell = nn.GRU(3, 4).double(), nn.GRUCell(3, 4).double()
+    net = nn.Sequential(shared, nn.Sequential(shared, cell), cell, shared).double()
+    fusedgru.convert(net)
+    assert isinstance(net[0], fusedgru.GRU) and isinstance(net[2], fusedgru.GRUCell)
+    assert net[0] is net[1][0] is net[3] and net[2] is net[1][1]
+    assert len(list(net.parameters())) == 8  # 4 for the GRU, 4 for the cell, each once
+    fusedgru.revert(net)
+    assert type(net[0]) is nn.GRU and net[0] is net[1][0] is net[3]
+    assert type(net[2]) is nn.GRUCell and net[2] is net[1][1]
+
+
+def test_revert_refuses_hooks_too():
+    m = nn.Sequential(fusedgru.GRU(3, 4))
+    m[0].register_forward_hook(lambda mod, args, out: out)
+    with pytest.raises(ValueError, match=r"fusedgru.revert: cannot replace '0' \(GRU\) .* "
+                                         r"1 forward hooks"):
+        fusedgru.revert(m)
+
+
+# ---- threads sharing one module ----
+
+def test_threads_sharing_one_module_equal_sequential_runs():
+    """Four Python threads run forward and backward through one fusedgru.GRU at once (inputs
+    of different sizes, so the kernels' partitions differ); every result is bitwise the one a
+    sequential run gives."""
+    import threading
+
+    m = fusedgru.GRU(6, 32, num_layers=2, bidirectional=True)
+    inputs = [(torch.randn(9 + 3 * i, 2 + i, 6, requires_grad=True),
+               torch.randn(4, 2 + i, 32)) for i in range(4)]
+
+    def run(i):
+        x, hx = inputs[i]
+        out, h = m(x, hx)
+        loss = (out * out).sum() + h.sum()
+        return [out.detach(), h.detach(), *torch.autograd.grad(loss, [x, *m.parameters()])]
+
+    expected = [run(i) for i in range(4)]
+    for _ in range(3):
+        results, errors = [None] * 4, []
+        barrier = threading.Barrier(4)
+
+        def worker(i):
+            try:
+                barrier.wait()
+                results[i] = run(i)
+            except BaseException as e:  # re-raised below, in the test's own thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        for i in range(4):
+            for a, b in zip(results[i], expected[i], strict=True):
+                assert torch.equal(a, b), f"thread {i}"
+
+
+def test_convert_refuses_before_replacing_anything():
+    net = nn.Sequential(nn.GRU(3, 4), _hooked("subclass"), nn.GRU(3, 4))
+    net[2].register_forward_hook(lambda mod, args, out: out)
+    with pytest.raises(ValueError) as got:
+        fusedgru.convert(net)
+    assert "cannot replace '1' (_OwnForwardGRU)" in str(got.value)
+    assert "cannot replace '2' (GRU)" in str(got.value)
+    assert [type(m) for m in net] == [nn.GRU, _OwnForwardGRU, nn.GRU], "nothing replaced"

@@ -117,3 +117,52 @@ def test_bad_arguments():
         CausalConvGRU(3, 4, attention="global")
     with pytest.raises(ValueError, match="not divisible"):
         CausalConvGRU(3, 6, attention="causal", num_heads=4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pool_with_a_length_of_0_is_a_zero_vector_with_zero_gradients(device):
+    """A sequence of length 0 pools to zeros, its inputs get zero gradients, and every other
+    row (outputs and the parameters' gradients) is what it is without it in the batch."""
+    m = CausalConvGRU(4, 6, attention="pool").to(device, torch.float64)
+    x = torch.randn(3, 9, 4, device=device, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 6, device=device, dtype=torch.float64)
+    y = m(x, torch.tensor([9, 0, 4]))
+    assert torch.isfinite(y).all() and torch.equal(y[1], torch.zeros_like(y[1]))
+    grads = torch.autograd.grad((y * g).sum(), [x, *m.parameters()])
+    assert all(torch.isfinite(t).all() for t in grads)
+    assert torch.equal(grads[0][1], torch.zeros_like(grads[0][1]))
+    keep = [0, 2]
+    x2 = x.detach()[keep].requires_grad_()
+    y2 = m(x2, torch.tensor([9, 4]))
+    grads2 = torch.autograd.grad((y2 * g[keep]).sum(), [x2, *m.parameters()])
+    assert torch.allclose(y[keep], y2, rtol=0, atol=1e-12)
+    assert torch.allclose(grads[0][keep], grads2[0], rtol=0, atol=1e-12)
+    for a, b in zip(grads[1:], grads2[1:], strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12)
+    y_all_empty = m(x, [0, 0, 0])
+    assert torch.equal(y_all_empty, torch.zeros_like(y_all_empty))
+
+
+@pytest.mark.parametrize("lengths, exc, message", [
+    ([9, 4], ValueError, r"lengths must have shape \(N,\) = \(3,\), got \(2,\)"),
+    ([9, 4, 1, 1], ValueError, r"lengths must have shape \(N,\) = \(3,\), got \(4,\)"),
+    ([[9, 4, 1]], ValueError, r"lengths must have shape \(N,\) = \(3,\), got \(1, 3\)"),
+    ([9, 10, 1], ValueError, r"lengths must lie in \[0, T\] = \[0, 9\], got lengths\[1\] = 10"),
+    ([9.0, 4.0, 1.0], TypeError, "lengths must hold integers"),
+], ids=["too few", "too many", "2-D", "too long", "float"])
+@pytest.mark.parametrize("attention", [None, "pool"])
+def test_bad_lengths_are_refused(attention, lengths, exc, message):
+    m = CausalConvGRU(4, 6, attention=attention)
+    with pytest.raises(exc, match=message):
+        m(torch.randn(3, 9, 4), lengths)
+    with pytest.raises(exc, match=message):
+        m(torch.randn(3, 9, 4), torch.tensor(lengths))
+
+
+def test_lengths_as_a_list_equal_a_tensor():
+    m = CausalConvGRU(4, 6, attention="pool").double()
+    x = torch.randn(3, 9, 4, dtype=torch.float64)
+    assert torch.equal(m(x, [9, 4, 1]), m(x, torch.tensor([9, 4, 1])))
+    mt = CausalConvGRU(4, 6, batch_first=False).double()
+    assert torch.equal(mt(x.transpose(0, 1), [9, 4, 1]), mt(x.transpose(0, 1),
+                                                              torch.tensor([9, 4, 1])))
