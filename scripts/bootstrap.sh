@@ -31,7 +31,7 @@ fi
 
 # import name -> pip name, installed only when missing
 missing=()
-for pair in numpy:numpy ninja:ninja pybind11:pybind11 pytest:pytest \
+for pair in numpy:numpy ninja:ninja pybind11:pybind11 pytest:pytest hypothesis:hypothesis \
             pytest_benchmark:pytest-benchmark tqdm:tqdm setuptools:setuptools wheel:wheel; do
   "$VPY" -c "import ${pair%%:*}" 2>/dev/null || missing+=("${pair#*:}")
 done
@@ -51,6 +51,13 @@ if [ ${#optional[@]} -gt 0 ]; then
   echo "[bootstrap] installing the examples' extras: ${optional[*]}"
   "$VPY" -m pip install -q --retries 0 --timeout 10 "${optional[@]}" \
     || echo "[bootstrap] could not install ${optional[*]} (offline?): the example tests will skip"
+fi
+
+# The nvcc compile check needs the cuBLAS/cuSPARSE/cuSOLVER headers that torch's CUDA headers
+# include; with a CPU build of torch and a CUDA toolkit here, take them from NVIDIA's wheels.
+if command -v nvcc >/dev/null && "$VPY" -c "import sys, torch; sys.exit(torch.version.cuda is not None)"; then
+  "$VPY" scripts/cuda_library_headers.py "$VENV/cuda-library-headers" \
+    || echo "[bootstrap] could not fetch the CUDA library headers (offline?): the CUDA compile check will fail"
 fi
 
 stamp=$VENV/.fusedgru-build

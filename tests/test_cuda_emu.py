@@ -178,6 +178,36 @@ def test_conv_bad_input_is_refused_before_launch(emu):
 # GRU: the per-step pointwise kernels (with cuBLAS replaced by ATen on the CPU), the single-
 # launch cell kernel, and the layer-normalized GRU's block-per-row kernels.
 
+def gate_gradient(layer, x, w_ih, b_ih, rest, go, gh):
+    """dL/d(x W_ih^T + b_ih), [T, N, 3H], by the reference: `layer` (reference.gru_layer or
+    ln_gru_layer, called as layer(input, hx, weight_ih, *rest)) run on the input projection
+    itself with weight_ih = I and no input bias, differentiated by autograd."""
+    T, N, C = x.shape
+    G = w_ih.shape[0]
+    gi = x.reshape(T * N, C) @ w_ih.t()
+    gi = (gi if b_ih is None else gi + b_ih).reshape(T, N, G).detach().requires_grad_()
+    out, h = layer(gi, rest[0], torch.eye(G, dtype=x.dtype), *rest[1:])[:2]
+    return torch.autograd.grad((out * go).sum() + (h * gh).sum(), gi)[0]
+
+
+def grad_error(o, r, name, x, w_ih, d_gi):
+    """The error of a gradient relative to the size of what it is made of. The input and W_ih
+    gradients are GEMMs over the gate gradient d_gi (d_gi W_ih and d_gi^T x), whose entries can
+    cancel far below their terms: a layer norm over the projection of a single input feature is
+    scale-invariant, so that feature's gradient is eps-sized while each term is O(1). Their
+    error is measured against ||d_gi|| ||W_ih|| and ||d_gi|| ||x|| (the norms that bound a
+    GEMM's rounding error); every other gradient against its own norm. (A fixed relative bound
+    on them failed on ill-conditioned draws: 3.7e-10 against 1e-10, and 1.8e-7 over 300 seeds.)"""
+    scale = {"input": d_gi.norm() * w_ih.norm(), "weight_ih": d_gi.norm() * x.norm()}
+    diff = (o.double() - r.double()).norm()
+    return (diff / max(r.double().norm(), scale.get(name, 0.0), 1e-30)).item()
+
+
+GRAD_NAMES = ["input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh"]
+LN_GRAD_NAMES = ["input", "hx", "weight_ih", "weight_hh", "ln_ih_weight", "ln_ih_bias",
+                 "ln_hh_weight", "ln_hh_bias"]
+
+
 def gru_case(T, N, C, H, dtype, batch_major, with_lengths, bias=True):
     x = torch.randn(N, T, C, dtype=dtype).transpose(0, 1) if batch_major else \
         torch.randn(T, N, C, dtype=dtype)
@@ -227,17 +257,22 @@ def test_gru_kernels_float64(emu, path, T, N, C, H, reverse, batch_major, with_l
                                                 reverse, bias, True, True)
     grads_r = reference.gru_layer_backward(go, gh, gws, x, hx, w_ih, w_hh, lengths, out_r, ws_r,
                                            reverse, bias)
-    names = ["input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh"]
-    for name, o, r in zip(names, grads, grads_r):
+    d_gi = gate_gradient(reference.gru_layer, x, w_ih, args[4],
+                         (hx, w_hh, None, args[5], lengths, reverse), go, gh) \
+        if not with_grad_ws else grads_r[0].new_zeros(0)
+    for name, o, r in zip(GRAD_NAMES, grads, grads_r):
         if r is None:
             continue
-        assert o.shape == r.shape and rel_err(o, r) <= 1e-12, f"grad {name}: {rel_err(o, r)}"
+        err = grad_error(o, r, name, x, w_ih, d_gi)
+        assert o.shape == r.shape and err <= 1e-12, f"grad {name}: {err}"
 
 
 @pytest.mark.parametrize("forward", ["gru_forward", "gru_forward_per_step"],
                          ids=["persistent", "per_step"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_gru_kernels_low_precision(emu, forward, dtype):
+def test_gru_kernels_low_precision(emu, restore_tf32_flags, forward, dtype):
+    """Strict fp32 GEMMs (the RNN flag off; the TF32 choice has its own tests below)."""
+    torch.backends.cudnn.rnn.fp32_precision = "ieee"
     args64 = gru_case(9, 4, 24, 40, torch.float64, False, True)
     args = [a.to(dtype) if a is not None and a.is_floating_point() else a for a in args64]
     out, h, ws = getattr(emu, forward)(*args, False, True)
@@ -269,8 +304,8 @@ def test_gru_cell_kernel(emu, N, bias):
                          ids=["fwd", "rev-batchmajor-lengths"])
 def test_ln_gru_kernels_match_the_cpu_op(emu, T, N, C, H, reverse, batch_major, with_lengths):
     """Same shared host code as the CPU op (verified against reference.ln_gru_layer): the
-    forward's saved activations and every gradient must agree. Tolerance 1e-10: the kernels
-    take the row variance as E[v^2] - mean^2, the CPU op in two passes."""
+    forward's saved activations and every gradient must agree (both take the row variance in
+    two passes; gradients measured by grad_error)."""
     import fusedgru  # noqa: F401
     x, hx, w_ih, w_hh, _, _, lengths = gru_case(T, N, C, H, torch.float64, batch_major,
                                                 with_lengths)
@@ -285,8 +320,11 @@ def test_ln_gru_kernels_match_the_cpu_op(emu, T, N, C, H, reverse, batch_major, 
     rest = (x, hx, w_ih, w_hh, ln[0], ln[2], ln[3], lengths)
     g = emu.ln_gru_backward(go, gh, *rest, *ours[0:1], ours[2], reverse, True, True)
     g_cpu = torch.ops.fusedgru.ln_gru_backward(go, gh, *rest, cpu[0], cpu[2], reverse, True, True)
-    for i, (o, r) in enumerate(zip(g, g_cpu)):
-        assert o.shape == r.shape and rel_err(o, r) <= 1e-10, f"grad {i}: {rel_err(o, r)}"
+    d_gi = gate_gradient(reference.ln_gru_layer, x, w_ih, None,
+                         (hx, w_hh, *ln, lengths, reverse), go, gh)
+    for name, o, r in zip(LN_GRAD_NAMES, g, g_cpu):
+        err = grad_error(o, r, name, x, w_ih, d_gi)
+        assert o.shape == r.shape and err <= 1e-10, f"grad {name}: {err}"
 
 
 @pytest.mark.parametrize("path", ["", "_per_step"], ids=["persistent", "per_step"])
@@ -346,8 +384,11 @@ def test_gru_kernels_in_deterministic_mode(emu, deterministic, monkeypatch, path
                                                 True, True, True, True)
     grads_r = reference.gru_layer_backward(go, gh, None, x, hx, w_ih, w_hh, lengths, out_r, ws_r,
                                            True, True)
-    for i, (o, r) in enumerate(zip(grads, grads_r)):
-        assert rel_err(o, r) <= 1e-12, f"grad {i}"
+    d_gi = gate_gradient(reference.gru_layer, x, w_ih, args[4],
+                         (hx, w_hh, None, args[5], lengths, True), go, gh)
+    for name, o, r in zip(GRAD_NAMES, grads, grads_r):
+        err = grad_error(o, r, name, x, w_ih, d_gi)
+        assert err <= 1e-12, f"grad {name}: {err}"
 
 
 def test_ln_gru_kernels_in_deterministic_mode(emu, deterministic, monkeypatch):
@@ -358,3 +399,253 @@ def test_ln_gru_kernels_in_deterministic_mode(emu, deterministic, monkeypatch):
     ours = emu.ln_gru_forward(x, hx, w_ih, w_hh, *ln, lengths, False, 1e-5, True)
     out_r, h_r = reference.ln_gru_layer(x, hx, w_ih, w_hh, *ln, lengths, False)
     assert rel_err(ours[0], out_r) <= 1e-10 and rel_err(ours[1], h_r) <= 1e-10
+
+
+# ---------------------------------------------------------------------------------------------
+# What a GPU user would hit first: the TF32 choice under legacy and new precision flags, lengths
+# outside [0, T], the shared-memory opt-in and the deterministic-mode decision. The launcher
+# under test is StreamLauncher itself, over the emulated CUDA runtime (tests/cuda_emu/
+# emu_runtime.h), which enforces a GPU's launch rules.
+
+def _read_flags():
+    """Every TF32-related flag as the user would read it back (a read that raises, as the legacy
+    getters do on mixed settings, reads as its error message)."""
+    b = torch.backends
+    reads = {
+        "cudnn.rnn": lambda: b.cudnn.rnn.fp32_precision,
+        "cudnn.conv": lambda: b.cudnn.conv.fp32_precision,
+        "cudnn": lambda: b.cudnn.fp32_precision,
+        "cuda.matmul": lambda: b.cuda.matmul.fp32_precision,
+        "generic": lambda: b.fp32_precision,
+        "matmul_precision": torch.get_float32_matmul_precision,
+        "cudnn.allow_tf32": lambda: b.cudnn.allow_tf32,
+        "cuda.matmul.allow_tf32": lambda: b.cuda.matmul.allow_tf32,
+    }
+    out = {}
+    for name, read in reads.items():
+        try:
+            out[name] = read()
+        except RuntimeError as e:
+            out[name] = f"raises: {str(e)[:60]}"
+    return out
+
+
+@pytest.fixture
+def restore_tf32_flags():
+    b = torch.backends
+    saved = (b.cudnn.rnn.fp32_precision, b.cudnn.conv.fp32_precision,
+             b.cuda.matmul.fp32_precision, torch.get_float32_matmul_precision())
+    yield
+    b.cudnn.rnn.fp32_precision, b.cudnn.conv.fp32_precision = saved[0], saved[1]
+    torch.set_float32_matmul_precision(saved[3])
+    b.cuda.matmul.fp32_precision = saved[2]
+
+
+def _set_rnn(how):
+    b = torch.backends
+    if how == "new-tf32":
+        b.cudnn.rnn.fp32_precision = "tf32"
+    elif how == "new-ieee":
+        b.cudnn.rnn.fp32_precision = "ieee"
+    elif how == "legacy-on":
+        b.cudnn.allow_tf32 = True
+    else:
+        b.cudnn.allow_tf32 = False
+
+
+def _set_matmul(how):
+    b = torch.backends
+    if how == "new-tf32":
+        b.cuda.matmul.fp32_precision = "tf32"
+    elif how == "new-ieee":
+        b.cuda.matmul.fp32_precision = "ieee"
+    elif how == "legacy-on":
+        b.cuda.matmul.allow_tf32 = True
+    elif how == "legacy-off":
+        b.cuda.matmul.allow_tf32 = False
+    else:
+        torch.set_float32_matmul_precision(how)
+
+
+RNN_FLAGS = ["new-tf32", "new-ieee", "legacy-on", "legacy-off"]
+MATMUL_FLAGS = ["new-tf32", "new-ieee", "legacy-on", "legacy-off", "high", "highest"]
+
+
+@pytest.mark.parametrize("matmul", MATMUL_FLAGS)
+@pytest.mark.parametrize("rnn", RNN_FLAGS)
+def test_tf32_follows_the_rnn_flag_like_nn_gru(emu, restore_tf32_flags, rnn, matmul):
+    """nn.GRU on CUDA takes TF32 iff the cuDNN RNN precision is tf32; so do the GRU ops, in
+    every mix of legacy and new flags (the legacy getters raise on some), for the whole call,
+    and no flag anywhere reads differently during or after the call."""
+    _set_matmul(matmul)
+    _set_rnn(rnn)
+    expect_tf32 = torch.backends.cudnn.rnn.fp32_precision == "tf32"
+    assert emu.rnn_allows_tf32() == expect_tf32
+    before = _read_flags()
+    args64 = gru_case(6, 5, 24, 40, torch.float64, True, True)
+    args = [a.float() if a is not None and a.is_floating_point() else a for a in args64]
+    tf32_calls = emu.gemm_calls("tf32")
+    emu.snapshot_flags(True)  # every emulated cuBLAS call checks the flags still read so
+    try:
+        out, h, ws = emu.gru_forward_per_step(*args, False, True)
+        go, gh = torch.randn_like(out), torch.randn_like(h)
+        x, hx, w_ih, w_hh, _, _, lengths = args
+        emu.gru_backward_per_step(go, gh, None, x, hx, w_ih, w_hh, lengths, out, ws, False,
+                                  True, True, True)
+    finally:
+        emu.snapshot_flags(False)
+    calls = emu.gemm_calls("tf32") - tf32_calls
+    assert _read_flags() == before
+    # Forward: input projection + T recurrent GEMMs; backward: T recurrent GEMMs, then the
+    # all-steps ones (gru_backward_gemms): grad_input in 2 parts, W_ih in 2, W_hh in 1.
+    assert calls == (1 + 6 + 6 + 5 if expect_tf32 else 0)
+    out_r = reference.gru_layer(*args64)[0]
+    err = rel_err(out, out_r)
+    # TF32 keeps 10 mantissa bits (~5e-4 relative per operand), strict fp32 23.
+    assert (1e-5 < err < 1e-2) if expect_tf32 else err < 1e-5, err
+
+
+def test_tf32_gemm_arguments_for_every_layout(emu, restore_tf32_flags):
+    """The cuBLAS arguments of the TF32 GEMMs (column-major terms, transposes, leading dims)
+    for row-major, column-major, sliced and non-unit-stride operands and outputs: checked by
+    the emulated cublasGemmEx's own argument rules, then against torch.mm on TF32-rounded
+    operands (emu.tf32_matmul runs matmul.cuh's mapping)."""
+    torch.backends.cudnn.rnn.fp32_precision = "tf32"
+
+    def tf32(t):
+        return (t.view(torch.int32).add(0xFFF).add((t.view(torch.int32) >> 13) & 1)
+                & ~0x1FFF).view(torch.float32)
+
+    def mat(r, c, layout):
+        if layout == "row":
+            return torch.randn(r, c)
+        if layout == "col":
+            return torch.randn(c, r).t()
+        if layout == "sliced":
+            return torch.randn(r + 2, c + 3)[1:r + 1, 2:c + 2]
+        return torch.randn(2 * r, 2 * c)[::2, ::2]  # no unit stride: copied first
+
+    for M, K, N in [(1, 1, 1), (7, 5, 3), (1, 9, 4), (6, 1, 2), (33, 17, 1)]:
+        for la in ("row", "col", "sliced", "strided"):
+            for lb in ("row", "col", "strided"):
+                for lo in ("row", "col", "strided"):
+                    a, b, out = mat(M, K, la), mat(K, N, lb), mat(M, N, lo)
+                    for beta in (0.0, 0.5):
+                        expected = beta * out + tf32(a.contiguous()) @ tf32(b.contiguous())
+                        ours = out.clone() if lo != "strided" else out
+                        emu.tf32_matmul(ours, a, b, beta)
+                        assert torch.allclose(ours, expected, rtol=1e-5, atol=1e-5), \
+                            (M, K, N, la, lb, lo, beta)
+
+
+def test_a_failed_launch_raises_and_leaves_every_flag(emu, restore_tf32_flags):
+    torch.backends.cudnn.rnn.fp32_precision = "tf32"
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    before = _read_flags()
+    args = [a.float() if a is not None and a.is_floating_point() else a
+            for a in gru_case(4, 3, 5, 7, torch.float64, False, False)]
+    emu.fail_next_launch()
+    with pytest.raises(RuntimeError, match="CUDA error"):
+        emu.gru_forward_per_step(*args, False, True)
+    assert _read_flags() == before
+    emu.gru_forward_per_step(*args, False, True)  # and the next call works
+
+
+LENGTH_CASES = [("past-T", lambda T: [T + 1, 2, T + 5]), ("negative", lambda T: [-1, 3, T]),
+                ("zero", lambda T: [0, T, 1])]
+
+
+@pytest.mark.parametrize("path", ["", "_per_step"], ids=["persistent", "per_step"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("batch_major", [False, True], ids=["timemajor", "batchmajor"])
+@pytest.mark.parametrize("case, make", LENGTH_CASES, ids=[c[0] for c in LENGTH_CASES])
+def test_gru_lengths_out_of_range_act_as_clamped(emu, path, reverse, batch_major, case, make):
+    """On CUDA the lengths stay on the device, unchecked (a check would synchronize): entries
+    outside [0, T] must act as the nearest bound, never index past the buffers (the
+    AddressSanitizer build turns any such access into an abort)."""
+    T = 5
+    args = list(gru_case(T, 3, 4, 9, torch.float64, batch_major, False))
+    args[6] = torch.tensor(make(T))
+    clamped = args[6].clamp(0, T)
+    out, h, ws = getattr(emu, "gru_forward" + path)(*args, reverse, True)
+    ref_args = args[:6] + [clamped]
+    out_r, h_r, ws_r = reference.gru_layer(*ref_args, reverse)
+    assert rel_err(out, out_r) <= 1e-12 and rel_err(h, h_r) <= 1e-12
+    go, gh = torch.randn_like(out_r), torch.randn_like(h_r)
+    x, hx, w_ih, w_hh, _, _, lengths = args
+    grads = getattr(emu, "gru_backward" + path)(go, gh, None, x, hx, w_ih, w_hh, lengths, out,
+                                                ws, reverse, True, True, True)
+    grads_r = reference.gru_layer_backward(go, gh, None, x, hx, w_ih, w_hh, clamped, out_r, ws_r,
+                                           reverse, True)
+    d_gi = gate_gradient(reference.gru_layer, x, w_ih, args[4],
+                         (hx, w_hh, None, args[5], clamped, reverse), go, gh)
+    for name, o, r in zip(GRAD_NAMES, grads, grads_r):
+        err = grad_error(o, r, name, x, w_ih, d_gi)
+        assert err <= 1e-12, f"grad {name}: {err}"
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("case, make", LENGTH_CASES, ids=[c[0] for c in LENGTH_CASES])
+def test_ln_gru_lengths_out_of_range_act_as_clamped(emu, reverse, case, make):
+    import fusedgru  # noqa: F401
+    T = 4
+    x, hx, w_ih, w_hh, _, _, _ = gru_case(T, 3, 5, 6, torch.float64, True, False)
+    lengths = torch.tensor(make(T))
+    clamped = lengths.clamp(0, T)
+    ln = [torch.randn(18, dtype=torch.float64) for _ in range(4)]
+    ours = emu.ln_gru_forward(x, hx, w_ih, w_hh, *ln, lengths, reverse, 1e-5, True)
+    cpu = torch.ops.fusedgru.ln_gru_forward(x, hx, w_ih, w_hh, *ln, clamped, reverse, 1e-5, True)
+    for o, r in zip(ours, cpu):
+        assert rel_err(o, r) <= 1e-10
+    go, gh = torch.randn_like(ours[0]), torch.randn_like(ours[1])
+    g = emu.ln_gru_backward(go, gh, x, hx, w_ih, w_hh, ln[0], ln[2], ln[3], lengths, ours[0],
+                            ours[2], reverse, True, True)
+    g_cpu = torch.ops.fusedgru.ln_gru_backward(go, gh, x, hx, w_ih, w_hh, ln[0], ln[2], ln[3],
+                                               clamped, cpu[0], cpu[2], reverse, True, True)
+    for i, (o, r) in enumerate(zip(g, g_cpu)):
+        assert rel_err(o, r) <= 1e-10, f"grad {i}"
+
+
+def test_shared_memory_opt_in_is_set_once_per_kernel_to_its_maximum(emu):
+    """Launches of one kernel with different sizes above 48 KB: the attribute is set once per
+    (device, kernel), to the device's opt-in maximum (setting each launch's own size races
+    between host threads). Checked over every attribute call of the session so far."""
+    for d in (5, 20):  # channel-last fp64 tiles of (64 + 2d) x 128 values: 74 KB and 104 KB
+        x = make_x("channels_last", 1, 128, 300, torch.float64)
+        w = torch.randn(128, 3, dtype=torch.float64)
+        y = emu.causal_conv1d_fwd(x, w, None, None, d, 0)
+        assert rel_err(y, reference.causal_conv1d(x, w, None, d, None, None)) <= 1e-12
+    sets = emu.smem_attribute_sets()
+    assert sets, "no launch above 48 KB ran"
+    keys = [(dev, kernel) for dev, kernel, _ in sets]
+    assert len(keys) == len(set(keys)), "an attribute set twice for one kernel"
+    assert all(v == emu.device_smem_optin(dev) for dev, _, v in sets), sets
+
+
+@pytest.mark.parametrize("rule", ["smem-without-opt-in", "smem-over-opt-in", "threads",
+                                  "grid-y", "cooperative-too-large", "cooperative-unsupported"])
+def test_the_emulated_runtime_refuses_what_a_gpu_refuses(emu, rule):
+    """Planted bugs for the checker: launches a GPU would refuse must fail, with CUDA's error."""
+    with pytest.raises(RuntimeError, match="CUDA error"):
+        emu.launch_probe(rule)
+    emu.launch_probe("ok")
+
+
+def test_deterministic_decision_is_atens(emu, monkeypatch):
+    """cuBLAS is replaced by the fixed-order GEMM exactly when ATen would refuse it: not under
+    warn_only (ATen warns and runs cuBLAS), and CUBLAS_WORKSPACE_CONFIG is read once, as ATen
+    reads it."""
+    prev = (torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        torch.use_deterministic_algorithms(False)
+        assert not emu.cublas_refuses()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        assert not emu.cublas_refuses()
+        torch.use_deterministic_algorithms(True)
+        first = emu.cublas_refuses()
+        assert first == (os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in (":4096:8", ":16:8"))
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8" if first else "bogus")
+        assert emu.cublas_refuses() == first
+    finally:
+        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])

@@ -32,7 +32,7 @@ using at::Tensor;
 struct LnForwardStep {
   const void* ai;      // [N, 3H] row stride ai_sn: normalized, scaled input pre-activations
   const void* gh;      // block's [N, 3w] raw W_hh h (gate g at g * w)
-  const double* part;  // [nb][N][2] partial (sum, sum of squares) of raw W_hh h per block
+  const double* part;  // [nb][N][3] per block: (count, mean, squared deviations) of raw W_hh h
   const void* g_h;     // [3H]
   const void* b_h;     // [3H]
   const void* h_in;    // [N, H]
@@ -44,31 +44,46 @@ struct LnForwardStep {
   double eps;
 };
 
-// (sum, sum of squares) of v[0, n) in fp32 lanes (vectorizes without reassociating a scalar).
+// (count, mean, sum of squared deviations from the mean) of v[0, n), in two passes over the
+// block's values (still in cache): the variance keeps its accuracy when |mean| >> std, where
+// E[v^2] - mean^2 would cancel (a layer norm over few or nearly equal values). The deviations'
+// own sum corrects the rounding of the mean (the corrected two-pass algorithm of Chan, Golub and
+// LeVeque). fp32 lanes for fp32 inputs (vectorizes without reassociating a scalar), then double.
 template <typename scalar_t>
-FUSEDGRU_CLONES void lane_sums(const scalar_t* __restrict v, int64_t n, double* sums) {
+FUSEDGRU_CLONES void lane_stats(const scalar_t* __restrict v, int64_t n, double* stats) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int kLanes = 16;
-  acc_t a[kLanes] = {}, q[kLanes] = {};
+  acc_t a[kLanes] = {};
   int64_t k = 0;
   for (; k + kLanes <= n; k += kLanes) {
+    for (int l = 0; l < kLanes; ++l) a[l] += acc_t(v[k + l]);
+  }
+  double s1 = 0;
+  for (; k < n; ++k) s1 += static_cast<double>(v[k]);
+  for (int l = 0; l < kLanes; ++l) s1 += a[l];
+  const double mean_d = n > 0 ? s1 / static_cast<double>(n) : 0.0;
+  const acc_t mean = static_cast<acc_t>(mean_d);
+  acc_t d1[kLanes] = {}, d2[kLanes] = {};
+  for (k = 0; k + kLanes <= n; k += kLanes) {
     for (int l = 0; l < kLanes; ++l) {
-      const acc_t x = v[k + l];
-      a[l] += x;
-      q[l] += x * x;
+      const acc_t d = acc_t(v[k + l]) - mean;
+      d1[l] += d;
+      d2[l] += d * d;
     }
   }
-  double s1 = 0, s2 = 0;
+  double c = 0, q = 0;
   for (; k < n; ++k) {
-    s1 += static_cast<double>(v[k]);
-    s2 += static_cast<double>(v[k]) * static_cast<double>(v[k]);
+    const double d = static_cast<double>(v[k]) - static_cast<double>(mean);
+    c += d;
+    q += d * d;
   }
   for (int l = 0; l < kLanes; ++l) {
-    s1 += a[l];
-    s2 += q[l];
+    c += d1[l];
+    q += d2[l];
   }
-  sums[0] = s1;
-  sums[1] = s2;
+  stats[0] = static_cast<double>(n);
+  stats[1] = static_cast<double>(mean) + (n > 0 ? c / static_cast<double>(n) : 0.0);
+  stats[2] = n > 0 ? std::max(q - c * c / static_cast<double>(n), 0.0) : 0.0;
 }
 
 // One active row, units [0, w) of a block. ai, gamma, beta, ws: gate g at g * H;
@@ -124,13 +139,18 @@ FUSEDGRU_CLONES void ln_forward_units(const LnForwardStep& p, int64_t block) {
       }
       continue;
     }
-    double s1 = 0, s2 = 0;
+    // The blocks' statistics merged in block order (Chan et al.'s pairwise update): the
+    // row's mean and variance over its 3H recurrent pre-activations, deterministic.
+    double count = 0, mean = 0, m2 = 0;
     for (int64_t b = 0; b < p.nb; ++b) {
-      s1 += p.part[(b * p.N + i) * 2];
-      s2 += p.part[(b * p.N + i) * 2 + 1];
+      const double* st = p.part + (b * p.N + i) * 3;
+      if (st[0] == 0) continue;
+      const double total = count + st[0], delta = st[1] - mean;
+      mean += delta * st[0] / total;
+      m2 += st[2] + delta * delta * count * st[0] / total;
+      count = total;
     }
-    const double mean = s1 / G;
-    const double rstd = 1.0 / std::sqrt(std::max(s2 / G - mean * mean, 0.0) + p.eps);
+    const double rstd = 1.0 / std::sqrt(m2 / G + p.eps);
     ln_forward_span<scalar_t, kSave>(
         static_cast<const scalar_t*>(p.ai) + i * p.ai_sn + p.j0,
         static_cast<const scalar_t*>(p.gh) + i * 3 * w, gamma, beta, h_in, h_out, out,
@@ -172,7 +192,7 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_forward(
                            .t());
     gh_blocks.push_back(at::empty({N, 3 * w}, opts));
   }
-  std::vector<double> part(nb * N * 2, 0.0);
+  std::vector<double> part(nb * N * 3, 0.0);
   Tensor h_next = at::empty_like(h);
 
   LnForwardStep base{};
@@ -190,7 +210,7 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_forward(
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
     const int64_t rows = prefix.empty() ? N : prefix[t];
-    // (1) each block: its gate rows of W_hh h and their partial row sums
+    // (1) each block: its gate rows of W_hh h and their per-row statistics
     for_blocks(nb, [&](int64_t b) {
       if (rows == 0) return;
       Tensor gh_rows = rows_of(gh_blocks[b], rows);
@@ -200,7 +220,7 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_forward(
         const auto* gh = gh_rows.const_data_ptr<scalar_t>();
         const int64_t width = gh_rows.size(1);
         for (int64_t i = 0; i < rows; ++i) {
-          lane_sums(gh + i * width, width, &part[(b * N + i) * 2]);
+          lane_stats(gh + i * width, width, &part[(b * N + i) * 3]);
         }
       });
     });

@@ -2,8 +2,8 @@
 //
 // Under torch.use_deterministic_algorithms(True), ATen refuses cuBLAS GEMMs unless the user sets
 // CUBLAS_WORKSPACE_CONFIG before starting the process. The GRU ops then run their GEMMs here
-// instead (no environment variable needed): bitwise reproducible, fp32 accumulation (fp64 for
-// double), no tensor cores, so slower than cuBLAS on large products.
+// instead (no environment variable needed; matmul.cuh chooses): bitwise reproducible, fp32
+// accumulation (fp64 for double), no tensor cores, so slower than cuBLAS on large products.
 //
 // C [M, N] = beta * C + A [M, K] B [K, N]; any strides for all three. A block computes a 64 x 64
 // tile of C with 16 x 16 threads (4 x 4 outputs each) over K in steps of 16 staged in shared
@@ -11,6 +11,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 
@@ -111,21 +112,18 @@ void matmul(Tensor& out, const Tensor& a, const Tensor& b, double beta, const La
                                   [&] { launch(gemm_kernel<scalar_t>, grid, dim3(kThreads), 0, p); });
 }
 
-// Whether ATen's cuBLAS GEMMs would refuse to run: deterministic algorithms requested and
-// CUBLAS_WORKSPACE_CONFIG not set to one of the deterministic workspace configurations.
+// Whether ATen's cuBLAS GEMMs would refuse to run, decided as ATen decides it
+// (at::Context::alertCuBLASConfigNotDeterministic): deterministic algorithms requested without
+// warn_only (with it, ATen runs cuBLAS and warns, and so do we), and CUBLAS_WORKSPACE_CONFIG not
+// one of the deterministic workspace configurations when first read (ATen reads it once).
 inline bool cublas_refuses() {
-  if (!at::globalContext().deterministicAlgorithms()) return false;
-  const char* cfg = std::getenv("CUBLAS_WORKSPACE_CONFIG");
-  return cfg == nullptr || (std::strcmp(cfg, ":4096:8") != 0 && std::strcmp(cfg, ":16:8") != 0);
-}
-
-// The GEMMs the CUDA GRU ops run: ATen's (cuBLAS), or ours where cuBLAS would refuse.
-template <typename Launch>
-Matmul matmul_for(const Launch& launch) {
-  if (!cublas_refuses()) return aten_matmul;
-  return [launch](Tensor& out, const Tensor& a, const Tensor& b, double beta) {
-    matmul(out, a, b, beta, launch);
-  };
+  const auto& ctx = at::globalContext();
+  if (!ctx.deterministicAlgorithms() || ctx.deterministicAlgorithmsWarnOnly()) return false;
+  static const bool config_deterministic = [] {
+    const char* cfg = std::getenv("CUBLAS_WORKSPACE_CONFIG");
+    return cfg != nullptr && (std::strcmp(cfg, ":4096:8") == 0 || std::strcmp(cfg, ":16:8") == 0);
+  }();
+  return !config_deterministic;
 }
 
 }  // namespace gemm

@@ -1,9 +1,7 @@
 // Pieces shared by the CUDA GRU kernels.
 #pragma once
 
-#include <ATen/Context.h>
-
-#include <optional>
+#include <cstdint>
 
 namespace fusedgru {
 namespace cuda {
@@ -13,31 +11,15 @@ __device__ __forceinline__ T sigmoid_(T x) {
   return T(1) / (T(1) + exp(-x));
 }
 
-// ATen's GEMMs (cuBLAS) follow torch.backends.cuda.matmul.allow_tf32; nn.GRU's float32 math on
-// CUDA follows torch.backends.cudnn.allow_tf32. For the scope of one op, make the former match
-// the latter: TF32 off through at::NoTF32Guard (thread-local), or on by raising the cuBLAS flag
-// and restoring it on exit (a process-wide flag, held only while the op runs).
-class CudnnTf32Policy {
- public:
-  CudnnTf32Policy() {
-    auto& ctx = at::globalContext();
-    if (!ctx.allowTF32CuDNN()) {
-      no_tf32_.emplace();
-    } else if (!ctx.allowTF32CuBLAS()) {
-      ctx.setAllowTF32CuBLAS(true);
-      restore_ = true;
-    }
-  }
-  ~CudnnTf32Policy() {
-    if (restore_) at::globalContext().setAllowTF32CuBLAS(false);
-  }
-  CudnnTf32Policy(const CudnnTf32Policy&) = delete;
-  CudnnTf32Policy& operator=(const CudnnTf32Policy&) = delete;
-
- private:
-  std::optional<at::NoTF32Guard> no_tf32_;
-  bool restore_ = false;
-};
+// Row i's length clamped into [0, T] (T when there are no lengths). The kernels read lengths on
+// the device, where the host cannot check them without a synchronization: an entry outside
+// [0, T] acts as its nearest bound (the CPU ops reject it), so no kernel reads or writes past a
+// sequence's buffers. A row is active at step t iff t < clamped length.
+__device__ __forceinline__ int64_t clamped_length(const int64_t* lengths, int64_t i, int64_t T) {
+  if (lengths == nullptr) return T;
+  const int64_t len = lengths[i];
+  return len < 0 ? 0 : (len > T ? T : len);
+}
 
 }  // namespace cuda
 }  // namespace fusedgru

@@ -7,9 +7,9 @@
 // kernel for the gate gradients and one GEMM carrying dL/dh to the previous step, then the input
 // and weight gradients as GEMMs over all steps and the bias gradients reduced in fp32.
 // gru.cu runs it all on the current stream under a device guard; nothing synchronizes the host.
-// GEMMs go through ATen (cuBLAS); fp32 GEMMs use TF32 tensor cores exactly when
-// torch.backends.cudnn.allow_tf32 is set (the flag that governs nn.GRU on CUDA); bf16/fp16 GEMMs
-// accumulate in fp32; pointwise math is fp32 (fp64 for double). Shape legend and equations: ../fusedgru.h.
+// GEMMs: matmul.cuh (cuBLAS; fp32 in TF32 exactly when nn.GRU would use it, decided per call;
+// bf16/fp16 accumulate in fp32); pointwise math is fp32 (fp64 for double). Lengths are read on
+// the device and clamped into [0, T] (gru_common.cuh). Shape legend and equations: ../fusedgru.h.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -22,7 +22,7 @@
 #include <tuple>
 
 #include "../fusedgru.h"
-#include "gemm_kernels.cuh"
+#include "matmul.cuh"
 #include "gru_common.cuh"
 #include "launch.cuh"
 
@@ -49,7 +49,7 @@ __global__ void __launch_bounds__(kThreads) gru_forward_pointwise_kernel(GruForw
   scalar_t* out = static_cast<scalar_t*>(p.out) + i * p.out_sn + j;
   scalar_t* ws = kSave ? static_cast<scalar_t*>(p.ws) + i * p.ws_sn + j : nullptr;
   scalar_t* h_out = static_cast<scalar_t*>(p.h_out) + i * H + j;
-  if (p.lengths != nullptr && p.t >= p.lengths[i]) {
+  if (p.lengths != nullptr && p.t >= p.lengths[i]) {  // t in [0, T): as clamped_length's rule
     *h_out = scalar_t(h0);
     *out = scalar_t(0);
     if (kSave) {
@@ -79,7 +79,7 @@ __device__ __forceinline__ void gru_backward_unit(const GruBackwardPointwise& p,
                                                   int64_t j) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = p.H;
-  const int64_t len = p.lengths != nullptr ? p.lengths[i] : p.T;
+  const int64_t len = clamped_length(p.lengths, i, p.T);
   scalar_t* dgh = static_cast<scalar_t*>(p.dgh) + i * p.dg_sn + j;
   scalar_t* dgin = static_cast<scalar_t*>(p.dgin) + i * p.dgin_sn + j;
   scalar_t* hp = kHprev ? static_cast<scalar_t*>(p.hprev) + i * p.hp_sn + j : nullptr;
@@ -507,8 +507,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(
     const std::optional<Tensor>& lengths, bool reverse, bool need_workspace,
     const Launch& launch) {
   check_gru_forward_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths);
-  const CudnnTf32Policy tf32;
-  const Matmul mm = gemm::matmul_for(launch);
+  const Matmul mm = matmul_for(launch, input.scalar_type());
   const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1), G = 3 * H;
   const auto opts = input.options();
   const Tensor x = steps_layout(input);
@@ -596,8 +595,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
     const Launch& launch) {
   check_gru_backward_args(grad_output, grad_h_n, grad_workspace, input, hx, weight_ih,
                           weight_hh, lengths, output, workspace);
-  const CudnnTf32Policy tf32;
-  const Matmul mm = gemm::matmul_for(launch);
+  const Matmul mm = matmul_for(launch, input.scalar_type());
   const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
   const Tensor x = steps_layout(input);
   const bool bm = is_batch_major(x);

@@ -4,22 +4,32 @@
 //   launch(kernel, grid, block, dynamic_smem_bytes, args...),  launch.max_smem(),
 //   launch.cooperative(kernel, grid, block, smem, args...)     (all blocks resident at once)
 //   and launch.coresident_blocks(kernel, block, smem)           (the largest cooperative grid),
+//   and launch.tf32_gemm(ColumnMajorGemm)                      (an fp32 GEMM in TF32, cuBLAS),
 // so the same code runs the kernels on the current CUDA stream (StreamLauncher, here) and,
-// in the tests, under the host emulator of tests/cuda_emu (which defines FUSEDGRU_CUDA_EMU).
+// in the tests, under the host emulator of tests/cuda_emu (which defines FUSEDGRU_CUDA_EMU and
+// provides the CUDA runtime and cuBLAS calls StreamLauncher makes, emulated).
 #pragma once
 
 #ifndef FUSEDGRU_CUDA_EMU
 #include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/Exceptions.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cooperative_groups.h>
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 #endif
+
+#include <c10/util/Exception.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
+#include <mutex>
 #include <optional>
+#include <set>
 #include <type_traits>
 #include <utility>
 
@@ -71,11 +81,26 @@ constexpr int kVecElems = 16 / static_cast<int>(sizeof(T));
 
 constexpr size_t kDefaultSmem = 48 * 1024;  // dynamic shared memory without an opt-in
 
-#ifndef FUSEDGRU_CUDA_EMU
-// Launches on one stream; opts in to more than 48 KB of dynamic shared memory when asked.
+// An fp32 GEMM for launch.tf32_gemm (matmul.cuh), in cuBLAS's column-major terms:
+// C = op(A) op(B) + beta C with op(A) m x k, op(B) k x n, C m x n; ld* are the column strides of
+// the stored matrices (elements).
+struct ColumnMajorGemm {
+  bool trans_a, trans_b;
+  int64_t m, n, k, lda, ldb, ldc;
+  const float* a;
+  const float* b;
+  float* c;
+  float beta;
+};
+
+// Launches on one stream through the CUDA runtime: the real one, or under FUSEDGRU_CUDA_EMU the
+// emulated runtime of tests/cuda_emu/emu_runtime.h, which enforces a GPU's launch rules (48 KB
+// of dynamic shared memory without the opt-in, the opt-in maximum, threads per block, the
+// co-resident limit of cooperative grids), so this exact logic runs in the CPU tests.
 struct StreamLauncher {
   cudaStream_t stream;
 
+  // The device's opt-in limit of dynamic shared memory per block.
   size_t max_smem() const {
     int device = 0, bytes = 0;
     C10_CUDA_CHECK(cudaGetDevice(&device));
@@ -86,12 +111,7 @@ struct StreamLauncher {
   template <typename... KernelArgs, typename... Args>
   void operator()(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
                   Args&&... args) const {
-    if (smem > kDefaultSmem) {
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(smem)));
-    }
-    kernel<<<grid, block, smem, stream>>>(std::forward<Args>(args)...);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_ex(false, kernel, grid, block, smem, std::forward<Args>(args)...);
   }
 
   // How many blocks of `kernel` can be resident at once on the device (0 when the device
@@ -103,10 +123,7 @@ struct StreamLauncher {
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     if (!coop) return 0;
-    if (smem > kDefaultSmem) {
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(smem)));
-    }
+    if (smem > kDefaultSmem) allow_max_smem(kernel, device);
     C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
         &per_sm, kernel, static_cast<int>(block.x * block.y * block.z), smem));
     return static_cast<int64_t>(per_sm) * sms;
@@ -118,9 +135,35 @@ struct StreamLauncher {
   template <typename... KernelArgs, typename... Args>
   void cooperative(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
                    Args&&... args) const {
+    launch_ex(true, kernel, grid, block, smem, std::forward<Args>(args)...);
+  }
+
+  // A column-major fp32 GEMM in TF32 (matmul.cuh) on ATen's cuBLAS handle for this thread and
+  // device, which getCurrentCUDABlasHandle binds to the current stream and ATen's workspace.
+  // The compute type asks for TF32 whatever math mode the handle carries.
+  void tf32_gemm(const ColumnMajorGemm& g) const {
+    constexpr int64_t kMax = std::numeric_limits<int>::max();
+    TORCH_CHECK(g.m <= kMax && g.n <= kMax && g.k <= kMax && g.lda <= kMax && g.ldb <= kMax &&
+                    g.ldc <= kMax,
+                "fusedgru: GEMM too large for cuBLAS's 32-bit sizes: ", g.m, " x ", g.n, " x ",
+                g.k);
+    const float alpha = 1.0f;
+    TORCH_CUDABLAS_CHECK(cublasGemmEx(
+        at::cuda::getCurrentCUDABlasHandle(), g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+        g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(g.m), static_cast<int>(g.n),
+        static_cast<int>(g.k), &alpha, g.a, CUDA_R_32F, static_cast<int>(g.lda), g.b, CUDA_R_32F,
+        static_cast<int>(g.ldb), &g.beta, g.c, CUDA_R_32F, static_cast<int>(g.ldc),
+        CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
+  }
+
+ private:
+  template <typename... KernelArgs, typename... Args>
+  void launch_ex(bool cooperative, void (*kernel)(KernelArgs...), dim3 grid, dim3 block,
+                 size_t smem, Args&&... args) const {
     if (smem > kDefaultSmem) {
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(smem)));
+      int device = 0;
+      C10_CUDA_CHECK(cudaGetDevice(&device));
+      allow_max_smem(kernel, device);
     }
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeCooperative;
@@ -130,13 +173,34 @@ struct StreamLauncher {
     config.blockDim = block;
     config.dynamicSmemBytes = smem;
     config.stream = stream;
-    config.attrs = attr;
-    config.numAttrs = 1;
+    config.attrs = cooperative ? attr : nullptr;
+    config.numAttrs = cooperative ? 1 : 0;
     C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
+
+  // Raises the kernel's dynamic shared-memory limit on `device` once, to the most it can take
+  // (the opt-in maximum less its static shared memory), so every later launch of any size up
+  // to that needs no attribute call. (Setting it to each launch's own size lets two host
+  // threads interleave set and launch, and one launch then fails.)
+  template <typename... KernelArgs>
+  static void allow_max_smem(void (*kernel)(KernelArgs...), int device) {
+    static std::mutex mutex;
+    static std::set<std::pair<int, const void*>> raised;
+    const std::pair<int, const void*> key{device, reinterpret_cast<const void*>(kernel)};
+    const std::lock_guard<std::mutex> lock(mutex);
+    if (raised.count(key) != 0) return;
+    int optin = 0;
+    cudaFuncAttributes attrs{};
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&attrs, kernel));
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        optin - static_cast<int>(attrs.sharedSizeBytes)));
+    raised.insert(key);
+  }
 };
 
+#ifndef FUSEDGRU_CUDA_EMU
 inline StreamLauncher current_stream_launcher() {
   return StreamLauncher{c10::cuda::getCurrentCUDAStream().stream()};
 }

@@ -18,7 +18,7 @@
 #include <tuple>
 
 #include "../fusedgru.h"
-#include "gemm_kernels.cuh"
+#include "matmul.cuh"
 #include "gru_common.cuh"
 #include "launch.cuh"
 
@@ -86,16 +86,23 @@ __global__ void __launch_bounds__(kThreads) ln_gru_forward_kernel(LnStep p) {
     return;
   }
   const auto* gh = static_cast<const scalar_t*>(p.gh) + i * G;
-  acc_t s1 = 0, s2 = 0;
+  // The row's mean, then its variance from the deviations (a second pass over the row, which
+  // L1 holds): accurate when |mean| >> std, where E[v^2] - mean^2 would cancel. The deviations'
+  // own sum corrects the rounding of the mean (corrected two-pass algorithm, as the CPU op).
+  acc_t s1 = 0, unused = 0;
+  for (int64_t k = threadIdx.x; k < G; k += blockDim.x) s1 += acc_t(gh[k]);
+  block_sum2(s1, unused, scratch);
+  const acc_t mean0 = s1 / acc_t(G);
+  acc_t c = 0, q = 0;
   for (int64_t k = threadIdx.x; k < G; k += blockDim.x) {
-    const acc_t v = gh[k];
-    s1 += v;
-    s2 += v * v;
+    const acc_t d = acc_t(gh[k]) - mean0;
+    c += d;
+    q += d * d;
   }
-  block_sum2(s1, s2, scratch);
-  const acc_t mean = s1 / acc_t(G);
-  const acc_t var = s2 / acc_t(G) - mean * mean;
-  const acc_t rstd = acc_t(1) / sqrt((var > acc_t(0) ? var : acc_t(0)) + acc_t(p.eps));
+  block_sum2(c, q, scratch);
+  const acc_t mean = mean0 + c / acc_t(G);
+  const acc_t m2 = q - c * c / acc_t(G);
+  const acc_t rstd = acc_t(1) / sqrt((m2 > acc_t(0) ? m2 : acc_t(0)) / acc_t(G) + acc_t(p.eps));
   const auto* ai = static_cast<const scalar_t*>(p.ai) + i * p.ai_sn;
   const auto* gamma = static_cast<const scalar_t*>(p.g_h);
   const auto* beta = static_cast<const scalar_t*>(p.b_h);
@@ -129,7 +136,7 @@ __global__ void __launch_bounds__(kThreads) ln_gru_backward_kernel(LnGruBackward
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t scratch[64];
   const int64_t i = blockIdx.x, H = p.H, G = 3 * H;
-  const int64_t len = p.lengths != nullptr ? p.lengths[i] : p.T;
+  const int64_t len = clamped_length(p.lengths, i, p.T);
   auto* da_i = static_cast<scalar_t*>(p.da_i) + i * p.dg_sn;
   auto* da_h = static_cast<scalar_t*>(p.da_h) + i * p.dg_sn;
   auto* dg = static_cast<scalar_t*>(p.dg_raw) + i * p.dg_sn;
@@ -188,8 +195,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(
     bool need_workspace, const Launch& launch) {
   check_ln_gru_forward_args(input, hx, weight_ih, weight_hh, ln_ih_weight, ln_ih_bias,
                             ln_hh_weight, ln_hh_bias, lengths, eps);
-  const CudnnTf32Policy tf32;
-  const Matmul mm = gemm::matmul_for(launch);
+  const Matmul mm = matmul_for(launch, input.scalar_type());
   const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
   const auto opts = input.options();
   const Tensor x = steps_layout(input);
@@ -242,8 +248,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backw
     bool need_weight_grad, const Launch& launch) {
   check_ln_gru_backward_args(grad_output, grad_h_n, input, hx, weight_ih, weight_hh,
                              ln_ih_weight, ln_hh_weight, ln_hh_bias, lengths, output, workspace);
-  const CudnnTf32Policy tf32;
-  const Matmul mm = gemm::matmul_for(launch);
+  const Matmul mm = matmul_for(launch, input.scalar_type());
   const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
   const Tensor x = steps_layout(input);
   const bool bm = is_batch_major(x);

@@ -1,53 +1,153 @@
 // The CUDA kernels and their launch code, compiled for the host emulator (cuda_emu.h) and
 // exposed to the tests as functions on CPU tensors. Built by tests/test_cuda_emu.py.
 #include "cuda_emu.h"
+#include "emu_runtime.h"
 
 #include <torch/extension.h>
+
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
 
 #include "cuda/causal_conv1d_kernels.cuh"
 #include "cuda/gru_kernels.cuh"
 #include "cuda/ln_gru_kernels.cuh"
+#include "cuda/matmul.cuh"
 
 namespace {
 
-// A device with the H100's shared memory per block, on which only a few blocks (kCoopBlocks)
-// fit at once, so cooperative grids stay small enough to run as threads.
-struct EmuLauncher {
-  static constexpr int64_t kCoopBlocks = 4;
+using fusedgru::cuda::StreamLauncher;
 
-  size_t max_smem() const { return emu::kMaxDynamicSmem; }
-
-  template <typename... KernelArgs>
-  int64_t coresident_blocks(void (*)(KernelArgs...), dim3, size_t) const {
-    return kCoopBlocks;
-  }
-
-  template <typename... KernelArgs, typename... Args>
-  void operator()(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
-                  Args&&... args) const {
-    emu::launch(kernel, grid, block, smem, std::forward<Args>(args)...);
-  }
-
-  template <typename... KernelArgs, typename... Args>
-  void cooperative(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
-                   Args&&... args) const {
-    emu::launch_cooperative(kernel, grid, block, smem, std::forward<Args>(args)...);
-  }
+// Emulated devices (emu_runtime.h): an H100's per-SM resources on 4 SMs, so the persistent
+// kernels (one block per SM) get 4 co-resident blocks; the same without cooperative launches
+// (the GRU's per-step path); and one whose opt-in limit is the default 48 KB (the conv's
+// fallbacks at smaller histories).
+struct Devices {
+  int h100 = emu::add_device({4, true, 227 * 1024});
+  int no_coop = emu::add_device({4, false, 227 * 1024});
+  int small_smem = emu::add_device({4, true, 48 * 1024});
 };
 
-// A device without cooperative launches: the GRU takes its per-step path.
-struct PerStepLauncher : EmuLauncher {
-  template <typename... KernelArgs>
-  int64_t coresident_blocks(void (*)(KernelArgs...), dim3, size_t) const {
-    return 0;
-  }
+const Devices& devices() {
+  static const Devices d;
+  return d;
+}
+
+// The launcher each emulated op runs with: StreamLauncher itself, on the chosen device.
+struct OnH100 {
+  static int device() { return devices().h100; }
+};
+struct NoCooperative {
+  static int device() { return devices().no_coop; }
+};
+struct SmallSmem {
+  static int device() { return devices().small_smem; }
 };
 
-// Like EmuLauncher, but as if the device had the default 48 KB of shared memory per block and
-// no more: the launch code then takes its fallbacks at smaller histories.
-struct SmallSmemLauncher : EmuLauncher {
-  size_t max_smem() const { return fusedgru::cuda::kDefaultSmem; }
-};
+template <typename Device>
+StreamLauncher launcher() {
+  emu::set_device(Device::device());
+  return StreamLauncher{nullptr};
+}
+
+// Registers per thread of the persistent kernels: __launch_bounds__(256, 1) lets ptxas use up
+// to 255, so one block per SM, as the planners assume.
+template <typename scalar_t>
+void register_persistent_kernels() {
+  namespace gru = fusedgru::cuda::gru;
+  emu::set_registers(gru::gru_persistent_forward_kernel<scalar_t>, 255);
+  for (bool hprev : {false, true}) {
+    for (bool gws : {false, true}) {
+      emu::set_registers(gru::persistent_backward_kernel<scalar_t>(hprev, gws), 255);
+    }
+  }
+}
+
+// A kernel for probing the emulated runtime's launch rules; each rule gets its own instance,
+// so no opt-in or register count set for one probe carries over to another.
+template <int kProbe>
+__global__ void probe_kernel(int* out) {
+  if (threadIdx.x == 0 && blockIdx.x == 0) *out = kProbe;
+}
+
+// Launches a GPU would refuse, straight through the emulated runtime (not StreamLauncher):
+// C10_CUDA_CHECK turns the refusal into the RuntimeError a real launch gives.
+void launch_probe(const std::string& rule) {
+  int sink = 0;
+  auto launch = [&](auto kernel, dim3 grid, dim3 block, size_t smem, bool coop) {
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeCooperative;
+    attr[0].val.cooperative = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = smem;
+    config.attrs = coop ? attr : nullptr;
+    config.numAttrs = coop ? 1 : 0;
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, &sink));
+  };
+  emu::set_device(devices().h100);
+  if (rule == "smem-without-opt-in") {
+    launch(probe_kernel<0>, dim3(1), dim3(32), 64 * 1024, false);
+  } else if (rule == "smem-over-opt-in") {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(probe_kernel<1>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        228 * 1024));
+  } else if (rule == "threads") {
+    launch(probe_kernel<2>, dim3(1), dim3(1025), 0, false);
+  } else if (rule == "grid-y") {
+    launch(probe_kernel<2>, dim3(1, 65536), dim3(32), 0, false);
+  } else if (rule == "cooperative-too-large") {  // 1 block per SM at 255 registers, 4 SMs
+    emu::set_registers(probe_kernel<3>, 255);
+    launch(probe_kernel<3>, dim3(5), dim3(256), 0, true);
+  } else if (rule == "cooperative-unsupported") {
+    emu::set_device(devices().no_coop);
+    launch(probe_kernel<4>, dim3(1), dim3(32), 0, true);
+  } else {
+    TORCH_CHECK(rule == "ok", "unknown probe ", rule);
+    C10_CUDA_CHECK(cudaFuncSetAttribute(probe_kernel<5>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        227 * 1024));
+    launch(probe_kernel<5>, dim3(4), dim3(256), 100 * 1024, true);
+    TORCH_CHECK(sink == 5, "probe kernel did not run");
+  }
+}
+
+void define_runtime_hooks(pybind11::module_& m) {
+  m.def("launch_probe", &launch_probe);
+  m.def("rnn_allows_tf32", &fusedgru::cuda::rnn_allows_tf32);
+  m.def("cublas_refuses", &fusedgru::cuda::gemm::cublas_refuses);
+  m.def("gemm_calls", &emu::gemm_calls, "cublasGemmEx calls so far, by compute type (tf32, fp32)");
+  m.def("fail_next_launch", [] {
+    std::lock_guard<std::mutex> lock(emu::runtime().mutex);
+    emu::runtime().fail_next_launch = true;
+  });
+  // Arms (or disarms) a check inside every emulated cublasGemmEx that the precision flags still
+  // read as they do now.
+  m.def("snapshot_flags", [](bool arm) {
+    const std::vector<int> flags = emu::precision_flags();
+    std::lock_guard<std::mutex> lock(emu::runtime().mutex);
+    emu::runtime().flags_at_start =
+        arm ? std::make_optional(flags) : std::optional<std::vector<int>>();
+  });
+  m.def("smem_attribute_sets", [] {
+    std::lock_guard<std::mutex> lock(emu::runtime().mutex);
+    std::vector<std::tuple<int, int64_t, int>> out;
+    for (const auto& [dev, kernel, bytes] : emu::runtime().smem_sets) {
+      out.emplace_back(dev, reinterpret_cast<int64_t>(kernel), bytes);
+    }
+    return out;
+  });
+  m.def("device_smem_optin", [](int dev) { return emu::device(dev).smem_optin; });
+  m.def("tf32_matmul", [](at::Tensor out, const at::Tensor& a, const at::Tensor& b, double beta) {
+    const StreamLauncher launch = launcher<OnH100>();
+    fusedgru::cuda::column_major_matmul(out, a, b, beta, [&](const auto& g) {
+      launch.tf32_gemm(g);
+    });
+    return out;
+  });
+}
 
 template <typename Launch>
 void define_conv(pybind11::module_& m, const char* suffix) {
@@ -55,18 +155,18 @@ void define_conv(pybind11::module_& m, const char* suffix) {
   m.def((std::string("causal_conv1d_fwd") + suffix).c_str(),
         [](const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
            const std::optional<at::Tensor>& init, int64_t dilation, int64_t act) {
-          return conv::fwd_impl(x, w, b, init, dilation, act, Launch{});
+          return conv::fwd_impl(x, w, b, init, dilation, act, launcher<Launch>());
         });
   m.def((std::string("causal_conv1d_bwd") + suffix).c_str(),
         [](const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w,
            const std::optional<at::Tensor>& b, const std::optional<at::Tensor>& init,
            int64_t dilation, int64_t act) {
-          return conv::bwd_impl(gy, x, w, b, init, dilation, act, Launch{});
+          return conv::bwd_impl(gy, x, w, b, init, dilation, act, launcher<Launch>());
         });
   m.def((std::string("causal_conv1d_update") + suffix).c_str(),
         [](const at::Tensor& x, at::Tensor state, const at::Tensor& w,
            const std::optional<at::Tensor>& b, int64_t dilation, int64_t act) {
-          return conv::update_impl(x, state, w, b, dilation, act, Launch{});
+          return conv::update_impl(x, state, w, b, dilation, act, launcher<Launch>());
         });
 }
 
@@ -77,7 +177,7 @@ void define_gru_forward(pybind11::module_& m, const char* name) {
                  const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& lengths,
                  bool reverse, bool need_workspace) {
     return fusedgru::cuda::gru::forward_impl(input, hx, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
-                                             need_workspace, Launch{});
+                                             need_workspace, launcher<Launch>());
   });
 }
 
@@ -92,7 +192,7 @@ void define_gru_backward(pybind11::module_& m, const char* name) {
     return fusedgru::cuda::gru::backward_impl(grad_output, grad_h_n, grad_workspace, input, hx,
                                               w_ih, w_hh, lengths, output, workspace, reverse,
                                               has_bias, need_input_grad, need_weight_grad,
-                                              Launch{});
+                                              launcher<Launch>());
   });
 }
 
@@ -101,25 +201,25 @@ void define_gru(pybind11::module_& m) {
   // Same arguments as the fusedgru::gru_forward / gru_backward / gru_cell / ln_gru_* schemas.
   // gru_forward / gru_backward take the persistent kernels where they apply; the *_per_step
   // versions never do.
-  define_gru_forward<EmuLauncher>(m, "gru_forward");
-  define_gru_forward<PerStepLauncher>(m, "gru_forward_per_step");
+  define_gru_forward<OnH100>(m, "gru_forward");
+  define_gru_forward<NoCooperative>(m, "gru_forward_per_step");
   m.def("gru_persistent_blocks", [](int64_t T, int64_t N, int64_t H, bool fp64) {
-    const auto plan = fp64 ? cuda::gru::persistent_plan<double>(T, N, H, EmuLauncher{})
-                           : cuda::gru::persistent_plan<float>(T, N, H, EmuLauncher{});
+    const auto plan = fp64 ? cuda::gru::persistent_plan<double>(T, N, H, launcher<OnH100>())
+                           : cuda::gru::persistent_plan<float>(T, N, H, launcher<OnH100>());
     return static_cast<int64_t>(plan.blocks);
   });
   m.def("gru_persistent_backward_blocks", [](int64_t T, int64_t N, int64_t H, bool fp64) {
     const auto plan =
-        fp64 ? cuda::gru::persistent_backward_plan<double>(T, N, H, true, false, EmuLauncher{})
-             : cuda::gru::persistent_backward_plan<float>(T, N, H, true, false, EmuLauncher{});
+        fp64 ? cuda::gru::persistent_backward_plan<double>(T, N, H, true, false, launcher<OnH100>())
+             : cuda::gru::persistent_backward_plan<float>(T, N, H, true, false, launcher<OnH100>());
     return static_cast<int64_t>(plan.blocks);
   });
-  define_gru_backward<EmuLauncher>(m, "gru_backward");
-  define_gru_backward<PerStepLauncher>(m, "gru_backward_per_step");
+  define_gru_backward<OnH100>(m, "gru_backward");
+  define_gru_backward<NoCooperative>(m, "gru_backward_per_step");
   m.def("gru_cell", [](const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
                        const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
                        const std::optional<at::Tensor>& b_hh) {
-    return cuda::gru::cell_impl(input, hx, w_ih, w_hh, b_ih, b_hh, EmuLauncher{});
+    return cuda::gru::cell_impl(input, hx, w_ih, w_hh, b_ih, b_hh, launcher<OnH100>());
   });
   m.def("ln_gru_forward",
         [](const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
@@ -127,7 +227,7 @@ void define_gru(pybind11::module_& m) {
            const at::Tensor& g_h, const at::Tensor& b_h, const std::optional<at::Tensor>& lengths,
            bool reverse, double eps, bool need_workspace) {
           return cuda::ln_gru::forward_impl(input, hx, w_ih, w_hh, g_i, b_i, g_h, b_h, lengths,
-                                            reverse, eps, need_workspace, EmuLauncher{});
+                                            reverse, eps, need_workspace, launcher<OnH100>());
         });
   m.def("ln_gru_backward",
         [](const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
@@ -138,18 +238,23 @@ void define_gru(pybind11::module_& m) {
            bool need_weight_grad) {
           return cuda::ln_gru::backward_impl(grad_output, grad_h_n, input, hx, w_ih, w_hh, g_i,
                                              g_h, b_h, lengths, output, workspace, reverse,
-                                             need_input_grad, need_weight_grad, EmuLauncher{});
+                                             need_input_grad, need_weight_grad, launcher<OnH100>());
         });
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  register_persistent_kernels<double>();
+  register_persistent_kernels<float>();
+  register_persistent_kernels<at::Half>();
+  register_persistent_kernels<at::BFloat16>();
+  define_runtime_hooks(m);
   m.def("gemm", [](at::Tensor out, const at::Tensor& a, const at::Tensor& b, double beta) {
-    fusedgru::cuda::gemm::matmul(out, a, b, beta, EmuLauncher{});
+    fusedgru::cuda::gemm::matmul(out, a, b, beta, launcher<OnH100>());
     return out;
   });
-  define_conv<EmuLauncher>(m, "");
-  define_conv<SmallSmemLauncher>(m, "_small_smem");
+  define_conv<OnH100>(m, "");
+  define_conv<SmallSmem>(m, "_small_smem");
   define_gru(m);
 }
