@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 ARGS ?=
 
-.PHONY: setup test test-emu-asan bench bench-conv clean
+.PHONY: setup test test-emu-asan bench bench-conv gpu-check gpu-check-dry-run clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -20,6 +20,14 @@ test-emu-asan: setup
 
 bench: setup
 	$(PY) benchmarks/bench_gru.py $(ARGS)
+
+# On a GPU machine, in one call: build, the cuda-marked tests, the benchmark grid (ARGS=--quick
+# for a 3-minute version). Logs and JSON in $$OUT. The dry run exercises the same script on a CPU.
+gpu-check:
+	bash scripts/gpu_check.sh $(ARGS)
+
+gpu-check-dry-run: setup
+	bash scripts/gpu_check.sh --dry-run
 
 clean:
 	rm -rf build *.egg-info fusedgru/*.so .venv

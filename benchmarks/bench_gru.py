@@ -43,6 +43,9 @@ def parse_args(argv=None):
     p.add_argument("--tf32", nargs="+", choices=["on", "off"],
                    help="fp32 on CUDA: torch.backends.cudnn/cuda.matmul.allow_tf32, the same "
                         "setting for both implementations (default: both)")
+    p.add_argument("--paths", nargs="+", default=["auto"], choices=["auto", "per-step"],
+                   help="CUDA: auto (the planner's choice: the persistent kernels where they "
+                        "fit) and/or per-step (FUSEDGRU_PERSISTENT=0), each point in one process")
     p.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
     p.add_argument("--threads", type=int, default=2, help="CPU intra-op threads")
     p.add_argument("--warmup", type=int, default=3)
@@ -59,8 +62,13 @@ def parse_args(argv=None):
     return args
 
 
-def bench_point(args, T, N, I, H, L, dtype_name, tf32):
+def bench_point(args, T, N, I, H, L, dtype_name, tf32, path):
     device, dtype = args.device, DTYPES[dtype_name]
+    # The planner reads FUSEDGRU_PERSISTENT at every call.
+    if path == "per-step":
+        os.environ["FUSEDGRU_PERSISTENT"] = "0"
+    else:
+        os.environ.pop("FUSEDGRU_PERSISTENT", None)
     if device == "cuda":
         torch.backends.cudnn.allow_tf32 = tf32 == "on"
         torch.backends.cuda.matmul.allow_tf32 = tf32 == "on"
@@ -122,7 +130,7 @@ def bench_point(args, T, N, I, H, L, dtype_name, tf32):
         rows.append(dict(variant=args.variant, T=T, N=N, I=I, H=H, layers=L,
                          bidirectional=args.bidirectional,
                          dtype=dtype_name, tf32=tf32 if dtype_name == "fp32" else None,
-                         mode=mode, ref_ms=t_ref, fusedgru_ms=t_ours, speedup=t_ref / t_ours,
+                         path=path, mode=mode, ref_ms=t_ref, fusedgru_ms=t_ours, speedup=t_ref / t_ours,
                          fusedgru_tokens_per_s=T * N / (t_ours / 1e3),
                          fusedgru_us_per_step=1e3 * t_ours / (T * L),
                          ref_us_per_step=1e3 * t_ref / (T * L)))
@@ -133,13 +141,15 @@ def print_table(rows, device):
     ref_name = "cuDNN" if device == "cuda" else "nn.GRU"
     if rows and rows[0]["variant"] == "cell":
         ref_name = "nn.GRUCell"
-    head = (f"{'dtype':>5} {'tf32':>4} {'T':>5} {'N':>5} {'I':>5} {'H':>5} {'L':>2} {'mode':>7} "
+    head = (f"{'dtype':>5} {'tf32':>4} {'path':>8} {'T':>5} {'N':>5} {'I':>5} {'H':>5} {'L':>2} "
+            f"{'mode':>7} "
             f"{ref_name + ' ms':>10} {'fusedgru ms':>12} {'speedup':>8} {'tokens/s':>11} "
             f"{'us/step':>8}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['dtype']:>5} {r['tf32'] or '-':>4} {r['T']:>5} {r['N']:>5} {r['I']:>5} "
+        print(f"{r['dtype']:>5} {r['tf32'] or '-':>4} {r['path']:>8} {r['T']:>5} {r['N']:>5} "
+              f"{r['I']:>5} "
               f"{r['H']:>5} {r['layers']:>2} {r['mode']:>7} {r['ref_ms']:>10.3f} "
               f"{r['fusedgru_ms']:>12.3f} {r['speedup']:>7.2f}x "
               f"{r['fusedgru_tokens_per_s']:>11.3g} {r['fusedgru_us_per_step']:>8.1f}")
@@ -182,7 +192,8 @@ def main(argv=None):
     for T, N, H, L, dt in itertools.product(args.T, args.N, args.H, args.layers, args.dtype):
         for I in (args.I or [H]):
             for tf32 in (args.tf32 if dt == "fp32" and args.device == "cuda" else [None]):
-                points.append((T, N, I, H, L, dt, tf32))
+                for path in (args.paths if args.device == "cuda" else ["auto"]):
+                    points.append((T, N, I, H, L, dt, tf32, path))
     rows = []
     for point in progress(points, "bench_gru"):
         rows.extend(bench_point(args, *point))

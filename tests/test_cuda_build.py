@@ -70,7 +70,7 @@ def test_cuda_source_compiles(source, tmp_path):
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     cmd = [NVCC, f"-std={cxx_standard()}", "-O1", "--expt-relaxed-constexpr",
            "-gencode=arch=compute_90,code=sm_90", "-Xptxas", "-v", "-Xcompiler", "-fPIC",
-           f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-DFUSEDGRU_WITH_CUDA",
+           f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
            *[f"-I{p}" for p in includes], "-c", source, "-o", str(tmp_path / "out.o")]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, f"nvcc failed:\n{result.stderr[-6000:]}"
