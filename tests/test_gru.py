@@ -960,3 +960,32 @@ def test_convert_refuses_before_replacing_anything():
     assert "cannot replace '1' (_OwnForwardGRU)" in str(got.value)
     assert "cannot replace '2' (GRU)" in str(got.value)
     assert [type(m) for m in net] == [nn.GRU, _OwnForwardGRU, nn.GRU], "nothing replaced"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scale", [float("inf"), 1e30, 1e36, 3e38], ids=["inf", "1e30", "1e36", "3e38"])
+def test_extreme_states_behave_like_nn_gru(device, scale):
+    """IEEE-faithful activations at the extremes: sigmoid(-inf) is exactly 0 and exp overflows
+    to inf as in torch.sigmoid/torch.tanh, so an infinite or huge hidden state gives nn.GRU's
+    NaNs, infinities and values (a clamped exp made z * h finite, 0.4-sized, or 1e22-sized
+    weight gradients where nn.GRU has 0)."""
+    torch.manual_seed(0)
+    ref, ours = pair(device, torch.float32, 5, 7)
+    x = torch.randn(4, 3, 5, device=device)
+    hx = torch.randn(1, 3, 7, device=device)
+    hx[0, 0, 2] = scale
+    hx[0, 1, 4] = -scale
+    outs = []
+    for m in (ref, ours):
+        hxg = hx.clone().requires_grad_()
+        out, h_n = m(x, hxg)
+        loss = out.nan_to_num(0, 0, 0).sum() + h_n.nan_to_num(0, 0, 0).sum()
+        grads = torch.autograd.grad(loss, [hxg, *m.parameters()], allow_unused=True)
+        outs.append((out, h_n, *grads))
+    for i, (o, r) in enumerate(zip(*reversed(outs))):
+        assert torch.equal(o.isnan(), r.isnan()), f"tensor {i}: NaN positions differ"
+        assert torch.equal(o.isinf(), r.isinf()), f"tensor {i}: inf positions differ"
+        fin = o.isfinite() & r.isfinite()
+        err = ((o[fin] - r[fin]).abs().max() / r[fin].abs().max().clamp_min(1)).item() \
+            if fin.any() else 0.0
+        assert err <= 1e-4, f"tensor {i}: {err}"

@@ -1,6 +1,8 @@
 // Branch-free sigmoid and tanh that compilers auto-vectorize (no libm calls, selects instead of
 // branches; build with -fno-trapping-math). float: Cephes-style polynomials, within 2 ulp of
-// libm over the whole range, NaN propagates. double: libm (the float64 path serves gradcheck).
+// libm over the whole range, with libm's values at the extremes (exp overflows to inf and
+// underflows to 0, so sigmoid(+-inf) = 1 / 0 and tanh(+-inf) = +-1 exactly), NaN propagates.
+// double: libm (the float64 path serves gradcheck).
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -64,12 +66,15 @@ inline const storage_t<T>* raw(const T* p) {
   return reinterpret_cast<const storage_t<T>*>(p);
 }
 
-// exp(x) for float: range reduction x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial for e^r.
+// exp(x) for float: range reduction x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial for e^r,
+// then 2^n as two factors that each stay a normal float, so the result overflows to inf above
+// ln(FLT_MAX) = 88.72 and underflows gradually through the denormals to 0, as libm's expf does
+// (sigmoid(-89) = 0 and sigmoid(-inf) = 0 exactly, as torch.sigmoid; NaN propagates).
 inline float exp_f32(float x) {
-  // exp(88.376) < FLT_MAX and exp(-87.336) = FLT_MIN keep 2^n a normal float. (x < lo) ? lo : x
-  // keeps NaN (a comparison with NaN is false).
-  x = x > 88.3762626647949f ? 88.3762626647949f : x;
-  x = x < -87.3365478515625f ? -87.3365478515625f : x;
+  // Past these bounds the result is inf or 0 anyway; they keep n in [-150, 129]. (x < lo) ? lo
+  // : x keeps NaN (a comparison with NaN is false).
+  x = x > 89.0f ? 89.0f : x;
+  x = x < -104.0f ? -104.0f : x;
   const float t = x * 1.44269504088896341f;
   const float n = (t + 12582912.0f) - 12582912.0f;  // round to nearest, |t| < 2^22
   float r = x - n * 0.693359375f;                    // ln2 split in two for an exact product
@@ -81,10 +86,14 @@ inline float exp_f32(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float y = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return y * scale;
+  const int32_t ni = static_cast<int32_t>(n);
+  const int32_t n1 = ni >> 1, n2 = ni - n1;  // each in [-75, 65]
+  const uint32_t bits1 = static_cast<uint32_t>(n1 + 127) << 23;
+  const uint32_t bits2 = static_cast<uint32_t>(n2 + 127) << 23;
+  float s1, s2;
+  std::memcpy(&s1, &bits1, sizeof(s1));
+  std::memcpy(&s2, &bits2, sizeof(s2));
+  return y * s1 * s2;
 }
 
 inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
