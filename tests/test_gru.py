@@ -989,3 +989,27 @@ def test_extreme_states_behave_like_nn_gru(device, scale):
         err = ((o[fin] - r[fin]).abs().max() / r[fin].abs().max().clamp_min(1)).item() \
             if fin.any() else 0.0
         assert err <= 1e-4, f"tensor {i}: {err}"
+
+
+@pytest.mark.parametrize("lengths", [False, True], ids=["padded", "lengths"])
+def test_cpu_results_are_bitwise_independent_of_the_thread_count(lengths):
+    """Each thread owns a fixed block of hidden units and every sum runs in a fixed order, so
+    1 and 2 intra-op threads give the same bits (LayerNormGRU does not: its row statistics
+    merge per-thread partials; README, Limits)."""
+    prev = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            torch.manual_seed(0)
+            m = fusedgru.GRU(24, 160, num_layers=2, bidirectional=True)
+            x = torch.randn(9, 16, 24, requires_grad=True)
+            lens = torch.randint(0, 10, (16,)) if lengths else None
+            out, h = m(x, lengths=lens)
+            grads = torch.autograd.grad((out * torch.randn_like(out)).sum() + h.sum(),
+                                        [x, *m.parameters()])
+            results.append([out, h, *grads])
+    finally:
+        torch.set_num_threads(prev)
+    for i, (a, b) in enumerate(zip(*results)):
+        assert torch.equal(a, b), f"tensor {i} differs between 2 and 1 threads"
