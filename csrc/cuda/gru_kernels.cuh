@@ -6,7 +6,7 @@
 // h_t, the output and the saved activations. Backward: per step (in reverse) one fused pointwise
 // kernel for the gate gradients and one GEMM carrying dL/dh to the previous step, then the input
 // and weight gradients as GEMMs over all steps and the bias gradients reduced in fp32.
-// gru.cu runs it all on the current stream under a device guard; nothing synchronizes the host.
+// gru_forward.cu / gru_backward.cu run it all on the current stream under a device guard; nothing synchronizes the host.
 // GEMMs: matmul.cuh (cuBLAS; fp32 in TF32 exactly when nn.GRU would use it, decided per call;
 // bf16/fp16 accumulate in fp32); pointwise math is fp32 (fp64 for double). Lengths are read on
 // the device and clamped into [0, T] (gru_common.cuh). Shape legend and equations: ../fusedgru.h.

@@ -1,5 +1,6 @@
-// The fused GRU ops on CUDA: the kernels and their launch logic live in gru_kernels.cuh; here
-// they run under a device guard on the current stream.
+// The fused GRU forward and cell ops on CUDA: the kernels and their launch logic live in
+// gru_kernels.cuh; here they run under a device guard on the current stream. (The backward has
+// its own translation unit, gru_backward.cu, so the two instantiations build in parallel.)
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -20,17 +21,6 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
                            need_workspace, current_stream_launcher());
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
-    const Tensor& grad_output, const Tensor& grad_h_n, const std::optional<Tensor>& grad_workspace,
-    const Tensor& input, const Tensor& hx, const Tensor& weight_ih, const Tensor& weight_hh,
-    const std::optional<Tensor>& lengths, const Tensor& output, const Tensor& workspace,
-    bool reverse, bool has_bias, bool need_input_grad, bool need_weight_grad) {
-  const c10::cuda::OptionalCUDAGuard guard(cuda_device(input));
-  return gru::backward_impl(grad_output, grad_h_n, grad_workspace, input, hx, weight_ih,
-                            weight_hh, lengths, output, workspace, reverse, has_bias,
-                            need_input_grad, need_weight_grad, current_stream_launcher());
-}
-
 Tensor gru_cell(const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
                 const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
                 const std::optional<Tensor>& bias_hh) {
@@ -44,7 +34,6 @@ Tensor gru_cell(const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
 
 TORCH_LIBRARY_IMPL(fusedgru, CUDA, m) {
   m.impl("gru_forward", &cuda::gru_forward);
-  m.impl("gru_backward", &cuda::gru_backward);
   m.impl("gru_cell", &cuda::gru_cell);
 }
 
