@@ -9,7 +9,7 @@ setup:
 	@bash scripts/bootstrap.sh
 
 test: setup
-	$(PY) -m pytest tests -q -rs $(ARGS)
+	$(PY) -m pytest tests -q $(ARGS)
 
 # The CUDA kernels under the host emulator, built with AddressSanitizer: any out-of-bounds access
 # to a tensor or to shared memory aborts with a report (CI runs this after `make test`).
@@ -18,8 +18,55 @@ test-emu-asan: setup
 	ASAN_OPTIONS=detect_leaks=0 FUSEDGRU_EMU_ASAN=1 \
 	$(PY) -m pytest tests/test_cuda_emu.py -q -s -p no:cacheprovider $(ARGS)
 
+# The same under ThreadSanitizer, on a selection that runs every kind of kernel and the planted
+# checks (TSan is slow: about 5 minutes with the build on 2 cores). The emulator hides its own
+# locks from TSan, so the only synchronization TSan sees is a GPU's (__syncthreads, shuffles,
+# grid_sync) and a missing barrier is a data race; any report fails the run (exit code 66).
+# OMP_NUM_THREADS=1: ATen's OpenMP workers synchronize in ways TSan cannot see. CI runs this
+# after test-emu-asan.
+.PHONY: test-emu-tsan
+TSAN_TESTS := test_conv_kernels_float64[plain-N2-C3-L17-W4-d1-ncl] \
+	or test_conv_kernels_float64[plain-N2-C8-L65-W2-d1-channels_last] \
+	or test_conv_kernels_float64[plain-N1-C130-L70-W33-d2-channels_last] \
+	or test_conv_kernels_low_precision and fp32 or test_conv_direct_kernels and plain \
+	or test_conv_update_kernel_streams_like_full[4-1] or test_gemm_kernel[0.0-rowmajor-130-17-65] \
+	or test_gru_kernels_float64[-fwd-T4-N10-C7-H100-persistent] \
+	or test_gru_kernels_float64[grad_ws-rev-batchmajor-lengths-T4-N10-C7-H100-persistent] \
+	or test_gru_kernels_float64[-fwd-T5-N33-C3-H17-persistent] \
+	or test_gru_kernels_float64[-fwd-T4-N10-C7-H100-per_step] \
+	or test_gru_kernels_low_precision[bf16-persistent] or test_gru_cell_kernel[bias-N3] \
+	or test_gru_cell_kernel[nobias-N32] \
+	or test_ln_gru_kernels_match_the_cpu_op[rev-batchmajor-lengths-T5-N3-C7-H130] \
+	or test_persistent_kernels_for_every_units_per_block[h100-H3-J1-fp64-rev] \
+	or test_persistent_kernels_for_every_units_per_block[h100-H128-J32-fp64-fwd] \
+	or test_persistent_kernels_for_every_units_per_block[sms8-H256-J32-fp32-fwd] \
+	or test_barrier_discipline or test_grid_sync_orders or test_shuffle_ \
+	or test_shared_memory_is_per_block
+test-emu-tsan: setup
+	LD_PRELOAD="$$(gcc -print-file-name=libtsan.so) $$(gcc -print-file-name=libstdc++.so)" \
+	OMP_NUM_THREADS=1 FUSEDGRU_EMU_TSAN=1 \
+	$(PY) -m pytest tests/test_cuda_emu.py tests/test_cuda_emu_checks.py -q -s -p no:cacheprovider \
+	-k "$(TSAN_TESTS)" $(ARGS)
+
 bench: setup
 	$(PY) benchmarks/bench_gru.py $(ARGS)
+
+bench-conv: setup
+	$(PY) benchmarks/bench_conv.py $(ARGS)
+
+# The examples' extras (vega_datasets, sktime, matplotlib), which make test and make bench do not
+# install; then both examples (about 2 minutes each on 2 cores; ARGS="--smoke" for seconds).
+.PHONY: examples examples-deps check-packaging
+examples-deps:
+	@bash scripts/bootstrap.sh --examples
+
+examples: examples-deps
+	$(PY) examples/forecast.py $(ARGS)
+	$(PY) examples/classify.py $(ARGS)
+
+# sdist -> wheel (one compile) -> fresh venv -> import and smoke test (CI runs this).
+check-packaging: setup
+	bash scripts/check_packaging.sh
 
 # On a GPU machine, in one call: build, the cuda-marked tests, the benchmark grid (ARGS=--quick
 # for a 3-minute version). Logs and JSON in $$OUT. The dry run exercises the same script on a CPU.

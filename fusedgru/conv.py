@@ -1,4 +1,14 @@
-"""Causal depthwise conv1d on fused kernels: functional forms and the CausalConv1d module."""
+"""Causal depthwise conv1d on fused kernels: functional forms and the CausalConv1d module.
+
+Whole sequences (:func:`causal_conv1d`, with an optional initial state to continue a previous
+chunk) and one streaming step at a time (:func:`causal_conv1d_update`, inference only).
+
+Example::
+
+    >>> conv = fusedgru.CausalConv1d(8, kernel_size=4, activation="silu")
+    >>> conv(torch.randn(2, 8, 100)).shape
+    torch.Size([2, 8, 100])
+"""
 
 import math
 
@@ -45,6 +55,22 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, dila
 
     Returns:
         ``y (N, C, L)``, or ``(y, final_state)``.
+
+    Example::
+
+        >>> x = torch.randn(2, 4, 10)  # (N, C, L)
+        >>> w, b = torch.randn(4, 3), torch.randn(4)  # width W = 3
+        >>> y = fusedgru.causal_conv1d(x, w, b, activation="silu")
+        >>> y.shape
+        torch.Size([2, 4, 10])
+        >>> # causal: the first 6 outputs depend on the first 6 inputs only
+        >>> torch.allclose(y[..., :6], fusedgru.causal_conv1d(x[..., :6], w, b, activation="silu"))
+        True
+        >>> # a sequence in chunks: each continues from the state the previous one returns
+        >>> y_a, state = fusedgru.causal_conv1d(x[..., :6], w, b, return_final_state=True)
+        >>> y_b = fusedgru.causal_conv1d(x[..., 6:], w, b, initial_state=state)
+        >>> torch.allclose(torch.cat([y_a, y_b], 2), fusedgru.causal_conv1d(x, w, b), atol=1e-6)
+        True
     """
     weight = _weight_2d(weight)
     code = _activation_code(activation)
@@ -76,6 +102,32 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor,
     Stepping through a sequence gives exactly ``causal_conv1d`` of the whole of it, and the final
     ``conv_state`` equals its ``final_state``. Inference only: it has no gradient (train on chunks
     with ``causal_conv1d(..., initial_state=..., return_final_state=True)``).
+
+    Args:
+        x: ``(N, C)``, the new time step.
+        conv_state: ``(N, C, (W-1)*d)``, the previous inputs, oldest first; updated in place
+            (so it may not overlap itself, ``x`` or the weight).
+        weight: ``(C, W)`` or ``(C, 1, W)``.
+        bias: ``(C,)`` or None.
+        dilation: spacing d >= 1 between taps.
+        activation: None, ``"silu"`` or ``"relu"``.
+
+    Returns:
+        ``y (N, C)``.
+
+    Raises:
+        RuntimeError: when gradients are asked for (an input requires grad under grad mode).
+
+    Example::
+
+        >>> x, w = torch.randn(2, 4, 10), torch.randn(4, 3)
+        >>> state = torch.zeros(2, 4, 2)  # (N, C, (W-1)*d)
+        >>> with torch.no_grad():
+        ...     ys = [fusedgru.causal_conv1d_update(x[..., t], state, w) for t in range(10)]
+        >>> torch.allclose(torch.stack(ys, 2), fusedgru.causal_conv1d(x, w), atol=1e-6)
+        True
+        >>> torch.equal(state, x[..., 8:])  # the last (W-1)*d inputs
+        True
     """
     weight = _weight_2d(weight)
     code = _activation_code(activation)
@@ -89,12 +141,52 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor,
 
 
 class CausalConv1d(nn.Module):
-    """Causal depthwise conv1d layer on fused kernels.
+    r"""Causal depthwise conv1d layer on fused kernels: per channel c,
+    :math:`y_t = \mathrm{act}(b_c + \sum_{k} w_{c,k}\, x_{t-(W-1-k)d})`, inputs before
+    t = 0 from ``initial_state`` or zero.
 
     Parameters have the shapes of ``nn.Conv1d(C, C, W, groups=C, dilation=d)`` (``weight``
     ``(C, 1, W)``, ``bias`` ``(C,)``) and its initialization, so state dicts interchange. With
     ``channels_last=True`` it takes and returns ``(N, L, C)``, the layout between GRU layers;
     otherwise ``(N, C, L)``.
+
+    Args:
+        channels: C, the number of channels (in and out: depthwise)
+        kernel_size: W >= 1, the number of taps
+        dilation: d >= 1, the spacing between taps. Default: 1
+        bias: If ``False``, no bias. Default: ``True``
+        activation: None, ``"silu"`` or ``"relu"``, fused. Default: None
+        channels_last: take and return ``(N, L, C)`` instead of ``(N, C, L)``.
+            Default: ``False``
+        device: where the parameters are created. Default: the current default device
+        dtype: the parameters' dtype. Default: the default dtype
+
+    Inputs: x, initial_state, return_final_state
+        * **x**: :math:`(N, C, L)`, or :math:`(N, L, C)` with ``channels_last``
+        * **initial_state**: :math:`(N, C, (W-1) d)`, the inputs before t = 0, oldest first;
+          zeros if None
+        * **return_final_state**: also return the last :math:`(W-1) d` inputs, to continue
+
+    Outputs: y (and final_state)
+        * **y**: the input's shape
+        * **final_state**: :math:`(N, C, (W-1) d)`, with ``return_final_state=True``
+
+    Attributes:
+        weight: the learnable taps, of shape `(channels, 1, kernel_size)`
+        bias: the learnable bias, of shape `(channels)`, or None
+
+    Example::
+
+        >>> conv = fusedgru.CausalConv1d(8, kernel_size=4, channels_last=True)
+        >>> x = torch.randn(2, 50, 8)  # (N, L, C)
+        >>> y = conv(x)
+        >>> y.shape
+        torch.Size([2, 50, 8])
+        >>> state = conv.init_state(2)  # streaming, one step at a time
+        >>> with torch.no_grad():
+        ...     steps = [conv.step(x[:, t], state) for t in range(50)]
+        >>> torch.allclose(torch.stack(steps, 1), y, atol=1e-6)
+        True
     """
 
     def __init__(self, channels: int, kernel_size: int, dilation: int = 1, bias: bool = True,
@@ -129,6 +221,7 @@ class CausalConv1d(nn.Module):
 
     def forward(self, x: Tensor, initial_state: Tensor | None = None,
                 return_final_state: bool = False):
+        """``y`` (the layout of ``x``), or ``(y, final_state)``: see the class docstring."""
         xc = x.transpose(1, 2) if self.channels_last else x
         out = causal_conv1d(xc, self.weight, self.bias, dilation=self.dilation,
                             activation=self.activation, initial_state=initial_state,

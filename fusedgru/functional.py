@@ -1,4 +1,15 @@
-"""Functional GRU over the fused ops, for callers that hold their own weights."""
+"""Functional GRU over the fused ops, for callers that hold their own weights: :func:`gru` takes
+the arguments of ``torch._VF.gru`` (what ``nn.GRU`` calls), :func:`ln_gru` those of
+:class:`fusedgru.LayerNormGRU`.
+
+Example::
+
+    >>> m = torch.nn.GRU(4, 8)
+    >>> out, h_n = fusedgru.gru(torch.randn(5, 3, 4), None, m._flat_weights, True, 1, 0.0,
+    ...                         False, False, False)
+    >>> out.shape, h_n.shape
+    (torch.Size([5, 3, 8]), torch.Size([1, 3, 8]))
+"""
 
 import contextlib
 from collections.abc import Sequence
@@ -221,7 +232,12 @@ def gru(
             for zeros.
         params: per layer and direction ``weight_ih [3H, C_l]``, ``weight_hh [3H, H]`` and, with
             ``has_biases``, ``bias_ih [3H]``, ``bias_hh [3H]``: ``nn.GRU._flat_weights`` order.
+        has_biases: whether ``params`` hold the biases.
+        num_layers: the number of layers.
         dropout: dropout probability on the outputs of all layers but the last, when ``train``.
+        train: training mode (dropout on).
+        bidirectional: run each layer in both directions (D = 2).
+        batch_first: ``input`` and ``output`` are ``[N, T, ...]``.
         lengths: optional ``[N]`` integer tensor (or list of ints) of valid lengths in
             ``[0, T]``; row i runs time steps ``t < lengths[i]`` (the reverse direction starts
             at ``lengths[i] - 1``), outputs past it are zero and its ``h_n`` is its state after
@@ -237,6 +253,16 @@ def gru(
 
     Returns:
         ``output [T, N, D*H]`` (``[N, T, D*H]`` with batch_first) and ``h_n [num_layers*D, N, H]``.
+
+    Example::
+
+        >>> m = torch.nn.GRU(4, 8, num_layers=2, bidirectional=True)
+        >>> x = torch.randn(5, 3, 4)
+        >>> out, h_n = fusedgru.gru(x, None, m._flat_weights, True, 2, 0.0, False, True, False)
+        >>> out.shape, h_n.shape
+        (torch.Size([5, 3, 16]), torch.Size([4, 3, 8]))
+        >>> torch.allclose(out, m(x)[0], atol=1e-5)
+        True
     """
 
     use_reference = needs_reference(input, hx, *params)
@@ -270,7 +296,27 @@ def ln_gru(
     """Multi-layer layer-normalized GRU (see :class:`fusedgru.LayerNormGRU`). Arguments as
     :func:`gru`, with ``params`` per layer and direction ``weight_ih [3H, C_l]``,
     ``weight_hh [3H, H]``, ``ln_ih_weight``, ``ln_ih_bias``, ``ln_hh_weight``, ``ln_hh_bias``
-    (each ``[3H]``)."""
+    (each ``[3H]``).
+
+    Args:
+        input: ``[T, N, C]``, or ``[N, T, C]`` with ``batch_first``.
+        hx: ``[num_layers * D, N, H]`` or None for zeros.
+        params: per layer and direction the six tensors above, in that order
+            (:class:`fusedgru.LayerNormGRU`'s parameter order).
+        num_layers, dropout, train, bidirectional, batch_first, lengths: as in :func:`gru`.
+        eps: the LayerNorm epsilon.
+
+    Returns:
+        ``output [T, N, D*H]`` (``[N, T, D*H]`` with batch_first) and ``h_n [num_layers*D, N, H]``.
+
+    Example::
+
+        >>> m = fusedgru.LayerNormGRU(4, 8)
+        >>> x = torch.randn(5, 3, 4)
+        >>> out, h_n = fusedgru.ln_gru(x, None, list(m.parameters()), 1, 0.0, False, False, False)
+        >>> torch.allclose(out, m(x)[0])
+        True
+    """
 
     use_reference = needs_reference(input, hx, *params)
 

@@ -1,4 +1,12 @@
-"""Ready-made models built on the fused ops: the causal-conv + GRU (+ attention) stack."""
+"""Ready-made models built on the fused ops: the causal-conv + GRU (+ attention) stack.
+
+Example::
+
+    >>> from fusedgru.models import CausalConvGRU
+    >>> model = CausalConvGRU(input_size=12, hidden_size=32, attention="pool")
+    >>> model(torch.randn(4, 20, 12), lengths=[20, 15, 7, 1]).shape
+    torch.Size([4, 32])
+"""
 
 from collections.abc import Sequence
 
@@ -29,6 +37,44 @@ class CausalConvGRU(nn.Module):
     Inputs are ``(N, L, C)`` (``(L, N, C)`` with ``batch_first=False``); ``lengths`` (``[N]``
     ints in ``[0, L]``, a tensor or a list, checked as in :func:`fusedgru.gru`) marks
     right-padded sequences: padded steps never affect valid ones.
+
+    Args:
+        input_size: C, the input features per step
+        hidden_size: H, the width of every block's output
+        num_layers: the number of conv + GRU blocks, >= 1. Default: 2
+        kernel_size: the causal convs' width W. Default: 4
+        dilation: the causal convs' dilation. Default: 1
+        dropout: dropout between blocks, in training mode. Default: 0
+        attention: None, ``"causal"`` or ``"pool"`` (above). Default: None
+        num_heads: heads of the causal attention (must divide ``hidden_size``). Default: 1
+        batch_first: inputs and outputs are ``(N, L, ...)``. Default: ``True``
+        conv_activation: the convs' activation, ``"silu"``, ``"relu"`` or None.
+            Default: ``"silu"``
+
+    Inputs: x, lengths
+        * **x**: :math:`(N, L, C)`, or :math:`(L, N, C)` with ``batch_first=False``
+        * **lengths**: :math:`(N,)` valid lengths in :math:`[0, L]`, or None (all L)
+
+    Outputs: y
+        * **y**: :math:`(N, L, H)` (:math:`(L, N, H)` with ``batch_first=False``); with
+          ``attention="pool"``, :math:`(N, H)`
+
+    Example::
+
+        >>> from fusedgru.models import CausalConvGRU
+        >>> model = CausalConvGRU(input_size=3, hidden_size=16).eval()
+        >>> x = torch.randn(2, 10, 3)
+        >>> y = model(x)
+        >>> y.shape
+        torch.Size([2, 10, 16])
+        >>> state = model.init_state(2)  # streaming gives the same outputs
+        >>> with torch.no_grad():
+        ...     steps = []
+        ...     for t in range(10):
+        ...         y_t, state = model.step(x[:, t], state)
+        ...         steps.append(y_t)
+        >>> torch.allclose(torch.stack(steps, 1), y, atol=1e-5)
+        True
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 2,

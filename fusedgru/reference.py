@@ -3,6 +3,16 @@ torch operations. Tests compare the kernels against them, and the double backwar
 differentiates ``gru_layer_backward`` (autograd of torch ops gives its exact derivative).
 
 Shape legend: T time steps, N batch, C input features, H hidden size. Gate order (r, z, n).
+
+Example::
+
+    >>> from fusedgru import reference
+    >>> m = fusedgru.GRU(4, 8)
+    >>> x, h0 = torch.randn(5, 3, 4), torch.zeros(3, 8)
+    >>> out, h_n, saved = reference.gru_layer(x, h0, m.weight_ih_l0, m.weight_hh_l0,
+    ...                                       m.bias_ih_l0, m.bias_hh_l0)
+    >>> torch.allclose(out, m(x)[0], atol=1e-5)
+    True
 """
 
 import torch
@@ -22,9 +32,27 @@ def gru_layer(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
               lengths: Tensor | None = None, reverse: bool = False):
     """One GRU layer in one direction, as ``fusedgru::gru_forward``.
 
-    input [T, N, C], hx [N, H], weight_ih [3H, C], weight_hh [3H, H], biases [3H] or None,
-    lengths [N] or None. Returns output [T, N, H] (zero past each length), h_n [N, H] and the
-    saved activations [T, N, 4H] = (r, z, n, W_hn h + b_hn), zero where inactive.
+    Args:
+        input: ``[T, N, C]``.
+        hx: ``[N, H]``, the initial state.
+        weight_ih: ``[3H, C]``; weight_hh: ``[3H, H]``.
+        bias_ih, bias_hh: ``[3H]`` or None.
+        lengths: ``[N]`` valid lengths, or None (all T).
+        reverse: run from t = T - 1 down (row i from ``lengths[i] - 1``).
+
+    Returns:
+        output ``[T, N, H]`` (zero past each length), h_n ``[N, H]`` and the saved activations
+        ``[T, N, 4H]`` = (r, z, n, W_hn h + b_hn), zero where inactive.
+
+    Example::
+
+        >>> w_ih, w_hh = torch.randn(12, 3), torch.randn(12, 4)
+        >>> out, h_n, saved = reference.gru_layer(torch.randn(5, 2, 3), torch.zeros(2, 4),
+        ...                                       w_ih, w_hh, lengths=torch.tensor([5, 3]))
+        >>> out.shape, h_n.shape, saved.shape
+        (torch.Size([5, 2, 4]), torch.Size([2, 4]), torch.Size([5, 2, 16]))
+        >>> torch.equal(h_n[1], out[2, 1])  # row 1 ends at its last valid step
+        True
     """
     T, N, _ = input.shape
     H = hx.shape[1]
@@ -54,8 +82,32 @@ def gru_layer_backward(grad_output: Tensor, grad_h_n: Tensor, grad_workspace: Te
     """``fusedgru::gru_backward`` in torch ops: the gradients of ``gru_layer`` given those of its
     outputs, computed from the saved activations exactly as the kernels do.
 
-    Returns (grad_input, grad_hx, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh);
-    the bias gradients are None without ``has_bias``.
+    Args:
+        grad_output: ``[T, N, H]``, the gradient of ``output``.
+        grad_h_n: ``[N, H]``, the gradient of ``h_n``.
+        grad_workspace: ``[T, N, 4H]``, the gradient of the saved activations, or None.
+        input, hx, weight_ih, weight_hh, lengths, reverse: as given to :func:`gru_layer`.
+        output, workspace: what :func:`gru_layer` returned (output, saved activations).
+        has_bias: whether the layer has biases.
+
+    Returns:
+        (grad_input ``[T, N, C]``, grad_hx ``[N, H]``, grad_weight_ih ``[3H, C]``,
+        grad_weight_hh ``[3H, H]``, grad_bias_ih ``[3H]``, grad_bias_hh ``[3H]``); the bias
+        gradients are None without ``has_bias``.
+
+    Example::
+
+        >>> x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+        >>> h0 = torch.zeros(2, 5, dtype=torch.float64)
+        >>> w_ih = torch.randn(15, 3, dtype=torch.float64)
+        >>> w_hh = torch.randn(15, 5, dtype=torch.float64)
+        >>> out, h_n, saved = reference.gru_layer(x, h0, w_ih, w_hh)
+        >>> g_out, g_h = torch.randn_like(out), torch.randn_like(h_n)
+        >>> grads = reference.gru_layer_backward(g_out, g_h, None, x, h0, w_ih, w_hh, None,
+        ...                                      out, saved, False, False)
+        >>> autograd, = torch.autograd.grad((out, h_n), x, (g_out, g_h))
+        >>> torch.allclose(grads[0], autograd)
+        True
     """
     T, N, _ = input.shape
     H = hx.shape[1]
@@ -102,8 +154,24 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, dilatio
                   activation: str | None = None, initial_state: Tensor | None = None) -> Tensor:
     """Causal depthwise conv1d through F.conv1d, as ``fusedgru::causal_conv1d_fwd``.
 
-    x [N, C, L], weight [C, W], bias [C] or None, initial_state [N, C, (W-1)*dilation] or None
-    (zeros): the inputs before t = 0, oldest first.
+    Args:
+        x: ``[N, C, L]``.
+        weight: ``[C, W]``.
+        bias: ``[C]`` or None.
+        dilation: the spacing between taps.
+        activation: None, ``"silu"`` or ``"relu"``.
+        initial_state: ``[N, C, (W-1)*dilation]`` or None (zeros): the inputs before t = 0,
+            oldest first.
+
+    Returns:
+        y ``[N, C, L]``.
+
+    Example::
+
+        >>> x, w, b = torch.randn(2, 4, 10), torch.randn(4, 3), torch.randn(4)
+        >>> torch.allclose(reference.causal_conv1d(x, w, b, 1, "relu"),
+        ...                fusedgru.causal_conv1d(x, w, b, activation="relu"), atol=1e-6)
+        True
     """
     C, W = weight.shape
     S = (W - 1) * dilation
@@ -119,8 +187,24 @@ def causal_conv1d_backward(grad_y: Tensor, x: Tensor, weight: Tensor, bias: Tens
                            initial_state: Tensor | None, dilation: int,
                            activation: str | None):
     """``fusedgru::causal_conv1d_bwd`` in torch ops (differentiable: its own autograd gives the
-    second derivatives). Returns (grad_x, grad_weight, grad_bias or None, grad_initial_state or
-    None)."""
+    second derivatives).
+
+    Args:
+        grad_y: ``[N, C, L]``, the gradient of the output.
+        x, weight, bias, initial_state, dilation, activation: as given to :func:`causal_conv1d`.
+
+    Returns:
+        (grad_x ``[N, C, L]``, grad_weight ``[C, W]``, grad_bias ``[C]`` or None,
+        grad_initial_state ``[N, C, (W-1)*dilation]`` or None).
+
+    Example::
+
+        >>> x, w = torch.randn(1, 2, 6), torch.randn(2, 3)
+        >>> g_x, g_w, g_b, g_s = reference.causal_conv1d_backward(torch.ones(1, 2, 6), x, w,
+        ...                                                       None, None, 1, None)
+        >>> g_x.shape, g_w.shape, g_b, g_s
+        (torch.Size([1, 2, 6]), torch.Size([2, 3]), None, None)
+    """
     create_graph = torch.is_grad_enabled()
     with torch.enable_grad():
         leaves = [t if t.requires_grad else t.detach().requires_grad_()
@@ -142,7 +226,26 @@ def ln_gru_layer(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor
     """One layer-normalized GRU layer, as ``fusedgru::ln_gru_forward`` (without the saved
     activations): a_i = LN(W_ih x) g_i + b_i and a_h = LN(W_hh h) g_h + b_h over 3H values each,
     r = sigmoid(a_i,r + a_h,r), z = sigmoid(a_i,z + a_h,z), n = tanh(a_i,n + r a_h,n),
-    h' = n + z (h - n). Returns output [T, N, H] (zero past each length) and h_n [N, H]."""
+    h' = n + z (h - n).
+
+    Args:
+        input: ``[T, N, C]``; hx: ``[N, H]``.
+        weight_ih: ``[3H, C]``; weight_hh: ``[3H, H]``.
+        ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias: ``[3H]`` each (g_i, b_i, g_h, b_h).
+        lengths: ``[N]`` valid lengths, or None; reverse: run from the end.
+        eps: the LayerNorm epsilon.
+
+    Returns:
+        output ``[T, N, H]`` (zero past each length) and h_n ``[N, H]``.
+
+    Example::
+
+        >>> m = fusedgru.LayerNormGRU(3, 4)
+        >>> x = torch.randn(5, 2, 3)
+        >>> out, h_n = reference.ln_gru_layer(x, torch.zeros(2, 4), *m.parameters())
+        >>> torch.allclose(out, m(x)[0], atol=1e-5)
+        True
+    """
     T, N, _ = input.shape
     H = hx.shape[1]
     ln = torch.nn.functional.layer_norm

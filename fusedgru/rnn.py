@@ -1,5 +1,14 @@
 """fusedgru.GRU and GRUCell (torch.nn.GRU's and GRUCell's interface, parameters and numerics on
-fused kernels) and LayerNormGRU."""
+fused kernels), LayerNormGRU, and convert / revert, which swap the stock modules for these and
+back inside a model, sharing the parameters.
+
+Example::
+
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GRU(8, 16))
+    >>> model = fusedgru.convert(model)
+    >>> type(model[1])
+    <class 'fusedgru.rnn.GRU'>
+"""
 
 import warnings
 from collections.abc import Callable, Sequence
@@ -100,8 +109,8 @@ class _GRUInterface:
 class GRU(_GRUInterface, nn.RNNBase):
     r"""Drop-in replacement for :class:`torch.nn.GRU` running fused CPU/CUDA kernels.
 
-    Same constructor, parameters (names, shapes, initialization, ``state_dict``), inputs and
-    outputs as ``torch.nn.GRU``: for each layer, direction and time step
+    Applies a multi-layer gated recurrent unit (GRU) RNN to an input sequence. For each layer,
+    direction and time step (gate order r, z, n, as in ``nn.GRU``):
 
     .. math::
         r_t = \sigma(W_{ir} x_t + b_{ir} + W_{hr} h_{t-1} + b_{hr}) \\
@@ -109,8 +118,95 @@ class GRU(_GRUInterface, nn.RNNBase):
         n_t = \tanh(W_{in} x_t + b_{in} + r_t \odot (W_{hn} h_{t-1} + b_{hn})) \\
         h_t = (1 - z_t) \odot n_t + z_t \odot h_{t-1}
 
-    ``forward(input, hx=None) -> (output, h_n)`` accepts ``[T, N, C]`` (``[N, T, C]`` with
-    ``batch_first``), unbatched ``[T, C]``, or a ``PackedSequence``.
+    Same constructor, parameters (names, shapes, initialization, ``state_dict``), inputs,
+    outputs and errors as ``torch.nn.GRU``, so an ``nn.GRU``'s state dict loads as is (and
+    :func:`fusedgru.convert` swaps the modules of a model in place). Beyond ``nn.GRU``: the
+    ``lengths`` keyword, double backward, backward in eval mode, ``torch.compile(fullgraph=True)``
+    and ``torch.export``.
+
+    Args:
+        input_size: The number of expected features in the input `x`
+        hidden_size: The number of features in the hidden state `h`
+        num_layers: Number of recurrent layers, each taking the previous one's output.
+            Default: 1
+        bias: If ``False``, the layers use no bias weights `b_ih` and `b_hh`. Default: ``True``
+        batch_first: If ``True``, the input and output tensors are `(batch, seq, feature)`
+            instead of `(seq, batch, feature)` (not the hidden states). Default: ``False``
+        dropout: If non-zero, dropout with this probability on the outputs of each layer but
+            the last, in training mode. Default: 0
+        bidirectional: If ``True``, a bidirectional GRU. Default: ``False``
+        device: where the parameters are created (any device ``nn.GRU`` takes, ``"meta"``
+            included). Default: the current default device
+        dtype: the parameters' dtype. Default: the default dtype
+
+    Inputs: input, h_0, lengths
+        * **input**: tensor of shape :math:`(L, H_{in})` for unbatched input,
+          :math:`(L, N, H_{in})` when ``batch_first=False`` or :math:`(N, L, H_{in})` when
+          ``batch_first=True``: the input sequence, any strides. It may also be a packed
+          variable length sequence (:func:`torch.nn.utils.rnn.pack_padded_sequence`).
+        * **h_0**: tensor of shape :math:`(D * \text{num\_layers}, H_{out})` or
+          :math:`(D * \text{num\_layers}, N, H_{out})`: the initial hidden state. Defaults to
+          zeros if not provided.
+        * **lengths** (keyword only; an extension of ``nn.GRU``): :math:`(N,)` integers in
+          :math:`[0, L]`, a tensor or a list. Row i runs its first ``lengths[i]`` steps only,
+          as with a PackedSequence but on the padded batch directly: outputs past a length are
+          zero and ``h_n`` is each row's state at its last valid step (``h_0`` for a length of
+          0). Its shape and dtype are always checked, its values when they are on the host; a
+          CUDA tensor's values are not read (no host sync): the kernels clamp them into
+          :math:`[0, L]`.
+
+        where
+
+        .. math::
+            \begin{aligned}
+                N ={} & \text{batch size} \\
+                L ={} & \text{sequence length} \\
+                D ={} & 2 \text{ if bidirectional=True otherwise } 1 \\
+                H_{in} ={} & \text{input\_size} \\
+                H_{out} ={} & \text{hidden\_size}
+            \end{aligned}
+
+    Outputs: output, h_n
+        * **output**: tensor of shape :math:`(L, D * H_{out})` for unbatched input,
+          :math:`(L, N, D * H_{out})` when ``batch_first=False`` or :math:`(N, L, D * H_{out})`
+          when ``batch_first=True``: the last layer's :math:`h_t` for each t (both directions
+          concatenated). A :class:`torch.nn.utils.rnn.PackedSequence` for a packed input.
+        * **h_n**: tensor of shape :math:`(D * \text{num\_layers}, H_{out})` or
+          :math:`(D * \text{num\_layers}, N, H_{out})`: the final hidden state of each layer
+          and direction.
+
+    Attributes:
+        weight_ih_l[k]: the learnable input-hidden weights of the k-th layer
+            (W_ir|W_iz|W_in), of shape `(3*hidden_size, input_size)` for `k = 0`, otherwise
+            `(3*hidden_size, D*hidden_size)`
+        weight_hh_l[k]: the learnable hidden-hidden weights of the k-th layer
+            (W_hr|W_hz|W_hn), of shape `(3*hidden_size, hidden_size)`
+        bias_ih_l[k]: the learnable input-hidden bias of the k-th layer (b_ir|b_iz|b_in), of
+            shape `(3*hidden_size)`
+        bias_hh_l[k]: the learnable hidden-hidden bias of the k-th layer (b_hr|b_hz|b_hn), of
+            shape `(3*hidden_size)`
+
+        All initialized from :math:`\mathcal{U}(-\sqrt{k}, \sqrt{k})`, :math:`k =
+        1 / \text{hidden\_size}`, as in ``nn.GRU``; the backward direction's carry a
+        ``_reverse`` suffix.
+
+    Example::
+
+        >>> rnn = fusedgru.GRU(10, 20, 2)
+        >>> input = torch.randn(5, 3, 10)
+        >>> h0 = torch.randn(2, 3, 20)
+        >>> output, hn = rnn(input, h0)
+        >>> output.shape, hn.shape
+        (torch.Size([5, 3, 20]), torch.Size([2, 3, 20]))
+        >>> ref = torch.nn.GRU(10, 20, 2)
+        >>> ref.load_state_dict(rnn.state_dict())
+        <All keys matched successfully>
+        >>> torch.allclose(ref(input, h0)[0], output, atol=1e-5)
+        True
+        >>> # right-padded rows of lengths 5, 2 and 0, without packing
+        >>> output, hn = rnn(input, lengths=[5, 2, 0])
+        >>> output[2:, 1].abs().max().item()
+        0.0
     """
 
     def __init__(
@@ -150,7 +246,7 @@ class GRU(_GRUInterface, nn.RNNBase):
 class LayerNormGRU(_GRUInterface, nn.RNNBase):
     r"""GRU with layer normalization of the gate pre-activations (Ba et al. 2016), the input and
     the recurrent contributions normalized separately over their 3H values, fused into the
-    kernels:
+    kernels (functional form: :func:`fusedgru.ln_gru`):
 
     .. math::
         a^i_t = \mathrm{LN}(W_{ih} x_t)\,\gamma_i + \beta_i, \quad
@@ -162,7 +258,39 @@ class LayerNormGRU(_GRUInterface, nn.RNNBase):
     direction: ``weight_ih_l{k}``, ``weight_hh_l{k}`` (nn.GRU's shapes and initialization),
     ``ln_ih_weight_l{k}``, ``ln_ih_bias_l{k}``, ``ln_hh_weight_l{k}``, ``ln_hh_bias_l{k}``
     (``[3H]``, initialized to ones and zeros); ``_reverse`` suffixes for the backward direction.
-    Same forward contract as :class:`fusedgru.GRU`. Single backward only (no double backward).
+    Single backward only (no double backward).
+
+    Args:
+        input_size: The number of expected features in the input `x`
+        hidden_size: The number of features in the hidden state `h`
+        num_layers: Number of recurrent layers. Default: 1
+        batch_first: If ``True``, input and output are `(batch, seq, feature)`.
+            Default: ``False``
+        dropout: dropout probability on the outputs of each layer but the last, in training
+            mode. Default: 0
+        bidirectional: If ``True``, a bidirectional GRU. Default: ``False``
+        eps: the LayerNorm epsilon, > 0. Default: 1e-5
+        device: where the parameters are created. Default: the current default device
+        dtype: the parameters' dtype. Default: the default dtype
+
+    Inputs: input, h_0, lengths
+        As :class:`fusedgru.GRU`: **input** :math:`(L, H_{in})`, :math:`(L, N, H_{in})` or
+        :math:`(N, L, H_{in})` (``batch_first``), or a PackedSequence; **h_0**
+        :math:`(D * \text{num\_layers}[, N], H_{out})`, zeros if not given; the keyword
+        **lengths** :math:`(N,)`.
+
+    Outputs: output, h_n
+        As :class:`fusedgru.GRU`: **output** :math:`(L[, N], D * H_{out})` (or
+        :math:`(N, L, D * H_{out})`), **h_n** :math:`(D * \text{num\_layers}[, N], H_{out})`.
+
+    Example::
+
+        >>> rnn = fusedgru.LayerNormGRU(10, 20, num_layers=2, batch_first=True)
+        >>> output, hn = rnn(torch.randn(3, 5, 10))
+        >>> output.shape, hn.shape
+        (torch.Size([3, 5, 20]), torch.Size([2, 3, 20]))
+        >>> rnn.ln_ih_weight_l0.shape  # LayerNorm gains of layer 0's input side: (3H,)
+        torch.Size([60])
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
@@ -210,9 +338,55 @@ class LayerNormGRU(_GRUInterface, nn.RNNBase):
 
 
 class GRUCell(nn.RNNCellBase):
-    """Drop-in replacement for :class:`torch.nn.GRUCell` (same parameters, initialization,
-    inputs and errors) on the fused ``fusedgru::gru_cell`` op: one launch per step on CUDA for
-    batches up to 32."""
+    r"""Drop-in replacement for :class:`torch.nn.GRUCell` (same parameters, initialization,
+    inputs, outputs and errors) on the fused ``fusedgru::gru_cell`` op: one launch per step on
+    CUDA for batches up to 32, and on the CPU, up to 8 rows, one parallel pass with no GEMM call.
+    In training a step runs one step of ``fusedgru::gru_forward``, which saves what backward
+    needs.
+
+    .. math::
+        r = \sigma(W_{ir} x + b_{ir} + W_{hr} h + b_{hr}), \quad
+        z = \sigma(W_{iz} x + b_{iz} + W_{hz} h + b_{hz}) \\
+        n = \tanh(W_{in} x + b_{in} + r \odot (W_{hn} h + b_{hn})), \quad
+        h' = (1 - z) \odot n + z \odot h
+
+    Args:
+        input_size: The number of expected features in the input `x`
+        hidden_size: The number of features in the hidden state `h`
+        bias: If ``False``, the cell uses no bias weights `b_ih` and `b_hh`. Default: ``True``
+        device: where the parameters are created. Default: the current default device
+        dtype: the parameters' dtype. Default: the default dtype
+
+    Inputs: input, hidden
+        * **input**: tensor of shape :math:`(N, H_{in})` or :math:`(H_{in})`: the input
+        * **hidden**: tensor of shape :math:`(N, H_{out})` or :math:`(H_{out})`: the hidden
+          state. Defaults to zeros if not provided.
+
+        where N is the batch size, :math:`H_{in}` = input_size, :math:`H_{out}` = hidden_size.
+
+    Outputs: h'
+        * **h'**: tensor of shape :math:`(N, H_{out})` or :math:`(H_{out})`: the next hidden
+          state
+
+    Attributes:
+        weight_ih: the learnable input-hidden weights (W_ir|W_iz|W_in), of shape
+            `(3*hidden_size, input_size)`
+        weight_hh: the learnable hidden-hidden weights (W_hr|W_hz|W_hn), of shape
+            `(3*hidden_size, hidden_size)`
+        bias_ih: the learnable input-hidden bias, of shape `(3*hidden_size)`
+        bias_hh: the learnable hidden-hidden bias, of shape `(3*hidden_size)`
+
+    Example::
+
+        >>> cell = fusedgru.GRUCell(10, 20)
+        >>> x = torch.randn(6, 3, 10)  # (time_steps, batch, input_size)
+        >>> h = torch.zeros(3, 20)
+        >>> with torch.no_grad():
+        ...     for t in range(6):
+        ...         h = cell(x[t], h)
+        >>> h.shape
+        torch.Size([3, 20])
+    """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
                  dtype=None) -> None:
@@ -362,7 +536,30 @@ def convert(model: nn.Module, *, strict: bool = True) -> nn.Module:
     ``torch.nn.utils.parametrizations.weight_norm``) would silently lose them. With
     ``strict=True`` (the default) such modules raise a ``ValueError`` naming each one's path in
     ``model`` and the reason, before anything is replaced; with ``strict=False`` they are left as
-    they are, each with a ``UserWarning`` saying so, and the rest is converted."""
+    they are, each with a ``UserWarning`` saying so, and the rest is converted.
+
+    Args:
+        model: an ``nn.Module`` (an ``nn.GRU`` / ``nn.GRUCell`` itself, or any model holding
+            them), changed in place.
+        strict: raise on a module that cannot be replaced faithfully (``True``, the default),
+            or leave it, with a warning (``False``). Keyword only.
+
+    Returns:
+        ``model`` with its GRUs replaced; the replacement itself when ``model`` is an
+        ``nn.GRU`` / ``nn.GRUCell``.
+
+    Raises:
+        ValueError: with ``strict=True``, for a module that cannot be replaced faithfully,
+            naming its path and the reason.
+
+    Example::
+
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GRU(8, 16))
+        >>> w = model[1].weight_hh_l0
+        >>> model = fusedgru.convert(model)
+        >>> type(model[1]).__module__, model[1].weight_hh_l0 is w
+        ('fusedgru.rnn', True)
+    """
 
     def swap(gru_module):
         if isinstance(gru_module, nn.GRUCell):
@@ -391,7 +588,27 @@ def revert(model: nn.Module, *, strict: bool = True) -> nn.Module:
     needs the stock modules (``torch.jit.script``, the TorchScript-based ONNX exporter, loading
     without fusedgru installed); returns the model. :class:`LayerNormGRU` has no stock
     counterpart and stays. Subclasses, hooks, parametrizations and shared modules are handled
-    as in :func:`convert` (``strict``)."""
+    as in :func:`convert` (``strict``).
+
+    Args:
+        model: an ``nn.Module`` (a fusedgru ``GRU`` / ``GRUCell`` itself, or a model holding
+            them), changed in place.
+        strict: raise on a module that cannot be replaced faithfully (``True``, the default),
+            or leave it, with a warning (``False``). Keyword only.
+
+    Returns:
+        ``model`` with the stock modules back; the replacement itself when ``model`` is a
+        fusedgru ``GRU`` / ``GRUCell``.
+
+    Raises:
+        ValueError: with ``strict=True``, for a module that cannot be replaced faithfully.
+
+    Example::
+
+        >>> rnn = fusedgru.revert(fusedgru.GRU(8, 16))
+        >>> type(rnn)
+        <class 'torch.nn.modules.rnn.GRU'>
+    """
 
     def swap(module):
         if isinstance(module, GRUCell):

@@ -3,41 +3,37 @@ tests/cuda_emu (no GPU needed): tiling, halos, 16-byte vector paths, shared-memo
 barriers, warp shuffles, the partial-sum reductions and every fallback, checked against the
 pure-PyTorch references. The same kernels run for real in the cuda-marked tests on a GPU.
 
-The emulator runs one block at a time with one std::thread per CUDA thread, so sizes here are
-small; shared memory is NaN-filled before each block, so a read of a slot nobody wrote shows."""
+The emulator runs one std::thread per CUDA thread (two blocks at a time, in a seeded random
+order), so sizes here are small; shared memory and every tensor an op allocates are NaN-filled,
+so a read of a slot nobody wrote shows; tests/test_cuda_emu_checks.py proves its checks."""
 
 import os
+import zlib
 
 import pytest
 import torch
-from gru_testing import rel_err
-from torch.utils import cpp_extension
+from cuda_emu import emu_build
+from gru_testing import SEED, rel_err
 
 from fusedgru import reference
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ACT = {None: 0, "silu": 1, "relu": 2}
 
 
-# FUSEDGRU_EMU_ASAN=1 builds the emulated kernels with AddressSanitizer, so any out-of-bounds
-# access to a tensor or to shared memory aborts with a report. Run as
-#   LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
-#   FUSEDGRU_EMU_ASAN=1 .venv/bin/python -m pytest tests/test_cuda_emu.py
-ASAN = os.environ.get("FUSEDGRU_EMU_ASAN") == "1"
-
-
+# The emulated kernels are built by tests/cuda_emu/emu_build.py: FUSEDGRU_EMU_ASAN=1 builds them
+# with AddressSanitizer, so any out-of-bounds access to a tensor or to shared memory aborts with
+# a report (make test-emu-asan); FUSEDGRU_EMU_TSAN=1 with ThreadSanitizer, so a missing barrier
+# is a data race (make test-emu-tsan).
 @pytest.fixture(scope="session")
 def emu():
-    build = os.path.join(ROOT, "build", "cuda_emu_asan" if ASAN else "cuda_emu")
-    os.makedirs(build, exist_ok=True)
-    asan = ["-fsanitize=address", "-fno-omit-frame-pointer"] if ASAN else []
-    return cpp_extension.load(
-        "fusedgru_cuda_emu_asan" if ASAN else "fusedgru_cuda_emu",
-        [os.path.join(ROOT, "tests", "cuda_emu", "emu_ops.cpp")] +
-        [os.path.join(ROOT, "csrc", f) for f in ("conv_common.cpp", "gru_common.cpp",
-                                                 "ln_gru_common.cpp")],
-        extra_include_paths=[os.path.join(ROOT, "csrc"), os.path.join(ROOT, "tests", "cuda_emu")],
-        extra_cflags=["-O1", *asan], extra_ldflags=asan, build_directory=build)
+    return emu_build.load_emulator()
+
+
+@pytest.fixture(autouse=True)
+def _block_order(emu, request):
+    """Each test's launches take their blocks in an order drawn from FUSEDGRU_TEST_SEED and the
+    test's id (cuda_emu.h), so a failure replays from the seed in the report header."""
+    emu.seed_block_order(SEED, zlib.crc32(request.node.nodeid.encode()))
 
 
 def make_x(layout, N, C, L, dtype):

@@ -1,10 +1,12 @@
 // The CUDA kernels and their launch code, compiled for the host emulator (cuda_emu.h) and
-// exposed to the tests as functions on CPU tensors. Built by tests/test_cuda_emu.py.
+// exposed to the tests as functions on CPU tensors; each op runs with its allocations poisoned
+// (emu_runtime.h). Built by emu_build.load_emulator for the tests.
 #include "cuda_emu.h"
 #include "emu_runtime.h"
 
 #include <torch/extension.h>
 
+#include <map>
 #include <mutex>
 #include <string>
 #include <tuple>
@@ -21,12 +23,16 @@ using fusedgru::cuda::StreamLauncher;
 
 // Emulated devices (emu_runtime.h): an H100's per-SM resources on 4 SMs, so the persistent
 // kernels (one block per SM) get 4 co-resident blocks; the same without cooperative launches
-// (the GRU's per-step path); and one whose opt-in limit is the default 48 KB (the conv's
-// fallbacks at smaller histories).
+// (the GRU's per-step path); one whose opt-in limit is the default 48 KB (the conv's fallbacks
+// at smaller histories); a whole H100 / H200 (132 SMs), for the planners only (its cooperative
+// grids would be 132 blocks of std::threads); and 8 SMs, where the persistent kernels reach
+// J = 32 units per block with fp32's widest slices.
 struct Devices {
   int h100 = emu::add_device({4, true, 227 * 1024});
   int no_coop = emu::add_device({4, false, 227 * 1024});
   int small_smem = emu::add_device({4, true, 48 * 1024});
+  int h100_132 = emu::add_device({132, true, 227 * 1024});
+  int sms8 = emu::add_device({8, true, 227 * 1024});
 };
 
 const Devices& devices() {
@@ -45,10 +51,25 @@ struct SmallSmem {
   static int device() { return devices().small_smem; }
 };
 
+inline StreamLauncher launcher_on(int device) {
+  emu::set_device(device);
+  return StreamLauncher{nullptr};
+}
+
 template <typename Device>
 StreamLauncher launcher() {
-  emu::set_device(Device::device());
-  return StreamLauncher{nullptr};
+  return launcher_on(Device::device());
+}
+
+// Defines an emulated op: fn runs with every CPU allocation poisoned (emu::PoisonedAllocations),
+// so an output or scratch tensor the launch code allocates and a kernel leaves partly unwritten
+// reads as NaN. fn: a captureless lambda with a leading +.
+template <typename R, typename... A>
+void def_op(pybind11::module_& m, const char* name, R (*fn)(A...)) {
+  m.def(name, [fn](A... args) -> R {
+    const emu::PoisonedAllocations poison;
+    return fn(std::forward<A>(args)...);
+  });
 }
 
 // Registers per thread of the persistent kernels: __launch_bounds__(256, 1) lets ptxas use up
@@ -140,69 +161,112 @@ void define_runtime_hooks(pybind11::module_& m) {
     return out;
   });
   m.def("device_smem_optin", [](int dev) { return emu::device(dev).smem_optin; });
-  m.def("tf32_matmul", [](at::Tensor out, const at::Tensor& a, const at::Tensor& b, double beta) {
-    const StreamLauncher launch = launcher<OnH100>();
-    fusedgru::cuda::column_major_matmul(out, a, b, beta, [&](const auto& g) {
-      launch.tf32_gemm(g);
-    });
-    return out;
+  def_op(m, "tf32_matmul",
+         +[](at::Tensor out, const at::Tensor& a, const at::Tensor& b, double beta) {
+           const StreamLauncher launch = launcher<OnH100>();
+           fusedgru::cuda::column_major_matmul(out, a, b, beta, [&](const auto& g) {
+             launch.tf32_gemm(g);
+           });
+           return out;
+         });
+  m.def("devices", [] {
+    const Devices& d = devices();
+    return std::map<std::string, int>{{"h100", d.h100},
+                                      {"no_coop", d.no_coop},
+                                      {"small_smem", d.small_smem},
+                                      {"h100_132", d.h100_132},
+                                      {"sms8", d.sms8}};
   });
+  m.def("seed_block_order", [](uint64_t seed, uint64_t stream) {
+    emu::block_order().seed(seed, stream);
+  }, "the seed of the order in which non-cooperative launches run their blocks (cuda_emu.h)");
+  m.def("poison_guards_held", [] { return emu::PoisonedAllocations::held().load(); });
 }
 
 template <typename Launch>
 void define_conv(pybind11::module_& m, const char* suffix) {
   namespace conv = fusedgru::cuda::conv;
-  m.def((std::string("causal_conv1d_fwd") + suffix).c_str(),
-        [](const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
-           const std::optional<at::Tensor>& init, int64_t dilation, int64_t act) {
-          return conv::fwd_impl(x, w, b, init, dilation, act, launcher<Launch>());
-        });
-  m.def((std::string("causal_conv1d_bwd") + suffix).c_str(),
-        [](const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w,
-           const std::optional<at::Tensor>& b, const std::optional<at::Tensor>& init,
-           int64_t dilation, int64_t act) {
-          return conv::bwd_impl(gy, x, w, b, init, dilation, act, launcher<Launch>());
-        });
-  m.def((std::string("causal_conv1d_update") + suffix).c_str(),
-        [](const at::Tensor& x, at::Tensor state, const at::Tensor& w,
-           const std::optional<at::Tensor>& b, int64_t dilation, int64_t act) {
-          return conv::update_impl(x, state, w, b, dilation, act, launcher<Launch>());
-        });
+  def_op(m, (std::string("causal_conv1d_fwd") + suffix).c_str(),
+         +[](const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
+             const std::optional<at::Tensor>& init, int64_t dilation, int64_t act) {
+           return conv::fwd_impl(x, w, b, init, dilation, act, launcher<Launch>());
+         });
+  def_op(m, (std::string("causal_conv1d_bwd") + suffix).c_str(),
+         +[](const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w,
+             const std::optional<at::Tensor>& b, const std::optional<at::Tensor>& init,
+             int64_t dilation, int64_t act) {
+           return conv::bwd_impl(gy, x, w, b, init, dilation, act, launcher<Launch>());
+         });
+  def_op(m, (std::string("causal_conv1d_update") + suffix).c_str(),
+         +[](const at::Tensor& x, at::Tensor state, const at::Tensor& w,
+             const std::optional<at::Tensor>& b, int64_t dilation, int64_t act) {
+           return conv::update_impl(x, state, w, b, dilation, act, launcher<Launch>());
+         });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
+    const StreamLauncher& launch, const at::Tensor& input, const at::Tensor& hx,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+    const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& lengths,
+    bool reverse, bool need_workspace) {
+  return fusedgru::cuda::gru::forward_impl(input, hx, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
+                                           need_workspace, launch);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_backward(
+    const StreamLauncher& launch, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+    const std::optional<at::Tensor>& grad_workspace, const at::Tensor& input,
+    const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& lengths, const at::Tensor& output,
+    const at::Tensor& workspace, bool reverse, bool has_bias, bool need_input_grad,
+    bool need_weight_grad) {
+  return fusedgru::cuda::gru::backward_impl(grad_output, grad_h_n, grad_workspace, input, hx,
+                                            w_ih, w_hh, lengths, output, workspace, reverse,
+                                            has_bias, need_input_grad, need_weight_grad, launch);
 }
 
 template <typename Launch>
 void define_gru_forward(pybind11::module_& m, const char* name) {
-  m.def(name, [](const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
-                 const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
-                 const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& lengths,
-                 bool reverse, bool need_workspace) {
-    return fusedgru::cuda::gru::forward_impl(input, hx, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
-                                             need_workspace, launcher<Launch>());
-  });
+  def_op(m, name,
+         +[](const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+             const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+             const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& lengths,
+             bool reverse, bool need_workspace) {
+           return gru_forward(launcher<Launch>(), input, hx, w_ih, w_hh, b_ih, b_hh, lengths,
+                              reverse, need_workspace);
+         });
 }
 
 template <typename Launch>
 void define_gru_backward(pybind11::module_& m, const char* name) {
-  m.def(name, [](const at::Tensor& grad_output, const at::Tensor& grad_h_n,
-                 const std::optional<at::Tensor>& grad_workspace, const at::Tensor& input,
-                 const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                 const std::optional<at::Tensor>& lengths, const at::Tensor& output,
-                 const at::Tensor& workspace, bool reverse, bool has_bias, bool need_input_grad,
-                 bool need_weight_grad) {
-    return fusedgru::cuda::gru::backward_impl(grad_output, grad_h_n, grad_workspace, input, hx,
-                                              w_ih, w_hh, lengths, output, workspace, reverse,
-                                              has_bias, need_input_grad, need_weight_grad,
-                                              launcher<Launch>());
-  });
+  def_op(m, name,
+         +[](const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+             const std::optional<at::Tensor>& grad_workspace, const at::Tensor& input,
+             const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+             const std::optional<at::Tensor>& lengths, const at::Tensor& output,
+             const at::Tensor& workspace, bool reverse, bool has_bias, bool need_input_grad,
+             bool need_weight_grad) {
+           return gru_backward(launcher<Launch>(), grad_output, grad_h_n, grad_workspace, input,
+                               hx, w_ih, w_hh, lengths, output, workspace, reverse, has_bias,
+                               need_input_grad, need_weight_grad);
+         });
 }
 
 void define_gru(pybind11::module_& m) {
   namespace cuda = fusedgru::cuda;
   // Same arguments as the fusedgru::gru_forward / gru_backward / gru_cell / ln_gru_* schemas.
   // gru_forward / gru_backward take the persistent kernels where they apply; the *_per_step
-  // versions never do.
+  // versions never do; the *_on versions run on the emulated device given first (devices()).
   define_gru_forward<OnH100>(m, "gru_forward");
   define_gru_forward<NoCooperative>(m, "gru_forward_per_step");
+  def_op(m, "gru_forward_on",
+         +[](int64_t device, const at::Tensor& input, const at::Tensor& hx,
+             const at::Tensor& w_ih, const at::Tensor& w_hh,
+             const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+             const std::optional<at::Tensor>& lengths, bool reverse, bool need_workspace) {
+           return gru_forward(launcher_on(static_cast<int>(device)), input, hx, w_ih, w_hh, b_ih,
+                              b_hh, lengths, reverse, need_workspace);
+         });
   m.def("gru_persistent_blocks", [](int64_t T, int64_t N, int64_t H, bool fp64) {
     const auto plan = fp64 ? cuda::gru::persistent_plan<double>(T, N, H, launcher<OnH100>())
                            : cuda::gru::persistent_plan<float>(T, N, H, launcher<OnH100>());
@@ -214,32 +278,58 @@ void define_gru(pybind11::module_& m) {
              : cuda::gru::persistent_backward_plan<float>(T, N, H, true, false, launcher<OnH100>());
     return static_cast<int64_t>(plan.blocks);
   });
+  // The whole plan (J, KS, blocks, smem bytes) of the forward or backward persistent kernel on
+  // an emulated device; the backward's for a launch with hprev and without grad_workspace.
+  m.def("gru_persistent_plan", [](int64_t device, int64_t T, int64_t N, int64_t H, bool fp64,
+                                  bool backward) {
+    const StreamLauncher launch = launcher_on(static_cast<int>(device));
+    const cuda::gru::PersistentPlan plan =
+        backward ? (fp64 ? cuda::gru::persistent_backward_plan<double>(T, N, H, true, false, launch)
+                         : cuda::gru::persistent_backward_plan<float>(T, N, H, true, false, launch))
+                 : (fp64 ? cuda::gru::persistent_plan<double>(T, N, H, launch)
+                         : cuda::gru::persistent_plan<float>(T, N, H, launch));
+    return std::make_tuple(plan.J, plan.KS, static_cast<int64_t>(plan.blocks), plan.smem);
+  });
   define_gru_backward<OnH100>(m, "gru_backward");
   define_gru_backward<NoCooperative>(m, "gru_backward_per_step");
-  m.def("gru_cell", [](const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
-                       const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
-                       const std::optional<at::Tensor>& b_hh) {
-    return cuda::gru::cell_impl(input, hx, w_ih, w_hh, b_ih, b_hh, launcher<OnH100>());
-  });
-  m.def("ln_gru_forward",
-        [](const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
-           const at::Tensor& w_hh, const at::Tensor& g_i, const at::Tensor& b_i,
-           const at::Tensor& g_h, const at::Tensor& b_h, const std::optional<at::Tensor>& lengths,
-           bool reverse, double eps, bool need_workspace) {
-          return cuda::ln_gru::forward_impl(input, hx, w_ih, w_hh, g_i, b_i, g_h, b_h, lengths,
-                                            reverse, eps, need_workspace, launcher<OnH100>());
-        });
-  m.def("ln_gru_backward",
-        [](const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
-           const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
-           const at::Tensor& g_i, const at::Tensor& g_h, const at::Tensor& b_h,
-           const std::optional<at::Tensor>& lengths, const at::Tensor& output,
-           const at::Tensor& workspace, bool reverse, bool need_input_grad,
-           bool need_weight_grad) {
-          return cuda::ln_gru::backward_impl(grad_output, grad_h_n, input, hx, w_ih, w_hh, g_i,
-                                             g_h, b_h, lengths, output, workspace, reverse,
-                                             need_input_grad, need_weight_grad, launcher<OnH100>());
-        });
+  def_op(m, "gru_backward_on",
+         +[](int64_t device, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+             const std::optional<at::Tensor>& grad_workspace, const at::Tensor& input,
+             const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+             const std::optional<at::Tensor>& lengths, const at::Tensor& output,
+             const at::Tensor& workspace, bool reverse, bool has_bias, bool need_input_grad,
+             bool need_weight_grad) {
+           return gru_backward(launcher_on(static_cast<int>(device)), grad_output, grad_h_n,
+                               grad_workspace, input, hx, w_ih, w_hh, lengths, output, workspace,
+                               reverse, has_bias, need_input_grad, need_weight_grad);
+         });
+  def_op(m, "gru_cell",
+         +[](const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+             const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+             const std::optional<at::Tensor>& b_hh) {
+           return cuda::gru::cell_impl(input, hx, w_ih, w_hh, b_ih, b_hh, launcher<OnH100>());
+         });
+  def_op(m, "ln_gru_forward",
+         +[](const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+             const at::Tensor& w_hh, const at::Tensor& g_i, const at::Tensor& b_i,
+             const at::Tensor& g_h, const at::Tensor& b_h,
+             const std::optional<at::Tensor>& lengths, bool reverse, double eps,
+             bool need_workspace) {
+           return cuda::ln_gru::forward_impl(input, hx, w_ih, w_hh, g_i, b_i, g_h, b_h, lengths,
+                                             reverse, eps, need_workspace, launcher<OnH100>());
+         });
+  def_op(m, "ln_gru_backward",
+         +[](const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
+             const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+             const at::Tensor& g_i, const at::Tensor& g_h, const at::Tensor& b_h,
+             const std::optional<at::Tensor>& lengths, const at::Tensor& output,
+             const at::Tensor& workspace, bool reverse, bool need_input_grad,
+             bool need_weight_grad) {
+           return cuda::ln_gru::backward_impl(grad_output, grad_h_n, input, hx, w_ih, w_hh, g_i,
+                                              g_h, b_h, lengths, output, workspace, reverse,
+                                              need_input_grad, need_weight_grad,
+                                              launcher<OnH100>());
+         });
 }
 
 }  // namespace
@@ -250,7 +340,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   register_persistent_kernels<at::Half>();
   register_persistent_kernels<at::BFloat16>();
   define_runtime_hooks(m);
-  m.def("gemm", [](at::Tensor out, const at::Tensor& a, const at::Tensor& b, double beta) {
+  def_op(m, "gemm", +[](at::Tensor out, const at::Tensor& a, const at::Tensor& b, double beta) {
     fusedgru::cuda::gemm::matmul(out, a, b, beta, launcher<OnH100>());
     return out;
   });

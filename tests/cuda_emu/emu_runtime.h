@@ -14,11 +14,17 @@
 //     type; calls are counted per compute type for the tests.
 // Emulated devices are selected with emu::set_device (index = configuration), so launch code
 // that caches per (device, kernel), as StreamLauncher does, sees a consistent device.
+// Device memory is poisoned as compute-sanitizer's initcheck would flag it: every CPU allocation
+// made under a PoisonedAllocations guard (the tests hold one around each emulated op) comes back
+// filled with emu::kPoison.
 #pragma once
 
 #include <ATen/Context.h>
+#include <c10/core/Allocator.h>
+#include <c10/core/CPUAllocator.h>
 #include <c10/util/Exception.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -185,6 +191,43 @@ inline cudaError_t fail(cudaError_t e) {
   return e;
 }
 
+// While alive, c10's CPU allocator: the one it replaces allocates, then every byte is set to
+// kPoison, so a kernel that leaves part of a tensor the launch code allocated unwritten, and
+// whoever reads that part, show (NaN in every float type, -1 in every integer type). The real
+// CPU ops outside emulated calls keep the plain allocator. The allocator is process-wide: hold
+// one guard at a time, on the thread that calls the op.
+class PoisonedAllocations final : public c10::Allocator {
+ public:
+  PoisonedAllocations() : inner_(c10::GetCPUAllocator()) {
+    c10::SetCPUAllocator(this, kPriority);
+    TORCH_CHECK(c10::GetCPUAllocator() == this,
+                "emu: a higher-priority CPU allocator is installed; cannot poison allocations");
+    held().fetch_add(1);
+  }
+  ~PoisonedAllocations() override { c10::SetCPUAllocator(inner_, kPriority); }
+  PoisonedAllocations(const PoisonedAllocations&) = delete;
+  PoisonedAllocations& operator=(const PoisonedAllocations&) = delete;
+
+  c10::DataPtr allocate(size_t n) override {
+    c10::DataPtr p = inner_->allocate(n);
+    if (n > 0) std::memset(p.get(), kPoison, n);
+    return p;
+  }
+  c10::DeleterFnPtr raw_deleter() const override { return inner_->raw_deleter(); }
+  void copy_data(void* dest, const void* src, size_t count) const override {
+    inner_->copy_data(dest, src, count);
+  }
+  // Guards held so far (the tests check that each emulated op holds one).
+  static std::atomic<int64_t>& held() {
+    static std::atomic<int64_t> n{0};
+    return n;
+  }
+
+ private:
+  static constexpr uint8_t kPriority = 0;  // c10's own CPU allocator's
+  c10::Allocator* inner_;
+};
+
 // Blocks of `threads` threads with `smem` bytes of dynamic shared memory resident per SM.
 inline int occupancy(const Device& d, const void* kernel, int threads, size_t smem) {
   const int warps = (threads + kWarp - 1) / kWarp;
@@ -220,8 +263,9 @@ inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int d
   return cudaSuccess;
 }
 
-// Static shared memory is not tracked (the emulator's __shared__ arrays are host statics): the
-// kernels with large shared memory use the dynamic kind only.
+// Static shared memory is not counted (the emulator allocates each block's static __shared__
+// arrays when the block first reaches them): the kernels with large shared memory use the
+// dynamic kind only.
 template <typename... KernelArgs>
 cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attrs, void (*kernel)(KernelArgs...)) {
   attrs->sharedSizeBytes = 0;

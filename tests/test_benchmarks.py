@@ -1,0 +1,120 @@
+"""The benchmark scripts' interface (not their numbers): options and their old aliases, argument
+errors, where a run writes (never over another run), the sentences and the JSON fields."""
+
+import importlib
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+bench_common = importlib.import_module("_common")
+bench_gru = importlib.import_module("bench_gru")
+bench_conv = importlib.import_module("bench_conv")
+
+TINY_GRU = ["--seq-len", "3", "--batch", "2", "--hidden", "4", "--reps", "1", "--warmup", "0",
+            "--threads", "1"]
+TINY_CONV = ["--batch", "1", "--channels", "4", "--length", "8", "--reps", "1", "--warmup", "0",
+             "--threads", "1", "--layouts", "ncl"]
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    # main() sets torch's thread count for the run; give the other tests theirs back.
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_lower_case_options_and_old_aliases_agree():
+    new = bench_gru.parse_args(["--seq-len", "8", "--batch", "1", "2", "--hidden", "16",
+                                "--input-size", "4", "--num-layers", "2"])
+    old = bench_gru.parse_args(["--T", "8", "--N", "1", "2", "--H", "16", "--I", "4",
+                                "--layers", "2"])
+    assert vars(new) == vars(old)
+    assert (new.T, new.N, new.H, new.I, new.layers) == ([8], [1, 2], [16], [4], [2])
+    new = bench_conv.parse_args(["--batch", "2", "--channels", "8", "--length", "64", "--width",
+                                 "3", "5"])
+    old = bench_conv.parse_args(["--N", "2", "--C", "8", "--L", "64", "--W", "3", "5"])
+    assert vars(new) == vars(old)
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    (bench_gru, ["--T", "0"], "argument --seq-len/--T: must be >= 1, got 0"),
+    (bench_gru, ["--batch", "x"], "argument --batch/--N: expected an integer, got 'x'"),
+    (bench_gru, ["--reps", "0"], "argument --reps: must be >= 1, got 0"),
+    (bench_gru, ["--warmup", "-1"], "argument --warmup: must be >= 0, got -1"),
+    (bench_conv, ["--C", "-3"], "argument --channels/--C: must be >= 1, got -3"),
+    (bench_conv, ["--width", "0"], "argument --width/--W: must be >= 1, got 0"),
+])
+def test_argument_errors_are_argparse_errors(script, argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        script.parse_args(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", [bench_gru, bench_conv])
+def test_help_names_the_file_written(script, capsys):
+    with pytest.raises(SystemExit):
+        script.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    name = bench_common.default_name("" if script is bench_gru else "conv",
+                                     bench_common.cpu_tag(2))
+    assert f"benchmarks/runs/{name}" in text
+
+
+def test_sentences():
+    assert bench_common.speed_sentence("fusedgru", "nn.GRU", 10.0, 13.4, "forward (T=128)") == \
+        "fusedgru is 1.34x faster than nn.GRU forward (T=128)"
+    assert bench_common.compared(12.0, 10.0) == "1.20x slower than"
+    assert bench_common.compared(10.0, 10.01) == "as fast as"
+    row = dict(variant="gru", T=128, N=16, I=256, H=256, layers=1, bidirectional=False,
+               dtype="fp32", tf32=None, path="auto", mode="fwd", ref_ms=15.07, fusedgru_ms=10.63)
+    assert bench_gru.sentence(row, "cpu") == \
+        "fusedgru is 1.42x faster than nn.GRU forward (T=128 N=16 H=256 fp32)"
+    row.update(variant="packed", mode="fwdbwd", N=8, ref_ms=10.0, fusedgru_ms=12.5)
+    assert bench_gru.sentence(row, "cpu") == ("fusedgru is 1.25x slower than nn.GRU on a "
+                                              "PackedSequence forward + backward (T=128 N=8 "
+                                              "H=256 fp32)")
+
+
+def test_default_names_carry_the_variant_and_never_overwrite(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench_common, "RUNS_DIR", str(tmp_path))
+    first = bench_gru.main(TINY_GRU)
+    second = bench_gru.main(TINY_GRU)
+    packed = bench_gru.main(TINY_GRU + ["--variant", "packed"])
+    conv = bench_conv.main(TINY_CONV)
+    tag = bench_common.cpu_tag(1)
+    stem = os.path.join(str(tmp_path), bench_common.default_name("", tag))[:-len(".json")]
+    assert (first, second) == (stem + ".json", stem + "-2.json")
+    assert packed == stem + "-packed.json"
+    assert conv == stem + "-conv.json"
+    out = capsys.readouterr().out
+    assert "fusedgru [ms]" in out and "speedup [x]" in out and "fusedgru [tokens/s]" in out
+    assert "than nn.GRU forward (T=3 N=2 H=4 fp32)" in out
+    assert "than nn.GRU on a PackedSequence forward + backward" in out
+    assert "fusedgru.causal_conv1d is " in out
+    record = json.loads(open(first).read())
+    # The fields the committed results and their readers use.
+    assert set(record) >= {"benchmark", "date", "command", "machine", "flags", "results"}
+    assert set(record["results"][0]) >= {"variant", "T", "N", "I", "H", "layers", "dtype", "mode",
+                                         "ref_ms", "fusedgru_ms", "speedup",
+                                         "fusedgru_tokens_per_s", "fusedgru_us_per_step"}
+    assert record["flags"]["T"] == [3] and len(record["summary"]) == len(record["results"])
+
+
+def test_explicit_out_is_written_as_given(tmp_path):
+    out = str(tmp_path / "sub" / "bench.json")
+    assert bench_gru.main(TINY_GRU + ["--modes", "fwd", "--out", out]) == out
+    assert bench_conv.main(TINY_CONV + ["--out", str(tmp_path / "c.json")]) == \
+        str(tmp_path / "c.json")
+    assert json.loads(open(out).read())["benchmark"] == "bench_gru"
+
+
+def test_unique_path_also_avoids_a_leftover_plot(tmp_path):
+    (tmp_path / "run.png").write_text("")
+    assert bench_common.unique_path(str(tmp_path / "run.json")) == str(tmp_path / "run-2.json")

@@ -1,0 +1,354 @@
+"""Proofs of the host CUDA emulator's checks (tests/cuda_emu/cuda_emu.h, emu_runtime.h): for each
+check, kernels with planted bugs that it must catch, and correct twins that it must let through
+(tests/cuda_emu/planted.cpp); then the persistent GRU kernels' coverage: the plans an H100 / H200
+would pick, and kernel runs for every number of units per block.
+
+The ThreadSanitizer proofs run the planted kernels in child processes under the TSan build (built
+there on first use): a report, or its absence, is a property of the whole process."""
+
+import math
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+import torch
+from cuda_emu import emu_build
+from gru_testing import SEED, rel_err
+
+from fusedgru import reference
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+POISON_DOUBLE = struct.unpack("d", b"\xff" * 8)[0]  # a NaN: every byte emu::kPoison
+SLOW_MS = 300  # a delay that makes one interleaving all but certain
+
+
+def is_poison(v):
+    return math.isnan(v) and struct.pack("d", v) == struct.pack("d", POISON_DOUBLE)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    module = emu_build.load_planted()
+    module.seed_block_order(SEED, 0)
+    return module
+
+
+@pytest.fixture(scope="module")
+def emu():
+    return emu_build.load_emulator()
+
+
+# ---------------------------------------------------------------------------------------------
+# Barrier discipline: one call site per __syncthreads generation; no exit while the block (grid)
+# waits at a barrier, and no barrier after a thread of the block (grid) has exited.
+
+@pytest.mark.parametrize("name, delay_ms, match", [
+    ("divergent_sync", 0, r"divergent __syncthreads: .* reached __syncthreads at "
+                          r".*planted\.cpp:\d+:\d+, but .* waits at .*planted\.cpp:\d+:\d+"),
+    ("exit_before_sync", 0, r"that barrier can never complete"),
+    ("exit_before_sync", SLOW_MS, r"thread \(0, 0, 0\) exited while .* waits at __syncthreads"),
+    ("sync_after_exit", SLOW_MS, r"reached __syncthreads at .* after block \(0, 0, 0\) thread "
+                                 r"\(0, 0, 0\) exited"),
+    ("uneven_loop", 0, r"that barrier can never complete"),
+    ("grid_exit", 0, r"grid_sync.*can never complete"),
+    ("grid_exit", SLOW_MS, r"block \(1, 0, 0\) thread \(0, 0, 0\) exited while \d+ threads wait "
+                           r"at grid_sync"),
+    ("grid_sync_in_plain_launch", 0, r"grid_sync\(\) in a launch that is not cooperative"),
+    ("grid_vs_block_barrier", 0, r"grid_sync.*__syncthreads|__syncthreads.*grid_sync"),
+], ids=["divergent", "exit", "exit-while-waiting", "sync-after-exit", "uneven-loop",
+        "grid-exit", "grid-exit-while-waiting", "grid-sync-not-cooperative",
+        "grid-and-block-barrier"])
+def test_barrier_discipline_catches(planted, name, delay_ms, match):
+    with pytest.raises(RuntimeError, match=match):
+        planted.barrier_case(name, delay_ms)
+
+
+def test_barrier_discipline_lets_correct_early_exits_through(planted):
+    """Whole blocks returning at once; threads returning after the block's last barrier."""
+    out = planted.barrier_case("legit_exits")
+    assert out[:4] == [sum(range(32)), 0, sum(range(32)), 0]
+
+
+def test_grid_sync_orders_the_grid(planted):
+    out = planted.barrier_case("grid_rounds")
+    assert out[:3] == [(b + 1) % 3 * 6.0 + 6.0 for b in range(3)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Warp shuffles: the mask's lanes all live, at one call site with one mask; reads from outside
+# the mask get poison.
+
+@pytest.mark.parametrize("name, match", [
+    ("sites", r"shuffle at .*planted\.cpp:\d+:\d+ .*wait for it at the shuffle at "
+              r".*planted\.cpp:\d+:\d+"),
+    ("exited_lane", r"exited"),
+    ("without_own_lane", r"leaves out the caller's own lane"),
+    ("mask_mismatch", r"with mask \{0,1,.*wait.* with mask"),
+    ("missing_lanes", r"names lanes that do not exist \(40 threads per block\)"),
+    ("vs_sync", r"__syncthreads.*a GPU hangs"),
+])
+def test_shuffle_rules_catch(planted, name, match):
+    with pytest.raises(RuntimeError, match=match):
+        planted.shuffle_case(name)
+
+
+@pytest.mark.parametrize("case", ["outside_mask_exited", "outside_mask_live"])
+def test_shuffle_reads_from_outside_the_mask_are_poison(planted, case):
+    """Lanes read across the half-warp masks (lane ^ 16): from exited lanes, or from live lanes
+    of the other mask. Reads inside the mask (lane ^ 1) are the neighbour's value."""
+    out = planted.shuffle_case(case)
+    lanes = range(16) if case == "outside_mask_exited" else range(32)
+    assert all(is_poison(out[lane]) for lane in lanes)
+    assert [out[32 + lane] for lane in lanes] == [100.0 + (lane ^ 1) for lane in lanes]
+
+
+# ---------------------------------------------------------------------------------------------
+# Poison: shared memory per block, tensors allocated by launch code.
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_shared_memory_is_per_block_and_poisoned_for_each(planted, dynamic):
+    """8 blocks on 2 slots: each block's first read of its shared memory is poison (so nothing
+    carries over from the slot's previous block), and it reads back only its own writes (so
+    blocks running at once share nothing)."""
+    blocks = 8
+    out = planted.shared_memory(dynamic, blocks)
+    first, mate = out[0::2], out[1::2]
+    assert all(is_poison(v) for v in first)
+    assert mate == [float(b) for b in range(blocks) for _ in range(64)]
+
+
+def test_tensors_that_launch_code_allocates_are_poisoned(planted):
+    allocator = planted.cpu_allocator()
+    values, indices = planted.even_entries(101)
+    assert planted.cpu_allocator() == allocator, "the guard must restore the CPU allocator"
+    assert torch.equal(values[0::2], torch.arange(0, 101, 2, dtype=torch.float64))
+    assert (values.view(torch.int64)[1::2] == -1).all()  # 0xff bytes
+    assert torch.equal(indices[0::2], torch.arange(0, 101, 2))
+    assert (indices[1::2] == -1).all()
+
+
+def test_every_emulated_op_holds_the_poison_guard(emu, restore_rnn_precision):
+    """Each op of emu_ops.cpp runs with its allocations poisoned (the guard counts itself)."""
+    torch.backends.cudnn.rnn.fp32_precision = "tf32"
+    x, w = torch.randn(2, 3, 20, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    g = gru_args(3, 2, 4, 5, torch.float64, None)
+    args32 = [t.float() if t is not None else None for t in g]
+    ln = [torch.randn(15, dtype=torch.float64) for _ in range(4)]
+    fwd = emu.gru_forward(*g, False, True)
+    ln_fwd = emu.ln_gru_forward(*g[:4], *ln, None, False, 1e-5, True)
+    go, gh = torch.randn(3, 2, 5, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
+    dev = emu.devices()["h100"]
+    ops = {
+        "causal_conv1d_fwd": lambda: emu.causal_conv1d_fwd(x, w, None, None, 1, 0),
+        "causal_conv1d_bwd": lambda: emu.causal_conv1d_bwd(x, x, w, None, None, 1, 0),
+        "causal_conv1d_update": lambda: emu.causal_conv1d_update(
+            x[:, :, 0], torch.zeros(2, 3, 3, dtype=torch.float64), w, None, 1, 0),
+        "causal_conv1d_fwd_small_smem": lambda: emu.causal_conv1d_fwd_small_smem(
+            x, w, None, None, 1, 0),
+        "gemm": lambda: emu.gemm(torch.zeros(3, 3), torch.randn(3, 4), torch.randn(4, 3), 0.0),
+        "tf32_matmul": lambda: emu.tf32_matmul(torch.zeros(3, 3), torch.randn(3, 4),
+                                               torch.randn(4, 3), 0.0),
+        "gru_forward": lambda: emu.gru_forward(*g, False, True),
+        "gru_forward_per_step": lambda: emu.gru_forward_per_step(*args32, False, True),
+        "gru_forward_on": lambda: emu.gru_forward_on(dev, *g, False, True),
+        "gru_backward": lambda: emu.gru_backward(go, gh, None, *g[:4], None, fwd[0], fwd[2],
+                                                 False, True, True, True),
+        "gru_backward_per_step": lambda: emu.gru_backward_per_step(
+            go, gh, None, *g[:4], None, fwd[0], fwd[2], False, True, True, True),
+        "gru_backward_on": lambda: emu.gru_backward_on(dev, go, gh, None, *g[:4], None, fwd[0],
+                                                       fwd[2], False, True, True, True),
+        "gru_cell": lambda: emu.gru_cell(g[0][0], *g[1:6]),
+        "ln_gru_forward": lambda: emu.ln_gru_forward(*g[:4], *ln, None, False, 1e-5, True),
+        "ln_gru_backward": lambda: emu.ln_gru_backward(go, gh, *g[:4], ln[0], ln[2], ln[3], None,
+                                                       ln_fwd[0], ln_fwd[2], False, True, True),
+    }
+    for name, op in ops.items():
+        before = emu.poison_guards_held()
+        op()
+        assert emu.poison_guards_held() == before + 1, name
+
+
+# ---------------------------------------------------------------------------------------------
+# Block order: a seeded random permutation, two blocks at a time.
+
+def test_block_order_is_a_seeded_permutation(planted):
+    order = planted.block_permutation(7, 3, 5, 100)
+    assert sorted(order) == list(range(100)) and order != list(range(100))
+    assert planted.block_permutation(7, 3, 5, 100) == order
+    for other in [(8, 3, 5), (7, 4, 5), (7, 3, 6)]:
+        assert planted.block_permutation(*other, 100) != order
+
+
+def test_a_dependence_between_blocks_shows(planted):
+    """Block b continues block b - 1's count: right only if the blocks ran in order, one at a
+    time."""
+    assert planted.block_chain(16) != [b + 1.0 for b in range(16)]
+
+
+def test_two_blocks_run_at_once_each_with_its_own_shared_memory(planted):
+    met0, met1, smem0, smem1 = planted.meet()
+    assert met0 == met1 == 1.0
+    assert smem0 != smem1
+
+
+def test_errors_name_the_block_order(planted):
+    planted.seed_block_order(SEED, 42)
+    with pytest.raises(RuntimeError, match=rf"FUSEDGRU_TEST_SEED={SEED}, stream 42, launch 0\]"):
+        planted.barrier_case("divergent_sync")
+
+
+def test_the_block_order_seed_comes_from_FUSEDGRU_TEST_SEED(planted):
+    code = "from cuda_emu import emu_build; print(emu_build.load_planted().block_order_seed())"
+    env = dict(os.environ, FUSEDGRU_TEST_SEED="12345", PYTHONPATH=TESTS)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=600, check=True)
+    assert out.stdout.split()[-1] == "12345"
+
+
+# ---------------------------------------------------------------------------------------------
+# ThreadSanitizer: a missing barrier is a data race, also when the warps shuffle in between
+# (the emulator's own locks order nothing TSan sees).
+
+def run_race_under_tsan(mode):
+    code = ("import sys; from cuda_emu import emu_build; "
+            "print(emu_build.load_planted().race(sys.argv[1])[:2])")
+    env = emu_build.preload_env("tsan", dict(os.environ, PYTHONPATH=TESTS))
+    env.pop("FUSEDGRU_EMU_ASAN", None)
+    return subprocess.run([sys.executable, "-c", code, mode], env=env, capture_output=True,
+                          text=True, timeout=1200)
+
+
+needs_tsan = pytest.mark.skipif(not emu_build.runtime_available("tsan"),
+                                reason="gcc has no ThreadSanitizer runtime")
+
+
+@needs_tsan
+@pytest.mark.parametrize("mode", ["none", "shuffles"])
+def test_tsan_reports_a_missing_barrier(mode):
+    run = run_race_under_tsan(mode)
+    assert run.returncode != 0, run.stdout + run.stderr
+    assert "WARNING: ThreadSanitizer: data race" in run.stderr, run.stderr[-3000:]
+    assert "race_kernel" in run.stderr and "planted.cpp" in run.stderr, run.stderr[-3000:]
+
+
+@needs_tsan
+def test_tsan_is_quiet_with_the_barrier():
+    run = run_race_under_tsan("barrier")
+    assert run.returncode == 0 and "ThreadSanitizer" not in run.stderr, run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1] == "[32.0, 33.0]"
+
+
+# ---------------------------------------------------------------------------------------------
+# Coverage of the persistent GRU kernels (gru_kernels.cuh): the planners' decisions on a whole
+# H100 / H200 (132 SMs), derived here from the kernels' documented limits, and kernel runs on
+# small emulated devices for every number of units per block J.
+
+PERSISTENT_THREADS, PERSISTENT_WARPS, PERSISTENT_BATCH = 256, 8, 8
+UNITS_PER_BLOCK = (1, 2, 4, 8, 16, 32)
+MAX_SLICE = {True: 16, False: 32}  # W_hh values per gate a thread keeps: fp64, fp32
+SMEM_OPTIN = 227 * 1024
+
+
+def expected_plan(N, H, fp64, backward, sms):
+    """(J, KS, blocks, smem): the smallest J whose slices fit the registers (KS <= max slice)
+    with a grid of one block per SM (255 registers x 256 threads fill an SM), the staged
+    h_{t-1} [N, H] (backward: dgh [N, 3H]) and the partial sums in shared memory; (0, 0, 0, 0)
+    when none fits."""
+    elem = 8 if fp64 else 4
+    rows = 3 * H if backward else H
+    max_slice = (3 if backward else 1) * MAX_SLICE[fp64]
+    staged = -(-N * rows * elem // 16) * 16
+    gates = 1 if backward else 3
+    for J in UNITS_PER_BLOCK:
+        KS = -(-rows // (PERSISTENT_THREADS // J))
+        if KS > max_slice:
+            continue
+        smem = staged + PERSISTENT_WARPS * gates * PERSISTENT_BATCH * J * elem
+        if smem > SMEM_OPTIN:
+            return (0, 0, 0, 0)
+        blocks = -(-H // J)
+        if blocks <= sms:
+            return (J, KS, blocks, smem)
+    return (0, 0, 0, 0)
+
+
+def test_persistent_plans_of_an_h100(emu):
+    """Planner only (no launch): every H from 8 to 1024, forward and backward, fp64 and fp32,
+    batches from 1 to 64 (at 64 the larger layers leave shared memory)."""
+    dev = emu.devices()["h100_132"]
+    plan = emu.gru_persistent_plan
+    # Worked by hand: 132 blocks of 1 unit; one more unit needs pairs; fp32 H = 1024 in 8-unit
+    # blocks of 32-wide slices; fp64 H = 1024 fits no register budget (KS 32 > 16 at J = 8).
+    assert plan(dev, 5, 1, 132, True, False) == (1, 1, 132, 1056 + 1536)
+    assert plan(dev, 5, 1, 133, True, False)[:3] == (2, 2, 67)
+    assert plan(dev, 5, 1, 1024, False, False)[:3] == (8, 32, 128)
+    assert plan(dev, 5, 1, 1024, False, True)[:3] == (8, 96, 128)
+    assert plan(dev, 5, 1, 1024, True, False) == plan(dev, 5, 1, 1024, True, True) == (0, 0, 0, 0)
+    picked = set()
+    for fp64 in (True, False):
+        for backward in (False, True):
+            for N in (1, 16, 64):
+                for H in range(8, 1025):
+                    got = plan(dev, 5, N, H, fp64, backward)
+                    assert got == expected_plan(N, H, fp64, backward, 132), (N, H, fp64, backward)
+                    picked.add(got[0])
+    assert picked - {0} <= set(UNITS_PER_BLOCK)
+    assert picked == {0, 1, 2, 4, 8}
+
+
+def gru_args(T, N, C, H, dtype, lengths):
+    x = torch.randn(T, N, C, dtype=dtype)
+    hx = torch.randn(N, H, dtype=dtype)
+    w_ih, w_hh = (torch.randn(3 * H, k, dtype=dtype) / k ** 0.5 for k in (C, H))
+    b_ih, b_hh = torch.randn(3 * H, dtype=dtype), torch.randn(3 * H, dtype=dtype)
+    return x, hx, w_ih, w_hh, b_ih, b_hh, lengths
+
+
+@pytest.fixture
+def restore_rnn_precision():
+    saved = torch.backends.cudnn.rnn.fp32_precision
+    yield
+    torch.backends.cudnn.rnn.fp32_precision = saved
+
+
+# (device, H) whose plan has J units per block: partial last blocks, and the widest slices a
+# 4-SM device allows at J = 32 (fp64: KS = 16); fp32's widest (KS = 32) needs 8 SMs.
+COVERAGE = [("h100", 3, 1), ("h100", 7, 2), ("h100", 13, 4), ("h100", 29, 8), ("h100", 61, 16),
+            ("h100", 128, 32)]
+COVERAGE_RUNS = [(dev, H, J, fp64) for dev, H, J in COVERAGE for fp64 in (True, False)] + \
+    [("sms8", 256, 32, False)]
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("device, H, J, fp64", COVERAGE_RUNS,
+                         ids=[f"{d}-H{h}-J{j}-{'fp64' if f else 'fp32'}"
+                              for d, h, j, f in COVERAGE_RUNS])
+def test_persistent_kernels_for_every_units_per_block(emu, restore_rnn_precision, device, H, J,
+                                                      fp64, reverse):
+    """Forward and backward persistent kernels with J units per block, lengths 0 and T among
+    the rows, against the float64 references (fp32: strict fp32 GEMMs, 1e-5 relative)."""
+    torch.backends.cudnn.rnn.fp32_precision = "ieee"
+    T, N, C = 3, 3, 5
+    dev = emu.devices()[device]
+    dtype = torch.float64 if fp64 else torch.float32
+    for backward in (False, True):
+        got = emu.gru_persistent_plan(dev, T, N, H, fp64, backward)
+        assert got[0] == J, (backward, got)
+    args64 = gru_args(T, N, C, H, torch.float64, torch.tensor([T, 0, 2]))
+    args = [a.to(dtype) if a.is_floating_point() else a for a in args64]
+    tol = 1e-12 if fp64 else 1e-5
+    out, h, ws = emu.gru_forward_on(dev, *args, reverse, True)
+    out_r, h_r, ws_r = reference.gru_layer(*args64, reverse)
+    for name, o, r in (("output", out, out_r), ("h_n", h, h_r), ("workspace", ws, ws_r)):
+        assert o.dtype == dtype and rel_err(o, r) <= tol, (name, rel_err(o, r))
+    go, gh = torch.randn_like(out_r), torch.randn_like(h_r)
+    x, hx, w_ih, w_hh, _, _, lengths = args
+    grads = emu.gru_backward_on(dev, go.to(dtype), gh.to(dtype), None, x, hx, w_ih, w_hh, lengths,
+                                out, ws, reverse, True, True, True)
+    x64, hx64, w_ih64, w_hh64 = args64[:4]
+    grads_r = reference.gru_layer_backward(go, gh, None, x64, hx64, w_ih64, w_hh64, lengths, out_r,
+                                           ws_r, reverse, True)
+    for i, (o, r) in enumerate(zip(grads, grads_r)):
+        assert rel_err(o, r) <= tol, f"grad {i}: {rel_err(o, r)}"
