@@ -98,7 +98,7 @@ else
          tests/test_opcheck.py tests/test_compile.py)
 fi
 per_test=()
-"$PY" -c "import pytest_timeout" 2>/dev/null && per_test=(-p timeout --timeout=90)
+"$PY" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout=90)
 : > "$LOGS/tests-summary.txt"
 for f in "${files[@]}"; do
   name=$(basename "$f" .py)
