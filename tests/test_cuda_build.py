@@ -2,7 +2,10 @@
 needed): a CUDA syntax or template error turns CI red even on CPU-only machines. ptxas's
 resource report is checked too: no kernel may spill registers or use local memory at all (the
 persistent GRU kernels keep their W_hh slices in registers; local memory there would be a silent
-slowdown)."""
+slowdown). The report's registers and static shared memory per kernel must equal the table the
+emulator computes occupancy from (tests/cuda_emu/ptxas_sm90.txt), so a kernel change that moves
+them is caught here; regenerate the table with FUSEDGRU_UPDATE_PTXAS_TABLE=1 (this file's tests
+then rewrite their sources' lines)."""
 
 import glob
 import os
@@ -18,6 +21,7 @@ import torch.utils.cpp_extension as cpp_ext
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
+PTXAS_TABLE = os.path.join(ROOT, "tests", "cuda_emu", "ptxas_sm90.txt")
 NVCC = shutil.which("nvcc") or (os.path.join(cpp_ext.CUDA_HOME, "bin", "nvcc")
                                  if cpp_ext.CUDA_HOME else None)
 
@@ -74,13 +78,85 @@ def test_cuda_source_compiles(source, tmp_path):
            *[f"-I{p}" for p in includes], "-c", source, "-o", str(tmp_path / "out.o")]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, f"nvcc failed:\n{result.stderr[-6000:]}"
-    # ptxas -v: "Compiling entry function '<mangled>' for 'sm_90'", then "N bytes stack
-    # frame, M bytes spill stores, ..." for that kernel. A stack frame is local memory (a
-    # dynamically indexed local array, or spills): DRAM traffic in a hot loop, never intended.
-    kernels = re.findall(r"Compiling entry function '(\w+)'.*?(\d+) bytes stack frame, "
-                         r"(\d+) bytes spill stores", result.stderr, flags=re.S)
+    # ptxas -v, per kernel: "Compiling entry function '<mangled>' for 'sm_90'", then "N bytes
+    # stack frame, M bytes spill stores, ..." and "Used R registers, [S bytes smem, ]...". A stack
+    # frame is local memory (a dynamically indexed local array, or spills): DRAM traffic in a hot
+    # loop, never intended.
+    kernels = ptxas_report(result.stderr)
     assert kernels, f"no ptxas resource report:\n{result.stderr[-2000:]}"
-    spilling = [name for name, _, stores in kernels if int(stores) > 0]
+    spilling = [name for name, k in kernels.items() if k["spill_stores"] > 0]
     assert not spilling, f"kernels spilling registers: {spilling}"
-    local = [name for name, frame, _ in kernels if int(frame) > 0]
+    local = [name for name, k in kernels.items() if k["stack_frame"] > 0]
     assert not local, f"kernels using local memory (stack frame): {local}"
+    check_ptxas_table(os.path.basename(source), kernels, nvcc_release())
+
+
+def ptxas_report(stderr):
+    """{mangled kernel name: {stack_frame, spill_stores, registers, smem}} from ptxas -v."""
+    kernels = {}
+    for block in re.split(r"(?=ptxas info\s*: Compiling entry function)", stderr):
+        name = re.search(r"Compiling entry function '(\w+)'", block)
+        if not name:
+            continue
+        frame = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores", block)
+        used = re.search(r"Used (\d+) registers(?:, used \d+ barriers)?(?:, (\d+) bytes smem)?",
+                         block)
+        assert frame and used, f"incomplete ptxas report for {name[1]}:\n{block}"
+        kernels[name[1]] = {"stack_frame": int(frame[1]), "spill_stores": int(frame[2]),
+                            "registers": int(used[1]), "smem": int(used[2] or 0)}
+    return kernels
+
+
+def nvcc_release():
+    out = subprocess.run([NVCC, "--version"], capture_output=True, text=True).stdout
+    return re.search(r"release (\d+\.\d+)", out)[1]
+
+
+def read_ptxas_table():
+    """(nvcc release the table was made with, {source: {kernel: (registers, smem)}})."""
+    release, table = None, {}
+    with open(PTXAS_TABLE) as f:
+        for line in f:
+            if m := re.match(r"# nvcc release (\S+)", line):
+                release = m[1]
+            if line.strip() and not line.startswith("#"):
+                source, kernel, registers, smem = line.split()
+                table.setdefault(source, {})[kernel] = (int(registers), int(smem))
+    return release, table
+
+
+def write_ptxas_table(release, table):
+    lines = [
+        "# Registers per thread and static shared memory (bytes) of every kernel in csrc/cuda/*.cu",
+        "# as ptxas reports them for sm_90 (H100/H200); the CUDA emulator computes occupancy from",
+        "# them (tests/cuda_emu/emu_runtime.h). Checked against nvcc by tests/test_cuda_build.py;",
+        "# regenerate: FUSEDGRU_UPDATE_PTXAS_TABLE=1 pytest tests/test_cuda_build.py",
+        f"# nvcc release {release}",
+        "# source kernel registers static_smem"]
+    for source in sorted(table):
+        for kernel, (registers, smem) in sorted(table[source].items()):
+            lines.append(f"{source} {kernel} {registers} {smem}")
+    with open(PTXAS_TABLE, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def check_ptxas_table(source, kernels, release):
+    measured = {name: (k["registers"], k["smem"]) for name, k in kernels.items()}
+    if os.environ.get("FUSEDGRU_UPDATE_PTXAS_TABLE") == "1":
+        _, table = read_ptxas_table() if os.path.exists(PTXAS_TABLE) else (None, {})
+        table[source] = measured
+        write_ptxas_table(release, table)
+    table_release, table = read_ptxas_table()
+    recorded = table.get(source, {})
+    hint = "regenerate tests/cuda_emu/ptxas_sm90.txt with FUSEDGRU_UPDATE_PTXAS_TABLE=1"
+    assert sorted(recorded) == sorted(measured), (
+        f"{source}: kernels missing from the table {sorted(set(measured) - set(recorded))}, "
+        f"stale in it {sorted(set(recorded) - set(measured))}; {hint}")
+    if table_release == release:  # another nvcc allocates registers differently
+        changed = {k: (recorded[k], v) for k, v in measured.items() if recorded[k] != v}
+        assert not changed, f"{source}: (registers, smem) table -> ptxas: {changed}; {hint}"
+
+
+def test_ptxas_table_lists_exactly_the_cuda_sources():
+    _, table = read_ptxas_table()
+    assert sorted(table) == sorted(map(os.path.basename, SOURCES))

@@ -613,9 +613,10 @@ def test_shared_memory_opt_in_is_set_once_per_kernel_to_its_maximum(emu):
         assert rel_err(y, reference.causal_conv1d(x, w, None, d, None, None)) <= 1e-12
     sets = emu.smem_attribute_sets()
     assert sets, "no launch above 48 KB ran"
-    keys = [(dev, kernel) for dev, kernel, _ in sets]
+    keys = [(dev, kernel) for dev, kernel, _, _ in sets]
     assert len(keys) == len(set(keys)), "an attribute set twice for one kernel"
-    assert all(v == emu.device_smem_optin(dev) for dev, _, v in sets), sets
+    # The opt-in maximum covers static and dynamic shared memory together.
+    assert all(v + static == emu.device_smem_optin(dev) for dev, _, v, static in sets), sets
 
 
 @pytest.mark.parametrize("rule", ["smem-without-opt-in", "smem-over-opt-in", "threads",
@@ -625,6 +626,57 @@ def test_the_emulated_runtime_refuses_what_a_gpu_refuses(emu, rule):
     with pytest.raises(RuntimeError, match="CUDA error"):
         emu.launch_probe(rule)
     emu.launch_probe("ok")
+
+
+PTXAS_TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda_emu",
+                           "ptxas_sm90.txt")
+CSRC_KERNEL = "_ZN8fusedgru4cuda"  # mangled prefix of namespace fusedgru::cuda
+
+
+def ptxas_table():
+    """{mangled kernel: (registers, static smem)} of tests/cuda_emu/ptxas_sm90.txt, which
+    tests/test_cuda_build.py keeps equal to ptxas's report."""
+    with open(PTXAS_TABLE) as f:
+        rows = [line.split() for line in f if line.strip() and not line.startswith("#")]
+    return {name: (int(regs), int(smem)) for _, name, regs, smem in rows}
+
+
+def h100_blocks_per_sm(registers, static_smem, threads, smem):
+    """An H100's resident blocks per SM (CUDA occupancy calculator: 64 K registers allocated
+    per warp in units of 256, 2048 threads, 32 blocks, 228 KB shared memory less 1 KB per
+    block)."""
+    warps = -(-threads // 32)
+    per_warp = -(-registers * 32 // 256) * 256
+    return min(32, 2048 // (warps * 32), 65536 // (per_warp * warps),
+               228 * 1024 // (smem + static_smem + 1024))
+
+
+def test_kernel_resources_are_ptxas_reports(emu):
+    """Occupancy (hence the persistent planner's choice and the co-resident limit of cooperative
+    grids) and the shared-memory rules see each csrc kernel's registers and static shared memory
+    as ptxas reports them for the sm_90 build, found by mangled name: run a kernel of every
+    family, then every csrc kernel resolved so far must have come from the table."""
+    x, hx, w_ih, w_hh, b_ih, b_hh, lengths = gru_case(4, 3, 5, 9, torch.float32, False, True)
+    for path in ("", "_per_step"):
+        out, h, ws = getattr(emu, "gru_forward" + path)(x, hx, w_ih, w_hh, b_ih, b_hh, lengths,
+                                                        False, True)
+        getattr(emu, "gru_backward" + path)(torch.randn_like(out), torch.randn_like(h), None, x,
+                                            hx, w_ih, w_hh, lengths, out, ws, False, True, True,
+                                            True)
+    conv_case(emu, "", 2, 3, 17, 4, 1, True, "silu", True, "ncl", torch.float32)
+    table = ptxas_table()
+    resolved = {name: (regs, smem, origin) for name, regs, smem, origin in emu.resolved_kernels()}
+    ours = {name: v for name, v in resolved.items() if name.startswith(CSRC_KERNEL)}
+    assert any("gru_persistent_forward_kernel" in n for n in ours), sorted(ours)
+    assert any("causal" in n or "conv" in n for n in ours), sorted(ours)
+    for name, (regs, smem, origin) in ours.items():
+        assert origin == "ptxas" and (regs, smem) == table[name], name
+    persistent = next(n for n in ours if "gru_persistent_forward_kernel" in n)
+    regs, static = table[persistent]
+    h100 = emu.devices()["h100"]
+    for threads, smem in [(256, 0), (256, 48 * 1024), (128, 0), (64, 96 * 1024)]:
+        assert emu.occupancy(persistent, h100, threads, smem) == \
+            h100_blocks_per_sm(regs, static, threads, smem), (threads, smem)
 
 
 def test_deterministic_decision_is_atens(emu, monkeypatch):

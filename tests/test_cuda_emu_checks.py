@@ -8,6 +8,7 @@ there on first use): a report, or its absence, is a property of the whole proces
 
 import math
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -205,6 +206,52 @@ def test_the_block_order_seed_comes_from_FUSEDGRU_TEST_SEED(planted):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=600, check=True)
     assert out.stdout.split()[-1] == "12345"
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel resources from ptxas (emu_runtime.h): a planted table (FUSEDGRU_EMU_PTXAS_TABLE) in a
+# child process must change what the launch code decides, and a csrc kernel missing from it must
+# be an error rather than a default.
+
+def run_with_ptxas_table(tmp_path, edit, code):
+    with open(os.path.join(TESTS, "cuda_emu", "ptxas_sm90.txt")) as f:
+        lines = f.read().splitlines()
+    table = tmp_path / "ptxas_planted.txt"
+    table.write_text("\n".join(edit(line) for line in lines if edit(line) is not None) + "\n")
+    env = dict(os.environ, FUSEDGRU_EMU_PTXAS_TABLE=str(table), PYTHONPATH=TESTS)
+    prelude = "import torch; from cuda_emu import emu_build; emu = emu_build.load_emulator(); "
+    return subprocess.run([sys.executable, "-c", prelude + code], env=env, capture_output=True,
+                          text=True, timeout=1200)
+
+
+PERSISTENT_FWD_F64 = "gru_persistent_forward_kernelIdE"
+PLAN = "print(emu.gru_persistent_blocks(5, 3, 1, True), emu.gru_persistent_blocks(5, 3, 1, False))"
+
+
+def test_the_planner_sees_the_ptxas_tables_resources(tmp_path):
+    """With the real table the fp64 and fp32 persistent forward kernels take a 1-block plan;
+    planting 227 KB of static shared memory on the fp64 one (no block fits an SM) must send
+    that dtype to the per-step path and leave fp32 alone."""
+    real = run_with_ptxas_table(tmp_path, lambda line: line, PLAN)
+    assert real.returncode == 0, real.stderr[-3000:]
+    assert real.stdout.split()[-2:] == ["1", "1"]
+
+    def planted(line):
+        if PERSISTENT_FWD_F64 in line and not line.startswith("#"):
+            source, name, regs, _ = line.split()
+            return f"{source} {name} {regs} {227 * 1024}"
+        return line
+    run = run_with_ptxas_table(tmp_path, planted, PLAN)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split()[-2:] == ["0", "1"]
+
+
+def test_a_csrc_kernel_missing_from_the_ptxas_table_is_an_error(tmp_path):
+    run = run_with_ptxas_table(
+        tmp_path, lambda line: None if PERSISTENT_FWD_F64 in line else line, PLAN)
+    assert run.returncode != 0
+    assert re.search(r"kernel _ZN8fusedgru\w*gru_persistent_forward_kernelIdE\w* is not in the "
+                     r"ptxas table", run.stderr), run.stderr[-3000:]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -72,19 +72,6 @@ void def_op(pybind11::module_& m, const char* name, R (*fn)(A...)) {
   });
 }
 
-// Registers per thread of the persistent kernels: __launch_bounds__(256, 1) lets ptxas use up
-// to 255, so one block per SM, as the planners assume.
-template <typename scalar_t>
-void register_persistent_kernels() {
-  namespace gru = fusedgru::cuda::gru;
-  emu::set_registers(gru::gru_persistent_forward_kernel<scalar_t>, 255);
-  for (bool hprev : {false, true}) {
-    for (bool gws : {false, true}) {
-      emu::set_registers(gru::persistent_backward_kernel<scalar_t>(hprev, gws), 255);
-    }
-  }
-}
-
 // A kernel for probing the emulated runtime's launch rules; each rule gets its own instance,
 // so no opt-in or register count set for one probe carries over to another.
 template <int kProbe>
@@ -153,13 +140,36 @@ void define_runtime_hooks(pybind11::module_& m) {
         arm ? std::make_optional(flags) : std::optional<std::vector<int>>();
   });
   m.def("smem_attribute_sets", [] {
-    std::lock_guard<std::mutex> lock(emu::runtime().mutex);
-    std::vector<std::tuple<int, int64_t, int>> out;
-    for (const auto& [dev, kernel, bytes] : emu::runtime().smem_sets) {
-      out.emplace_back(dev, reinterpret_cast<int64_t>(kernel), bytes);
+    std::vector<std::tuple<int, int64_t, int>> sets;
+    {
+      std::lock_guard<std::mutex> lock(emu::runtime().mutex);
+      for (const auto& [dev, kernel, bytes] : emu::runtime().smem_sets) {
+        sets.emplace_back(dev, reinterpret_cast<int64_t>(kernel), bytes);
+      }
+    }
+    std::vector<std::tuple<int, int64_t, int, int>> out;  // + the kernel's static smem
+    for (const auto& [dev, kernel, bytes] : sets) {
+      out.emplace_back(dev, kernel, bytes,
+                       emu::resources_of(reinterpret_cast<const void*>(kernel)).static_smem);
     }
     return out;
   });
+  m.def("resolved_kernels", [] {
+    std::vector<std::tuple<std::string, int, int, std::string>> out;
+    for (const auto& k : emu::resolved_kernels()) {
+      out.emplace_back(k.name, k.resources.registers, k.resources.static_smem, k.origin);
+    }
+    return out;
+  }, "(mangled name, registers, static smem, origin) of every kernel resolved so far");
+  m.def("occupancy", [](const std::string& name, int device, int threads, int64_t smem) {
+    for (const auto& [kernel, k] : [] {
+           std::lock_guard<std::mutex> lock(emu::runtime().mutex);
+           return emu::runtime().resolved;
+         }()) {
+      if (k.name == name) return emu::occupancy(emu::device(device), kernel, threads, smem);
+    }
+    TORCH_CHECK(false, "emu: kernel ", name, " has not been resolved");
+  }, "blocks per SM of a resolved kernel, as the emulated occupancy API answers");
   m.def("device_smem_optin", [](int dev) { return emu::device(dev).smem_optin; });
   def_op(m, "tf32_matmul",
          +[](at::Tensor out, const at::Tensor& a, const at::Tensor& b, double beta) {
@@ -335,10 +345,6 @@ void define_gru(pybind11::module_& m) {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  register_persistent_kernels<double>();
-  register_persistent_kernels<float>();
-  register_persistent_kernels<at::Half>();
-  register_persistent_kernels<at::BFloat16>();
   define_runtime_hooks(m);
   def_op(m, "gemm", +[](at::Tensor out, const at::Tensor& a, const at::Tensor& b, double beta) {
     fusedgru::cuda::gemm::matmul(out, a, b, beta, launcher<OnH100>());

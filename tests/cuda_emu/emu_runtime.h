@@ -6,9 +6,13 @@
 //     not exceed the device's opt-in maximum (227 KB on an H100);
 //   - a cooperative grid may not exceed the co-resident block count (occupancy x SMs), and
 //     needs a device that supports cooperative launches;
-//   - occupancy counts threads, registers and shared memory per SM. Registers per thread come
-//     from emu::set_registers (default kDefaultRegisters); a kernel compiled with
-//     __launch_bounds__(T, 1) may take up to 255, which the tests register for those kernels;
+//   - occupancy counts threads, registers and shared memory (dynamic + static) per SM. Each
+//     csrc kernel's registers per thread and static shared memory are ptxas's for the sm_90
+//     build (the table tests/cuda_emu/ptxas_sm90.txt, which tests/test_cuda_build.py keeps equal
+//     to nvcc's report), found by the kernel's mangled name (dladdr); a csrc kernel missing from
+//     the table is an error. The tests' own kernels take emu::set_registers or kDefaultRegisters;
+//   - static + dynamic shared memory may not exceed the opt-in maximum (so the opt-in attribute
+//     is at most the maximum less the kernel's static shared memory), and 48 KB without it;
 //   - cublasGemmEx checks its leading dimensions as cuBLAS does and computes in fp32, with the
 //     operands rounded to TF32 (10-bit mantissa, round to nearest even) for the TF32 compute
 //     type; calls are counted per compute type for the tests.
@@ -24,8 +28,13 @@
 #include <c10/core/CPUAllocator.h>
 #include <c10/util/Exception.h>
 
+#include <dlfcn.h>
+
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -94,6 +103,22 @@ struct cudaLaunchConfig_t {
 namespace emu {
 
 constexpr int kDefaultRegisters = 64;
+constexpr int kStaticSmemLimit = 48 * 1024;  // shared memory per block without the opt-in
+// Mangled-name prefix of the kernels in csrc (namespace fusedgru::cuda): each must be in the
+// ptxas table.
+constexpr const char* kCsrcKernelPrefix = "_ZN8fusedgru4cuda";
+
+// A kernel's resources as ptxas reports them (or a test's own kernel's, see registers_of).
+struct KernelResources {
+  int registers;
+  int static_smem;  // bytes
+};
+
+struct ResolvedKernel {
+  std::string name;    // mangled, as nvcc's report names it
+  KernelResources resources;
+  std::string origin;  // "ptxas" (the table), "set" (emu::set_registers) or "default"
+};
 
 // An emulated GPU: per-SM resources are an H100's; the SM count is small so cooperative grids
 // stay a few blocks of std::threads.
@@ -113,6 +138,7 @@ struct Runtime {
   std::vector<Device> devices;
   std::map<std::pair<int, const void*>, int> max_dynamic_smem;  // cudaFuncSetAttribute
   std::map<const void*, int> registers;                           // set_registers
+  std::map<const void*, ResolvedKernel> resolved;                 // resources_of, by kernel
   std::map<std::string, int64_t> gemm_calls;                      // compute type -> calls
   std::vector<std::tuple<int, const void*, int>> smem_sets;       // (device, kernel, bytes)
   bool fail_next_launch = false;                                  // test hook
@@ -150,20 +176,84 @@ void set_registers(void (*kernel)(KernelArgs...), int registers) {
   Runtime& r = runtime();
   std::lock_guard<std::mutex> lock(r.mutex);
   r.registers[reinterpret_cast<const void*>(kernel)] = registers;
+  r.resolved.erase(reinterpret_cast<const void*>(kernel));
 }
 
-inline int registers_of(const void* kernel) {
+// The ptxas table, mangled name -> resources, read once: $FUSEDGRU_EMU_PTXAS_TABLE (the tests
+// plant a wrong table through it), else ptxas_sm90.txt beside this header.
+inline std::string default_ptxas_table() {
+  const std::string here = __FILE__;
+  return here.substr(0, here.find_last_of('/') + 1) + "ptxas_sm90.txt";
+}
+
+inline const std::map<std::string, KernelResources>& ptxas_table() {
+  static const std::map<std::string, KernelResources> table = [] {
+    const char* env = std::getenv("FUSEDGRU_EMU_PTXAS_TABLE");
+    const std::string path = env && *env ? env : default_ptxas_table();
+    std::ifstream in(path);
+    TORCH_CHECK(in.good(), "emu: cannot read the ptxas table ", path);
+    std::map<std::string, KernelResources> t;
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.empty() || line[0] == '#') continue;
+      std::istringstream fields(line);
+      std::string source, name;
+      KernelResources r{};
+      TORCH_CHECK(static_cast<bool>(fields >> source >> name >> r.registers >> r.static_smem),
+                  "emu: malformed line in ", path, ": ", line);
+      t[name] = r;
+    }
+    return t;
+  }();
+  return table;
+}
+
+// A kernel's resources, resolved once per kernel: emu::set_registers first (the tests' probe
+// kernels), then the ptxas table by the kernel's mangled name; kDefaultRegisters for a kernel of
+// the tests' own that is in neither. A csrc kernel not in the table throws.
+inline KernelResources resources_of(const void* kernel) {
   Runtime& r = runtime();
   std::lock_guard<std::mutex> lock(r.mutex);
-  const auto it = r.registers.find(kernel);
-  return it == r.registers.end() ? kDefaultRegisters : it->second;
+  if (const auto it = r.resolved.find(kernel); it != r.resolved.end()) {
+    return it->second.resources;
+  }
+  Dl_info info{};
+  const bool named = dladdr(kernel, &info) != 0 && info.dli_sname != nullptr &&
+                     info.dli_saddr == kernel;
+  ResolvedKernel k{named ? info.dli_sname : "", {kDefaultRegisters, 0}, "default"};
+  const auto& table = ptxas_table();
+  if (const auto set = r.registers.find(kernel); set != r.registers.end()) {
+    k.resources.registers = set->second;
+    k.origin = "set";
+  } else if (const auto row = table.find(k.name); row != table.end()) {
+    k.resources = row->second;
+    k.origin = "ptxas";
+  } else {
+    TORCH_CHECK(k.name.rfind(kCsrcKernelPrefix, 0) != 0, "emu: kernel ", k.name,
+                " is not in the ptxas table (tests/cuda_emu/ptxas_sm90.txt): regenerate it with "
+                "FUSEDGRU_UPDATE_PTXAS_TABLE=1 pytest tests/test_cuda_build.py");
+  }
+  r.resolved[kernel] = k;
+  return k.resources;
+}
+
+inline int registers_of(const void* kernel) { return resources_of(kernel).registers; }
+
+// Every kernel resolved so far (the tests check that each csrc kernel came from the table).
+inline std::vector<ResolvedKernel> resolved_kernels() {
+  Runtime& r = runtime();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  std::vector<ResolvedKernel> out;
+  for (const auto& [kernel, k] : r.resolved) out.push_back(k);
+  return out;
 }
 
 inline int dynamic_smem_limit(int dev, const void* kernel) {
+  const int static_smem = resources_of(kernel).static_smem;
   Runtime& r = runtime();
   std::lock_guard<std::mutex> lock(r.mutex);
   const auto it = r.max_dynamic_smem.find({dev, kernel});
-  return it == r.max_dynamic_smem.end() ? 48 * 1024 : it->second;
+  return it == r.max_dynamic_smem.end() ? kStaticSmemLimit - static_smem : it->second;
 }
 
 inline int64_t gemm_calls(const std::string& compute_type) {
@@ -231,7 +321,9 @@ class PoisonedAllocations final : public c10::Allocator {
 // Blocks of `threads` threads with `smem` bytes of dynamic shared memory resident per SM.
 inline int occupancy(const Device& d, const void* kernel, int threads, size_t smem) {
   const int warps = (threads + kWarp - 1) / kWarp;
-  const int regs = registers_of(kernel);
+  const KernelResources res = resources_of(kernel);
+  const int regs = res.registers;
+  smem += res.static_smem;
   // Registers are allocated per warp in units of 256.
   const int regs_per_warp = (regs * kWarp + 255) / 256 * 256;
   int blocks = std::min(d.blocks_per_sm, d.threads_per_sm / (warps * kWarp));
@@ -263,13 +355,12 @@ inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int d
   return cudaSuccess;
 }
 
-// Static shared memory is not counted (the emulator allocates each block's static __shared__
-// arrays when the block first reaches them): the kernels with large shared memory use the
-// dynamic kind only.
+// Registers and static shared memory as ptxas reports them (emu::resources_of).
 template <typename... KernelArgs>
 cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attrs, void (*kernel)(KernelArgs...)) {
-  attrs->sharedSizeBytes = 0;
-  attrs->numRegs = emu::registers_of(reinterpret_cast<const void*>(kernel));
+  const emu::KernelResources res = emu::resources_of(reinterpret_cast<const void*>(kernel));
+  attrs->sharedSizeBytes = static_cast<size_t>(res.static_smem);
+  attrs->numRegs = res.registers;
   attrs->maxThreadsPerBlock = static_cast<int>(emu::kMaxThreads);
   return cudaSuccess;
 }
@@ -277,7 +368,8 @@ cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attrs, void (*kernel)(Kern
 template <typename... KernelArgs>
 cudaError_t cudaFuncSetAttribute(void (*kernel)(KernelArgs...), cudaFuncAttribute, int value) {
   const emu::Device d = emu::device(emu::current_device);
-  if (value < 0 || value > d.smem_optin) return emu::fail(cudaErrorInvalidValue);
+  const int static_smem = emu::resources_of(reinterpret_cast<const void*>(kernel)).static_smem;
+  if (value < 0 || value + static_smem > d.smem_optin) return emu::fail(cudaErrorInvalidValue);
   emu::Runtime& r = emu::runtime();
   std::lock_guard<std::mutex> lock(r.mutex);
   r.max_dynamic_smem[{emu::current_device, reinterpret_cast<const void*>(kernel)}] = value;
