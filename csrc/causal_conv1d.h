@@ -39,11 +39,11 @@ struct CausalConvBackwardParams {
   CausalConvParams fwd;  // x, init, weight, bias as in the forward (y unused)
   const void* grad_y;    // [N, C, L] strides (gy_sn, gy_sc, gy_sl)
   int64_t gy_sn, gy_sc, gy_sl;
-  void* grad_x;          // [N, C, L] strides (gx_sn, gx_sc, gx_sl)
+  void* grad_x;  // [N, C, L] strides (gx_sn, gx_sc, gx_sl)
   int64_t gx_sn, gx_sc, gx_sl;
-  void* grad_init;       // [N, C, S] contiguous, or nullptr
-  void* grad_weight;     // [C, W] accumulator in the math type (fp32; fp64 for double)
-  void* grad_bias;       // [C] accumulator in the math type, or nullptr
+  void* grad_init;    // [N, C, S] contiguous, or nullptr
+  void* grad_weight;  // [C, W] accumulator in the math type (fp32; fp64 for double)
+  void* grad_bias;    // [C] accumulator in the math type, or nullptr
 };
 
 // Host-side checks and layout choice shared by the devices (conv_common.cpp).
@@ -53,9 +53,8 @@ void check_causal_conv_args(const at::Tensor& x, const at::Tensor& weight,
                             int64_t activation);
 // x [N, C], conv_state [N, C, S] (any strides, updated in place).
 void check_causal_conv_update_args(const at::Tensor& x, const at::Tensor& conv_state,
-                                   const at::Tensor& weight,
-                                   const std::optional<at::Tensor>& bias, int64_t dilation,
-                                   int64_t activation);
+                                   const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                   int64_t dilation, int64_t activation);
 // x itself when its time or channel dim is contiguous, else a contiguous copy.
 at::Tensor conv_input_layout(const at::Tensor& x);
 bool conv_channels_last(const at::Tensor& x);
@@ -69,17 +68,40 @@ CausalConvParams conv_params(const at::Tensor& x, const at::Tensor& weight,
                              const std::optional<at::Tensor>& initial_state, int64_t dilation,
                              int64_t activation);
 
+// The device-independent part of the forward: the checks, x in its read layout, weight and bias
+// contiguous, y allocated in x's layout, and the params (y included). The device runs its
+// kernels on p unless y is empty.
+struct CausalConvForward {
+  at::Tensor x, w, y;
+  std::optional<at::Tensor> b;
+  CausalConvParams p;
+};
+CausalConvForward conv_forward(const at::Tensor& x, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias,
+                               const std::optional<at::Tensor>& initial_state, int64_t dilation,
+                               int64_t activation);
+
 // Backward: the forward's checks plus grad_y's shape, dtype and device.
 void check_causal_conv_bwd_args(const at::Tensor& grad_y, const at::Tensor& x,
                                 const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                 const std::optional<at::Tensor>& initial_state, int64_t dilation,
                                 int64_t activation);
-// The backward's params over the given inputs and output buffers (grad_init/grad_bias may be
-// empty [0] tensors when there is no initial state / bias).
-CausalConvBackwardParams conv_backward_params(
-    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
-    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& initial_state,
-    int64_t dilation, int64_t activation, at::Tensor& grad_x, at::Tensor& grad_init,
-    at::Tensor& grad_weight, at::Tensor& grad_bias);
+// The device-independent part of the backward: the checks, x and grad_y in one layout, weight
+// and bias contiguous, the gradients allocated (grad_init/grad_bias empty [0] tensors when there
+// is no initial state / bias; weight and bias gradients accumulate in the math type: fp32, fp64
+// for double) and the params. The device runs its kernels on q unless x is empty.
+struct CausalConvBackward {
+  at::Tensor x, gy, w, gx, g_init, gw, gb;
+  std::optional<at::Tensor> b;
+  bool channels_last;
+  at::ScalarType acc_type;
+  CausalConvBackwardParams q;
+  // (grad_x, grad_weight, grad_bias, grad_initial_state), as the backward op returns them.
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> result() const;
+};
+CausalConvBackward conv_backward(const at::Tensor& grad_y, const at::Tensor& x,
+                                 const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                 const std::optional<at::Tensor>& initial_state, int64_t dilation,
+                                 int64_t activation);
 
 }  // namespace fusedgru

@@ -22,8 +22,8 @@ int64_t history_steps(int64_t W, int64_t dilation, int64_t L, int64_t C) {
                     " is too large: the history (W-1)*dilation = ", W - 1, "*", dilation,
                     " overflows int64");
   TORCH_CHECK_VALUE(!c10::add_overflows(S, L, &span) && !c10::mul_overflows(span, C, &scratch),
-                    "dilation ", dilation, " is too large: (L + (W-1)*dilation) * C = (", L,
-                    " + ", S, ") * ", C, " overflows int64");
+                    "dilation ", dilation, " is too large: (L + (W-1)*dilation) * C = (", L, " + ",
+                    S, ") * ", C, " overflows int64");
   return S;
 }
 
@@ -63,9 +63,9 @@ void check_causal_conv_args(const Tensor& x, const Tensor& weight,
   }
 }
 
-void check_causal_conv_update_args(const Tensor& x, const Tensor& conv_state,
-                                   const Tensor& weight, const std::optional<Tensor>& bias,
-                                   int64_t dilation, int64_t activation) {
+void check_causal_conv_update_args(const Tensor& x, const Tensor& conv_state, const Tensor& weight,
+                                   const std::optional<Tensor>& bias, int64_t dilation,
+                                   int64_t activation) {
   TORCH_CHECK(x.dim() == 2, "x must have shape (N, C) (one time step), got ", x.sizes());
   // x, weight, bias, dilation (S below cannot overflow after this) and activation.
   check_causal_conv_args(x.unsqueeze(2), weight, bias, std::nullopt, dilation, activation);
@@ -84,7 +84,8 @@ void check_causal_conv_update_args(const Tensor& x, const Tensor& conv_state,
   TORCH_CHECK(at::has_internal_overlap(conv_state) != at::MemOverlap::Yes,
               "conv_state is updated in place, but several of its elements refer to one memory "
               "location (an expand()ed or otherwise self-overlapping tensor, strides ",
-              conv_state.strides(), "); pass a tensor with its own memory, e.g. "
+              conv_state.strides(),
+              "); pass a tensor with its own memory, e.g. "
               "conv_state.clone()");
   at::assert_no_overlap(conv_state, x);
   at::assert_no_overlap(conv_state, weight);
@@ -136,36 +137,73 @@ CausalConvParams conv_params(const Tensor& x, const Tensor& weight,
   return p;
 }
 
+CausalConvForward conv_forward(const Tensor& x_in, const Tensor& weight,
+                               const std::optional<Tensor>& bias,
+                               const std::optional<Tensor>& initial_state, int64_t dilation,
+                               int64_t activation) {
+  check_causal_conv_args(x_in, weight, bias, initial_state, dilation, activation);
+  CausalConvForward f;
+  f.x = conv_input_layout(x_in);
+  f.w = weight.contiguous();
+  if (bias.has_value()) f.b = bias->contiguous();
+  f.y = conv_empty_like(f.x);
+  f.p = conv_params(f.x, f.w, f.b, initial_state, dilation, activation);
+  f.p.y = f.y.data_ptr();
+  f.p.y_sn = f.y.stride(0);
+  f.p.y_sc = f.y.stride(1);
+  f.p.y_sl = f.y.stride(2);
+  return f;
+}
+
 void check_causal_conv_bwd_args(const Tensor& grad_y, const Tensor& x, const Tensor& weight,
                                 const std::optional<Tensor>& bias,
                                 const std::optional<Tensor>& initial_state, int64_t dilation,
                                 int64_t activation) {
   check_causal_conv_args(x, weight, bias, initial_state, dilation, activation);
-  TORCH_CHECK(grad_y.sizes() == x.sizes(), "grad_y must have the shape of x ", x.sizes(),
-              ", got ", grad_y.sizes());
+  TORCH_CHECK(grad_y.sizes() == x.sizes(), "grad_y must have the shape of x ", x.sizes(), ", got ",
+              grad_y.sizes());
   FUSEDGRU_CHECK_SAME_DTYPE(grad_y, x);
   FUSEDGRU_CHECK_SAME_DEVICE(grad_y, x);
 }
 
-CausalConvBackwardParams conv_backward_params(
-    const Tensor& grad_y, const Tensor& x, const Tensor& weight,
-    const std::optional<Tensor>& bias, const std::optional<Tensor>& initial_state,
-    int64_t dilation, int64_t activation, Tensor& grad_x, Tensor& grad_init,
-    Tensor& grad_weight, Tensor& grad_bias) {
-  CausalConvBackwardParams q{};
-  q.fwd = conv_params(x, weight, bias, initial_state, dilation, activation);
-  q.grad_y = grad_y.data_ptr();
-  q.gy_sn = grad_y.stride(0);
-  q.gy_sc = grad_y.stride(1);
-  q.gy_sl = grad_y.stride(2);
-  q.grad_x = grad_x.data_ptr();
-  q.gx_sn = grad_x.stride(0);
-  q.gx_sc = grad_x.stride(1);
-  q.gx_sl = grad_x.stride(2);
-  q.grad_init = initial_state.has_value() ? grad_init.data_ptr() : nullptr;
-  q.grad_weight = grad_weight.data_ptr();
-  q.grad_bias = bias.has_value() ? grad_bias.data_ptr() : nullptr;
-  return q;
+CausalConvBackward conv_backward(const Tensor& grad_y, const Tensor& x_in, const Tensor& weight,
+                                 const std::optional<Tensor>& bias,
+                                 const std::optional<Tensor>& initial_state, int64_t dilation,
+                                 int64_t activation) {
+  check_causal_conv_bwd_args(grad_y, x_in, weight, bias, initial_state, dilation, activation);
+  CausalConvBackward st;
+  st.x = conv_input_layout(x_in);
+  st.channels_last = conv_channels_last(st.x);
+  st.gy = conv_like_layout(grad_y, st.channels_last);
+  st.w = weight.contiguous();
+  if (bias.has_value()) st.b = bias->contiguous();
+  const int64_t N = st.x.size(0), C = st.x.size(1), W = st.w.size(1);
+  const int64_t S = (W - 1) * dilation;
+  const auto opts = st.x.options();
+  st.acc_type = st.x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  st.gx = conv_empty_like(st.x);
+  st.g_init = initial_state.has_value() ? at::zeros({N, C, S}, opts) : at::empty({0}, opts);
+  st.gw = at::zeros({C, W}, opts.dtype(st.acc_type));
+  st.gb = at::zeros({bias.has_value() ? C : 0}, opts.dtype(st.acc_type));
+  CausalConvBackwardParams& q = st.q;
+  q = CausalConvBackwardParams{};
+  q.fwd = conv_params(st.x, st.w, st.b, initial_state, dilation, activation);
+  q.grad_y = st.gy.data_ptr();
+  q.gy_sn = st.gy.stride(0);
+  q.gy_sc = st.gy.stride(1);
+  q.gy_sl = st.gy.stride(2);
+  q.grad_x = st.gx.data_ptr();
+  q.gx_sn = st.gx.stride(0);
+  q.gx_sc = st.gx.stride(1);
+  q.gx_sl = st.gx.stride(2);
+  q.grad_init = initial_state.has_value() ? st.g_init.data_ptr() : nullptr;
+  q.grad_weight = st.gw.data_ptr();
+  q.grad_bias = bias.has_value() ? st.gb.data_ptr() : nullptr;
+  return st;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> CausalConvBackward::result() const {
+  return {gx, gw.to(w.scalar_type()), gb.to(w.scalar_type()), g_init};
 }
 
 }  // namespace fusedgru

@@ -35,13 +35,13 @@ constexpr int64_t kSavedGates = 4;
 // Forward pointwise stage of step t. Pointers are typed by `dtype`; unit j of gate g (0 r, 1 z,
 // 2 n) in row i of gh is gh[i * gh_sn + g * gh_sg + (j - j0)].
 struct GruForwardPointwise {
-  const void* gi;       // [N, 3H] row stride gi_sn: x_t W_ih^T + b_ih
-  const void* gh;       // [N, 3 gates] strides (gh_sn, gh_sg), from unit j0: h_{t-1} W_hh^T
-  const void* b_hh;     // [3H]: hidden bias (zeros when the layer has none)
-  const void* h_in;     // [N, H] contiguous: h_{t-1}
-  void* h_out;          // [N, H] contiguous: h_t (may alias h_in)
-  void* out;            // [N, H] row stride out_sn: h_t, zero where inactive
-  void* ws;             // [N, 4H] row stride ws_sn: saved (r, z, n, W_hn h + b_hn), or nullptr
+  const void* gi;          // [N, 3H] row stride gi_sn: x_t W_ih^T + b_ih
+  const void* gh;          // [N, 3 gates] strides (gh_sn, gh_sg), from unit j0: h_{t-1} W_hh^T
+  const void* b_hh;        // [3H]: hidden bias (zeros when the layer has none)
+  const void* h_in;        // [N, H] contiguous: h_{t-1}
+  void* h_out;             // [N, H] contiguous: h_t (may alias h_in)
+  void* out;               // [N, H] row stride out_sn: h_t, zero where inactive
+  void* ws;                // [N, 4H] row stride ws_sn: saved (r, z, n, W_hn h + b_hn), or nullptr
   const int64_t* lengths;  // [N] or nullptr (all rows active)
   int64_t t, N, H, j0, j1;
   int64_t gi_sn, gh_sn, gh_sg, out_sn, ws_sn;
@@ -50,16 +50,16 @@ struct GruForwardPointwise {
 
 // Backward pointwise stage for the forward step at time t.
 struct GruBackwardPointwise {
-  const void* grad_out;  // [N, H] row stride go_sn: dL/dout_t
-  const void* grad_ws;   // [N, 4H] row stride gws_sn: dL/d(saved activations), or nullptr
-  const void* ws;        // [N, 4H] row stride ws_sn: saved activations of step t
-  const void* out;       // [T, N, H] strides (out_st, out_sn): forward outputs, for h_{t-1}
-  const void* hx;        // [N, H] contiguous: initial hidden state
+  const void* grad_out;    // [N, H] row stride go_sn: dL/dout_t
+  const void* grad_ws;     // [N, 4H] row stride gws_sn: dL/d(saved activations), or nullptr
+  const void* ws;          // [N, 4H] row stride ws_sn: saved activations of step t
+  const void* out;         // [T, N, H] strides (out_st, out_sn): forward outputs, for h_{t-1}
+  const void* hx;          // [N, H] contiguous: initial hidden state
   const int64_t* lengths;  // [N] or nullptr
-  void* dh;              // [N, H] contiguous: in dL/dh_t from later steps, out z * dL/dh_t
-  void* dgh;             // [N, 3H] row stride dg_sn: (da_r, da_z, r * da_n), grad of W_hh h + b_hh
-  void* dgin;            // [N, H] row stride dgin_sn: da_n, grad of W_in x + b_in
-  void* hprev;           // [N, H] row stride hp_sn: h_{t-1} for the W_hh gradient, or nullptr
+  void* dh;                // [N, H] contiguous: in dL/dh_t from later steps, out z * dL/dh_t
+  void* dgh;    // [N, 3H] row stride dg_sn: (da_r, da_z, r * da_n), grad of W_hh h + b_hh
+  void* dgin;   // [N, H] row stride dgin_sn: da_n, grad of W_in x + b_in
+  void* hprev;  // [N, H] row stride hp_sn: h_{t-1} for the W_hh gradient, or nullptr
   int64_t t, T, N, H, j0, j1;
   bool reverse;
   int64_t go_sn, gws_sn, ws_sn, out_st, out_sn, dg_sn, dgin_sn, hp_sn;
@@ -96,8 +96,8 @@ void check_gru_backward_args(const at::Tensor& grad_output, const at::Tensor& gr
 
 // out = a @ b + beta * out on 2-D views with a unit stride. Each device supplies its own (the CPU
 // through ATen; CUDA through cuBLAS with the TF32 policy of torch.nn.GRU).
-using Matmul = std::function<void(at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
-                                  double beta)>;
+using Matmul =
+    std::function<void(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double beta)>;
 // The ATen matmul (MKL/oneDNN on the CPU).
 void aten_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double beta);
 
@@ -124,6 +124,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_backw
 // per-step output buffers, and the pointwise parameters (units [0, H); the CPU narrows them per
 // thread block). dh starts as grad_h_n and ends as grad_hx.
 struct GruBackwardState {
+  int64_t T = 0, N = 0, H = 0;
+  bool batch_major = false;
+  at::Tensor x;                          // the input in step layout (steps_layout)
   at::Tensor go, gws, out, ws, h0, len;  // inputs as the kernels read them
   at::Tensor dh, dgh, dgin, hprev;       // [N, H]; [T, N, 3H], [T, N, H], [T, N, H] or undefined
   GruBackwardPointwise base;
@@ -132,27 +135,122 @@ struct GruBackwardState {
 };
 GruBackwardState gru_backward_state(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                                     const std::optional<at::Tensor>& grad_workspace,
-                                    const at::Tensor& x, bool batch_major, const at::Tensor& hx,
-                                    int64_t H, const std::optional<at::Tensor>& lengths,
+                                    const at::Tensor& input, const at::Tensor& hx,
+                                    const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                                    const std::optional<at::Tensor>& lengths,
                                     const at::Tensor& output, const at::Tensor& workspace,
                                     bool reverse, bool need_weight_grad);
 
+// What every forward starts from (GRU and LayerNormGRU, both devices): the input in step layout
+// (steps_layout), output [T, N, H] and the saved activations [T, N, saved width] (or [0])
+// allocated in its storage order, h a contiguous copy of hx (the device loop advances it to h_n),
+// and lengths as the kernels read them (undefined without).
+struct ForwardSteps {
+  int64_t T = 0, N = 0, H = 0;
+  bool batch_major = false;
+  at::Tensor x, output, workspace, h, len;
+  bool saves() const { return workspace.numel() > 0; }
+  // (output, h_n, workspace), as the forward ops return them.
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> result() const { return {output, h, workspace}; }
+  // The fields every forward pointwise struct shares, for units [0, H) (Pointwise: a
+  // GruForwardPointwise or LnGruForwardPointwise).
+  template <typename Pointwise>
+  void fill(Pointwise& p) const {
+    p.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
+    p.N = N;
+    p.H = H;
+    p.j0 = 0;
+    p.j1 = H;
+    p.out_sn = output.stride(1);
+    p.ws_sn = saves() ? workspace.stride(1) : 0;
+  }
+  // p with the output and saved-activation pointers of step t.
+  template <typename Pointwise>
+  Pointwise at_step(Pointwise p, int64_t t) const {
+    p.t = t;
+    p.out = step_ptr(output, t);
+    p.ws = saves() ? step_ptr(workspace, t) : nullptr;
+    return p;
+  }
+};
+ForwardSteps forward_steps(const at::Tensor& input, const at::Tensor& hx, int64_t H,
+                           int64_t saved_width, bool need_workspace,
+                           const std::optional<at::Tensor>& lengths);
+
+// The device-independent part of a GRU forward (cf. GruBackwardState): the checks, the steps
+// above, and when N > 0 the input projection of all steps (one GEMM) and the pointwise
+// parameters of units [0, H) without the per-step pointers; each device keeps only its loop.
+struct GruForwardState : ForwardSteps {
+  at::Tensor gi;             // [T, N, 3H] in x's storage order: x W_ih^T + b_ih
+  at::Tensor b_hh;           // [3H], zeros when the layer has no bias
+  GruForwardPointwise base;  // gh, h_in, h_out are the device loop's
+  // base with the gi, out and ws pointers of step t.
+  GruForwardPointwise at_step(int64_t t) const;
+};
+GruForwardState gru_forward_state(const at::Tensor& input, const at::Tensor& hx,
+                                  const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                                  const std::optional<at::Tensor>& bias_ih,
+                                  const std::optional<at::Tensor>& bias_hh,
+                                  const std::optional<at::Tensor>& lengths, bool need_workspace,
+                                  const Matmul& matmul);
+
 // ---- Layer-normalized GRU (ln_gru_common.cpp) ----
+// Ba et al. 2016: layer normalization of the gate pre-activations, the input and the recurrent
+// contributions normalized separately over their 3H values:
+//   a_i = LN(W_ih x_t) * g_i + b_i,   a_h = LN(W_hh h_{t-1}) * g_h + b_h        (each [3H])
+//   r = sigmoid(a_i,r + a_h,r), z = sigmoid(a_i,z + a_h,z), n = tanh(a_i,n + r * a_h,n)
+//   h_t = n + z * (h_{t-1} - n)
+// The input side is normalized for all steps at once (ln_gru_input_norm); the recurrent side
+// inside the step, fused with the gates.
 // Saved per (t, n): r, z, n [3H] | LN(W_hh h) [3H] | LN(W_ih x) [3H] | rstd_h, rstd_i.
 constexpr int64_t ln_gru_saved_width(int64_t H) { return 9 * H + 2; }
+
+// Forward pointwise stage of the layer-normalized GRU for step t.
+struct LnGruForwardPointwise {
+  const void* ai;          // [N, 3H] row stride ai_sn: a_i of step t
+  const void* gh;          // raw h_{t-1} W_hh^T: CUDA [N, 3H] contiguous; CPU the block's [N, 3w]
+                           // (gate g at g * w, w = j1 - j0)
+  const double* part;      // CPU only: [nb][N][3] per block (count, mean, squared deviations) of gh
+  const void* g_h;         // [3H]: recurrent LN gain
+  const void* b_h;         // [3H]: recurrent LN bias
+  const void* h_in;        // [N, H] contiguous: h_{t-1}
+  void* h_out;             // [N, H] contiguous: h_t (may alias h_in on CUDA)
+  void* out;               // [N, H] row stride out_sn: h_t, zero where inactive
+  void* ws;                // [N, 9H + 2] row stride ws_sn, or nullptr
+  const int64_t* lengths;  // [N] or nullptr
+  int64_t t, N, H;
+  int64_t j0, j1, nb, rows;  // CPU only: the block's units, the block count, active rows
+  int64_t ai_sn, out_sn, ws_sn;
+  double eps;
+};
 
 void check_ln_gru_forward_args(const at::Tensor& input, const at::Tensor& hx,
                                const at::Tensor& weight_ih, const at::Tensor& weight_hh,
                                const at::Tensor& ln_ih_weight, const at::Tensor& ln_ih_bias,
                                const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias,
                                const std::optional<at::Tensor>& lengths, double eps);
+// As GruForwardState, for the layer-normalized GRU: a_i of all steps (ln_gru_input_norm, which
+// also saves its normalized values and rstd) and the recurrent LN parameters.
+struct LnGruForwardState : ForwardSteps {
+  at::Tensor ai;               // [T, N, 3H] in x's storage order
+  at::Tensor g_h, b_h;         // [3H] contiguous
+  LnGruForwardPointwise base;  // units [0, H); gh, part, h_in, h_out are the device loop's
+  LnGruForwardPointwise at_step(int64_t t) const;
+};
+LnGruForwardState ln_gru_forward_state(const at::Tensor& input, const at::Tensor& hx,
+                                       const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                                       const at::Tensor& ln_ih_weight, const at::Tensor& ln_ih_bias,
+                                       const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias,
+                                       const std::optional<at::Tensor>& lengths, double eps,
+                                       bool need_workspace, const Matmul& matmul);
+
 void check_ln_gru_backward_args(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                                 const at::Tensor& input, const at::Tensor& hx,
                                 const at::Tensor& weight_ih, const at::Tensor& weight_hh,
                                 const at::Tensor& ln_ih_weight, const at::Tensor& ln_hh_weight,
                                 const at::Tensor& ln_hh_bias,
-                                const std::optional<at::Tensor>& lengths,
-                                const at::Tensor& output, const at::Tensor& workspace);
+                                const std::optional<at::Tensor>& lengths, const at::Tensor& output,
+                                const at::Tensor& workspace);
 // a_i [T, N, 3H] = LN(x W_ih^T) * g_i + b_i for all steps (one GEMM, then ATen's layer norm);
 // the normalized values and rstd go to workspace columns [6H, 9H) and 9H + 1 when it is
 // non-empty.
@@ -161,19 +259,19 @@ at::Tensor ln_gru_input_norm(const at::Tensor& x, bool batch_major, const at::Te
                              double eps, at::Tensor& workspace, const Matmul& matmul);
 // Backward pointwise stage of the layer-normalized GRU for the forward step t (units [j0, j1)).
 struct LnGruBackwardPointwise {
-  const void* grad_out;  // [N, H] row stride go_sn
-  const void* ws;        // [N, 9H + 2] row stride ws_sn: saved activations of step t
-  const void* out;       // [T, N, H] strides (out_st, out_sn)
-  const void* hx;        // [N, H]
-  const void* g_h;       // [3H]: recurrent LN gain
-  const void* b_h;       // [3H]: recurrent LN bias
+  const void* grad_out;    // [N, H] row stride go_sn
+  const void* ws;          // [N, 9H + 2] row stride ws_sn: saved activations of step t
+  const void* out;         // [T, N, H] strides (out_st, out_sn)
+  const void* hx;          // [N, H]
+  const void* g_h;         // [3H]: recurrent LN gain
+  const void* b_h;         // [3H]: recurrent LN bias
   const int64_t* lengths;  // [N] or nullptr
-  void* dh;              // [N, H]: in dL/dh_t, out z * dL/dh_t
-  void* da_i;            // [N, 3H] row stride dg_sn: gradient of a_i
-  void* da_h;            // [N, 3H] row stride dg_sn: gradient of a_h
-  void* dg_raw;          // [N, 3H] row stride dg_sn: gradient of W_hh h (before LN)
-  void* hprev;           // [N, H] row stride hp_sn: h_{t-1}
-  double* part;          // CPU only: [nb][N][2] per-block partial sums of the LN gradient
+  void* dh;                // [N, H]: in dL/dh_t, out z * dL/dh_t
+  void* da_i;              // [N, 3H] row stride dg_sn: gradient of a_i
+  void* da_h;              // [N, 3H] row stride dg_sn: gradient of a_h
+  void* dg_raw;            // [N, 3H] row stride dg_sn: gradient of W_hh h (before LN)
+  void* hprev;             // [N, H] row stride hp_sn: h_{t-1}
+  double* part;            // CPU only: [nb][N][2] per-block partial sums of the LN gradient
   int64_t t, T, N, H, j0, j1, nb;
   bool reverse;
   int64_t go_sn, ws_sn, out_st, out_sn, dg_sn, hp_sn;
@@ -181,19 +279,20 @@ struct LnGruBackwardPointwise {
 
 // The device-independent part of a LayerNormGRU backward (cf. GruBackwardState).
 struct LnGruBackwardState {
+  int64_t T = 0, N = 0, H = 0;
+  bool batch_major = false;
+  at::Tensor x;                               // the input in step layout (steps_layout)
   at::Tensor go, out, ws, h0, len, g_h, b_h;  // inputs as the kernels read them
   at::Tensor dh, da_i, da_h, dg_raw, hprev;   // [N, H]; [T, N, 3H] x3; [T, N, H]
   LnGruBackwardPointwise base;
   LnGruBackwardPointwise at_step(int64_t t) const;
 };
-LnGruBackwardState ln_gru_backward_state(const at::Tensor& grad_output,
-                                         const at::Tensor& grad_h_n, const at::Tensor& x,
-                                         bool batch_major, const at::Tensor& hx, int64_t H,
-                                         const at::Tensor& ln_hh_weight,
-                                         const at::Tensor& ln_hh_bias,
-                                         const std::optional<at::Tensor>& lengths,
-                                         const at::Tensor& output, const at::Tensor& workspace,
-                                         bool reverse);
+LnGruBackwardState ln_gru_backward_state(
+    const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
+    const at::Tensor& hx, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+    const at::Tensor& ln_ih_weight, const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias,
+    const std::optional<at::Tensor>& lengths, const at::Tensor& output, const at::Tensor& workspace,
+    bool reverse);
 
 // The input side of the backward, over all steps in ATen ops (CUDA): from the gradients of a_i
 // and a_h and the saved normalized values, the gradient of x W_ih^T through the input
@@ -205,7 +304,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ln_gru_in
 // grad_input = d_gi W_ih, grad_weight_ih = d_gi^T x, grad_weight_hh = dg_raw^T hprev.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ln_gru_backward_gemms(
     const at::Tensor& x, bool batch_major, const at::Tensor& weight_ih, const at::Tensor& d_gi,
-    const at::Tensor& dg_raw, const at::Tensor& hprev, bool need_input_grad,
-    bool need_weight_grad, const Matmul& matmul);
+    const at::Tensor& dg_raw, const at::Tensor& hprev, bool need_input_grad, bool need_weight_grad,
+    const Matmul& matmul);
 
 }  // namespace fusedgru

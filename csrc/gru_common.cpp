@@ -67,8 +67,7 @@ void check_bias(const std::optional<Tensor>& bias, const Tensor& input, int64_t 
                 const char* name) {
   if (!bias.has_value()) return;
   const Tensor& b = *bias;
-  TORCH_CHECK(b.dim() == 1 && b.size(0) == G, name, " must have shape (", G, "), got ",
-              b.sizes());
+  TORCH_CHECK(b.dim() == 1 && b.size(0) == G, name, " must have shape (", G, "), got ", b.sizes());
   TORCH_CHECK(b.scalar_type() == input.scalar_type(), name, " must have the dtype of input (",
               input.scalar_type(), "), got ", b.scalar_type());
   TORCH_CHECK(b.device() == input.device(), name, " must be on ", input.device(), ", got ",
@@ -88,9 +87,10 @@ void check_gru_forward_args(const Tensor& input, const Tensor& hx, const Tensor&
 }
 
 void check_gru_backward_args(const Tensor& grad_output, const Tensor& grad_h_n,
-                             const std::optional<Tensor>& grad_workspace, const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
-                             const Tensor& weight_hh, const std::optional<Tensor>& lengths,
-                             const Tensor& output, const Tensor& workspace) {
+                             const std::optional<Tensor>& grad_workspace, const Tensor& input,
+                             const Tensor& hx, const Tensor& weight_ih, const Tensor& weight_hh,
+                             const std::optional<Tensor>& lengths, const Tensor& output,
+                             const Tensor& workspace) {
   check_common(input, hx, weight_ih, weight_hh, lengths);
   const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
   FUSEDGRU_CHECK_SHAPE(grad_output, T, N, H);
@@ -150,15 +150,69 @@ std::vector<int64_t> active_prefix(const std::optional<Tensor>& lengths, int64_t
   return rows;
 }
 
+ForwardSteps forward_steps(const Tensor& input, const Tensor& hx, int64_t H, int64_t saved_width,
+                           bool need_workspace, const std::optional<Tensor>& lengths) {
+  ForwardSteps s;
+  s.T = input.size(0);
+  s.N = input.size(1);
+  s.H = H;
+  s.x = steps_layout(input);
+  s.batch_major = is_batch_major(s.x);
+  const auto opts = input.options();
+  s.output = alloc_steps(s.batch_major, s.T, s.N, H, opts);
+  s.workspace = need_workspace ? alloc_steps(s.batch_major, s.T, s.N, saved_width, opts)
+                               : at::empty({0}, opts);
+  s.h = hx.clone(at::MemoryFormat::Contiguous);
+  if (lengths.has_value()) s.len = lengths->contiguous();
+  return s;
+}
+
+GruForwardState gru_forward_state(const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
+                                  const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
+                                  const std::optional<Tensor>& bias_hh,
+                                  const std::optional<Tensor>& lengths, bool need_workspace,
+                                  const Matmul& matmul) {
+  check_gru_forward_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths);
+  const int64_t H = weight_hh.size(1);
+  GruForwardState st;
+  static_cast<ForwardSteps&>(st) =
+      forward_steps(input, hx, H, kSavedGates * H, need_workspace, lengths);
+  if (st.N == 0) return st;
+  st.gi = gru_input_projection(st.x, st.batch_major, weight_ih, bias_ih, matmul);
+  st.b_hh = bias_hh.has_value() ? bias_hh->contiguous() : at::zeros({3 * H}, input.options());
+  GruForwardPointwise& p = st.base;
+  p = GruForwardPointwise{};
+  st.fill(p);
+  p.b_hh = st.b_hh.data_ptr();
+  p.gi_sn = st.gi.stride(1);
+  p.dtype = input.scalar_type();
+  return st;
+}
+
+GruForwardPointwise GruForwardState::at_step(int64_t t) const {
+  GruForwardPointwise p = ForwardSteps::at_step(base, t);
+  p.gi = step_ptr(gi, t);
+  return p;
+}
+
 GruBackwardState gru_backward_state(const Tensor& grad_output, const Tensor& grad_h_n,
-                                    const std::optional<Tensor>& grad_workspace, const Tensor& x,
-                                    bool batch_major, const Tensor& hx, int64_t H,
-                                    const std::optional<Tensor>& lengths, const Tensor& output,
-                                    const Tensor& workspace, bool reverse,
+                                    const std::optional<Tensor>& grad_workspace,
+                                    const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
+                                    const Tensor& weight_hh, const std::optional<Tensor>& lengths,
+                                    const Tensor& output, const Tensor& workspace, bool reverse,
                                     bool need_weight_grad) {
-  const int64_t T = x.size(0), N = x.size(1);
+  check_gru_backward_args(grad_output, grad_h_n, grad_workspace, input, hx, weight_ih, weight_hh,
+                          lengths, output, workspace);
+  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
+  const Tensor x = steps_layout(input);
+  const bool batch_major = is_batch_major(x);
   const auto opts = x.options();
   GruBackwardState st;
+  st.T = T;
+  st.N = N;
+  st.H = H;
+  st.batch_major = batch_major;
+  st.x = x;
   st.dh = grad_h_n.clone(at::MemoryFormat::Contiguous);
   st.dgh = alloc_steps(batch_major, T, N, 3 * H, opts);
   st.dgin = alloc_steps(batch_major, T, N, H, opts);
@@ -240,8 +294,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_gemms(
     if (has_bias) {  // reduced in fp32 (fp64 for double), then cast to the weights' dtype
       const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
       gb_hh = dgh2.sum(0, /*keepdim=*/false, acc).to(x.scalar_type());
-      gb_ih = at::cat({gb_hh.narrow(0, 0, 2 * H),
-                       dgin2.sum(0, /*keepdim=*/false, acc).to(x.scalar_type())});
+      gb_ih = at::cat(
+          {gb_hh.narrow(0, 0, 2 * H), dgin2.sum(0, /*keepdim=*/false, acc).to(x.scalar_type())});
     }
   }
   return {grad_input, gw_ih, gw_hh, gb_ih, gb_hh};

@@ -13,8 +13,8 @@ namespace {
 void check_ln_params(const Tensor& input, int64_t G,
                      std::initializer_list<std::pair<const Tensor*, const char*>> params) {
   for (const auto& [t, name] : params) {
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == G, name, " must have shape (3H,) = (", G,
-                ",), got ", t->sizes());
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == G, name, " must have shape (3H,) = (", G, ",), got ",
+                t->sizes());
     TORCH_CHECK(t->scalar_type() == input.scalar_type() && t->device() == input.device(), name,
                 " must be ", input.scalar_type(), " on ", input.device(), ", got ",
                 t->scalar_type(), " on ", t->device());
@@ -30,8 +30,10 @@ void check_ln_gru_forward_args(const Tensor& input, const Tensor& hx, const Tens
                                double eps) {
   check_gru_forward_args(input, hx, weight_ih, weight_hh, std::nullopt, std::nullopt, lengths);
   check_ln_params(input, weight_hh.size(0),
-                  {{&ln_ih_weight, "ln_ih_weight"}, {&ln_ih_bias, "ln_ih_bias"},
-                   {&ln_hh_weight, "ln_hh_weight"}, {&ln_hh_bias, "ln_hh_bias"}});
+                  {{&ln_ih_weight, "ln_ih_weight"},
+                   {&ln_ih_bias, "ln_ih_bias"},
+                   {&ln_hh_weight, "ln_hh_weight"},
+                   {&ln_hh_bias, "ln_hh_bias"}});
   TORCH_CHECK_VALUE(eps > 0, "eps must be positive, got ", eps);
 }
 
@@ -44,13 +46,14 @@ void check_ln_gru_backward_args(const Tensor& grad_output, const Tensor& grad_h_
   check_gru_forward_args(input, hx, weight_ih, weight_hh, std::nullopt, std::nullopt, lengths);
   const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
   check_ln_params(input, 3 * H,
-                  {{&ln_ih_weight, "ln_ih_weight"}, {&ln_hh_weight, "ln_hh_weight"},
+                  {{&ln_ih_weight, "ln_ih_weight"},
+                   {&ln_hh_weight, "ln_hh_weight"},
                    {&ln_hh_bias, "ln_hh_bias"}});
   FUSEDGRU_CHECK_SHAPE(grad_output, T, N, H);
   FUSEDGRU_CHECK_SHAPE(grad_h_n, N, H);
   FUSEDGRU_CHECK_SHAPE(output, T, N, H);
-  TORCH_CHECK(N == 0 || (workspace.dim() == 3 && workspace.size(0) == T &&
-                         workspace.size(1) == N && workspace.size(2) == ln_gru_saved_width(H)),
+  TORCH_CHECK(N == 0 || (workspace.dim() == 3 && workspace.size(0) == T && workspace.size(1) == N &&
+                         workspace.size(2) == ln_gru_saved_width(H)),
               "ln_gru_backward: the workspace must have shape (T, N, 9H + 2); run "
               "ln_gru_forward with need_workspace=True to differentiate it");
   for (const Tensor* t : {&grad_output, &grad_h_n, &output, &workspace}) {
@@ -76,16 +79,60 @@ Tensor ln_gru_input_norm(const Tensor& x, bool batch_major, const Tensor& weight
   return gi;
 }
 
+LnGruForwardState ln_gru_forward_state(const Tensor& input, const Tensor& hx,
+                                       const Tensor& weight_ih, const Tensor& weight_hh,
+                                       const Tensor& ln_ih_weight, const Tensor& ln_ih_bias,
+                                       const Tensor& ln_hh_weight, const Tensor& ln_hh_bias,
+                                       const std::optional<Tensor>& lengths, double eps,
+                                       bool need_workspace, const Matmul& matmul) {
+  check_ln_gru_forward_args(input, hx, weight_ih, weight_hh, ln_ih_weight, ln_ih_bias, ln_hh_weight,
+                            ln_hh_bias, lengths, eps);
+  const int64_t H = weight_hh.size(1);
+  LnGruForwardState st;
+  static_cast<ForwardSteps&>(st) =
+      forward_steps(input, hx, H, ln_gru_saved_width(H), need_workspace, lengths);
+  if (st.N == 0) return st;
+  st.ai = ln_gru_input_norm(st.x, st.batch_major, weight_ih, ln_ih_weight, ln_ih_bias, eps,
+                            st.workspace, matmul);
+  st.g_h = ln_hh_weight.contiguous();
+  st.b_h = ln_hh_bias.contiguous();
+  LnGruForwardPointwise& p = st.base;
+  p = LnGruForwardPointwise{};
+  st.fill(p);
+  p.g_h = st.g_h.data_ptr();
+  p.b_h = st.b_h.data_ptr();
+  p.nb = 1;
+  p.rows = st.N;
+  p.ai_sn = st.ai.stride(1);
+  p.eps = eps;
+  return st;
+}
+
+LnGruForwardPointwise LnGruForwardState::at_step(int64_t t) const {
+  LnGruForwardPointwise p = ForwardSteps::at_step(base, t);
+  p.ai = step_ptr(ai, t);
+  return p;
+}
+
 LnGruBackwardState ln_gru_backward_state(const Tensor& grad_output, const Tensor& grad_h_n,
-                                         const Tensor& x, bool batch_major, const Tensor& hx,
-                                         int64_t H, const Tensor& ln_hh_weight,
+                                         const Tensor& input, const Tensor& hx,
+                                         const Tensor& weight_ih, const Tensor& weight_hh,
+                                         const Tensor& ln_ih_weight, const Tensor& ln_hh_weight,
                                          const Tensor& ln_hh_bias,
-                                         const std::optional<Tensor>& lengths,
-                                         const Tensor& output, const Tensor& workspace,
-                                         bool reverse) {
-  const int64_t T = x.size(0), N = x.size(1), G = 3 * H;
+                                         const std::optional<Tensor>& lengths, const Tensor& output,
+                                         const Tensor& workspace, bool reverse) {
+  check_ln_gru_backward_args(grad_output, grad_h_n, input, hx, weight_ih, weight_hh, ln_ih_weight,
+                             ln_hh_weight, ln_hh_bias, lengths, output, workspace);
+  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1), G = 3 * H;
+  const Tensor x = steps_layout(input);
+  const bool batch_major = is_batch_major(x);
   const auto opts = x.options();
   LnGruBackwardState st;
+  st.T = T;
+  st.N = N;
+  st.H = H;
+  st.batch_major = batch_major;
+  st.x = x;
   st.dh = grad_h_n.clone(at::MemoryFormat::Contiguous);
   st.da_i = alloc_steps(batch_major, T, N, G, opts);
   st.da_h = alloc_steps(batch_major, T, N, G, opts);
@@ -143,9 +190,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> ln_gru_input_backward(
   const auto opts = da_i.options();
   const auto acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
   const Tensor dai = flat(da_i, batch_major).to(acc), dah = flat(da_h, batch_major).to(acc);
-  const Tensor ws = da_i.size(1) > 0
-      ? flat(workspace, batch_major).to(acc)
-      : at::zeros({0, ln_gru_saved_width(H)}, opts.dtype(acc));
+  const Tensor ws = da_i.size(1) > 0 ? flat(workspace, batch_major).to(acc)
+                                     : at::zeros({0, ln_gru_saved_width(H)}, opts.dtype(acc));
   const Tensor xh_h = ws.narrow(1, 3 * H, G), xh_i = ws.narrow(1, 6 * H, G);
   const Tensor rstd_i = ws.narrow(1, 9 * H + 1, 1);
   const auto sum_rows = [&](const Tensor& v) { return v.sum(0).to(dtype); };
@@ -165,10 +211,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> ln_gru_input_backward(
   return {d_gi, g_gi, g_bi, g_gh, g_bh};
 }
 
-std::tuple<Tensor, Tensor, Tensor> ln_gru_backward_gemms(
-    const Tensor& x, bool batch_major, const Tensor& weight_ih, const Tensor& d_gi,
-    const Tensor& dg_raw, const Tensor& hprev, bool need_input_grad, bool need_weight_grad,
-    const Matmul& matmul) {
+std::tuple<Tensor, Tensor, Tensor> ln_gru_backward_gemms(const Tensor& x, bool batch_major,
+                                                         const Tensor& weight_ih,
+                                                         const Tensor& d_gi, const Tensor& dg_raw,
+                                                         const Tensor& hprev, bool need_input_grad,
+                                                         bool need_weight_grad,
+                                                         const Matmul& matmul) {
   const int64_t T = x.size(0), N = x.size(1), C = x.size(2), H = hprev.size(2), G = 3 * H;
   const auto opts = x.options();
   Tensor grad_input = at::empty({0}, opts), g_wih = at::empty({0}, opts);

@@ -288,7 +288,7 @@ def test_tsan_is_quiet_with_the_barrier():
 
 
 # ---------------------------------------------------------------------------------------------
-# Coverage of the persistent GRU kernels (gru_kernels.cuh): the planners' decisions on a whole
+# Coverage of the persistent GRU kernels (gru_persistent.cuh): the planners' decisions on a whole
 # H100 / H200 (132 SMs), derived here from the kernels' documented limits, and kernel runs on
 # small emulated devices for every number of units per block J.
 

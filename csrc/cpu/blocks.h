@@ -4,9 +4,12 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/TensorIterator.h>
 
 #include <algorithm>
 #include <vector>
+
+#include "../align.h"
 
 // On x86, clone a hot loop for AVX-512, AVX2 and the baseline; the loader picks one.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -24,19 +27,32 @@ inline T* at_offset(T* p, int64_t off) {
   return p == nullptr ? nullptr : p + off;
 }
 
+// Work (multiply-adds) below which a parallel_for task is not worth a thread: ATen's own grain
+// (at::internal::GRAIN_SIZE, ATen/TensorIterator.h), used by the kernels' parallel_for calls.
+constexpr int64_t kTaskGrain = at::internal::GRAIN_SIZE;
+
+// Flops of a step's recurrent GEMM (6 N H^2) below which the step runs on one thread: waking
+// the others costs a few microseconds per parallel region, what ~1 MFLOP takes one core.
+constexpr double kParallelStepFlops = 1e6;
+
+// Block widths are multiples of one AVX-512 vector of floats.
+constexpr int64_t kBlockUnits = 16;
+
 struct Block {
   int64_t j0, j1;
 };
 
 // Split the hidden units among the intra-op threads when a step's recurrent GEMM is worth
-// waking them for; block widths are multiples of 16 (one AVX-512 vector of floats).
+// waking them for (kParallelStepFlops); block widths are multiples of kBlockUnits.
 inline std::vector<Block> plan_blocks(int64_t N, int64_t H) {
   const int64_t threads = at::get_num_threads();
   const double step_flops = 6.0 * static_cast<double>(N) * H * H;
   int64_t nb = 1;
-  if (threads > 1 && step_flops >= 1e6) nb = std::min<int64_t>(threads, std::max<int64_t>(1, H / 16));
+  if (threads > 1 && step_flops >= kParallelStepFlops) {
+    nb = std::min<int64_t>(threads, std::max<int64_t>(1, H / kBlockUnits));
+  }
   const int64_t width = (H + nb - 1) / nb;
-  const int64_t step = nb == 1 ? H : (width + 15) / 16 * 16;
+  const int64_t step = nb == 1 ? H : round_up(width, kBlockUnits);
   std::vector<Block> blocks;
   for (int64_t j0 = 0; j0 < H; j0 += step) blocks.push_back({j0, std::min(H, j0 + step)});
   return blocks;

@@ -92,8 +92,8 @@ FUSEDGRU_CLONES void conv_row(const CausalConvParams& p, int64_t n, int64_t c,
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t L = p.L, W = p.W, d = p.dilation, S = (W - 1) * d;
   const auto* x = static_cast<const scalar_t*>(p.x) + n * p.x_sn + c * p.x_sc;
-  const auto* init = p.init != nullptr
-      ? static_cast<const scalar_t*>(p.init) + n * p.i_sn + c * p.i_sc : nullptr;
+  const auto* init =
+      p.init != nullptr ? static_cast<const scalar_t*>(p.init) + n * p.i_sn + c * p.i_sc : nullptr;
   const auto* w = static_cast<const scalar_t*>(p.weight) + c * W;
   const acc_t b = p.bias != nullptr ? acc_t(static_cast<const scalar_t*>(p.bias)[c]) : acc_t(0);
   const int64_t head = std::min(S, L);  // steps that reach back before t = 0
@@ -112,7 +112,7 @@ FUSEDGRU_CLONES void conv_row(const CausalConvParams& p, int64_t n, int64_t c,
 template <typename scalar_t>
 void forward_rows(const CausalConvParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, p.L));
+  const int64_t grain = std::max<int64_t>(1, kTaskGrain / std::max<int64_t>(1, p.L));
   at::parallel_for(0, p.N * p.C, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> z(p.L);
     for (int64_t r = begin; r < end; ++r) {
@@ -133,8 +133,8 @@ FUSEDGRU_CLONES void channels_last_steps(const CausalConvParams& p,
                                          int64_t t0, int64_t t1, at::opmath_type<scalar_t>* acc) {
   const int64_t C = p.C, W = p.W, d = p.dilation, S = (W - 1) * d;
   const auto* x = static_cast<const scalar_t*>(p.x) + n * p.x_sn;
-  const auto* init = p.init != nullptr ? static_cast<const scalar_t*>(p.init) + n * p.i_sn
-                                       : nullptr;
+  const auto* init =
+      p.init != nullptr ? static_cast<const scalar_t*>(p.init) + n * p.i_sn : nullptr;
   for (int64_t t = t0; t < t1; ++t) {
     std::copy(bias, bias + C, acc);
     for (int64_t k = 0; k < W; ++k) {
@@ -142,7 +142,8 @@ FUSEDGRU_CLONES void channels_last_steps(const CausalConvParams& p,
       if (src >= 0) {
         fma_rows(acc, wt + k * C, x + src * p.x_sl, C);
       } else if (init != nullptr) {
-        for (int64_t c = 0; c < C; ++c) acc[c] += wt[k * C + c] * init[c * p.i_sc + (S + src) * p.i_ss];
+        for (int64_t c = 0; c < C; ++c)
+          acc[c] += wt[k * C + c] * init[c * p.i_sc + (S + src) * p.i_ss];
       }
     }
     store_activated(static_cast<scalar_t*>(p.y) + n * p.y_sn + t * p.y_sl, acc, C, p.activation);
@@ -173,7 +174,7 @@ void forward_channels_last(const CausalConvParams& p) {
   channels_last_taps<scalar_t>(p, wt, bias);
   const int64_t chunk = 64;
   const int64_t chunks = (p.L + chunk - 1) / chunk;
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, chunk * C));
+  const int64_t grain = std::max<int64_t>(1, kTaskGrain / std::max<int64_t>(1, chunk * C));
   at::parallel_for(0, p.N * chunks, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(C);
     for (int64_t r = begin; r < end; ++r) {
@@ -237,8 +238,7 @@ FUSEDGRU_INLINE acc_t sum_lanes(const acc_t* __restrict a, int64_t n) {
 // [L] each.
 template <int64_t kAct, typename scalar_t>
 FUSEDGRU_CLONES void backward_channel(const CausalConvBackwardParams& q, int64_t c,
-                                      at::opmath_type<scalar_t>* z,
-                                      at::opmath_type<scalar_t>* gz,
+                                      at::opmath_type<scalar_t>* z, at::opmath_type<scalar_t>* gz,
                                       at::opmath_type<scalar_t>* gx) {
   using acc_t = at::opmath_type<scalar_t>;
   const CausalConvParams& p = q.fwd;
@@ -274,7 +274,8 @@ FUSEDGRU_CLONES void backward_channel(const CausalConvBackwardParams& q, int64_t
     }
     const auto* x = static_cast<const scalar_t*>(p.x) + n * p.x_sn + c * p.x_sc;
     const auto* init = p.init != nullptr
-        ? static_cast<const scalar_t*>(p.init) + n * p.i_sn + c * p.i_sc : nullptr;
+                           ? static_cast<const scalar_t*>(p.init) + n * p.i_sn + c * p.i_sc
+                           : nullptr;
     for (int64_t k = 0; k < W; ++k) {
       const int64_t off = (W - 1 - k) * d;
       acc_t acc = 0;
@@ -296,15 +297,15 @@ template <typename scalar_t>
 FUSEDGRU_CLONES void channels_last_backward_steps(
     const CausalConvBackwardParams& q, const at::opmath_type<scalar_t>* wt,
     const at::opmath_type<scalar_t>* bias, int64_t n, int64_t t0, int64_t t1,
-    at::opmath_type<scalar_t>* gz, at::opmath_type<scalar_t>* row,
-    at::opmath_type<scalar_t>* xrow, at::opmath_type<scalar_t>* part) {
+    at::opmath_type<scalar_t>* gz, at::opmath_type<scalar_t>* row, at::opmath_type<scalar_t>* xrow,
+    at::opmath_type<scalar_t>* part) {
   using acc_t = at::opmath_type<scalar_t>;
   const CausalConvParams& p = q.fwd;
   const int64_t C = p.C, W = p.W, d = p.dilation, S = (W - 1) * d, L = p.L;
   const auto* x = static_cast<const scalar_t*>(p.x) + n * p.x_sn;
   const auto* gy = static_cast<const scalar_t*>(q.grad_y) + n * q.gy_sn;
-  const auto* init = p.init != nullptr ? static_cast<const scalar_t*>(p.init) + n * p.i_sn
-                                       : nullptr;
+  const auto* init =
+      p.init != nullptr ? static_cast<const scalar_t*>(p.init) + n * p.i_sn : nullptr;
   // x (or the initial state, or zero) at time t, channels [0, C), into xrow.
   const auto load_x = [&](int64_t t) -> const acc_t* {
     if (t >= 0) {
@@ -406,68 +407,46 @@ Tensor causal_conv1d_fwd(const Tensor& x_in, const Tensor& weight,
                          const std::optional<Tensor>& bias,
                          const std::optional<Tensor>& initial_state, int64_t dilation,
                          int64_t activation) {
-  check_causal_conv_args(x_in, weight, bias, initial_state, dilation, activation);
-  const Tensor x = conv_input_layout(x_in);
-  const Tensor w = weight.contiguous();
-  const std::optional<Tensor> b =
-      bias.has_value() ? std::optional<Tensor>(bias->contiguous()) : std::nullopt;
-  Tensor y = conv_empty_like(x);
-  if (y.numel() == 0) return y;
-  CausalConvParams p = conv_params(x, w, b, initial_state, dilation, activation);
-  p.y = y.data_ptr();
-  p.y_sn = y.stride(0);
-  p.y_sc = y.stride(1);
-  p.y_sl = y.stride(2);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "causal_conv1d_cpu",
+  const CausalConvForward f = conv_forward(x_in, weight, bias, initial_state, dilation, activation);
+  if (f.y.numel() == 0) return f.y;
+  const CausalConvParams& p = f.p;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.x.scalar_type(), "causal_conv1d_cpu",
                                   [&] {
-    if (p.channels_last) {
-      forward_channels_last<scalar_t>(p);
-    } else {
-      forward_rows<scalar_t>(p);
-    }
-  });
-  return y;
+                                    if (p.channels_last) {
+                                      forward_channels_last<scalar_t>(p);
+                                    } else {
+                                      forward_rows<scalar_t>(p);
+                                    }
+                                  });
+  return f.y;
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> causal_conv1d_bwd(
     const Tensor& grad_y, const Tensor& x_in, const Tensor& weight,
-    const std::optional<Tensor>& bias, const std::optional<Tensor>& initial_state,
-    int64_t dilation, int64_t activation) {
-  check_causal_conv_bwd_args(grad_y, x_in, weight, bias, initial_state, dilation, activation);
-  const Tensor x = conv_input_layout(x_in);
-  const bool channels_last = conv_channels_last(x);
-  const Tensor gy = conv_like_layout(grad_y, channels_last);
-  const Tensor w = weight.contiguous();
-  const std::optional<Tensor> b =
-      bias.has_value() ? std::optional<Tensor>(bias->contiguous()) : std::nullopt;
-  const int64_t N = x.size(0), C = x.size(1), L = x.size(2), W = w.size(1);
-  const int64_t S = (W - 1) * dilation;
-  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  Tensor gx = conv_empty_like(x);
-  Tensor g_init = initial_state.has_value() ? at::zeros({N, C, S}, x.options())
-                                            : at::empty({0}, x.options());
-  Tensor gw = at::zeros({C, W}, x.options().dtype(acc_type));
-  Tensor gb = at::zeros({bias.has_value() ? C : 0}, x.options().dtype(acc_type));
-  if (x.numel() > 0) {
-    const CausalConvBackwardParams q = conv_backward_params(
-        gy, x, w, b, initial_state, dilation, activation, gx, g_init, gw, gb);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
-                                    "causal_conv1d_bwd_cpu", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      if (channels_last) {
-        backward_channels_last<scalar_t>(q);
-        return;
-      }
-      const auto channel = activation == kActSilu   ? backward_channel<kActSilu, scalar_t>
-                           : activation == kActRelu ? backward_channel<kActRelu, scalar_t>
-                                                    : backward_channel<kActNone, scalar_t>;
-      at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
-        std::vector<acc_t> z(L), gz(L), gxb(L);
-        for (int64_t c = begin; c < end; ++c) channel(q, c, z.data(), gz.data(), gxb.data());
-      });
-    });
+    const std::optional<Tensor>& bias, const std::optional<Tensor>& initial_state, int64_t dilation,
+    int64_t activation) {
+  const CausalConvBackward st =
+      conv_backward(grad_y, x_in, weight, bias, initial_state, dilation, activation);
+  const CausalConvBackwardParams& q = st.q;
+  const int64_t C = st.x.size(1), L = st.x.size(2);
+  if (st.x.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, st.x.scalar_type(), "causal_conv1d_bwd_cpu", [&] {
+          using acc_t = at::opmath_type<scalar_t>;
+          if (st.channels_last) {
+            backward_channels_last<scalar_t>(q);
+            return;
+          }
+          const auto channel = activation == kActSilu   ? backward_channel<kActSilu, scalar_t>
+                               : activation == kActRelu ? backward_channel<kActRelu, scalar_t>
+                                                        : backward_channel<kActNone, scalar_t>;
+          at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+            std::vector<acc_t> z(L), gz(L), gxb(L);
+            for (int64_t c = begin; c < end; ++c) channel(q, c, z.data(), gz.data(), gxb.data());
+          });
+        });
   }
-  return {gx, gw.to(weight.scalar_type()), gb.to(weight.scalar_type()), g_init};
+  return st.result();
 }
 
 Tensor causal_conv1d_update(const Tensor& x, Tensor& conv_state, const Tensor& weight,
@@ -479,31 +458,32 @@ Tensor causal_conv1d_update(const Tensor& x, Tensor& conv_state, const Tensor& w
   const std::optional<Tensor> b =
       bias.has_value() ? std::optional<Tensor>(bias->contiguous()) : std::nullopt;
   Tensor y = at::empty({N, C}, x.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
-                                  "causal_conv1d_update_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const auto* xp = x.const_data_ptr<scalar_t>();
-    const auto* wp = w.const_data_ptr<scalar_t>();
-    const auto* bp = b.has_value() ? b->const_data_ptr<scalar_t>() : nullptr;
-    auto* st = conv_state.mutable_data_ptr<scalar_t>();
-    auto* yp = y.mutable_data_ptr<scalar_t>();
-    const int64_t sn = conv_state.stride(0), sc = conv_state.stride(1), ss = conv_state.stride(2);
-    at::parallel_for(0, N * C, 4096, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t n = r / C, c = r % C;
-        scalar_t* state = st + n * sn + c * sc;
-        const scalar_t xv = xp[n * x.stride(0) + c * x.stride(1)];
-        acc_t acc = bp != nullptr ? acc_t(bp[c]) : acc_t(0);
-        for (int64_t k = 0; k < W; ++k) {
-          const int64_t off = (W - 1 - k) * dilation;
-          acc += acc_t(wp[c * W + k]) * acc_t(off == 0 ? xv : state[(S - off) * ss]);
-        }
-        yp[r] = scalar_t(activate(acc, activation));
-        for (int64_t s = 0; s + 1 < S; ++s) state[s * ss] = state[(s + 1) * ss];
-        if (S > 0) state[(S - 1) * ss] = xv;
-      }
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "causal_conv1d_update_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const auto* xp = x.const_data_ptr<scalar_t>();
+        const auto* wp = w.const_data_ptr<scalar_t>();
+        const auto* bp = b.has_value() ? b->const_data_ptr<scalar_t>() : nullptr;
+        auto* st = conv_state.mutable_data_ptr<scalar_t>();
+        auto* yp = y.mutable_data_ptr<scalar_t>();
+        const int64_t sn = conv_state.stride(0), sc = conv_state.stride(1),
+                      ss = conv_state.stride(2);
+        at::parallel_for(0, N * C, 4096, [&](int64_t begin, int64_t end) {
+          for (int64_t r = begin; r < end; ++r) {
+            const int64_t n = r / C, c = r % C;
+            scalar_t* state = st + n * sn + c * sc;
+            const scalar_t xv = xp[n * x.stride(0) + c * x.stride(1)];
+            acc_t acc = bp != nullptr ? acc_t(bp[c]) : acc_t(0);
+            for (int64_t k = 0; k < W; ++k) {
+              const int64_t off = (W - 1 - k) * dilation;
+              acc += acc_t(wp[c * W + k]) * acc_t(off == 0 ? xv : state[(S - off) * ss]);
+            }
+            yp[r] = scalar_t(activate(acc, activation));
+            for (int64_t s = 0; s + 1 < S; ++s) state[s * ss] = state[(s + 1) * ss];
+            if (S > 0) state[(S - 1) * ss] = xv;
+          }
+        });
+      });
   return y;
 }
 

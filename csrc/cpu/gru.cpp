@@ -42,8 +42,8 @@ FUSEDGRU_INLINE void forward_span(const S* __restrict gi, const S* __restrict gh
   using E = Elem<scalar_t>;
   for (int64_t j = 0; j < w; ++j) {
     const acc_t r = sigmoid(acc_t(E::load(gi[j])) + acc_t(E::load(gh[j])) + acc_t(E::load(b[j])));
-    const acc_t z = sigmoid(acc_t(E::load(gi[H + j])) + acc_t(E::load(gh[sg + j])) +
-                            acc_t(E::load(b[H + j])));
+    const acc_t z =
+        sigmoid(acc_t(E::load(gi[H + j])) + acc_t(E::load(gh[sg + j])) + acc_t(E::load(b[H + j])));
     const acc_t hn = acc_t(E::load(gh[2 * sg + j])) + acc_t(E::load(b[2 * H + j]));
     const acc_t n = tanh(acc_t(E::load(gi[2 * H + j])) + r * hn);
     const acc_t h0 = E::load(h_in[j]);
@@ -73,7 +73,8 @@ FUSEDGRU_CLONES void forward_units(const GruForwardPointwise& p) {
       std::copy(h_in, h_in + w, h_out);
       std::fill(out, out + w, scalar_t(0));
       if (kSave) {
-        for (int64_t g = 0; g < kSavedGates; ++g) std::fill(ws + g * H, ws + g * H + w, scalar_t(0));
+        for (int64_t g = 0; g < kSavedGates; ++g)
+          std::fill(ws + g * H, ws + g * H + w, scalar_t(0));
       }
       continue;
     }
@@ -185,8 +186,8 @@ struct CellParams {
 // of kLanes partial sums (vectorizes without reassociating a scalar sum; each weight vector is
 // loaded once for R rows), lanes added in a fixed order. Pointers to storage_t<scalar_t>.
 template <int R, typename scalar_t, typename S = storage_t<scalar_t>>
-FUSEDGRU_INLINE void dot3(const S* __restrict a0, const S* __restrict a1,
-                          const S* __restrict a2, const S* __restrict v, int64_t vs, int64_t n,
+FUSEDGRU_INLINE void dot3(const S* __restrict a0, const S* __restrict a1, const S* __restrict a2,
+                          const S* __restrict v, int64_t vs, int64_t n,
                           at::opmath_type<scalar_t> (*out)[R]) {
   using acc_t = at::opmath_type<scalar_t>;
   using E = Elem<scalar_t>;
@@ -233,10 +234,8 @@ FUSEDGRU_INLINE void cell_rows(const CellParams& p, int64_t j, int64_t n0,
   const auto* wi = raw(static_cast<const scalar_t*>(p.w_ih));
   const auto* wh = raw(static_cast<const scalar_t*>(p.w_hh));
   acc_t gi[3][R], gh[3][R];
-  dot3<R, scalar_t>(wi + j * p.wi_s, wi + (H + j) * p.wi_s, wi + (2 * H + j) * p.wi_s, x, C, C,
-                    gi);
-  dot3<R, scalar_t>(wh + j * p.wh_s, wh + (H + j) * p.wh_s, wh + (2 * H + j) * p.wh_s, h, H, H,
-                    gh);
+  dot3<R, scalar_t>(wi + j * p.wi_s, wi + (H + j) * p.wi_s, wi + (2 * H + j) * p.wi_s, x, C, C, gi);
+  dot3<R, scalar_t>(wh + j * p.wh_s, wh + (H + j) * p.wh_s, wh + (2 * H + j) * p.wh_s, h, H, H, gh);
   auto* h_out = raw(static_cast<scalar_t*>(p.h_out) + n0 * H);
   for (int r = 0; r < R; ++r) {
     const acc_t rg = sigmoid(gi[0][r] + b_i[0] + gh[0][r] + b_h[0]);
@@ -277,46 +276,46 @@ Tensor cell_step(const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
       bias_hh.has_value() ? std::optional<Tensor>(bias_hh->contiguous()) : std::nullopt;
   const int64_t N = x.size(0), H = weight_hh.size(1);
   Tensor h_out = at::empty({N, H}, hx.options());
-  const CellParams p{x.data_ptr(), h.data_ptr(), weight_ih.data_ptr(), weight_hh.data_ptr(),
+  const CellParams p{x.data_ptr(),
+                     h.data_ptr(),
+                     weight_ih.data_ptr(),
+                     weight_hh.data_ptr(),
                      b_ih.has_value() ? b_ih->data_ptr() : nullptr,
                      b_hh.has_value() ? b_hh->data_ptr() : nullptr,
-                     h_out.data_ptr(), N, x.size(1), H, weight_ih.stride(0),
+                     h_out.data_ptr(),
+                     N,
+                     x.size(1),
+                     H,
+                     weight_ih.stride(0),
                      weight_hh.stride(0)};
-  // ~6 (C + H) N multiply-adds per unit: tasks of at least ~32K of them.
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, 6 * (p.C + H) * N));
+  // ~6 (C + H) N multiply-adds per unit: tasks of at least kTaskGrain of them.
+  const int64_t grain = std::max<int64_t>(1, kTaskGrain / std::max<int64_t>(1, 6 * (p.C + H) * N));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gru_cell_cpu", [&] {
-    at::parallel_for(0, H, grain, [&](int64_t j0, int64_t j1) {
-      cell_units<scalar_t>(p, j0, j1);
-    });
+    at::parallel_for(0, H, grain, [&](int64_t j0, int64_t j1) { cell_units<scalar_t>(p, j0, j1); });
   });
   return h_out;
 }
 
-std::tuple<Tensor, Tensor, Tensor> gru_forward(
-    const Tensor& input, const Tensor& hx, const Tensor& weight_ih, const Tensor& weight_hh,
-    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh,
-    const std::optional<Tensor>& lengths, bool reverse, bool need_workspace) {
-  check_gru_forward_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths);
-  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1), G = 3 * H;
-  const auto opts = input.options();
-  const Tensor x = steps_layout(input);
-  const bool bm = is_batch_major(x);
-  Tensor output = alloc_steps(bm, T, N, H, opts);
-  Tensor workspace =
-      need_workspace ? alloc_steps(bm, T, N, kSavedGates * H, opts) : at::empty({0}, opts);
-  if (T == 1 && N >= 1 && N <= kCellRows && !need_workspace && !lengths.has_value() &&
-      weight_ih.stride(1) == 1 && weight_hh.stride(1) == 1) {
+std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input, const Tensor& hx,
+                                               const Tensor& weight_ih, const Tensor& weight_hh,
+                                               const std::optional<Tensor>& bias_ih,
+                                               const std::optional<Tensor>& bias_hh,
+                                               const std::optional<Tensor>& lengths, bool reverse,
+                                               bool need_workspace) {
+  const int64_t N = input.dim() == 3 ? input.size(1) : 0;
+  if (input.dim() == 3 && input.size(0) == 1 && N >= 1 && N <= kCellRows && !need_workspace &&
+      !lengths.has_value() && weight_ih.dim() == 2 && weight_ih.stride(1) == 1 &&
+      weight_hh.dim() == 2 && weight_hh.stride(1) == 1) {
     // A single inference step (streaming, GRUCell): dot products straight off the weights.
+    check_gru_forward_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths);
     Tensor h1 = cell_step(input.select(0, 0), hx, weight_ih, weight_hh, bias_ih, bias_hh);
-    output.select(0, 0).copy_(h1);
-    return {output, h1, workspace};
+    return {h1.unsqueeze(0).clone(), h1, at::empty({0}, input.options())};
   }
-  Tensor h = hx.clone(at::MemoryFormat::Contiguous);
-  if (N == 0) return {output, h, workspace};
-
-  const Tensor gi = gru_input_projection(x, bm, weight_ih, bias_ih, aten_matmul);
-  const Tensor b_hh = bias_hh.has_value() ? bias_hh->contiguous() : at::zeros({G}, opts);
-  const Tensor len = lengths.has_value() ? lengths->contiguous() : Tensor();
+  GruForwardState st = gru_forward_state(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
+                                         need_workspace, aten_matmul);
+  if (st.N == 0) return st.result();
+  const int64_t T = st.T, H = st.H;
+  const auto opts = input.options();
   const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
   // One step reuses nothing: one GEMM over all units (ATen's threads) rather than copying
   // W_hh into per-thread blocks.
@@ -327,39 +326,25 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   std::vector<Tensor> w_blocks, gh_blocks;
   for (const Block& blk : blocks) {
     const int64_t w = blk.j1 - blk.j0;
-    w_blocks.push_back(nb == 1 ? weight_hh.t()
-                               : at::cat({weight_hh.narrow(0, blk.j0, w),
-                                          weight_hh.narrow(0, H + blk.j0, w),
-                                          weight_hh.narrow(0, 2 * H + blk.j0, w)})
-                                     .t());
+    w_blocks.push_back(
+        nb == 1 ? weight_hh.t()
+                : at::cat({weight_hh.narrow(0, blk.j0, w), weight_hh.narrow(0, H + blk.j0, w),
+                           weight_hh.narrow(0, 2 * H + blk.j0, w)})
+                      .t());
     gh_blocks.push_back(at::empty({N, 3 * w}, opts));
   }
   // Threads read all of h_{t-1} while writing their units of h_t: double-buffered.
-  Tensor h_next = at::empty_like(h);
-
-  GruForwardPointwise base{};
-  base.b_hh = b_hh.data_ptr();
-  base.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
-  base.N = N;
-  base.H = H;
-  base.gi_sn = gi.stride(1);
-  base.out_sn = output.stride(1);
-  base.ws_sn = need_workspace ? workspace.stride(1) : 0;
-  base.dtype = input.scalar_type();
+  Tensor h_next = at::empty_like(st.h);
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
     const int64_t rows = prefix.empty() ? N : prefix[t];
-    GruForwardPointwise p = base;
-    p.t = t;
-    p.gi = step_ptr(gi, t);
-    p.out = step_ptr(output, t);
-    p.ws = need_workspace ? step_ptr(workspace, t) : nullptr;
-    p.h_in = h.data_ptr();
+    GruForwardPointwise p = st.at_step(t);
+    p.h_in = st.h.data_ptr();
     p.h_out = h_next.data_ptr();
     for_blocks(nb, [&](int64_t b) {
       if (rows > 0) {
         Tensor gh_rows = rows_of(gh_blocks[b], rows);
-        at::mm_out(gh_rows, rows_of(h, rows), w_blocks[b]);
+        at::mm_out(gh_rows, rows_of(st.h, rows), w_blocks[b]);
       }
       GruForwardPointwise q = p;
       q.j0 = blocks[b].j0;
@@ -369,25 +354,22 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
       q.gh_sg = q.j1 - q.j0;
       forward_pointwise(q);
     });
-    std::swap(h, h_next);
+    std::swap(st.h, h_next);
   }
-  return {output, h, workspace};
+  return st.result();
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const Tensor& grad_output, const Tensor& grad_h_n, const std::optional<Tensor>& grad_workspace,
-    const Tensor& input, const Tensor& hx,
-    const Tensor& weight_ih, const Tensor& weight_hh, const std::optional<Tensor>& lengths,
-    const Tensor& output, const Tensor& workspace, bool reverse, bool has_bias,
-    bool need_input_grad, bool need_weight_grad) {
-  check_gru_backward_args(grad_output, grad_h_n, grad_workspace, input, hx, weight_ih,
-                          weight_hh, lengths, output, workspace);
-  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
-  const Tensor x = steps_layout(input);
-  const bool bm = is_batch_major(x);
+    const Tensor& input, const Tensor& hx, const Tensor& weight_ih, const Tensor& weight_hh,
+    const std::optional<Tensor>& lengths, const Tensor& output, const Tensor& workspace,
+    bool reverse, bool has_bias, bool need_input_grad, bool need_weight_grad) {
   const GruBackwardState st =
-      gru_backward_state(grad_output, grad_h_n, grad_workspace, x, bm, hx, H, lengths, output,
-                         workspace, reverse, need_weight_grad);
+      gru_backward_state(grad_output, grad_h_n, grad_workspace, input, hx, weight_ih, weight_hh,
+                         lengths, output, workspace, reverse, need_weight_grad);
+  const int64_t T = st.T, N = st.N, H = st.H;
+  const Tensor& x = st.x;
+  const bool bm = st.batch_major;
   if (N > 0) {
     const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
     const std::vector<Block> blocks = plan_blocks(N, H);
@@ -419,9 +401,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
       rows_prev = t >= 0 ? (prefix.empty() ? N : prefix[t]) : 0;
     }
   }
-  auto [grad_input, gw_ih, gw_hh, gb_ih, gb_hh] = gru_backward_gemms(
-      x, bm, weight_ih, st.dgh, st.dgin, st.hprev, has_bias, need_input_grad, need_weight_grad,
-      aten_matmul);
+  auto [grad_input, gw_ih, gw_hh, gb_ih, gb_hh] =
+      gru_backward_gemms(x, bm, weight_ih, st.dgh, st.dgin, st.hprev, has_bias, need_input_grad,
+                         need_weight_grad, aten_matmul);
   return {grad_input, st.dh, gw_ih, gw_hh, gb_ih, gb_hh};
 }
 

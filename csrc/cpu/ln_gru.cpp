@@ -1,15 +1,9 @@
-// CPU implementation of the layer-normalized GRU ops (Ba et al. 2016: layer normalization of
-// the gate pre-activations, the input and the recurrent contributions normalized separately
-// over their 3H values):
-//   a_i = LN(W_ih x_t) * g_i + b_i,   a_h = LN(W_hh h_{t-1}) * g_h + b_h        (each [3H])
-//   r = sigmoid(a_i,r + a_h,r), z = sigmoid(a_i,z + a_h,z), n = tanh(a_i,n + r * a_h,n)
-//   h_t = n + z * (h_{t-1} - n)
-// The input side is normalized for all steps at once; the recurrent side inside the step, fused
-// with the gates. Threads own blocks of hidden units as in gru.cpp; a row's normalization spans
-// all blocks, so each step runs two parallel regions: (1) GEMM of the thread's gate rows and its
-// partial row sums, (2) the statistics from all partials (summed in a fixed order) and the fused
-// gates. The backward mirrors it: (1) dh GEMM of the previous step + gate gradients + partial
-// sums of the normalization's gradient, (2) the gradient through the normalization.
+// CPU implementation of the layer-normalized GRU ops (equations: ../fusedgru.h). Threads own
+// blocks of hidden units as in gru.cpp; a row's normalization spans all blocks, so each step runs
+// two parallel regions: (1) GEMM of the thread's gate rows and its partial row sums, (2) the
+// statistics from all partials (summed in a fixed order) and the fused gates. The backward
+// mirrors it: (1) dh GEMM of the previous step + gate gradients + partial sums of the
+// normalization's gradient, (2) the gradient through the normalization.
 //
 // Saved per (t, n), 9H + 2 values: r, z, n [3H] | LN(W_hh h) [3H] | LN(W_ih x) [3H] |
 // rstd_h, rstd_i (zeros where inactive). Shape legend: ../fusedgru.h.
@@ -28,21 +22,6 @@ namespace cpu {
 namespace {
 
 using at::Tensor;
-
-struct LnForwardStep {
-  const void* ai;      // [N, 3H] row stride ai_sn: normalized, scaled input pre-activations
-  const void* gh;      // block's [N, 3w] raw W_hh h (gate g at g * w)
-  const double* part;  // [nb][N][3] per block: (count, mean, squared deviations) of raw W_hh h
-  const void* g_h;     // [3H]
-  const void* b_h;     // [3H]
-  const void* h_in;    // [N, H]
-  void* h_out;         // [N, H]
-  void* out;           // [N, H] row stride out_sn
-  void* ws;            // [N, 9H + 2] row stride ws_sn, or nullptr
-  const int64_t* lengths;
-  int64_t t, N, H, j0, j1, nb, rows, ai_sn, out_sn, ws_sn;
-  double eps;
-};
 
 // (count, mean, sum of squared deviations from the mean) of v[0, n), in two passes over the
 // block's values (still in cache): the variance keeps its accuracy when |mean| >> std, where
@@ -89,12 +68,13 @@ FUSEDGRU_CLONES void lane_stats(const scalar_t* __restrict v, int64_t n, double*
 // One active row, units [0, w) of a block. ai, gamma, beta, ws: gate g at g * H;
 // gh: gate g at g * w (raw W_hh h of the block).
 template <typename scalar_t, bool kSave>
-FUSEDGRU_INLINE void ln_forward_span(
-    const scalar_t* __restrict ai, const scalar_t* __restrict gh,
-    const scalar_t* __restrict gamma, const scalar_t* __restrict beta,
-    const scalar_t* __restrict h_in, scalar_t* __restrict h_out, scalar_t* __restrict out,
-    scalar_t* __restrict ws, at::opmath_type<scalar_t> mean, at::opmath_type<scalar_t> rstd,
-    int64_t w, int64_t H) {
+FUSEDGRU_INLINE void ln_forward_span(const scalar_t* __restrict ai, const scalar_t* __restrict gh,
+                                     const scalar_t* __restrict gamma,
+                                     const scalar_t* __restrict beta,
+                                     const scalar_t* __restrict h_in, scalar_t* __restrict h_out,
+                                     scalar_t* __restrict out, scalar_t* __restrict ws,
+                                     at::opmath_type<scalar_t> mean, at::opmath_type<scalar_t> rstd,
+                                     int64_t w, int64_t H) {
   using acc_t = at::opmath_type<scalar_t>;
   for (int64_t j = 0; j < w; ++j) {
     const acc_t xr = (acc_t(gh[j]) - mean) * rstd;
@@ -119,7 +99,7 @@ FUSEDGRU_INLINE void ln_forward_span(
 }
 
 template <typename scalar_t, bool kSave>
-FUSEDGRU_CLONES void ln_forward_units(const LnForwardStep& p, int64_t block) {
+FUSEDGRU_CLONES void ln_forward_units(const LnGruForwardPointwise& p, int64_t block) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = p.H, w = p.j1 - p.j0, G = 3 * H;
   const auto* gamma = static_cast<const scalar_t*>(p.g_h) + p.j0;
@@ -134,7 +114,8 @@ FUSEDGRU_CLONES void ln_forward_units(const LnForwardStep& p, int64_t block) {
       std::copy(h_in, h_in + w, h_out);
       std::fill(out, out + w, scalar_t(0));
       if (kSave) {
-        for (int64_t g = 0; g < 9; ++g) std::fill(ws + g * H + p.j0, ws + g * H + p.j1, scalar_t(0));
+        for (int64_t g = 0; g < 9; ++g)
+          std::fill(ws + g * H + p.j0, ws + g * H + p.j1, scalar_t(0));
         if (block == 0) ws[9 * H] = ws[9 * H + 1] = scalar_t(0);
       }
       continue;
@@ -151,10 +132,10 @@ FUSEDGRU_CLONES void ln_forward_units(const LnForwardStep& p, int64_t block) {
       count = total;
     }
     const double rstd = 1.0 / std::sqrt(m2 / G + p.eps);
-    ln_forward_span<scalar_t, kSave>(
-        static_cast<const scalar_t*>(p.ai) + i * p.ai_sn + p.j0,
-        static_cast<const scalar_t*>(p.gh) + i * 3 * w, gamma, beta, h_in, h_out, out,
-        kSave ? ws + p.j0 : nullptr, acc_t(mean), acc_t(rstd), w, H);
+    ln_forward_span<scalar_t, kSave>(static_cast<const scalar_t*>(p.ai) + i * p.ai_sn + p.j0,
+                                     static_cast<const scalar_t*>(p.gh) + i * 3 * w, gamma, beta,
+                                     h_in, h_out, out, kSave ? ws + p.j0 : nullptr, acc_t(mean),
+                                     acc_t(rstd), w, H);
     if (kSave && block == 0) ws[9 * H] = scalar_t(rstd);
   }
 }
@@ -164,49 +145,25 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_forward(
     const Tensor& ln_ih_weight, const Tensor& ln_ih_bias, const Tensor& ln_hh_weight,
     const Tensor& ln_hh_bias, const std::optional<Tensor>& lengths, bool reverse, double eps,
     bool need_workspace) {
-  check_ln_gru_forward_args(input, hx, weight_ih, weight_hh, ln_ih_weight, ln_ih_bias,
-                            ln_hh_weight, ln_hh_bias, lengths, eps);
-  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
+  LnGruForwardState st =
+      ln_gru_forward_state(input, hx, weight_ih, weight_hh, ln_ih_weight, ln_ih_bias, ln_hh_weight,
+                           ln_hh_bias, lengths, eps, need_workspace, aten_matmul);
+  if (st.N == 0) return st.result();
+  const int64_t T = st.T, N = st.N, H = st.H;
   const auto opts = input.options();
-  const Tensor x = steps_layout(input);
-  const bool bm = is_batch_major(x);
-  Tensor output = alloc_steps(bm, T, N, H, opts);
-  Tensor workspace =
-      need_workspace ? alloc_steps(bm, T, N, ln_gru_saved_width(H), opts) : at::empty({0}, opts);
-  Tensor h = hx.clone(at::MemoryFormat::Contiguous);
-  if (N == 0) return {output, h, workspace};
-
-  const Tensor ai = ln_gru_input_norm(x, bm, weight_ih, ln_ih_weight, ln_ih_bias, eps,
-                                      workspace, aten_matmul);
-  const Tensor g_h = ln_hh_weight.contiguous(), b_h = ln_hh_bias.contiguous();
-  const Tensor len = lengths.has_value() ? lengths->contiguous() : Tensor();
   const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
   const std::vector<Block> blocks = plan_blocks(N, H);
   const int64_t nb = static_cast<int64_t>(blocks.size());
   std::vector<Tensor> w_blocks, gh_blocks;
   for (const Block& blk : blocks) {
     const int64_t w = blk.j1 - blk.j0;
-    w_blocks.push_back(at::cat({weight_hh.narrow(0, blk.j0, w),
-                                weight_hh.narrow(0, H + blk.j0, w),
+    w_blocks.push_back(at::cat({weight_hh.narrow(0, blk.j0, w), weight_hh.narrow(0, H + blk.j0, w),
                                 weight_hh.narrow(0, 2 * H + blk.j0, w)})
                            .t());
     gh_blocks.push_back(at::empty({N, 3 * w}, opts));
   }
   std::vector<double> part(nb * N * 3, 0.0);
-  Tensor h_next = at::empty_like(h);
-
-  LnForwardStep base{};
-  base.part = part.data();
-  base.g_h = g_h.data_ptr();
-  base.b_h = b_h.data_ptr();
-  base.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
-  base.N = N;
-  base.H = H;
-  base.nb = nb;
-  base.ai_sn = ai.stride(1);
-  base.out_sn = output.stride(1);
-  base.ws_sn = need_workspace ? workspace.stride(1) : 0;
-  base.eps = eps;
+  Tensor h_next = at::empty_like(st.h);
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
     const int64_t rows = prefix.empty() ? N : prefix[t];
@@ -214,52 +171,50 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_forward(
     for_blocks(nb, [&](int64_t b) {
       if (rows == 0) return;
       Tensor gh_rows = rows_of(gh_blocks[b], rows);
-      at::mm_out(gh_rows, rows_of(h, rows), w_blocks[b]);
+      at::mm_out(gh_rows, rows_of(st.h, rows), w_blocks[b]);
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "ln_gru_p",
                                       [&] {
-        const auto* gh = gh_rows.const_data_ptr<scalar_t>();
-        const int64_t width = gh_rows.size(1);
-        for (int64_t i = 0; i < rows; ++i) {
-          lane_stats(gh + i * width, width, &part[(b * N + i) * 3]);
-        }
-      });
+                                        const auto* gh = gh_rows.const_data_ptr<scalar_t>();
+                                        const int64_t width = gh_rows.size(1);
+                                        for (int64_t i = 0; i < rows; ++i) {
+                                          lane_stats(gh + i * width, width, &part[(b * N + i) * 3]);
+                                        }
+                                      });
     });
     // (2) each block: statistics from all partials, then the fused gates of its units
-    LnForwardStep p = base;
-    p.t = t;
+    LnGruForwardPointwise p = st.at_step(t);
+    p.part = part.data();
+    p.nb = nb;
     p.rows = rows;
-    p.ai = step_ptr(ai, t);
-    p.h_in = h.data_ptr();
+    p.h_in = st.h.data_ptr();
     p.h_out = h_next.data_ptr();
-    p.out = step_ptr(output, t);
-    p.ws = need_workspace ? step_ptr(workspace, t) : nullptr;
     for_blocks(nb, [&](int64_t b) {
-      LnForwardStep q = p;
+      LnGruForwardPointwise q = p;
       q.j0 = blocks[b].j0;
       q.j1 = blocks[b].j1;
       q.gh = gh_blocks[b].data_ptr();
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "ln_gru_f",
                                       [&] {
-        if (q.ws != nullptr) {
-          ln_forward_units<scalar_t, true>(q, b);
-        } else {
-          ln_forward_units<scalar_t, false>(q, b);
-        }
-      });
+                                        if (q.ws != nullptr) {
+                                          ln_forward_units<scalar_t, true>(q, b);
+                                        } else {
+                                          ln_forward_units<scalar_t, false>(q, b);
+                                        }
+                                      });
     });
-    std::swap(h, h_next);
+    std::swap(st.h, h_next);
   }
-  return {output, h, workspace};
+  return st.result();
 }
 
 // Gate gradients of one active row, units [0, w) of a block; ws, gamma, beta, da_i, da_h: gate g
 // at g * H.
 template <typename scalar_t>
-FUSEDGRU_INLINE void ln_gates_span(
-    const scalar_t* __restrict go, const scalar_t* __restrict ws, const scalar_t* __restrict h0p,
-    const scalar_t* __restrict gamma, const scalar_t* __restrict beta, scalar_t* __restrict dh,
-    scalar_t* __restrict da_i, scalar_t* __restrict da_h, scalar_t* __restrict hp, int64_t w,
-    int64_t H) {
+FUSEDGRU_INLINE void ln_gates_span(const scalar_t* __restrict go, const scalar_t* __restrict ws,
+                                   const scalar_t* __restrict h0p, const scalar_t* __restrict gamma,
+                                   const scalar_t* __restrict beta, scalar_t* __restrict dh,
+                                   scalar_t* __restrict da_i, scalar_t* __restrict da_h,
+                                   scalar_t* __restrict hp, int64_t w, int64_t H) {
   using acc_t = at::opmath_type<scalar_t>;
   for (int64_t j = 0; j < w; ++j) {
     const acc_t g = acc_t(dh[j]) + acc_t(go[j]);
@@ -281,8 +236,7 @@ FUSEDGRU_INLINE void ln_gates_span(
 
 // (sum dxh, sum dxh * xh) over units [0, w) of gate g's rows, dxh = da_h * gamma, in fp32 lanes.
 template <typename scalar_t>
-FUSEDGRU_INLINE void ln_grad_sums(const scalar_t* __restrict da_h,
-                                  const scalar_t* __restrict gamma,
+FUSEDGRU_INLINE void ln_grad_sums(const scalar_t* __restrict da_h, const scalar_t* __restrict gamma,
                                   const scalar_t* __restrict xh, int64_t w, double* sums) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int kLanes = 16;
@@ -328,13 +282,13 @@ FUSEDGRU_CLONES void ln_backward_gates(const LnGruBackwardPointwise& p, int64_t 
       continue;
     }
     const bool from_out = tp >= 0 && tp < len;
-    const auto* h0p = from_out
-        ? static_cast<const scalar_t*>(p.out) + tp * p.out_st + i * p.out_sn + p.j0
-        : static_cast<const scalar_t*>(p.hx) + i * H + p.j0;
+    const auto* h0p =
+        from_out ? static_cast<const scalar_t*>(p.out) + tp * p.out_st + i * p.out_sn + p.j0
+                 : static_cast<const scalar_t*>(p.hx) + i * H + p.j0;
     const auto* ws = static_cast<const scalar_t*>(p.ws) + i * p.ws_sn + p.j0;
-    ln_gates_span<scalar_t>(static_cast<const scalar_t*>(p.grad_out) + i * p.go_sn + p.j0, ws,
-                            h0p, gamma, beta, static_cast<scalar_t*>(p.dh) + i * H + p.j0, da_i,
-                            da_h, hp, w, H);
+    ln_gates_span<scalar_t>(static_cast<const scalar_t*>(p.grad_out) + i * p.go_sn + p.j0, ws, h0p,
+                            gamma, beta, static_cast<scalar_t*>(p.dh) + i * H + p.j0, da_i, da_h,
+                            hp, w, H);
     for (int g = 0; g < 3; ++g) {
       ln_grad_sums<scalar_t>(da_h + g * H, gamma + g * H, ws + 3 * H + g * H, w, part);
     }
@@ -343,8 +297,7 @@ FUSEDGRU_CLONES void ln_backward_gates(const LnGruBackwardPointwise& p, int64_t 
 
 // dg = rstd * (dxh - m1 - xh * m2) over n values, dxh = da_h * gamma.
 template <typename scalar_t>
-FUSEDGRU_INLINE void ln_norm_span(const scalar_t* __restrict da_h,
-                                  const scalar_t* __restrict gamma,
+FUSEDGRU_INLINE void ln_norm_span(const scalar_t* __restrict da_h, const scalar_t* __restrict gamma,
                                   const scalar_t* __restrict xh, scalar_t* __restrict dg,
                                   at::opmath_type<scalar_t> rstd, at::opmath_type<scalar_t> m1,
                                   at::opmath_type<scalar_t> m2, int64_t n) {
@@ -376,8 +329,8 @@ FUSEDGRU_CLONES void ln_backward_norm(const LnGruBackwardPointwise& p) {
     const acc_t rstd = ws[9 * H];
     for (int g = 0; g < 3; ++g) {
       const int64_t k0 = g * H + p.j0;
-      ln_norm_span<scalar_t>(dah + k0, gamma + k0, ws + 3 * H + k0, dg + k0, rstd,
-                             acc_t(s1 / G), acc_t(s2 / G), w);
+      ln_norm_span<scalar_t>(dah + k0, gamma + k0, ws + 3 * H + k0, dg + k0, rstd, acc_t(s1 / G),
+                             acc_t(s2 / G), w);
     }
   }
 }
@@ -388,8 +341,7 @@ template <typename scalar_t>
 FUSEDGRU_CLONES void input_backward_row(const scalar_t* __restrict dai,
                                         const scalar_t* __restrict dah,
                                         const scalar_t* __restrict ws,
-                                        const scalar_t* __restrict gamma,
-                                        scalar_t* __restrict dgi,
+                                        const scalar_t* __restrict gamma, scalar_t* __restrict dgi,
                                         at::opmath_type<scalar_t>* __restrict acc, int64_t H,
                                         bool params) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -428,20 +380,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> input_backward(
     const Tensor dai = flat(da_i, bm), dah = flat(da_h, bm), ws2 = flat(ws, bm);
     Tensor dgi = flat(d_gi, bm);
     const Tensor gamma = ln_ih_weight.contiguous();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, da_i.scalar_type(), "ln_gru_ib",
-                                    [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, da_i.scalar_type(), "ln_gru_ib", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const int64_t per = (rows + chunks - 1) / chunks;
       at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
           acc_t* acc = partial.data_ptr<acc_t>() + c * 4 * G;
           for (int64_t r = c * per; r < std::min(rows, (c + 1) * per); ++r) {
-            input_backward_row<scalar_t>(
-                dai.const_data_ptr<scalar_t>() + r * dai.stride(0),
-                dah.const_data_ptr<scalar_t>() + r * dah.stride(0),
-                ws2.const_data_ptr<scalar_t>() + r * ws2.stride(0),
-                gamma.const_data_ptr<scalar_t>(), dgi.data_ptr<scalar_t>() + r * dgi.stride(0),
-                acc, H, need_weight_grad);
+            input_backward_row<scalar_t>(dai.const_data_ptr<scalar_t>() + r * dai.stride(0),
+                                         dah.const_data_ptr<scalar_t>() + r * dah.stride(0),
+                                         ws2.const_data_ptr<scalar_t>() + r * ws2.stride(0),
+                                         gamma.const_data_ptr<scalar_t>(),
+                                         dgi.data_ptr<scalar_t>() + r * dgi.stride(0), acc, H,
+                                         need_weight_grad);
           }
         }
       });
@@ -459,14 +410,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gr
     const Tensor& ln_hh_weight, const Tensor& ln_hh_bias, const std::optional<Tensor>& lengths,
     const Tensor& output, const Tensor& workspace, bool reverse, bool need_input_grad,
     bool need_weight_grad) {
-  check_ln_gru_backward_args(grad_output, grad_h_n, input, hx, weight_ih, weight_hh,
-                             ln_ih_weight, ln_hh_weight, ln_hh_bias, lengths, output, workspace);
-  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
-  const Tensor x = steps_layout(input);
-  const bool bm = is_batch_major(x);
-  const LnGruBackwardState st = ln_gru_backward_state(
-      grad_output, grad_h_n, x, bm, hx, H, ln_hh_weight, ln_hh_bias, lengths, output, workspace,
-      reverse);
+  const LnGruBackwardState st =
+      ln_gru_backward_state(grad_output, grad_h_n, input, hx, weight_ih, weight_hh, ln_ih_weight,
+                            ln_hh_weight, ln_hh_bias, lengths, output, workspace, reverse);
+  const int64_t T = st.T, N = st.N, H = st.H;
+  const Tensor& x = st.x;
+  const bool bm = st.batch_major;
   if (N > 0) {
     const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
     const std::vector<Block> blocks = plan_blocks(N, H);
@@ -493,8 +442,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gr
         LnGruBackwardPointwise q = p;
         q.j0 = blocks[b].j0;
         q.j1 = blocks[b].j1;
-        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                        "ln_gru_bg", [&] { ln_backward_gates<scalar_t>(q, b); });
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "ln_gru_bg",
+                                        [&] { ln_backward_gates<scalar_t>(q, b); });
       });
       // (2) through the recurrent normalization, with the row sums of all blocks
       if (t >= 0) {
@@ -512,9 +461,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gr
   }
   auto [d_gi, g_gi, g_bi, g_gh, g_bh] =
       input_backward(bm, ln_ih_weight, st.ws, st.da_i, st.da_h, need_weight_grad);
-  auto [grad_input, g_wih, g_whh] =
-      ln_gru_backward_gemms(x, bm, weight_ih, d_gi, st.dg_raw, st.hprev, need_input_grad,
-                            need_weight_grad, aten_matmul);
+  auto [grad_input, g_wih, g_whh] = ln_gru_backward_gemms(
+      x, bm, weight_ih, d_gi, st.dg_raw, st.hprev, need_input_grad, need_weight_grad, aten_matmul);
   return {grad_input, st.dh, g_wih, g_whh, g_gi, g_bi, g_gh, g_bh};
 }
 

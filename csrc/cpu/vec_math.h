@@ -77,7 +77,7 @@ inline float exp_f32(float x) {
   x = x < -104.0f ? -104.0f : x;
   const float t = x * 1.44269504088896341f;
   const float n = (t + 12582912.0f) - 12582912.0f;  // round to nearest, |t| < 2^22
-  float r = x - n * 0.693359375f;                    // ln2 split in two for an exact product
+  float r = x - n * 0.693359375f;                   // ln2 split in two for an exact product
   r = r - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -102,9 +102,12 @@ inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
 inline float tanh_f32(float x) {
   const float ax = std::fabs(x);
   const float z = x * x;
-  const float small =
-      ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z +
-        1.33314422036e-1f) * z - 3.33332819422e-1f) * z * x + x;
+  const float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z +
+                        1.33314422036e-1f) *
+                           z -
+                       3.33332819422e-1f) *
+                          z * x +
+                      x;
   const float big = std::copysign(1.0f - 2.0f / (exp_f32(2.0f * ax) + 1.0f), x);
   return ax > 0.625f ? big : small;
 }

@@ -1,10 +1,10 @@
 // The causal depthwise conv1d forward and streaming update on CUDA: the kernels and their
-// launch logic live in causal_conv1d_kernels.cuh; here they run under a device guard on the
+// launch logic live in causal_conv1d_host.cuh; here they run under a device guard on the
 // current stream. (The backward builds in its own translation unit, causal_conv1d_bwd.cu.)
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "causal_conv1d_kernels.cuh"
+#include "causal_conv1d_host.cuh"
 
 namespace fusedgru {
 namespace cuda {

@@ -104,12 +104,14 @@ void matmul(Tensor& out, const Tensor& a, const Tensor& b, double beta, const La
   TORCH_CHECK(b.size(0) == K && out.size(0) == M && out.size(1) == N,
               "fusedgru gemm: shape mismatch ", a.sizes(), " @ ", b.sizes(), " -> ", out.sizes());
   if (M == 0 || N == 0) return;
-  GemmParams p{a.data_ptr(), b.data_ptr(), out.data_ptr(), M, N, K, a.stride(0), a.stride(1),
-               b.stride(0), b.stride(1), out.stride(0), out.stride(1), beta};
+  GemmParams p{
+      a.data_ptr(), b.data_ptr(),  out.data_ptr(), M,   N, K, a.stride(0), a.stride(1), b.stride(0),
+      b.stride(1),  out.stride(0), out.stride(1),  beta};
   const dim3 grid(static_cast<unsigned int>((M + kTile - 1) / kTile),
                   static_cast<unsigned int>((N + kTile - 1) / kTile));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "fusedgru_gemm",
-                                  [&] { launch(gemm_kernel<scalar_t>, grid, dim3(kThreads), 0, p); });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, out.scalar_type(), "fusedgru_gemm",
+      [&] { launch(gemm_kernel<scalar_t>, grid, dim3(kThreads), 0, p); });
 }
 
 // Whether ATen's cuBLAS GEMMs would refuse to run, decided as ATen decides it

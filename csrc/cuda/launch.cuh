@@ -33,6 +33,8 @@
 #include <type_traits>
 #include <utility>
 
+#include "../align.h"
+
 namespace fusedgru {
 namespace cuda {
 
@@ -60,9 +62,9 @@ __device__ __forceinline__ void grid_sync() {
 // before the last grid_sync().
 template <typename T>
 __device__ __forceinline__ T load_cg(const T* p) {
-  using Bits = std::conditional_t<sizeof(T) == 2, unsigned short,
-                                  std::conditional_t<sizeof(T) == 4, unsigned int,
-                                                     unsigned long long>>;
+  using Bits =
+      std::conditional_t<sizeof(T) == 2, unsigned short,
+                         std::conditional_t<sizeof(T) == 4, unsigned int, unsigned long long>>;
   static_assert(sizeof(T) == sizeof(Bits), "load_cg: 2, 4 or 8 bytes");
   const Bits bits = __ldcg(reinterpret_cast<const Bits*>(p));
   T v;
@@ -76,8 +78,11 @@ struct alignas(sizeof(T) * kN) Vec {
   T v[kN];
 };
 
+// One vector access: 16 bytes. A second array in shared memory starts at a multiple of it
+// (round_up(bytes, kVecBytes)) so that its vector accesses stay aligned.
+constexpr int64_t kVecBytes = 16;
 template <typename T>
-constexpr int kVecElems = 16 / static_cast<int>(sizeof(T));
+constexpr int kVecElems = static_cast<int>(kVecBytes / sizeof(T));
 
 constexpr size_t kDefaultSmem = 48 * 1024;  // dynamic shared memory without an opt-in
 

@@ -1,9 +1,9 @@
 // The layer-normalized GRU ops on CUDA: the kernels and their launch logic live in
-// ln_gru_kernels.cuh; here they run under a device guard on the current stream.
+// ln_gru_host.cuh; here they run under a device guard on the current stream.
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "ln_gru_kernels.cuh"
+#include "ln_gru_host.cuh"
 
 namespace fusedgru {
 namespace cuda {
@@ -29,10 +29,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gr
     const Tensor& output, const Tensor& workspace, bool reverse, bool need_input_grad,
     bool need_weight_grad) {
   const c10::cuda::OptionalCUDAGuard guard(cuda_device(input));
-  return ln_gru::backward_impl(grad_output, grad_h_n, input, hx, weight_ih, weight_hh,
-                               ln_ih_weight, ln_hh_weight, ln_hh_bias, lengths, output,
-                               workspace, reverse, need_input_grad, need_weight_grad,
-                               current_stream_launcher());
+  return ln_gru::backward_impl(grad_output, grad_h_n, input, hx, weight_ih, weight_hh, ln_ih_weight,
+                               ln_hh_weight, ln_hh_bias, lengths, output, workspace, reverse,
+                               need_input_grad, need_weight_grad, current_stream_launcher());
 }
 
 }  // namespace

@@ -26,9 +26,7 @@ namespace fusedgru {
 namespace cuda {
 
 // Whether fp32 GEMMs of the GRU ops may use TF32 tensor cores: nn.GRU's own test on CUDA.
-inline bool rnn_allows_tf32() {
-  return at::globalContext().allowTF32CuDNN(at::Float32Op::RNN);
-}
+inline bool rnn_allows_tf32() { return at::globalContext().allowTF32CuDNN(at::Float32Op::RNN); }
 
 // How a row-major [R, K] view of a tensor is stored, in cuBLAS's terms.
 struct StoredAs {
@@ -111,8 +109,7 @@ Matmul matmul_for(const Launch& launch, at::ScalarType dtype) {
   if (dtype != at::kFloat) return aten_matmul;
   if (rnn_allows_tf32()) {
     return [launch](at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double beta) {
-      column_major_matmul(out, a, b, beta,
-                          [&](const ColumnMajorGemm& g) { launch.tf32_gemm(g); });
+      column_major_matmul(out, a, b, beta, [&](const ColumnMajorGemm& g) { launch.tf32_gemm(g); });
     };
   }
   return [](at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double beta) {

@@ -84,10 +84,10 @@
   static_assert(false, "emu: __shared__ other than `__shared__ T name[dims];` (emu_build.py)");
 
 // `__shared__ T name dims;` as emu_build.py rewrites it: a reference to this block's copy.
-#define FUSEDGRU_EMU_SHARED(name, dims, ...)                      \
-  using fusedgru_emu_##name##_t = __VA_ARGS__ dims;               \
-  static constexpr char fusedgru_emu_##name##_tag = 0;            \
-  fusedgru_emu_##name##_t& name =                                 \
+#define FUSEDGRU_EMU_SHARED(name, dims, ...)           \
+  using fusedgru_emu_##name##_t = __VA_ARGS__ dims;    \
+  static constexpr char fusedgru_emu_##name##_tag = 0; \
+  fusedgru_emu_##name##_t& name =                      \
       ::emu::static_shared<fusedgru_emu_##name##_t>(&fusedgru_emu_##name##_tag)
 
 #if defined(__SANITIZE_THREAD__)
@@ -122,13 +122,13 @@ namespace emu {
 constexpr int kWarp = 32;
 constexpr size_t kMaxDynamicSmem = 227 * 1024;  // H100's opt-in limit per block
 constexpr unsigned int kMaxThreads = 1024;
-constexpr int kMaxCooperativeBlocks = 64;       // all at once, as std::threads
-constexpr int kBlocksInFlight = 2;              // non-cooperative launches
+constexpr int kMaxCooperativeBlocks = 64;  // all at once, as std::threads
+constexpr int kBlocksInFlight = 2;         // non-cooperative launches
 constexpr uint64_t kMaxEmulatedBlocks = 1u << 24;
 constexpr unsigned char kPoison = 0xff;
-constexpr size_t kShuffleBytes = 16;            // the largest type a shuffle moves
+constexpr size_t kShuffleBytes = 16;  // the largest type a shuffle moves
 constexpr size_t kSmemAlign = 16;
-constexpr uint64_t kNever = ~uint64_t{0};       // a barrier generation no thread waits at
+constexpr uint64_t kNever = ~uint64_t{0};  // a barrier generation no thread waits at
 
 // A kernel broke a CUDA rule: the launch throws it.
 class KernelError : public std::runtime_error {
@@ -228,7 +228,7 @@ class BlockOrder {
                                            uint32_t blocks) {
     std::vector<uint32_t> order(blocks);
     std::iota(order.begin(), order.end(), 0u);
-    std::seed_seq seq{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32),
+    std::seed_seq seq{static_cast<uint32_t>(seed),   static_cast<uint32_t>(seed >> 32),
                       static_cast<uint32_t>(stream), static_cast<uint32_t>(stream >> 32),
                       static_cast<uint32_t>(launch), static_cast<uint32_t>(launch >> 32)};
     std::mt19937_64 rng(seq);
@@ -598,8 +598,7 @@ inline void grid_sync() {
 // with one mask. src_lane: the lane whose value the caller gets (poison if outside the mask).
 template <typename T>
 T shuffle(unsigned int mask, T v, int src_lane, const std::source_location& site) {
-  static_assert(sizeof(T) <= kShuffleBytes && std::is_trivially_copyable<T>::value,
-                "shuffle type");
+  static_assert(sizeof(T) <= kShuffleBytes && std::is_trivially_copyable<T>::value, "shuffle type");
   Block& b = *current;
   const int tid = linear_tid, lane = tid % kWarp, base = tid - lane;
   const unsigned int bit = 1u << lane;

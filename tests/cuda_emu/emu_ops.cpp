@@ -12,9 +12,9 @@
 #include <tuple>
 #include <vector>
 
-#include "cuda/causal_conv1d_kernels.cuh"
-#include "cuda/gru_kernels.cuh"
-#include "cuda/ln_gru_kernels.cuh"
+#include "cuda/causal_conv1d_host.cuh"
+#include "cuda/gru_host.cuh"
+#include "cuda/ln_gru_host.cuh"
 #include "cuda/matmul.cuh"
 
 namespace {
@@ -100,8 +100,7 @@ void launch_probe(const std::string& rule) {
     launch(probe_kernel<0>, dim3(1), dim3(32), 64 * 1024, false);
   } else if (rule == "smem-over-opt-in") {
     C10_CUDA_CHECK(cudaFuncSetAttribute(probe_kernel<1>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        228 * 1024));
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, 228 * 1024));
   } else if (rule == "threads") {
     launch(probe_kernel<2>, dim3(1), dim3(1025), 0, false);
   } else if (rule == "grid-y") {
@@ -115,8 +114,7 @@ void launch_probe(const std::string& rule) {
   } else {
     TORCH_CHECK(rule == "ok", "unknown probe ", rule);
     C10_CUDA_CHECK(cudaFuncSetAttribute(probe_kernel<5>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        227 * 1024));
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
     launch(probe_kernel<5>, dim3(4), dim3(256), 100 * 1024, true);
     TORCH_CHECK(sink == 5, "probe kernel did not run");
   }
@@ -154,31 +152,36 @@ void define_runtime_hooks(pybind11::module_& m) {
     }
     return out;
   });
-  m.def("resolved_kernels", [] {
-    std::vector<std::tuple<std::string, int, int, std::string>> out;
-    for (const auto& k : emu::resolved_kernels()) {
-      out.emplace_back(k.name, k.resources.registers, k.resources.static_smem, k.origin);
-    }
-    return out;
-  }, "(mangled name, registers, static smem, origin) of every kernel resolved so far");
-  m.def("occupancy", [](const std::string& name, int device, int threads, int64_t smem) {
-    for (const auto& [kernel, k] : [] {
-           std::lock_guard<std::mutex> lock(emu::runtime().mutex);
-           return emu::runtime().resolved;
-         }()) {
-      if (k.name == name) return emu::occupancy(emu::device(device), kernel, threads, smem);
-    }
-    TORCH_CHECK(false, "emu: kernel ", name, " has not been resolved");
-  }, "blocks per SM of a resolved kernel, as the emulated occupancy API answers");
+  m.def(
+      "resolved_kernels",
+      [] {
+        std::vector<std::tuple<std::string, int, int, std::string>> out;
+        for (const auto& k : emu::resolved_kernels()) {
+          out.emplace_back(k.name, k.resources.registers, k.resources.static_smem, k.origin);
+        }
+        return out;
+      },
+      "(mangled name, registers, static smem, origin) of every kernel resolved so far");
+  m.def(
+      "occupancy",
+      [](const std::string& name, int device, int threads, int64_t smem) {
+        for (const auto& [kernel, k] : [] {
+               std::lock_guard<std::mutex> lock(emu::runtime().mutex);
+               return emu::runtime().resolved;
+             }()) {
+          if (k.name == name) return emu::occupancy(emu::device(device), kernel, threads, smem);
+        }
+        TORCH_CHECK(false, "emu: kernel ", name, " has not been resolved");
+      },
+      "blocks per SM of a resolved kernel, as the emulated occupancy API answers");
   m.def("device_smem_optin", [](int dev) { return emu::device(dev).smem_optin; });
-  def_op(m, "tf32_matmul",
-         +[](at::Tensor out, const at::Tensor& a, const at::Tensor& b, double beta) {
-           const StreamLauncher launch = launcher<OnH100>();
-           fusedgru::cuda::column_major_matmul(out, a, b, beta, [&](const auto& g) {
-             launch.tf32_gemm(g);
-           });
-           return out;
-         });
+  def_op(
+      m, "tf32_matmul", +[](at::Tensor out, const at::Tensor& a, const at::Tensor& b, double beta) {
+        const StreamLauncher launch = launcher<OnH100>();
+        fusedgru::cuda::column_major_matmul(out, a, b, beta,
+                                            [&](const auto& g) { launch.tf32_gemm(g); });
+        return out;
+      });
   m.def("devices", [] {
     const Devices& d = devices();
     return std::map<std::string, int>{{"h100", d.h100},
@@ -187,79 +190,84 @@ void define_runtime_hooks(pybind11::module_& m) {
                                       {"h100_132", d.h100_132},
                                       {"sms8", d.sms8}};
   });
-  m.def("seed_block_order", [](uint64_t seed, uint64_t stream) {
-    emu::block_order().seed(seed, stream);
-  }, "the seed of the order in which non-cooperative launches run their blocks (cuda_emu.h)");
+  m.def(
+      "seed_block_order",
+      [](uint64_t seed, uint64_t stream) { emu::block_order().seed(seed, stream); },
+      "the seed of the order in which non-cooperative launches run their blocks (cuda_emu.h)");
   m.def("poison_guards_held", [] { return emu::PoisonedAllocations::held().load(); });
 }
 
 template <typename Launch>
 void define_conv(pybind11::module_& m, const char* suffix) {
   namespace conv = fusedgru::cuda::conv;
-  def_op(m, (std::string("causal_conv1d_fwd") + suffix).c_str(),
-         +[](const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
-             const std::optional<at::Tensor>& init, int64_t dilation, int64_t act) {
-           return conv::fwd_impl(x, w, b, init, dilation, act, launcher<Launch>());
-         });
-  def_op(m, (std::string("causal_conv1d_bwd") + suffix).c_str(),
-         +[](const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w,
-             const std::optional<at::Tensor>& b, const std::optional<at::Tensor>& init,
-             int64_t dilation, int64_t act) {
-           return conv::bwd_impl(gy, x, w, b, init, dilation, act, launcher<Launch>());
-         });
-  def_op(m, (std::string("causal_conv1d_update") + suffix).c_str(),
-         +[](const at::Tensor& x, at::Tensor state, const at::Tensor& w,
-             const std::optional<at::Tensor>& b, int64_t dilation, int64_t act) {
-           return conv::update_impl(x, state, w, b, dilation, act, launcher<Launch>());
-         });
+  def_op(
+      m, (std::string("causal_conv1d_fwd") + suffix).c_str(),
+      +[](const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
+          const std::optional<at::Tensor>& init, int64_t dilation, int64_t act) {
+        return conv::fwd_impl(x, w, b, init, dilation, act, launcher<Launch>());
+      });
+  def_op(
+      m, (std::string("causal_conv1d_bwd") + suffix).c_str(),
+      +[](const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w,
+          const std::optional<at::Tensor>& b, const std::optional<at::Tensor>& init,
+          int64_t dilation, int64_t act) {
+        return conv::bwd_impl(gy, x, w, b, init, dilation, act, launcher<Launch>());
+      });
+  def_op(
+      m, (std::string("causal_conv1d_update") + suffix).c_str(),
+      +[](const at::Tensor& x, at::Tensor state, const at::Tensor& w,
+          const std::optional<at::Tensor>& b, int64_t dilation, int64_t act) {
+        return conv::update_impl(x, state, w, b, dilation, act, launcher<Launch>());
+      });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
     const StreamLauncher& launch, const at::Tensor& input, const at::Tensor& hx,
     const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
-    const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& lengths,
-    bool reverse, bool need_workspace) {
+    const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& lengths, bool reverse,
+    bool need_workspace) {
   return fusedgru::cuda::gru::forward_impl(input, hx, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
                                            need_workspace, launch);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_backward(
     const StreamLauncher& launch, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
-    const std::optional<at::Tensor>& grad_workspace, const at::Tensor& input,
-    const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const std::optional<at::Tensor>& lengths, const at::Tensor& output,
-    const at::Tensor& workspace, bool reverse, bool has_bias, bool need_input_grad,
-    bool need_weight_grad) {
-  return fusedgru::cuda::gru::backward_impl(grad_output, grad_h_n, grad_workspace, input, hx,
-                                            w_ih, w_hh, lengths, output, workspace, reverse,
-                                            has_bias, need_input_grad, need_weight_grad, launch);
+    const std::optional<at::Tensor>& grad_workspace, const at::Tensor& input, const at::Tensor& hx,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& lengths,
+    const at::Tensor& output, const at::Tensor& workspace, bool reverse, bool has_bias,
+    bool need_input_grad, bool need_weight_grad) {
+  return fusedgru::cuda::gru::backward_impl(grad_output, grad_h_n, grad_workspace, input, hx, w_ih,
+                                            w_hh, lengths, output, workspace, reverse, has_bias,
+                                            need_input_grad, need_weight_grad, launch);
 }
 
 template <typename Launch>
 void define_gru_forward(pybind11::module_& m, const char* name) {
-  def_op(m, name,
-         +[](const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
-             const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
-             const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& lengths,
-             bool reverse, bool need_workspace) {
-           return gru_forward(launcher<Launch>(), input, hx, w_ih, w_hh, b_ih, b_hh, lengths,
-                              reverse, need_workspace);
-         });
+  def_op(
+      m, name,
+      +[](const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+          const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+          const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& lengths,
+          bool reverse, bool need_workspace) {
+        return gru_forward(launcher<Launch>(), input, hx, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
+                           need_workspace);
+      });
 }
 
 template <typename Launch>
 void define_gru_backward(pybind11::module_& m, const char* name) {
-  def_op(m, name,
-         +[](const at::Tensor& grad_output, const at::Tensor& grad_h_n,
-             const std::optional<at::Tensor>& grad_workspace, const at::Tensor& input,
-             const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
-             const std::optional<at::Tensor>& lengths, const at::Tensor& output,
-             const at::Tensor& workspace, bool reverse, bool has_bias, bool need_input_grad,
-             bool need_weight_grad) {
-           return gru_backward(launcher<Launch>(), grad_output, grad_h_n, grad_workspace, input,
-                               hx, w_ih, w_hh, lengths, output, workspace, reverse, has_bias,
-                               need_input_grad, need_weight_grad);
-         });
+  def_op(
+      m, name,
+      +[](const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+          const std::optional<at::Tensor>& grad_workspace, const at::Tensor& input,
+          const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+          const std::optional<at::Tensor>& lengths, const at::Tensor& output,
+          const at::Tensor& workspace, bool reverse, bool has_bias, bool need_input_grad,
+          bool need_weight_grad) {
+        return gru_backward(launcher<Launch>(), grad_output, grad_h_n, grad_workspace, input, hx,
+                            w_ih, w_hh, lengths, output, workspace, reverse, has_bias,
+                            need_input_grad, need_weight_grad);
+      });
 }
 
 void define_gru(pybind11::module_& m) {
@@ -269,17 +277,18 @@ void define_gru(pybind11::module_& m) {
   // versions never do; the *_on versions run on the emulated device given first (devices()).
   define_gru_forward<OnH100>(m, "gru_forward");
   define_gru_forward<NoCooperative>(m, "gru_forward_per_step");
-  def_op(m, "gru_forward_on",
-         +[](int64_t device, const at::Tensor& input, const at::Tensor& hx,
-             const at::Tensor& w_ih, const at::Tensor& w_hh,
-             const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
-             const std::optional<at::Tensor>& lengths, bool reverse, bool need_workspace) {
-           return gru_forward(launcher_on(static_cast<int>(device)), input, hx, w_ih, w_hh, b_ih,
-                              b_hh, lengths, reverse, need_workspace);
-         });
+  def_op(
+      m, "gru_forward_on",
+      +[](int64_t device, const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+          const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+          const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& lengths,
+          bool reverse, bool need_workspace) {
+        return gru_forward(launcher_on(static_cast<int>(device)), input, hx, w_ih, w_hh, b_ih, b_hh,
+                           lengths, reverse, need_workspace);
+      });
   m.def("gru_persistent_blocks", [](int64_t T, int64_t N, int64_t H, bool fp64) {
-    const auto plan = fp64 ? cuda::gru::persistent_plan<double>(T, N, H, launcher<OnH100>())
-                           : cuda::gru::persistent_plan<float>(T, N, H, launcher<OnH100>());
+    const auto plan = fp64 ? cuda::gru::persistent_forward_plan<double>(T, N, H, launcher<OnH100>())
+                           : cuda::gru::persistent_forward_plan<float>(T, N, H, launcher<OnH100>());
     return static_cast<int64_t>(plan.blocks);
   });
   m.def("gru_persistent_backward_blocks", [](int64_t T, int64_t N, int64_t H, bool fp64) {
@@ -296,60 +305,62 @@ void define_gru(pybind11::module_& m) {
     const cuda::gru::PersistentPlan plan =
         backward ? (fp64 ? cuda::gru::persistent_backward_plan<double>(T, N, H, true, false, launch)
                          : cuda::gru::persistent_backward_plan<float>(T, N, H, true, false, launch))
-                 : (fp64 ? cuda::gru::persistent_plan<double>(T, N, H, launch)
-                         : cuda::gru::persistent_plan<float>(T, N, H, launch));
+                 : (fp64 ? cuda::gru::persistent_forward_plan<double>(T, N, H, launch)
+                         : cuda::gru::persistent_forward_plan<float>(T, N, H, launch));
     return std::make_tuple(plan.J, plan.KS, static_cast<int64_t>(plan.blocks), plan.smem);
   });
   define_gru_backward<OnH100>(m, "gru_backward");
   define_gru_backward<NoCooperative>(m, "gru_backward_per_step");
-  def_op(m, "gru_backward_on",
-         +[](int64_t device, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
-             const std::optional<at::Tensor>& grad_workspace, const at::Tensor& input,
-             const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
-             const std::optional<at::Tensor>& lengths, const at::Tensor& output,
-             const at::Tensor& workspace, bool reverse, bool has_bias, bool need_input_grad,
-             bool need_weight_grad) {
-           return gru_backward(launcher_on(static_cast<int>(device)), grad_output, grad_h_n,
-                               grad_workspace, input, hx, w_ih, w_hh, lengths, output, workspace,
-                               reverse, has_bias, need_input_grad, need_weight_grad);
-         });
-  def_op(m, "gru_cell",
-         +[](const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
-             const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
-             const std::optional<at::Tensor>& b_hh) {
-           return cuda::gru::cell_impl(input, hx, w_ih, w_hh, b_ih, b_hh, launcher<OnH100>());
-         });
-  def_op(m, "ln_gru_forward",
-         +[](const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
-             const at::Tensor& w_hh, const at::Tensor& g_i, const at::Tensor& b_i,
-             const at::Tensor& g_h, const at::Tensor& b_h,
-             const std::optional<at::Tensor>& lengths, bool reverse, double eps,
-             bool need_workspace) {
-           return cuda::ln_gru::forward_impl(input, hx, w_ih, w_hh, g_i, b_i, g_h, b_h, lengths,
-                                             reverse, eps, need_workspace, launcher<OnH100>());
-         });
-  def_op(m, "ln_gru_backward",
-         +[](const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
-             const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
-             const at::Tensor& g_i, const at::Tensor& g_h, const at::Tensor& b_h,
-             const std::optional<at::Tensor>& lengths, const at::Tensor& output,
-             const at::Tensor& workspace, bool reverse, bool need_input_grad,
-             bool need_weight_grad) {
-           return cuda::ln_gru::backward_impl(grad_output, grad_h_n, input, hx, w_ih, w_hh, g_i,
-                                              g_h, b_h, lengths, output, workspace, reverse,
-                                              need_input_grad, need_weight_grad,
-                                              launcher<OnH100>());
-         });
+  def_op(
+      m, "gru_backward_on",
+      +[](int64_t device, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+          const std::optional<at::Tensor>& grad_workspace, const at::Tensor& input,
+          const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+          const std::optional<at::Tensor>& lengths, const at::Tensor& output,
+          const at::Tensor& workspace, bool reverse, bool has_bias, bool need_input_grad,
+          bool need_weight_grad) {
+        return gru_backward(launcher_on(static_cast<int>(device)), grad_output, grad_h_n,
+                            grad_workspace, input, hx, w_ih, w_hh, lengths, output, workspace,
+                            reverse, has_bias, need_input_grad, need_weight_grad);
+      });
+  def_op(
+      m, "gru_cell",
+      +[](const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+          const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+          const std::optional<at::Tensor>& b_hh) {
+        return cuda::gru::cell_impl(input, hx, w_ih, w_hh, b_ih, b_hh, launcher<OnH100>());
+      });
+  def_op(
+      m, "ln_gru_forward",
+      +[](const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+          const at::Tensor& w_hh, const at::Tensor& g_i, const at::Tensor& b_i,
+          const at::Tensor& g_h, const at::Tensor& b_h, const std::optional<at::Tensor>& lengths,
+          bool reverse, double eps, bool need_workspace) {
+        return cuda::ln_gru::forward_impl(input, hx, w_ih, w_hh, g_i, b_i, g_h, b_h, lengths,
+                                          reverse, eps, need_workspace, launcher<OnH100>());
+      });
+  def_op(
+      m, "ln_gru_backward",
+      +[](const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
+          const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+          const at::Tensor& g_i, const at::Tensor& g_h, const at::Tensor& b_h,
+          const std::optional<at::Tensor>& lengths, const at::Tensor& output,
+          const at::Tensor& workspace, bool reverse, bool need_input_grad, bool need_weight_grad) {
+        return cuda::ln_gru::backward_impl(grad_output, grad_h_n, input, hx, w_ih, w_hh, g_i, g_h,
+                                           b_h, lengths, output, workspace, reverse,
+                                           need_input_grad, need_weight_grad, launcher<OnH100>());
+      });
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   define_runtime_hooks(m);
-  def_op(m, "gemm", +[](at::Tensor out, const at::Tensor& a, const at::Tensor& b, double beta) {
-    fusedgru::cuda::gemm::matmul(out, a, b, beta, launcher<OnH100>());
-    return out;
-  });
+  def_op(
+      m, "gemm", +[](at::Tensor out, const at::Tensor& a, const at::Tensor& b, double beta) {
+        fusedgru::cuda::gemm::matmul(out, a, b, beta, launcher<OnH100>());
+        return out;
+      });
   define_conv<OnH100>(m, "");
   define_conv<SmallSmem>(m, "_small_smem");
   define_gru(m);

@@ -32,16 +32,16 @@
 
 #include <atomic>
 #include <cmath>
-#include <cstdlib>
-#include <fstream>
-#include <sstream>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <map>
-#include <optional>
-#include <tuple>
 #include <mutex>
+#include <optional>
+#include <sstream>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -58,12 +58,18 @@ enum cudaError_t {
 
 inline const char* cudaGetErrorString(cudaError_t e) {
   switch (e) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
-    case cudaErrorInvalidDevice: return "invalid device ordinal";
-    case cudaErrorCooperativeLaunchTooLarge: return "too many blocks in cooperative launch";
-    case cudaErrorNotSupported: return "operation not supported";
+    case cudaSuccess:
+      return "no error";
+    case cudaErrorInvalidValue:
+      return "invalid argument";
+    case cudaErrorInvalidConfiguration:
+      return "invalid configuration argument";
+    case cudaErrorInvalidDevice:
+      return "invalid device ordinal";
+    case cudaErrorCooperativeLaunchTooLarge:
+      return "too many blocks in cooperative launch";
+    case cudaErrorNotSupported:
+      return "operation not supported";
   }
   return "unknown error";
 }
@@ -115,7 +121,7 @@ struct KernelResources {
 };
 
 struct ResolvedKernel {
-  std::string name;    // mangled, as nvcc's report names it
+  std::string name;  // mangled, as nvcc's report names it
   KernelResources resources;
   std::string origin;  // "ptxas" (the table), "set" (emu::set_registers) or "default"
 };
@@ -125,8 +131,8 @@ struct ResolvedKernel {
 struct Device {
   int sms;
   bool cooperative;
-  int smem_optin;                 // bytes per block with the opt-in (H100: 227 KB)
-  int smem_per_sm = 228 * 1024;   // H100: 228 KB per SM, 1 KB of it reserved per block
+  int smem_optin;                // bytes per block with the opt-in (H100: 227 KB)
+  int smem_per_sm = 228 * 1024;  // H100: 228 KB per SM, 1 KB of it reserved per block
   int smem_reserved = 1024;
   int regs_per_sm = 64 * 1024;
   int threads_per_sm = 2048;
@@ -137,12 +143,12 @@ struct Runtime {
   std::mutex mutex;
   std::vector<Device> devices;
   std::map<std::pair<int, const void*>, int> max_dynamic_smem;  // cudaFuncSetAttribute
-  std::map<const void*, int> registers;                           // set_registers
-  std::map<const void*, ResolvedKernel> resolved;                 // resources_of, by kernel
-  std::map<std::string, int64_t> gemm_calls;                      // compute type -> calls
-  std::vector<std::tuple<int, const void*, int>> smem_sets;       // (device, kernel, bytes)
-  bool fail_next_launch = false;                                  // test hook
-  std::optional<std::vector<int>> flags_at_start;                 // snapshot_flags()
+  std::map<const void*, int> registers;                         // set_registers
+  std::map<const void*, ResolvedKernel> resolved;               // resources_of, by kernel
+  std::map<std::string, int64_t> gemm_calls;                    // compute type -> calls
+  std::vector<std::tuple<int, const void*, int>> smem_sets;     // (device, kernel, bytes)
+  bool fail_next_launch = false;                                // test hook
+  std::optional<std::vector<int>> flags_at_start;               // snapshot_flags()
 };
 
 inline Runtime& runtime() {
@@ -166,8 +172,8 @@ inline void set_device(int index) { current_device = index; }
 inline Device device(int index) {
   Runtime& r = runtime();
   std::lock_guard<std::mutex> lock(r.mutex);
-  TORCH_CHECK(index >= 0 && index < static_cast<int>(r.devices.size()),
-              "emu: no emulated device ", index);
+  TORCH_CHECK(index >= 0 && index < static_cast<int>(r.devices.size()), "emu: no emulated device ",
+              index);
   return r.devices[index];
 }
 
@@ -218,8 +224,8 @@ inline KernelResources resources_of(const void* kernel) {
     return it->second.resources;
   }
   Dl_info info{};
-  const bool named = dladdr(kernel, &info) != 0 && info.dli_sname != nullptr &&
-                     info.dli_saddr == kernel;
+  const bool named =
+      dladdr(kernel, &info) != 0 && info.dli_sname != nullptr && info.dli_saddr == kernel;
   ResolvedKernel k{named ? info.dli_sname : "", {kDefaultRegisters, 0}, "default"};
   const auto& table = ptxas_table();
   if (const auto set = r.registers.find(kernel); set != r.registers.end()) {
@@ -266,12 +272,12 @@ inline int64_t gemm_calls(const std::string& compute_type) {
 inline std::vector<int> precision_flags() {
   const auto& ctx = at::globalContext();
   std::vector<int> v;
-  for (at::Float32Op op : {at::Float32Op::ALL, at::Float32Op::CONV, at::Float32Op::RNN,
-                           at::Float32Op::MATMUL}) {
+  for (at::Float32Op op :
+       {at::Float32Op::ALL, at::Float32Op::CONV, at::Float32Op::RNN, at::Float32Op::MATMUL}) {
     v.push_back(static_cast<int>(ctx.float32Precision(at::Float32Backend::CUDA, op)));
   }
-  v.push_back(static_cast<int>(ctx.float32Precision(at::Float32Backend::GENERIC,
-                                                     at::Float32Op::ALL)));
+  v.push_back(
+      static_cast<int>(ctx.float32Precision(at::Float32Backend::GENERIC, at::Float32Op::ALL)));
   v.push_back(at::NoTF32Guard::should_disable_tf32() ? 1 : 0);
   return v;
 }
@@ -348,9 +354,15 @@ inline cudaError_t cudaGetLastError() {
 inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int dev) {
   const emu::Device d = emu::device(dev);
   switch (attr) {
-    case cudaDevAttrMultiProcessorCount: *value = d.sms; break;
-    case cudaDevAttrCooperativeLaunch: *value = d.cooperative ? 1 : 0; break;
-    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = d.smem_optin; break;
+    case cudaDevAttrMultiProcessorCount:
+      *value = d.sms;
+      break;
+    case cudaDevAttrCooperativeLaunch:
+      *value = d.cooperative ? 1 : 0;
+      break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin:
+      *value = d.smem_optin;
+      break;
   }
   return cudaSuccess;
 }
@@ -420,8 +432,8 @@ cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(
   }
   if (cooperative) {
     if (!d.cooperative) return emu::fail(cudaErrorNotSupported);
-    const long long fit = 1ll * emu::occupancy(d, k, static_cast<int>(threads),
-                                               config->dynamicSmemBytes) * d.sms;
+    const long long fit =
+        1ll * emu::occupancy(d, k, static_cast<int>(threads), config->dynamicSmemBytes) * d.sms;
     if (1ll * g.x * g.y * g.z > fit) return emu::fail(cudaErrorCooperativeLaunchTooLarge);
     emu::launch_cooperative(kernel, g, b, config->dynamicSmemBytes, std::forward<Args>(args)...);
   } else {
@@ -431,14 +443,14 @@ cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(
 }
 
 // As c10's: a failure clears the thread's last error (cudaGetLastError) before it throws.
-#define C10_CUDA_CHECK(EXPR)                                                           \
-  do {                                                                                 \
-    const cudaError_t fusedgru_emu_err = (EXPR);                                       \
-    if (fusedgru_emu_err != cudaSuccess) {                                             \
-      (void)cudaGetLastError();                                                        \
-      TORCH_CHECK(false, "CUDA error: ", cudaGetErrorString(fusedgru_emu_err),         \
-                  " (emulated, from " #EXPR ")");                                      \
-    }                                                                                  \
+#define C10_CUDA_CHECK(EXPR)                                                   \
+  do {                                                                         \
+    const cudaError_t fusedgru_emu_err = (EXPR);                               \
+    if (fusedgru_emu_err != cudaSuccess) {                                     \
+      (void)cudaGetLastError();                                                \
+      TORCH_CHECK(false, "CUDA error: ", cudaGetErrorString(fusedgru_emu_err), \
+                  " (emulated, from " #EXPR ")");                              \
+    }                                                                          \
   } while (0)
 #define C10_CUDA_KERNEL_LAUNCH_CHECK() C10_CUDA_CHECK(cudaGetLastError())
 
@@ -472,16 +484,15 @@ inline float to_tf32(float v) {
 }  // namespace emu
 
 inline cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t transa,
-                                   cublasOperation_t transb, int m, int n, int k,
-                                   const void* alpha, const void* A, cudaDataType atype, int lda,
-                                   const void* B, cudaDataType btype, int ldb, const void* beta,
-                                   void* C, cudaDataType ctype, int ldc,
-                                   cublasComputeType_t compute, cublasGemmAlgo_t) {
+                                   cublasOperation_t transb, int m, int n, int k, const void* alpha,
+                                   const void* A, cudaDataType atype, int lda, const void* B,
+                                   cudaDataType btype, int ldb, const void* beta, void* C,
+                                   cudaDataType ctype, int ldc, cublasComputeType_t compute,
+                                   cublasGemmAlgo_t) {
   const bool ta = transa == CUBLAS_OP_T, tb = transb == CUBLAS_OP_T;
   // cuBLAS's own argument checks (cublasGemmEx: "lda < max(1, transa ? k : m)" and so on).
-  if (m < 0 || n < 0 || k < 0 || lda < std::max(1, ta ? k : m) ||
-      ldb < std::max(1, tb ? n : k) || ldc < std::max(1, m) || atype != CUDA_R_32F ||
-      btype != CUDA_R_32F || ctype != CUDA_R_32F) {
+  if (m < 0 || n < 0 || k < 0 || lda < std::max(1, ta ? k : m) || ldb < std::max(1, tb ? n : k) ||
+      ldc < std::max(1, m) || atype != CUDA_R_32F || btype != CUDA_R_32F || ctype != CUDA_R_32F) {
     return CUBLAS_STATUS_INVALID_VALUE;
   }
   const bool tf32 = compute == CUBLAS_COMPUTE_32F_FAST_TF32;
@@ -501,8 +512,10 @@ inline cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t transa,
     for (int i = 0; i < m; ++i) {
       float acc = 0;
       for (int l = 0; l < k; ++l) {
-        const float av = ta ? a[l + static_cast<int64_t>(i) * lda] : a[i + static_cast<int64_t>(l) * lda];
-        const float bv = tb ? b[j + static_cast<int64_t>(l) * ldb] : b[l + static_cast<int64_t>(j) * ldb];
+        const float av =
+            ta ? a[l + static_cast<int64_t>(i) * lda] : a[i + static_cast<int64_t>(l) * lda];
+        const float bv =
+            tb ? b[j + static_cast<int64_t>(l) * ldb] : b[l + static_cast<int64_t>(j) * ldb];
         acc += op(av) * op(bv);
       }
       float& cij = c[i + static_cast<int64_t>(j) * ldc];
@@ -512,10 +525,9 @@ inline cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t transa,
   return CUBLAS_STATUS_SUCCESS;
 }
 
-#define TORCH_CUDABLAS_CHECK(EXPR)                                                  \
-  do {                                                                              \
-    const cublasStatus_t fusedgru_emu_status = (EXPR);                              \
-    TORCH_CHECK(fusedgru_emu_status == CUBLAS_STATUS_SUCCESS,                       \
-                "CUDA error: cuBLAS status ", static_cast<int>(fusedgru_emu_status), \
-                " (emulated, from " #EXPR ")");                                     \
+#define TORCH_CUDABLAS_CHECK(EXPR)                                                          \
+  do {                                                                                      \
+    const cublasStatus_t fusedgru_emu_status = (EXPR);                                      \
+    TORCH_CHECK(fusedgru_emu_status == CUBLAS_STATUS_SUCCESS, "CUDA error: cuBLAS status ", \
+                static_cast<int>(fusedgru_emu_status), " (emulated, from " #EXPR ")");      \
   } while (0)

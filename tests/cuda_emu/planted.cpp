@@ -240,8 +240,7 @@ __global__ void race_kernel(Race mode, double* out) {
 // ---- entry points ------------------------------------------------------------------------------
 
 template <typename Kernel, typename... Args>
-void plain(Kernel kernel, unsigned int blocks, unsigned int threads, size_t smem,
-           Args... args) {
+void plain(Kernel kernel, unsigned int blocks, unsigned int threads, size_t smem, Args... args) {
   emu::launch(kernel, dim3(blocks), dim3(threads), smem, args...);
 }
 
@@ -336,8 +335,9 @@ Result meet() {
 }
 
 Result race(const std::string& mode) {
-  const Race r = mode == "barrier" ? Race::kBarrier : mode == "none" ? Race::kNone
-                                                                     : Race::kShuffles;
+  const Race r = mode == "barrier" ? Race::kBarrier
+                 : mode == "none"  ? Race::kNone
+                                   : Race::kShuffles;
   TORCH_CHECK(mode == "barrier" || mode == "none" || mode == "shuffles", "no race mode ", mode);
   Result out(2 * kPlantedThreads, 0.0);
   plain(race_kernel, 1, kPlantedThreads, kPlantedThreads * sizeof(double), r, out.data());
@@ -357,7 +357,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("race", &race);
   m.def("block_permutation", &emu::BlockOrder::permutation);
   m.def("block_order_seed", [] { return emu::block_order().current_seed(); });
-  m.def("seed_block_order", [](uint64_t seed, uint64_t stream) {
-    emu::block_order().seed(seed, stream);
-  });
+  m.def("seed_block_order",
+        [](uint64_t seed, uint64_t stream) { emu::block_order().seed(seed, stream); });
 }

@@ -1,32 +1,19 @@
-// CUDA kernels of the layer-normalized GRU ops (equations: ../cpu/ln_gru.cpp) and the host code
-// that launches them, over a launcher (launch.cuh) so the tests also run them under the emulator.
-//
-// Forward, per layer and direction: the input projection and its normalization for all steps
-// (ln_gru_common.cpp), then per step one GEMM (h_{t-1} W_hh^T, ATen/cuBLAS) and ONE fused kernel
-// with a block per batch row: the row's mean/variance over its 3H recurrent pre-activations
-// (block reduction), the normalization and the gates. Backward per step: one fused kernel per
-// row (gate gradients, then the gradient through the normalization with the row's two
-// reductions) and one GEMM carrying dh back; then the all-steps GEMMs and parameter reductions.
-// ln_gru.cu: current stream, device guard, launch checks, no host synchronization.
+// The layer-normalized GRU's per-step kernels, one block per batch row: the forward's row
+// statistics over the 3H recurrent pre-activations (block reduction), the normalization and the
+// gates; the backward's gate gradients and the gradient through the normalization. Equations,
+// shape legend and params structs: ../fusedgru.h.
 #pragma once
 
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 
-#include <optional>
-#include <tuple>
-
 #include "../fusedgru.h"
-#include "matmul.cuh"
-#include "gru_common.cuh"
+#include "device_helpers.cuh"
 #include "launch.cuh"
 
 namespace fusedgru {
 namespace cuda {
 namespace ln_gru {
-
-using at::Tensor;
 
 constexpr int kThreads = 256;
 
@@ -54,26 +41,14 @@ __device__ __forceinline__ void block_sum2(T& a, T& b, T* scratch) {
   __syncthreads();  // scratch may be reused right after
 }
 
-struct LnStep {
-  const void* ai;    // [N, 3H] row stride ai_sn: normalized, scaled input pre-activations
-  const void* gh;    // [N, 3H] contiguous: raw h_{t-1} W_hh^T
-  const void* g_h;   // [3H]
-  const void* b_h;   // [3H]
-  void* h;           // [N, H]: h_{t-1} in, h_t out
-  void* out;         // [N, H] row stride out_sn
-  void* ws;          // [N, 9H + 2] row stride ws_sn, or nullptr
-  const int64_t* lengths;
-  int64_t t, N, H, ai_sn, out_sn, ws_sn;
-  double eps;
-};
-
 // grid: N blocks (one per batch row).
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) ln_gru_forward_kernel(LnStep p) {
+__global__ void __launch_bounds__(kThreads) ln_gru_forward_kernel(LnGruForwardPointwise p) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t scratch[64];
   const int64_t i = blockIdx.x, H = p.H, G = 3 * H;
-  auto* h = static_cast<scalar_t*>(p.h) + i * H;
+  const auto* h_in = static_cast<const scalar_t*>(p.h_in) + i * H;
+  auto* h_out = static_cast<scalar_t*>(p.h_out) + i * H;
   auto* out = static_cast<scalar_t*>(p.out) + i * p.out_sn;
   auto* ws = p.ws != nullptr ? static_cast<scalar_t*>(p.ws) + i * p.ws_sn : nullptr;
   if (p.lengths != nullptr && p.t >= p.lengths[i]) {  // inactive: keep h, zero the rest
@@ -116,8 +91,8 @@ __global__ void __launch_bounds__(kThreads) ln_gru_forward_kernel(LnStep p) {
     const acc_t r = sigmoid_(acc_t(ai[j]) + ah[0]);
     const acc_t z = sigmoid_(acc_t(ai[H + j]) + ah[1]);
     const acc_t n = tanh(acc_t(ai[2 * H + j]) + r * ah[2]);
-    const scalar_t h1 = scalar_t(n + z * (acc_t(h[j]) - n));
-    h[j] = h1;
+    const scalar_t h1 = scalar_t(n + z * (acc_t(h_in[j]) - n));
+    h_out[j] = h1;
     out[j] = h1;
     if (ws != nullptr) {
       ws[j] = scalar_t(r);
@@ -185,92 +160,6 @@ __global__ void __launch_bounds__(kThreads) ln_gru_backward_kernel(LnGruBackward
     const acc_t dxh = acc_t(da_h[k]) * acc_t(gamma[k]);
     dg[k] = scalar_t(rstd * (dxh - m1 - acc_t(ws[3 * H + k]) * m2));
   }
-}
-
-template <typename Launch>
-std::tuple<Tensor, Tensor, Tensor> forward_impl(
-    const Tensor& input, const Tensor& hx, const Tensor& weight_ih, const Tensor& weight_hh,
-    const Tensor& ln_ih_weight, const Tensor& ln_ih_bias, const Tensor& ln_hh_weight,
-    const Tensor& ln_hh_bias, const std::optional<Tensor>& lengths, bool reverse, double eps,
-    bool need_workspace, const Launch& launch) {
-  check_ln_gru_forward_args(input, hx, weight_ih, weight_hh, ln_ih_weight, ln_ih_bias,
-                            ln_hh_weight, ln_hh_bias, lengths, eps);
-  const Matmul mm = matmul_for(launch, input.scalar_type());
-  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
-  const auto opts = input.options();
-  const Tensor x = steps_layout(input);
-  const bool bm = is_batch_major(x);
-  Tensor output = alloc_steps(bm, T, N, H, opts);
-  Tensor workspace =
-      need_workspace ? alloc_steps(bm, T, N, ln_gru_saved_width(H), opts) : at::empty({0}, opts);
-  Tensor h = hx.clone(at::MemoryFormat::Contiguous);
-  if (N == 0) return {output, h, workspace};
-  const Tensor ai = ln_gru_input_norm(x, bm, weight_ih, ln_ih_weight, ln_ih_bias, eps,
-                                      workspace, mm);
-  const Tensor g_h = ln_hh_weight.contiguous(), b_h = ln_hh_bias.contiguous();
-  const Tensor len = lengths.has_value() ? lengths->contiguous() : Tensor();
-  const Tensor w_hh_t = weight_hh.t();
-  Tensor gh = at::empty({N, 3 * H}, opts);
-  LnStep p{};
-  p.gh = gh.data_ptr();
-  p.g_h = g_h.data_ptr();
-  p.b_h = b_h.data_ptr();
-  p.h = h.data_ptr();
-  p.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
-  p.N = N;
-  p.H = H;
-  p.ai_sn = ai.stride(1);
-  p.out_sn = output.stride(1);
-  p.ws_sn = need_workspace ? workspace.stride(1) : 0;
-  p.eps = eps;
-  for (int64_t s = 0; s < T; ++s) {
-    const int64_t t = reverse ? T - 1 - s : s;
-    mm(gh, h, w_hh_t, 0.0);
-    p.t = t;
-    p.ai = step_ptr(ai, t);
-    p.out = step_ptr(output, t);
-    p.ws = need_workspace ? step_ptr(workspace, t) : nullptr;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                    "ln_gru_forward_cuda", [&] {
-      launch(ln_gru_forward_kernel<scalar_t>, dim3(static_cast<unsigned int>(N)), dim3(kThreads),
-             0, p);
-    });
-  }
-  return {output, h, workspace};
-}
-
-template <typename Launch>
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
-    const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input, const Tensor& hx,
-    const Tensor& weight_ih, const Tensor& weight_hh, const Tensor& ln_ih_weight,
-    const Tensor& ln_hh_weight, const Tensor& ln_hh_bias, const std::optional<Tensor>& lengths,
-    const Tensor& output, const Tensor& workspace, bool reverse, bool need_input_grad,
-    bool need_weight_grad, const Launch& launch) {
-  check_ln_gru_backward_args(grad_output, grad_h_n, input, hx, weight_ih, weight_hh,
-                             ln_ih_weight, ln_hh_weight, ln_hh_bias, lengths, output, workspace);
-  const Matmul mm = matmul_for(launch, input.scalar_type());
-  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
-  const Tensor x = steps_layout(input);
-  const bool bm = is_batch_major(x);
-  LnGruBackwardState st = ln_gru_backward_state(grad_output, grad_h_n, x, bm, hx, H,
-                                                ln_hh_weight, ln_hh_bias, lengths, output,
-                                                workspace, reverse);
-  for (int64_t s = 0; s < T && N > 0; ++s) {
-    const int64_t t = reverse ? s : T - 1 - s;
-    const LnGruBackwardPointwise p = st.at_step(t);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                    "ln_gru_backward_cuda", [&] {
-      launch(ln_gru_backward_kernel<scalar_t>, dim3(static_cast<unsigned int>(N)),
-             dim3(kThreads), 0, p);
-    });
-    mm(st.dh, st.dg_raw.select(0, t), weight_hh, 1.0);
-  }
-  auto [d_gi, g_gi, g_bi, g_gh, g_bh] =
-      ln_gru_input_backward(bm, ln_ih_weight, st.ws, st.da_i, st.da_h, need_weight_grad);
-  auto [grad_input, g_wih, g_whh] =
-      ln_gru_backward_gemms(x, bm, weight_ih, d_gi, st.dg_raw, st.hprev, need_input_grad,
-                            need_weight_grad, mm);
-  return {grad_input, st.dh, g_wih, g_whh, g_gi, g_bi, g_gh, g_bh};
 }
 
 }  // namespace ln_gru

@@ -1,4 +1,5 @@
-// Pieces shared by the CUDA GRU kernels.
+// Device functions every GRU kernel uses (plain GRU and LayerNormGRU, per-step, persistent and
+// cell): the sigmoid in the math type and the clamped sequence length.
 #pragma once
 
 #include <cstdint>
