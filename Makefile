@@ -54,6 +54,15 @@ bench: setup
 bench-conv: setup
 	$(PY) benchmarks/bench_conv.py $(ARGS)
 
+# Op-level micro-benchmarks (pytest-benchmark): each fusedgru op against the torch computation it
+# replaces, a few small CPU shapes; a table per op and shape, the JSON in benchmarks/runs/micro.json.
+# Not part of make test (pytest tests collects tests/ only).
+.PHONY: bench-micro
+bench-micro: setup
+	mkdir -p benchmarks/runs
+	$(PY) -m pytest benchmarks/test_op_micro.py -q -p no:cacheprovider --benchmark-only \
+	--benchmark-warmup=on --benchmark-json benchmarks/runs/micro.json $(ARGS)
+
 # The examples' extras (vega_datasets, sktime, matplotlib), which make test and make bench do not
 # install; then both examples (about 2 minutes each on 2 cores; ARGS="--smoke" for seconds).
 .PHONY: examples examples-deps check-packaging
