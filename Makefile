@@ -3,13 +3,18 @@
 PY := .venv/bin/python
 ARGS ?=
 
-.PHONY: setup test test-emu-asan bench bench-conv gpu-check gpu-check-dry-run clean
+.PHONY: setup test test-emu-asan bench bench-conv gpu-check gpu-check-dry-run lint clean
 
 setup:
 	@bash scripts/bootstrap.sh
 
 test: setup
 	$(PY) -m pytest tests -q $(ARGS)
+
+# Linters, one line per language: Python (ruff check, configured in pyproject.toml; lint only,
+# no reformatting).
+lint: setup
+	$(PY) -m ruff check .
 
 # The CUDA kernels under the host emulator, built with AddressSanitizer: any out-of-bounds access
 # to a tensor or to shared memory aborts with a report (CI runs this after `make test`).

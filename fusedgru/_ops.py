@@ -17,8 +17,8 @@ from torch import Tensor
 from torch._C._functorch import TransformType
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
-from . import _C  # noqa: F401  (loading the library registers the ops)
-from . import reference
+# Loading the compiled library (_C) registers the ops.
+from . import _C, reference  # noqa: F401
 
 # ---- the schemas, read from the registered ops ----
 

@@ -21,8 +21,14 @@ from torch.nn.utils.weight_norm import WeightNorm
 
 from . import _ops, reference
 from ._ops import fused_or_reference
-from .functional import _autocast, _check_devices_and_dtypes, autocast_enabled, gru, ln_gru, \
-    no_autocast
+from .functional import (
+    _autocast,
+    _check_devices_and_dtypes,
+    autocast_enabled,
+    gru,
+    ln_gru,
+    no_autocast,
+)
 
 
 def _packed_to_padded(data: Tensor, batch_sizes: Tensor):

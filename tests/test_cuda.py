@@ -13,7 +13,8 @@ import fusedgru
 def test_device_mismatch_is_clear():
     ours = fusedgru.GRU(4, 6)
     x = torch.randn(3, 2, 4, device="cuda")
-    with pytest.raises(RuntimeError, match="Input and parameter tensors are not at the same device"):
+    with pytest.raises(RuntimeError,
+                       match="Input and parameter tensors are not at the same device"):
         ours(x)
     with pytest.raises(RuntimeError, match="Input and hidden tensors are not at the same device"):
         ours.cuda()(x, torch.randn(1, 2, 6))

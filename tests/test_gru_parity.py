@@ -12,7 +12,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fusedgru
 
-
+# (T, N, C, H, num_layers, bidirectional, batch_first, bias): odd sizes, T=1, N=1, deep, wide.
 CONFIGS = [
     (1, 1, 1, 1, 1, False, False, True),
     (1, 3, 17, 130, 1, True, False, True),
@@ -224,7 +224,8 @@ def test_streaming_single_steps_equal_the_full_sequence(device, N):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("scale", [float("inf"), 1e30, 1e36, 3e38], ids=["inf", "1e30", "1e36", "3e38"])
+@pytest.mark.parametrize("scale", [float("inf"), 1e30, 1e36, 3e38],
+                         ids=["inf", "1e30", "1e36", "3e38"])
 def test_extreme_states_behave_like_nn_gru(device, scale):
     """IEEE-faithful activations at the extremes: sigmoid(-inf) is exactly 0 and exp overflows
     to inf as in torch.sigmoid/torch.tanh, so an infinite or huge hidden state gives nn.GRU's
@@ -340,7 +341,7 @@ def test_threads_sharing_one_module_equal_sequential_runs():
         results, errors = [None] * 4, []
         barrier = threading.Barrier(4)
 
-        def worker(i):
+        def worker(i, barrier=barrier, results=results, errors=errors):  # this round's
             try:
                 barrier.wait()
                 results[i] = run(i)
