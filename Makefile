@@ -3,13 +3,18 @@
 PY := .venv/bin/python
 ARGS ?=
 
-.PHONY: setup test test-emu-asan bench bench-conv gpu-check gpu-check-dry-run clean
+.PHONY: setup test test-emu-asan bench bench-conv gpu-check gpu-check-dry-run lint clean
 
 setup:
 	@bash scripts/bootstrap.sh
 
 test: setup
 	$(PY) -m pytest tests -q $(ARGS)
+
+# Linters, one line per language: Python (ruff check, configured in pyproject.toml; lint only,
+# no reformatting).
+lint: setup
+	$(PY) -m ruff check .
 
 # The CUDA kernels under the host emulator, built with AddressSanitizer: any out-of-bounds access
 # to a tensor or to shared memory aborts with a report (CI runs this after `make test`).
@@ -53,6 +58,15 @@ bench: setup
 
 bench-conv: setup
 	$(PY) benchmarks/bench_conv.py $(ARGS)
+
+# Op-level micro-benchmarks (pytest-benchmark): each fusedgru op against the torch computation it
+# replaces, a few small CPU shapes; a table per op and shape, the JSON in benchmarks/runs/micro.json.
+# Not part of make test (pytest tests collects tests/ only).
+.PHONY: bench-micro
+bench-micro: setup
+	mkdir -p benchmarks/runs
+	$(PY) -m pytest benchmarks/test_op_micro.py -q -p no:cacheprovider --benchmark-only \
+	--benchmark-warmup=on --benchmark-json benchmarks/runs/micro.json $(ARGS)
 
 # The examples' extras (vega_datasets, sktime, matplotlib), which make test and make bench do not
 # install; then both examples (about 2 minutes each on 2 cores; ARGS="--smoke" for seconds).

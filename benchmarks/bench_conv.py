@@ -22,10 +22,22 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from _common import (  # noqa: E402
+    DTYPES,
+    Timer,
+    compared,
+    legend,
+    machine_info,
+    median_times,
+    nonnegative_int,
+    out_help,
+    output_path,
+    positive_int,
+    progress,
+    write_record,
+)
+
 import fusedgru  # noqa: E402
-from _common import (DTYPES, Timer, machine_info, median_times, nonnegative_int,  # noqa: E402
-                     compared, legend, out_help, output_path, positive_int, progress,
-                     write_record)
 
 
 def _activation(text):

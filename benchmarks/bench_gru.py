@@ -24,10 +24,22 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from _common import (  # noqa: E402
+    DTYPES,
+    Timer,
+    legend,
+    machine_info,
+    median_times,
+    nonnegative_int,
+    out_help,
+    output_path,
+    positive_int,
+    progress,
+    speed_sentence,
+    write_record,
+)
+
 import fusedgru  # noqa: E402
-from _common import (DTYPES, Timer, machine_info, median_times, nonnegative_int,  # noqa: E402
-                     legend, out_help, output_path, positive_int, progress, speed_sentence,
-                     write_record)
 
 # The JSON's name suffix per variant (none for the plain GRU, as in benchmarks/results/).
 SUFFIX = {"gru": "", "layernorm": "layernorm", "packed": "packed", "cell": "cell"}
@@ -153,7 +165,8 @@ def bench_point(args, T, N, I, H, L, dtype_name, tf32, path):
         rows.append(dict(variant=args.variant, T=T, N=N, I=I, H=H, layers=L,
                          bidirectional=args.bidirectional,
                          dtype=dtype_name, tf32=tf32 if dtype_name == "fp32" else None,
-                         path=path, mode=mode, ref_ms=t_ref, fusedgru_ms=t_ours, speedup=t_ref / t_ours,
+                         path=path, mode=mode, ref_ms=t_ref, fusedgru_ms=t_ours,
+                         speedup=t_ref / t_ours,
                          fusedgru_tokens_per_s=T * N / (t_ours / 1e3),
                          fusedgru_us_per_step=1e3 * t_ours / (T * L),
                          ref_us_per_step=1e3 * t_ref / (T * L)))

@@ -115,7 +115,8 @@ def main():
               "device": args.device, "epochs": args.epochs, "seed": args.seed,
               "smoke": args.smoke, "results": results}
     if naive is not None:  # persistence baseline: tomorrow's hour = this hour
-        record["persistence_baseline_smape_percent"] = smape(naive, series[n_train + n_val + WINDOW:])
+        record["persistence_baseline_smape_percent"] = smape(
+            naive, series[n_train + n_val + WINDOW:])
     save_json(args, "forecast", record)
     try:
         import matplotlib

@@ -23,13 +23,13 @@ Example::
 
 import torch
 
-from ._version import __version__
 from . import _extension
+from ._version import __version__
 
 _extension.load(__name__)  # the compiled ops, or an ImportError that says how to build them
 
-from . import _ops  # noqa: E402, F401  (registers the ops' fake kernels and autograd)
-from . import models, reference  # noqa: E402
+# After the load (E402): _ops registers the ops' fake kernels and autograd when imported.
+from . import _ops, models, reference  # noqa: E402, F401
 from .conv import CausalConv1d, causal_conv1d, causal_conv1d_update  # noqa: E402
 from .functional import gru, ln_gru  # noqa: E402
 from .rnn import GRU, GRUCell, LayerNormGRU, convert, revert  # noqa: E402

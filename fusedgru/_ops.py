@@ -1,8 +1,15 @@
-"""Python side of the compiled ops: fake (meta) kernels for torch.compile and autograd.
+"""Python side of the compiled ops: typed wrappers, the fused-or-reference routing, fake (meta)
+kernels for torch.compile and autograd.
 
-The schemas live in csrc/registration.cpp, the kernels in csrc/cpu and csrc/cuda. Shape legend:
-T time steps, N batch, C input features, H hidden size.
+The schemas live in csrc/registration.cpp, the kernels in csrc/cpu and csrc/cuda. Every module
+of the package calls an op through its wrapper below (keyword flags, typed), never
+``torch.ops.fusedgru.*`` itself, and decides between the fused ops and ``fusedgru.reference``
+through :func:`fused_or_reference` alone. Shape legend: T time steps, N batch, C input
+features, H hidden size.
 """
+
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -10,11 +17,169 @@ from torch import Tensor
 from torch._C._functorch import TransformType
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
-from . import _C  # noqa: F401  (loading the library registers the ops)
-from . import reference
+# Loading the compiled library (_C) registers the ops.
+from . import _C, reference  # noqa: F401
 
-SAVED_GATES = 4  # r, z, n, W_hn h + b_hn per hidden unit (csrc/fusedgru.h: kSavedGates)
+# ---- the schemas, read from the registered ops ----
 
+
+class _Schema:
+    """The argument names of a registered ``fusedgru::<name>`` op, in schema order
+    (csrc/registration.cpp), so that autograd formulas address the op's inputs by name instead
+    of by position and argument counts come from the schema."""
+
+    def __init__(self, name: str):
+        self.qualname = f"fusedgru::{name}"
+        schema = getattr(torch.ops.fusedgru, name).default._schema
+        self.args = tuple(a.name for a in schema.arguments)
+        tensor = torch._C.OptionalType(torch._C.TensorType.get())
+        # Tensor and Tensor? arguments (what save_for_backward takes); the rest are flags.
+        self.tensors = tuple(a.name for a in schema.arguments if a.type.isSubtypeOf(tensor))
+        self.flags = tuple(n for n in self.args if n not in self.tensors)
+
+    def bind(self, inputs: Iterable) -> dict:
+        """The op's inputs (setup_context's ``inputs``) by argument name."""
+        return dict(zip(self.args, inputs, strict=True))
+
+    def needs_input_grad(self, ctx) -> dict[str, bool]:
+        return dict(zip(self.args, ctx.needs_input_grad, strict=True))
+
+    def grads(self, **grads: Tensor | None) -> tuple:
+        """The tuple a backward returns: one entry per argument, None unless named."""
+        unknown = set(grads) - set(self.args)
+        assert not unknown, f"{self.qualname} has no argument {unknown}"
+        return tuple(grads.get(name) for name in self.args)
+
+
+_GRU_FORWARD = _Schema("gru_forward")
+_GRU_BACKWARD = _Schema("gru_backward")
+_GRU_CELL = _Schema("gru_cell")
+_LN_GRU_FORWARD = _Schema("ln_gru_forward")
+_CONV_FWD = _Schema("causal_conv1d_fwd")
+_CONV_BWD = _Schema("causal_conv1d_bwd")
+
+# Widths of the saved activations per (t, n), mirrored from C++ so that the fake kernels can
+# allocate the workspaces (torch.library.opcheck in tests/test_opcheck.py and test_ln_gru.py
+# checks them against the real ops' outputs).
+SAVED_GATES = 4  # r, z, n, W_hn h + b_hn per hidden unit: csrc/fusedgru.h, kSavedGates
+
+
+def ln_gru_saved_width(H: int) -> int:
+    """r, z, n [3H] | LN(W_hh h) [3H] | LN(W_ih x) [3H] | rstd_h, rstd_i: csrc/fusedgru.h,
+    ln_gru_saved_width."""
+    return 9 * H + 2
+
+
+# The conv ops' `int activation` (csrc/causal_conv1d.h, enum Activation).
+ACTIVATION_CODES = {None: 0, "silu": 1, "relu": 2}
+_ACTIVATION_NAMES = {v: k for k, v in ACTIVATION_CODES.items()}
+
+
+def activation_code(activation: str | None) -> int:
+    """The conv ops' code of an activation name, or a ValueError naming the choices."""
+    if activation not in ACTIVATION_CODES:
+        raise ValueError(f"activation must be None, 'silu' or 'relu', got {activation!r}")
+    return ACTIVATION_CODES[activation]
+
+
+# ---- typed wrappers: one per op, flags by keyword ----
+
+def gru_forward(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+                bias_ih: Tensor | None = None, bias_hh: Tensor | None = None, *,
+                lengths: Tensor | None = None, reverse: bool = False,
+                need_workspace: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """``fusedgru::gru_forward``: one GRU layer in one direction.
+
+    input ``[T, N, C]`` (any strides), hx ``[N, H]``, weight_ih ``[3H, C]``, weight_hh
+    ``[3H, H]``, biases ``[3H]`` or None, lengths ``[N]`` int64 on input's device or None.
+    Returns output ``[T, N, H]``, h_n ``[N, H]`` and the workspace ``[T, N, SAVED_GATES * H]``
+    that backward reads (``[0]`` without ``need_workspace``)."""
+    return torch.ops.fusedgru.gru_forward(
+        input=input, hx=hx, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih,
+        bias_hh=bias_hh, lengths=lengths, reverse=reverse, need_workspace=need_workspace)
+
+
+def gru_backward(grad_output: Tensor, grad_h_n: Tensor, *, grad_workspace: Tensor | None = None,
+                 input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+                 lengths: Tensor | None = None, output: Tensor, workspace: Tensor,
+                 reverse: bool, has_bias: bool, need_input_grad: bool,
+                 need_weight_grad: bool) -> tuple[Tensor, ...]:
+    """``fusedgru::gru_backward``: the gradients of :func:`gru_forward` given those of its
+    outputs (``grad_workspace`` only when differentiating twice). Returns (grad_input,
+    grad_hx, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh); what was not asked
+    for is an empty ``[0]``."""
+    return torch.ops.fusedgru.gru_backward(
+        grad_output=grad_output, grad_h_n=grad_h_n, grad_workspace=grad_workspace, input=input,
+        hx=hx, weight_ih=weight_ih, weight_hh=weight_hh, lengths=lengths, output=output,
+        workspace=workspace, reverse=reverse, has_bias=has_bias,
+        need_input_grad=need_input_grad, need_weight_grad=need_weight_grad)
+
+
+def gru_cell(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+             bias_ih: Tensor | None = None, bias_hh: Tensor | None = None) -> Tensor:
+    """``fusedgru::gru_cell``: one GRU step, input ``[N, C]``, hx ``[N, H]`` -> h' ``[N, H]``."""
+    return torch.ops.fusedgru.gru_cell(input=input, hx=hx, weight_ih=weight_ih,
+                                       weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
+
+
+def ln_gru_forward(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+                   ln_ih_weight: Tensor, ln_ih_bias: Tensor, ln_hh_weight: Tensor,
+                   ln_hh_bias: Tensor, *, lengths: Tensor | None = None, reverse: bool = False,
+                   eps: float, need_workspace: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """``fusedgru::ln_gru_forward``: one layer-normalized GRU layer in one direction (LN gains
+    and biases ``[3H]``). Returns output ``[T, N, H]``, h_n ``[N, H]`` and the workspace
+    ``[T, N, ln_gru_saved_width(H)]`` (``[0]`` without ``need_workspace``)."""
+    return torch.ops.fusedgru.ln_gru_forward(
+        input=input, hx=hx, weight_ih=weight_ih, weight_hh=weight_hh, ln_ih_weight=ln_ih_weight,
+        ln_ih_bias=ln_ih_bias, ln_hh_weight=ln_hh_weight, ln_hh_bias=ln_hh_bias, lengths=lengths,
+        reverse=reverse, eps=eps, need_workspace=need_workspace)
+
+
+def ln_gru_backward(grad_output: Tensor, grad_h_n: Tensor, *, input: Tensor, hx: Tensor,
+                    weight_ih: Tensor, weight_hh: Tensor, ln_ih_weight: Tensor,
+                    ln_hh_weight: Tensor, ln_hh_bias: Tensor, lengths: Tensor | None = None,
+                    output: Tensor, workspace: Tensor, reverse: bool, need_input_grad: bool,
+                    need_weight_grad: bool) -> tuple[Tensor, ...]:
+    """``fusedgru::ln_gru_backward``: the gradients of :func:`ln_gru_forward`, in the order
+    (input, hx, weight_ih, weight_hh, ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias)."""
+    return torch.ops.fusedgru.ln_gru_backward(
+        grad_output=grad_output, grad_h_n=grad_h_n, input=input, hx=hx, weight_ih=weight_ih,
+        weight_hh=weight_hh, ln_ih_weight=ln_ih_weight, ln_hh_weight=ln_hh_weight,
+        ln_hh_bias=ln_hh_bias, lengths=lengths, output=output, workspace=workspace,
+        reverse=reverse, need_input_grad=need_input_grad, need_weight_grad=need_weight_grad)
+
+
+def causal_conv1d_fwd(x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
+                      initial_state: Tensor | None = None, dilation: int = 1,
+                      activation: str | None = None) -> Tensor:
+    """``fusedgru::causal_conv1d_fwd``: x ``[N, C, L]``, weight ``[C, W]``, bias ``[C]``,
+    initial_state ``[N, C, (W-1)*dilation]`` -> y ``[N, C, L]`` in the layout of x."""
+    return torch.ops.fusedgru.causal_conv1d_fwd(
+        x=x, weight=weight, bias=bias, initial_state=initial_state, dilation=dilation,
+        activation=activation_code(activation))
+
+
+def causal_conv1d_bwd(grad_y: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
+                      initial_state: Tensor | None = None, dilation: int = 1,
+                      activation: str | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``fusedgru::causal_conv1d_bwd``: (grad_x, grad_weight ``[C, W]``, grad_bias ``[C]`` or
+    ``[0]``, grad_initial_state or ``[0]``)."""
+    return torch.ops.fusedgru.causal_conv1d_bwd(
+        grad_y=grad_y, x=x, weight=weight, bias=bias, initial_state=initial_state,
+        dilation=dilation, activation=activation_code(activation))
+
+
+def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor,
+                         bias: Tensor | None = None, *, dilation: int = 1,
+                         activation: str | None = None) -> Tensor:
+    """``fusedgru::causal_conv1d_update``: one streaming step, x ``[N, C]`` -> y ``[N, C]``;
+    conv_state ``[N, C, (W-1)*dilation]`` is shifted by one and x appended, in place."""
+    return torch.ops.fusedgru.causal_conv1d_update(
+        x=x, conv_state=conv_state, weight=weight, bias=bias, dilation=dilation,
+        activation=activation_code(activation))
+
+
+# ---- fused or reference: the one place that chooses ----
 
 def needs_reference(*tensors) -> bool:
     """Whether a call must run the torch-op references of ``fusedgru.reference`` instead of the
@@ -37,6 +202,19 @@ def needs_reference(*tensors) -> bool:
     differentiating = (TransformType.Grad, TransformType.Jvp)
     return any(i.key() in differentiating for i in retrieve_all_functorch_interpreters())
 
+
+_Fn = TypeVar("_Fn", bound=Callable)
+
+
+def fused_or_reference(fused: _Fn, reference_fn: _Fn, *tensors: Tensor | None) -> _Fn:
+    """The computation to run on ``tensors`` (a call's inputs and parameters): ``reference_fn``
+    (written with differentiable torch ops, from ``fusedgru.reference``) where the fused ops
+    cannot serve, see :func:`needs_reference`, else ``fused``. Both take the same arguments.
+    Every module decides through this function."""
+    return reference_fn if needs_reference(*tensors) else fused
+
+
+# ---- fake kernels and autograd of gru_forward / gru_backward ----
 
 def _batch_major(x: Tensor) -> bool:
     """Mirror of the driver's layout choice: a [T, N, K] view of [N, T, K] storage."""
@@ -85,83 +263,93 @@ def _gru_backward_fake(grad_output, grad_h_n, grad_workspace, input, hx, weight_
     return grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
 
 
-# ---- autograd of gru_forward: the fused backward op ----
-
 def _gru_forward_setup_context(ctx, inputs, output):
-    input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, _ = inputs
+    a = _GRU_FORWARD.bind(inputs)
     out, _, workspace = output
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(input, hx, weight_ih, weight_hh, lengths, out, workspace)
-    ctx.reverse = reverse
-    ctx.bias_present = (bias_ih is not None, bias_hh is not None)
+    ctx.save_for_backward(a["input"], a["hx"], a["weight_ih"], a["weight_hh"], a["lengths"], out,
+                          workspace)
+    ctx.reverse = a["reverse"]
+    ctx.bias_present = {"bias_ih": a["bias_ih"] is not None, "bias_hh": a["bias_hh"] is not None}
+
+
+_GRU_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 def _gru_forward_backward(ctx, grad_output, grad_h_n, grad_workspace):
     input, hx, weight_ih, weight_hh, lengths, out, workspace = ctx.saved_tensors
-    need = ctx.needs_input_grad
+    need = _GRU_FORWARD.needs_input_grad(ctx)
     if grad_output is None:
         grad_output = torch.zeros_like(out)
     if grad_h_n is None:
         grad_h_n = torch.zeros_like(hx)
-    grads = torch.ops.fusedgru.gru_backward(
-        grad_output, grad_h_n, grad_workspace, input, hx, weight_ih, weight_hh, lengths, out,
-        workspace, ctx.reverse, any(ctx.bias_present), need[0], any(need[2:6]))
-    g_input, g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh = grads
-    return (
-        g_input if need[0] else None,
-        g_hx if need[1] else None,
-        g_w_ih if need[2] else None,
-        g_w_hh if need[3] else None,
-        g_b_ih if need[4] and ctx.bias_present[0] else None,
-        g_b_hh if need[5] and ctx.bias_present[1] else None,
-        None, None, None,
-    )
+    g_input, g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh = gru_backward(
+        grad_output, grad_h_n, grad_workspace=grad_workspace, input=input, hx=hx,
+        weight_ih=weight_ih, weight_hh=weight_hh, lengths=lengths, output=out,
+        workspace=workspace, reverse=ctx.reverse, has_bias=any(ctx.bias_present.values()),
+        need_input_grad=need["input"], need_weight_grad=any(need[n] for n in _GRU_WEIGHTS))
+    present = ctx.bias_present
+    return _GRU_FORWARD.grads(
+        input=g_input if need["input"] else None,
+        hx=g_hx if need["hx"] else None,
+        weight_ih=g_w_ih if need["weight_ih"] else None,
+        weight_hh=g_w_hh if need["weight_hh"] else None,
+        bias_ih=g_b_ih if need["bias_ih"] and present["bias_ih"] else None,
+        bias_hh=g_b_hh if need["bias_hh"] and present["bias_hh"] else None)
 
 
 torch.library.register_autograd(
     "fusedgru::gru_forward", _gru_forward_backward, setup_context=_gru_forward_setup_context)
 
 
-# ---- autograd of gru_backward (double backward): differentiate the torch-op reference ----
+# ---- autograd of the backward ops (double backward): differentiate the torch-op reference ----
 
-# Positions of gru_backward's tensor arguments that gradients flow to (lengths is an index).
-_GRU_BACKWARD_DIFFERENTIABLE = (0, 1, 2, 3, 4, 5, 6, 8, 9)
-
-
-def _gru_backward_setup_context(ctx, inputs, output):
+def _save_tensors_and_flags(schema: _Schema, ctx, inputs) -> None:
+    """Save a backward op's tensor arguments for its own backward, and keep its flags."""
+    a = schema.bind(inputs)
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(*inputs[:10])
-    ctx.flags = inputs[10:]
+    ctx.save_for_backward(*(a[n] for n in schema.tensors))
+    ctx.flags = {n: a[n] for n in schema.flags}
 
 
-def _reference_vjp(ctx, args, differentiable, reference_fn, grad_outputs, num_args):
+def _reference_vjp(schema: _Schema, ctx, differentiable: Iterable[str],
+                   reference_fn: Callable[[dict], tuple], grad_outputs) -> tuple:
     """Backward of a backward op: the vector-Jacobian product of its torch-op reference.
 
-    args: the op's saved arguments; differentiable: positions gradients may flow to;
-    reference_fn(args) -> the op's outputs computed with differentiable torch ops."""
-    args = list(args)
-    leaves = [i for i in differentiable if args[i] is not None and ctx.needs_input_grad[i]]
-    result = [None] * num_args
+    differentiable: the names of the tensor arguments gradients may flow to;
+    reference_fn(args) -> the op's outputs computed with differentiable torch ops, args being
+    the saved tensor arguments by name."""
+    args = dict(zip(schema.tensors, ctx.saved_tensors, strict=True))
+    need = schema.needs_input_grad(ctx)
+    leaves = [n for n in differentiable if args[n] is not None and need[n]]
     with torch.enable_grad():
-        for i in leaves:
-            args[i] = args[i].detach().requires_grad_()
+        for n in leaves:
+            args[n] = args[n].detach().requires_grad_()
         outs = reference_fn(args)
         pairs = [(o, g) for o, g in zip(outs, grad_outputs)
                  if o is not None and g is not None and g.numel() > 0 and o.requires_grad]
         if not pairs or not leaves:
-            return tuple(result)
-        grads = torch.autograd.grad([o for o, _ in pairs], [args[i] for i in leaves],
+            return schema.grads()
+        grads = torch.autograd.grad([o for o, _ in pairs], [args[n] for n in leaves],
                                     [g for _, g in pairs], allow_unused=True)
-    for i, g in zip(leaves, grads):
-        result[i] = g
-    return tuple(result)
+    return schema.grads(**dict(zip(leaves, grads, strict=True)))
+
+
+def _gru_backward_setup_context(ctx, inputs, output):
+    _save_tensors_and_flags(_GRU_BACKWARD, ctx, inputs)
+
+
+# The tensor arguments of gru_backward that gradients flow to: all but lengths (an index).
+_GRU_BACKWARD_DIFFERENTIABLE = tuple(n for n in _GRU_BACKWARD.tensors if n != "lengths")
 
 
 def _gru_backward_backward(ctx, *grad_outputs):
-    reverse, has_bias, _, _ = ctx.flags
+    flags = ctx.flags
     return _reference_vjp(
-        ctx, ctx.saved_tensors, _GRU_BACKWARD_DIFFERENTIABLE,
-        lambda a: reference.gru_layer_backward(*a, reverse, has_bias), grad_outputs, 14)
+        _GRU_BACKWARD, ctx, _GRU_BACKWARD_DIFFERENTIABLE,
+        lambda a: reference.gru_layer_backward(**a, reverse=flags["reverse"],
+                                               has_bias=flags["has_bias"]),
+        grad_outputs)
 
 
 torch.library.register_autograd(
@@ -197,22 +385,18 @@ def _causal_conv1d_update_fake(x, conv_state, weight, bias, dilation, activation
     return x.new_empty(x.shape)
 
 
-ACTIVATION_CODES = {None: 0, "silu": 1, "relu": 2}
-_ACTIVATION_NAMES = {v: k for k, v in ACTIVATION_CODES.items()}
-
-
 def _conv_fwd_setup_context(ctx, inputs, output):
-    x, weight, bias, initial_state, dilation, activation = inputs
-    ctx.save_for_backward(x, weight, bias, initial_state)
-    ctx.dilation, ctx.activation = dilation, activation
+    a = _CONV_FWD.bind(inputs)
+    ctx.save_for_backward(a["x"], a["weight"], a["bias"], a["initial_state"])
+    ctx.dilation, ctx.activation = a["dilation"], _ACTIVATION_NAMES[a["activation"]]
 
 
 def _conv_fwd_backward(ctx, grad_y):
     x, weight, bias, initial_state = ctx.saved_tensors
-    g_x, g_w, g_b, g_s = torch.ops.fusedgru.causal_conv1d_bwd(
-        grad_y, x, weight, bias, initial_state, ctx.dilation, ctx.activation)
-    return (g_x, g_w, g_b if bias is not None else None,
-            g_s if initial_state is not None else None, None, None)
+    g_x, g_w, g_b, g_s = causal_conv1d_bwd(grad_y, x, weight, bias, initial_state=initial_state,
+                                           dilation=ctx.dilation, activation=ctx.activation)
+    return _CONV_FWD.grads(x=g_x, weight=g_w, bias=g_b if bias is not None else None,
+                           initial_state=g_s if initial_state is not None else None)
 
 
 torch.library.register_autograd("fusedgru::causal_conv1d_fwd", _conv_fwd_backward,
@@ -220,18 +404,15 @@ torch.library.register_autograd("fusedgru::causal_conv1d_fwd", _conv_fwd_backwar
 
 
 def _conv_bwd_setup_context(ctx, inputs, output):
-    grad_y, x, weight, bias, initial_state, dilation, activation = inputs
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(grad_y, x, weight, bias, initial_state)
-    ctx.dilation, ctx.activation = dilation, activation
+    _save_tensors_and_flags(_CONV_BWD, ctx, inputs)
 
 
 def _conv_bwd_backward(ctx, *grad_outputs):
-    activation = _ACTIVATION_NAMES[ctx.activation]
+    dilation, activation = ctx.flags["dilation"], _ACTIVATION_NAMES[ctx.flags["activation"]]
     return _reference_vjp(
-        ctx, ctx.saved_tensors, range(5),
-        lambda a: reference.causal_conv1d_backward(*a, ctx.dilation, activation),
-        grad_outputs, 7)
+        _CONV_BWD, ctx, _CONV_BWD.tensors,
+        lambda a: reference.causal_conv1d_backward(**a, dilation=dilation, activation=activation),
+        grad_outputs)
 
 
 torch.library.register_autograd("fusedgru::causal_conv1d_bwd", _conv_bwd_backward,
@@ -246,23 +427,27 @@ def _gru_cell_fake(input, hx, weight_ih, weight_hh, bias_ih, bias_hh):
 
 
 def _gru_cell_setup_context(ctx, inputs, output):
-    input, hx, weight_ih, weight_hh, bias_ih, bias_hh = inputs
-    ctx.save_for_backward(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+    a = _GRU_CELL.bind(inputs)
+    ctx.save_for_backward(*(a[n] for n in _GRU_CELL.tensors))
 
 
 def _gru_cell_backward(ctx, grad):
     input, hx, weight_ih, weight_hh, bias_ih, bias_hh = ctx.saved_tensors
-    x = input.unsqueeze(0)
-    out, _, workspace = torch.ops.fusedgru.gru_forward(x, hx, weight_ih, weight_hh, bias_ih,
-                                                       bias_hh, None, False, True)
-    need = ctx.needs_input_grad
-    g_x, g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh = torch.ops.fusedgru.gru_backward(
-        torch.zeros_like(out), grad, None, x, hx, weight_ih, weight_hh, None, out, workspace,
-        False, bias_ih is not None or bias_hh is not None, need[0], any(need[2:]))
-    return (g_x[0] if need[0] else None, g_hx if need[1] else None,
-            g_w_ih if need[2] else None, g_w_hh if need[3] else None,
-            g_b_ih if need[4] and bias_ih is not None else None,
-            g_b_hh if need[5] and bias_hh is not None else None)
+    x = input.unsqueeze(0)  # a sequence of one step
+    out, _, workspace = gru_forward(x, hx, weight_ih, weight_hh, bias_ih, bias_hh,
+                                    need_workspace=True)
+    need = _GRU_CELL.needs_input_grad(ctx)
+    g_x, g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh = gru_backward(
+        torch.zeros_like(out), grad, input=x, hx=hx, weight_ih=weight_ih, weight_hh=weight_hh,
+        output=out, workspace=workspace, reverse=False,
+        has_bias=bias_ih is not None or bias_hh is not None, need_input_grad=need["input"],
+        need_weight_grad=any(need[n] for n in _GRU_WEIGHTS))
+    return _GRU_CELL.grads(
+        input=g_x[0] if need["input"] else None, hx=g_hx if need["hx"] else None,
+        weight_ih=g_w_ih if need["weight_ih"] else None,
+        weight_hh=g_w_hh if need["weight_hh"] else None,
+        bias_ih=g_b_ih if need["bias_ih"] and bias_ih is not None else None,
+        bias_hh=g_b_hh if need["bias_hh"] and bias_hh is not None else None)
 
 
 torch.library.register_autograd("fusedgru::gru_cell", _gru_cell_backward,
@@ -277,7 +462,7 @@ def _ln_gru_forward_fake(input, hx, weight_ih, weight_hh, ln_ih_weight, ln_ih_bi
     T, N, _ = input.shape
     H = weight_hh.shape[1]
     bm = _batch_major(input)
-    workspace = (_empty_steps(input, bm, T, N, 9 * H + 2) if need_workspace
+    workspace = (_empty_steps(input, bm, T, N, ln_gru_saved_width(H)) if need_workspace
                  else input.new_empty((0,)))
     return _empty_steps(input, bm, T, N, H), hx.new_empty((N, H)), workspace
 
@@ -301,15 +486,19 @@ def _ln_gru_backward_fake(grad_output, grad_h_n, input, hx, weight_ih, weight_hh
             param(ln_ih_weight), param(ln_ih_weight), param(ln_hh_weight), param(ln_hh_bias))
 
 
+# ln_gru_forward's parameters: what ln_gru_backward returns gradients for, in its order.
+_LN_GRU_PARAMS = ("weight_ih", "weight_hh", "ln_ih_weight", "ln_ih_bias", "ln_hh_weight",
+                  "ln_hh_bias")
+
+
 def _ln_gru_setup_context(ctx, inputs, output):
-    (input, hx, weight_ih, weight_hh, ln_ih_weight, _, ln_hh_weight, ln_hh_bias, lengths,
-     reverse, _, _) = inputs
+    a = _LN_GRU_FORWARD.bind(inputs)
     out, _, workspace = output
     ctx.mark_non_differentiable(workspace)
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(input, hx, weight_ih, weight_hh, ln_ih_weight, ln_hh_weight,
-                          ln_hh_bias, lengths, out, workspace)
-    ctx.reverse = reverse
+    ctx.save_for_backward(a["input"], a["hx"], a["weight_ih"], a["weight_hh"], a["ln_ih_weight"],
+                          a["ln_hh_weight"], a["ln_hh_bias"], a["lengths"], out, workspace)
+    ctx.reverse = a["reverse"]
 
 
 def _ln_gru_backward(ctx, grad_output, grad_h_n, _grad_workspace):
@@ -317,15 +506,19 @@ def _ln_gru_backward(ctx, grad_output, grad_h_n, _grad_workspace):
         raise RuntimeError("LayerNormGRU does not support double backward yet "
                            "(fusedgru.GRU does)")
     input, hx, w_ih, w_hh, g_i, g_h, b_h, lengths, out, workspace = ctx.saved_tensors
-    need = ctx.needs_input_grad
+    need = _LN_GRU_FORWARD.needs_input_grad(ctx)
     if grad_output is None:
         grad_output = torch.zeros_like(out)
     if grad_h_n is None:
         grad_h_n = torch.zeros_like(hx)
-    grads = torch.ops.fusedgru.ln_gru_backward(
-        grad_output, grad_h_n, input, hx, w_ih, w_hh, g_i, g_h, b_h, lengths, out, workspace,
-        ctx.reverse, need[0], any(need[2:8]))
-    return tuple(g if n else None for g, n in zip(grads, need[:8])) + (None,) * 4
+    grads = ln_gru_backward(
+        grad_output, grad_h_n, input=input, hx=hx, weight_ih=w_ih, weight_hh=w_hh,
+        ln_ih_weight=g_i, ln_hh_weight=g_h, ln_hh_bias=b_h, lengths=lengths, output=out,
+        workspace=workspace, reverse=ctx.reverse, need_input_grad=need["input"],
+        need_weight_grad=any(need[n] for n in _LN_GRU_PARAMS))
+    names = ("input", "hx") + _LN_GRU_PARAMS
+    return _LN_GRU_FORWARD.grads(**{n: g if need[n] else None
+                                    for n, g in zip(names, grads, strict=True)})
 
 
 torch.library.register_autograd("fusedgru::ln_gru_forward", _ln_gru_backward,

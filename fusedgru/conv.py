@@ -15,14 +15,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from . import reference
-from ._ops import ACTIVATION_CODES, needs_reference
-
-
-def _activation_code(activation) -> int:
-    if activation not in ACTIVATION_CODES:
-        raise ValueError(f"activation must be None, 'silu' or 'relu', got {activation!r}")
-    return ACTIVATION_CODES[activation]
+from . import _ops, reference
+from ._ops import activation_code, fused_or_reference
 
 
 def _weight_2d(weight: Tensor) -> Tensor:
@@ -73,13 +67,13 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, dila
         True
     """
     weight = _weight_2d(weight)
-    code = _activation_code(activation)
+    activation_code(activation)  # a bad name fails here, before the shape checks
     if x.dim() != 3:
         raise RuntimeError(f"x must have shape (N, C, L), got {tuple(x.shape)}")
-    if needs_reference(x, weight, bias, initial_state):
-        y = reference.causal_conv1d(x, weight, bias, dilation, activation, initial_state)
-    else:
-        y = torch.ops.fusedgru.causal_conv1d_fwd(x, weight, bias, initial_state, dilation, code)
+    conv = fused_or_reference(_ops.causal_conv1d_fwd, reference.causal_conv1d, x, weight, bias,
+                              initial_state)
+    y = conv(x, weight, bias, initial_state=initial_state, dilation=dilation,
+             activation=activation)
     if not return_final_state:
         return y
     S = (weight.shape[1] - 1) * dilation
@@ -130,14 +124,15 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor,
         True
     """
     weight = _weight_2d(weight)
-    code = _activation_code(activation)
+    activation_code(activation)  # a bad name fails here, before the gradient check
     if torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, conv_state, weight, bias)):
         raise RuntimeError(
             "causal_conv1d_update updates conv_state in place and has no gradient; call it "
             "under torch.no_grad(), or train with causal_conv1d(..., initial_state=..., "
             "return_final_state=True)")
-    return torch.ops.fusedgru.causal_conv1d_update(x, conv_state, weight, bias, dilation, code)
+    return _ops.causal_conv1d_update(x, conv_state, weight, bias, dilation=dilation,
+                                     activation=activation)
 
 
 class CausalConv1d(nn.Module):
@@ -199,7 +194,7 @@ class CausalConv1d(nn.Module):
             raise ValueError(f"kernel_size must be >= 1, got {kernel_size}")
         if dilation < 1:
             raise ValueError(f"dilation must be >= 1, got {dilation}")
-        _activation_code(activation)
+        activation_code(activation)
         self.channels, self.kernel_size, self.dilation = channels, kernel_size, dilation
         self.activation, self.channels_last = activation, channels_last
         factory = {"device": device, "dtype": dtype}

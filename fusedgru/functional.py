@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import reference
-from ._ops import needs_reference
+from . import _ops, reference
+from ._ops import fused_or_reference
 
 
 def _check_devices_and_dtypes(input: Tensor, hx: Tensor, params: Sequence[Tensor]) -> None:
@@ -265,17 +265,19 @@ def gru(
         True
     """
 
-    use_reference = needs_reference(input, hx, *params)
-
-    def run_layer(x, h0, w, lengths, reverse, need_workspace):
+    def fused_layer(x, h0, w, lengths, reverse, need_workspace):
         b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
-        if use_reference:
-            out, h, _ = reference.gru_layer(x, h0, w[0], w[1], b_ih, b_hh, lengths, reverse)
-        else:
-            out, h, _ = torch.ops.fusedgru.gru_forward(x, h0, w[0], w[1], b_ih, b_hh, lengths,
-                                                       reverse, need_workspace)
+        out, h, _ = _ops.gru_forward(x, h0, w[0], w[1], b_ih, b_hh, lengths=lengths,
+                                     reverse=reverse, need_workspace=need_workspace)
         return out, h
 
+    def reference_layer(x, h0, w, lengths, reverse, need_workspace):
+        # No workspace: autograd of the torch ops saves what their backward needs.
+        b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
+        out, h, _ = reference.gru_layer(x, h0, w[0], w[1], b_ih, b_hh, lengths, reverse)
+        return out, h
+
+    run_layer = fused_or_reference(fused_layer, reference_layer, input, hx, *params)
     names = _GRU_NAMES if has_biases else _GRU_NAMES[:2]
     return _layers(input, hx, params, names, num_layers, dropout, train, bidirectional,
                    batch_first, lengths, run_layer, "GRU")
@@ -291,7 +293,7 @@ def ln_gru(
     bidirectional: bool,
     batch_first: bool,
     lengths: Tensor | Sequence[int] | None = None,
-    eps: float = 1e-5,
+    eps: float = reference.LAYER_NORM_EPS,
 ) -> tuple[Tensor, Tensor]:
     """Multi-layer layer-normalized GRU (see :class:`fusedgru.LayerNormGRU`). Arguments as
     :func:`gru`, with ``params`` per layer and direction ``weight_ih [3H, C_l]``,
@@ -318,14 +320,14 @@ def ln_gru(
         True
     """
 
-    use_reference = needs_reference(input, hx, *params)
-
-    def run_layer(x, h0, w, lengths, reverse, need_workspace):
-        if use_reference:
-            return reference.ln_gru_layer(x, h0, *w, lengths, reverse, eps)
-        out, h, _ = torch.ops.fusedgru.ln_gru_forward(x, h0, *w, lengths, reverse, eps,
-                                                      need_workspace)
+    def fused_layer(x, h0, w, lengths, reverse, need_workspace):
+        out, h, _ = _ops.ln_gru_forward(x, h0, *w, lengths=lengths, reverse=reverse, eps=eps,
+                                        need_workspace=need_workspace)
         return out, h
 
+    def reference_layer(x, h0, w, lengths, reverse, need_workspace):
+        return reference.ln_gru_layer(x, h0, *w, lengths, reverse, eps)
+
+    run_layer = fused_or_reference(fused_layer, reference_layer, input, hx, *params)
     return _layers(input, hx, params, _LN_GRU_NAMES, num_layers, dropout, train, bidirectional,
                    batch_first, lengths, run_layer, "LayerNormGRU")

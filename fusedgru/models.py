@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _ops
 from .conv import CausalConv1d
 from .functional import check_lengths, gru
 from .rnn import GRU
@@ -161,8 +162,7 @@ class CausalConvGRU(nn.Module):
         for layer, (conv_state, h) in enumerate(state):
             c = self.convs[layer].step(x, conv_state)
             g = self.grus[layer]
-            h = torch.ops.fusedgru.gru_cell(c, h, g.weight_ih_l0, g.weight_hh_l0,
-                                            g.bias_ih_l0, g.bias_hh_l0)
+            h = _ops.gru_cell(c, h, g.weight_ih_l0, g.weight_hh_l0, g.bias_ih_l0, g.bias_hh_l0)
             x = h + x if x.shape[-1] == h.shape[-1] else h
             new_state.append((conv_state, h))
         return x, new_state

@@ -18,6 +18,9 @@ Example::
 import torch
 from torch import Tensor
 
+# LayerNormGRU's default epsilon: torch.nn.LayerNorm's.
+LAYER_NORM_EPS = 1e-5
+
 
 def _active_mask(lengths: Tensor | None, T: int, N: int, like: Tensor) -> Tensor:
     """[T, N, 1] bool: row i is active at step t iff t < lengths[i]."""
@@ -222,7 +225,7 @@ def causal_conv1d_backward(grad_y: Tensor, x: Tensor, weight: Tensor, bias: Tens
 def ln_gru_layer(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
                  ln_ih_weight: Tensor, ln_ih_bias: Tensor, ln_hh_weight: Tensor,
                  ln_hh_bias: Tensor, lengths: Tensor | None = None, reverse: bool = False,
-                 eps: float = 1e-5):
+                 eps: float = LAYER_NORM_EPS):
     """One layer-normalized GRU layer, as ``fusedgru::ln_gru_forward`` (without the saved
     activations): a_i = LN(W_ih x) g_i + b_i and a_h = LN(W_hh h) g_h + b_h over 3H values each,
     r = sigmoid(a_i,r + a_h,r), z = sigmoid(a_i,z + a_h,z), n = tanh(a_i,n + r a_h,n),

@@ -19,10 +19,16 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 from torch.nn.utils.weight_norm import WeightNorm
 
-from . import reference
-from ._ops import needs_reference
-from .functional import _autocast, _check_devices_and_dtypes, autocast_enabled, gru, ln_gru, \
-    no_autocast
+from . import _ops, reference
+from ._ops import fused_or_reference
+from .functional import (
+    _autocast,
+    _check_devices_and_dtypes,
+    autocast_enabled,
+    gru,
+    ln_gru,
+    no_autocast,
+)
 
 
 def _packed_to_padded(data: Tensor, batch_sizes: Tensor):
@@ -295,7 +301,7 @@ class LayerNormGRU(_GRUInterface, nn.RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 eps: float = 1e-5, device=None, dtype=None) -> None:
+                 eps: float = reference.LAYER_NORM_EPS, device=None, dtype=None) -> None:
         super().__init__("GRU", input_size, hidden_size, num_layers, False, batch_first,
                          dropout, bidirectional, 0, device, dtype)
         if eps <= 0:
@@ -322,7 +328,7 @@ class LayerNormGRU(_GRUInterface, nn.RNNBase):
 
     def extra_repr(self) -> str:
         return super().extra_repr().replace(", bias=False", "") + (
-            f", eps={self.eps}" if self.eps != 1e-5 else "")
+            f", eps={self.eps}" if self.eps != reference.LAYER_NORM_EPS else "")
 
     def _run(self, input, hx, batch_first, lengths=None):
         params = []
@@ -421,17 +427,26 @@ class GRUCell(nn.RNNCellBase):
         _check_devices_and_dtypes(input, hx, params)
         w_ih, w_hh = params[0], params[1]
         b_ih, b_hh = (params[2], params[3]) if self.bias else (None, None)
+        step = fused_or_reference(_fused_cell_step, _reference_cell_step, input, hx, *params)
         with no_autocast(input.device.type):  # cast already; the references must not recast
-            if needs_reference(input, hx, *params):
-                out = reference.gru_layer(input.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh)[1]
-            elif torch.is_grad_enabled() and any(t.requires_grad for t in (input, hx, *params)):
-                # Training: one step of gru_forward saves the activations its backward needs
-                # (gru_cell's backward would recompute the step).
-                out = torch.ops.fusedgru.gru_forward(input.unsqueeze(0), hx, w_ih, w_hh, b_ih,
-                                                     b_hh, None, False, True)[1]
-            else:
-                out = torch.ops.fusedgru.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
+            out = step(input, hx, w_ih, w_hh, b_ih, b_hh)
         return out if is_batched else out.squeeze(0)
+
+
+def _fused_cell_step(input, hx, w_ih, w_hh, b_ih, b_hh):
+    if torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (input, hx, w_ih, w_hh, b_ih, b_hh)):
+        # Training: one step of gru_forward saves the activations its backward needs
+        # (gru_cell's backward would recompute the step).
+        _, h_n, _ = _ops.gru_forward(input.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh,
+                                     need_workspace=True)
+        return h_n
+    return _ops.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
+
+
+def _reference_cell_step(input, hx, w_ih, w_hh, b_ih, b_hh):
+    _, h_n, _ = reference.gru_layer(input.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh)
+    return h_n
 
 
 # Per-module hook registries (nn.Module attributes) whose entries a replacement would drop.

@@ -13,7 +13,7 @@
 #   logs.tar.gz        the build log, every test file's log, the benchmarks' logs
 #
 #   bash scripts/gpu_check.sh              # the whole check (about 6-8 minutes on an H100/H200)
-#   bash scripts/gpu_check.sh --quick      # build, the fastest test file, 4 benchmark points (<3 min)
+#   bash scripts/gpu_check.sh --quick      # build, the GRU test files, 4 benchmark points (<3 min)
 #   bash scripts/gpu_check.sh --dry-run    # on a CPU machine (CI): the same stages, on the CPU,
 #                                          # at toy sizes; the cuda-marked tests skip
 # Environment: OUT, MAX_JOBS (default: all cores), TORCH_CUDA_ARCH_LIST (default 9.0).
@@ -89,22 +89,28 @@ print(json.dumps(info))
 EOF
 echo "[gpu_check] versions: $(cat "$LOGS/versions.json")"
 
-# ---- cuda-marked tests, fastest files first ----
-if [ "$mode" = quick ]; then
-  files=(tests/test_gru.py)
-else
-  files=(tests/test_gru.py tests/test_ln_gru.py tests/test_conv.py tests/test_models.py
-         tests/test_beyond_cudnn.py tests/test_transforms.py tests/test_gradcheck.py
-         tests/test_opcheck.py tests/test_compile.py)
+# ---- cuda-marked tests, fastest stages first; a stage is NAME:FILES (one pytest run) ----
+# test_gru: the GRU module's files, what tests/test_gru.py held before it was split by subject
+# (its conversion tests, tests/test_convert.py, have no cuda-marked test).
+gru_files="tests/test_cuda.py tests/test_gru_parity.py tests/test_gru_interface.py \
+tests/test_gru_cell.py tests/test_lengths.py"
+stages=("test_gru:$gru_files")
+if [ "$mode" != quick ]; then
+  for f in tests/test_ln_gru.py tests/test_conv.py tests/test_models.py \
+           tests/test_beyond_cudnn.py tests/test_transforms.py tests/test_gradcheck.py \
+           tests/test_opcheck.py tests/test_compile.py; do
+    stages+=("$(basename "$f" .py):$f")
+  done
 fi
 per_test=()
 "$PY" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout=90)
 : > "$LOGS/tests-summary.txt"
-for f in "${files[@]}"; do
-  name=$(basename "$f" .py)
+for stage in "${stages[@]}"; do
+  name=${stage%%:*}
+  read -r -a paths <<< "${stage#*:}"
   budget=$([ "$mode" = full ] && echo 150 || echo 120)
   run_stage "$name" "$budget" "$LOGS/$name.log" \
-    "$PY" -m pytest "$f" -q -m cuda -p no:cacheprovider "${per_test[@]}"
+    "$PY" -m pytest "${paths[@]}" -q -m cuda -p no:cacheprovider "${per_test[@]}"
   line=$(grep -E "[0-9]+ (passed|failed|skipped|error|deselected)" "$LOGS/$name.log" | tail -1)
   echo "$name: ${line:-no summary line}" | tee -a "$LOGS/tests-summary.txt"
   grep -E "^(FAILED|ERROR) " "$LOGS/$name.log" | head -15

@@ -54,3 +54,63 @@ def run_with_grads(module, x, hx, grad_out, grad_h):
 
 def rel_err(a, ref):
     return ((a.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
+
+
+# ---- parity with nn.GRU ----
+
+def make_input(device, dtype, T, N, C, batch_first):
+    shape = (N, T, C) if batch_first else (T, N, C)
+    return torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+
+
+def check_parity(ref, ours, x, hx, dtype, what=""):
+    go, gh = grads_for(ref, x, hx)
+    out_r, h_r, g_r = run_with_grads(ref, x, hx, go, gh)
+    out_o, h_o, g_o = run_with_grads(ours, x, hx, go, gh)
+    tol = TOL[dtype]
+    assert_close(out_o, out_r, tol, f"{what} output")
+    assert_close(h_o, h_r, tol, f"{what} h_n")
+    names = (["input"] + (["hx"] if hx is not None else [])
+             + [n for n, _ in ref.named_parameters()])
+    for name, a, b in zip(names, g_o, g_r, strict=True):
+        assert_close(a, b, tol, f"{what} grad {name}")
+
+
+def grads_for(ref, x, hx):
+    with torch.no_grad():
+        out, h = ref(x, hx) if hx is not None else ref(x)
+    return torch.randn_like(out), torch.randn_like(h)
+
+
+# ---- torch.compile against eager ----
+
+def assert_compile_matches_eager(model, *inputs, compiled=None, loss=None,
+                                 tol=TOL[torch.float32]):
+    """``torch.compile(model, fullgraph=True)`` gives eager's outputs (every tensor ``model``
+    returns) and, under grad mode, eager's gradients of ``loss(outputs)`` (default: the sum of
+    the first output) with respect to the inputs that require grad and ``model``'s parameters.
+
+    ``compiled``: an already compiled ``model``, to check a later call of it (recompilation for
+    new shapes); by default Dynamo's caches are reset and ``model`` is compiled here."""
+    if compiled is None:
+        torch._dynamo.reset()
+        compiled = torch.compile(model, fullgraph=True)
+    if loss is None:
+        def loss(outputs):
+            return outputs[0].sum()
+
+    def as_tuple(out):
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+    eager, comp = as_tuple(model(*inputs)), as_tuple(compiled(*inputs))
+    assert len(comp) == len(eager)
+    for i, (c, e) in enumerate(zip(comp, eager, strict=True)):
+        assert_close(c, e, tol, f"compiled output {i}")
+    if not torch.is_grad_enabled():
+        return
+    leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    leaves += list(model.parameters())
+    g_e = torch.autograd.grad(loss(eager), leaves)
+    g_c = torch.autograd.grad(loss(comp), leaves)
+    for i, (c, e) in enumerate(zip(g_c, g_e, strict=True)):
+        assert_close(c, e, tol, f"compiled gradient {i}")

@@ -1,9 +1,11 @@
 """The benchmark scripts' interface (not their numbers): options and their old aliases, argument
-errors, where a run writes (never over another run), the sentences and the JSON fields."""
+errors, where a run writes (never over another run), the sentences and the JSON fields; and that
+the op micro-benchmarks run."""
 
 import importlib
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -118,3 +120,14 @@ def test_explicit_out_is_written_as_given(tmp_path):
 def test_unique_path_also_avoids_a_leftover_plot(tmp_path):
     (tmp_path / "run.png").write_text("")
     assert bench_common.unique_path(str(tmp_path / "run.json")) == str(tmp_path / "run-2.json")
+
+
+def test_op_micro_benchmarks_run():
+    """benchmarks/test_op_micro.py (make bench-micro) stays runnable: every benchmark body once,
+    untimed (--benchmark-disable), in a subprocess, since pytest tests does not collect it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", os.path.join(ROOT, "benchmarks", "test_op_micro.py"),
+         "-q", "-p", "no:cacheprovider", "--benchmark-disable"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout

@@ -1,9 +1,11 @@
 """torch.compile(fullgraph=True) traces models holding fusedgru.GRU with no graph break and gives
-eager's outputs and gradients."""
+eager's outputs and gradients; torch.jit.trace records the fused ops. (torch.export:
+test_beyond_cudnn.py; the compile checks of the other modules sit in their own files, all through
+gru_testing.assert_compile_matches_eager.)"""
 
 import pytest
 import torch
-from gru_testing import DEVICES, TOL, assert_close
+from gru_testing import DEVICES, TOL, assert_close, assert_compile_matches_eager
 from torch import nn
 
 import fusedgru
@@ -31,15 +33,8 @@ def test_compile_fullgraph_matches_eager(device, batch_first):
         x = torch.randn((N, T, 5) if batch_first else (T, N, 5), device=device,
                         requires_grad=True)
         hx = torch.randn(4, N, 12, device=device, requires_grad=True)
-        y_e, h_e = model(x, hx)
-        y_c, h_c = compiled(x, hx)
-        assert_close(y_c, y_e, TOL[torch.float32], "output")
-        assert_close(h_c, h_e, TOL[torch.float32], "h_n")
-        leaves = [x, hx, *model.parameters()]
-        g_e = torch.autograd.grad(y_e.square().sum() + h_e.sum(), leaves)
-        g_c = torch.autograd.grad(y_c.square().sum() + h_c.sum(), leaves)
-        for a, b in zip(g_c, g_e, strict=True):
-            assert_close(a, b, TOL[torch.float32], "gradient")
+        assert_compile_matches_eager(model, x, hx, compiled=compiled,
+                                     loss=lambda out: out[0].square().sum() + out[1].sum())
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -50,5 +45,13 @@ def test_compile_inference_no_graph_break(device):
     explanation = torch._dynamo.explain(model)(x)
     assert explanation.graph_break_count == 0
     with torch.no_grad():
-        assert_close(torch.compile(model, fullgraph=True)(x)[0], model(x)[0],
-                     TOL[torch.float32], "inference output")
+        assert_compile_matches_eager(model, x)
+
+
+def test_jit_trace_without_check_runs_the_fused_ops():
+    m = fusedgru.GRU(3, 4, num_layers=2).double()
+    traced = torch.jit.trace(m, (torch.randn(5, 2, 3, dtype=torch.float64),), check_trace=False)
+    assert "fusedgru::gru_forward" in str(traced.graph)
+    x = torch.randn(8, 3, 3, dtype=torch.float64)  # another length and batch
+    for ours, theirs in zip(traced(x), m(x)):
+        assert_close(ours, theirs, TOL[torch.float64], "traced")

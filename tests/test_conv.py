@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from gru_testing import DEVICES, rel_err
+from gru_testing import DEVICES, assert_compile_matches_eager, rel_err
 from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 
@@ -260,8 +260,6 @@ def test_opcheck(device, layout):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_compile_fullgraph(device):
-    torch._dynamo.reset()
-
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
@@ -273,13 +271,7 @@ def test_compile_fullgraph(device):
 
     net = Net().to(device)
     x = torch.randn(3, 20, 8, device=device, requires_grad=True)
-    y_e = net(x)
-    y_c = torch.compile(net, fullgraph=True)(x)
-    assert torch.allclose(y_c, y_e, atol=1e-5)
-    g_e = torch.autograd.grad(y_e.sum(), [x, *net.parameters()])
-    g_c = torch.autograd.grad(y_c.sum(), [x, *net.parameters()])
-    for a, r in zip(g_c, g_e):
-        assert torch.allclose(a, r, atol=1e-5)
+    assert_compile_matches_eager(net, x)
 
 
 @pytest.mark.parametrize("layout", ["ncl", "channels_last"])

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from gru_testing import DEVICES
+from gru_testing import DEVICES, assert_compile_matches_eager
 from torch.autograd import gradcheck
 
 from fusedgru.models import CausalConvGRU
@@ -90,16 +90,9 @@ def test_gradcheck_tiny_stack(device, attention):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_compile_fullgraph(device):
-    torch._dynamo.reset()
     m = CausalConvGRU(5, 8, attention="causal", num_heads=2).to(device)
     x = torch.randn(3, 10, 5, device=device, requires_grad=True)
-    y_e = m(x)
-    y_c = torch.compile(m, fullgraph=True)(x)
-    assert torch.allclose(y_c, y_e, atol=1e-5)
-    g_e = torch.autograd.grad(y_e.sum(), [x, *m.parameters()])
-    g_c = torch.autograd.grad(y_c.sum(), [x, *m.parameters()])
-    for a, b in zip(g_c, g_e):
-        assert torch.allclose(a, b, atol=1e-5)
+    assert_compile_matches_eager(m, x)
 
 
 @pytest.mark.parametrize("device", DEVICES)

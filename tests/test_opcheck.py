@@ -1,9 +1,12 @@
-"""torch.library.opcheck on every registered op: schema, fake kernel, autograd registration and
-AOT dispatch (what torch.compile relies on)."""
+"""The registered ops: torch.library.opcheck on every op (schema, fake kernel, autograd
+registration and AOT dispatch, what torch.compile relies on), and that fusedgru.GRU runs them
+(the profiler sees the fused ops, no workspace without grad)."""
 
 import pytest
 import torch
 from gru_testing import DEVICES
+
+import fusedgru
 
 
 def gru_args(device, dtype=torch.float32, T=5, N=3, C=4, H=6, bias=True, lengths=None,
@@ -61,3 +64,26 @@ def test_opcheck_gru_backward(device, case, with_grad_ws):
     for need_input, need_weight in [(True, True), (False, True), (True, False)]:
         torch.library.opcheck(torch.ops.fusedgru.gru_backward.default,
                               (*tensors, False, True, need_input, need_weight))
+
+
+def test_forward_and_backward_run_fused_ops():
+    m = fusedgru.GRU(8, 16, num_layers=2, bidirectional=True)
+    x = torch.randn(10, 4, 8, requires_grad=True)
+    with torch.profiler.profile() as prof:
+        out, h = m(x)
+        (out.sum() + h.sum()).backward()
+    names = [e.name for e in prof.events()]
+    assert names.count("fusedgru::gru_forward") == 4
+    assert names.count("fusedgru::gru_backward") == 4
+    assert not any(n in ("aten::sigmoid", "aten::tanh", "aten::gru_cell") for n in names)
+
+
+def test_no_workspace_without_grad():
+    m = fusedgru.GRU(8, 16)
+    x = torch.randn(10, 4, 8)
+    with torch.no_grad():
+        out, h = m(x)
+    assert not out.requires_grad
+    o2, ws = torch.ops.fusedgru.gru_forward(x, torch.zeros(4, 16), m.weight_ih_l0, m.weight_hh_l0,
+                                            m.bias_ih_l0, m.bias_hh_l0, None, False, False)[::2]
+    assert ws.numel() == 0

@@ -1,0 +1,135 @@
+"""fusedgru.GRUCell against torch.nn.GRUCell: h' and every gradient, low precision, errors,
+CPU autocast, the meta device, and the fusedgru::gru_cell op's gradcheck and opcheck."""
+
+import copy
+
+import pytest
+import torch
+from gru_testing import DEVICES, TOL, assert_close, rel_err
+from torch import nn
+
+import fusedgru
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("N, C, H, bias", [(1, 1, 1, True), (3, 17, 130, True), (5, 33, 64, False),
+                                           (8, 64, 17, True), (9, 3, 130, True),
+                                           (40, 5, 7, False), (0, 3, 4, True)])
+def test_gru_cell_matches_nn_gru_cell(device, dtype, N, C, H, bias):
+    ref = nn.GRUCell(C, H, bias=bias).to(device, dtype)
+    ours = fusedgru.GRUCell(C, H, bias=bias).to(device, dtype)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(N, C, device=device, dtype=dtype, requires_grad=True)
+    hx = torch.randn(N, H, device=device, dtype=dtype, requires_grad=True)
+    g = torch.randn(N, H, device=device, dtype=dtype)
+    results = []
+    for m in (ref, ours):
+        out = m(x, hx)
+        results.append((out, torch.autograd.grad((out * g).sum(), [x, hx, *m.parameters()])))
+    (o_r, g_r), (o_o, g_o) = results
+    assert_close(o_o, o_r, TOL[dtype], "h'")
+    for a, b in zip(g_o, g_r, strict=True):
+        assert_close(a, b, TOL[dtype], "gradient")
+    if N:
+        assert_close(ours(x[0]), ref(x[0]), TOL[dtype], "unbatched")
+
+
+@pytest.mark.parametrize("device, dtype", [
+    ("cpu", torch.bfloat16),
+    pytest.param("cuda", torch.bfloat16, marks=pytest.mark.cuda),
+    pytest.param("cuda", torch.float16, marks=pytest.mark.cuda),
+], ids=["cpu-bf16", "cuda-bf16", "cuda-fp16"])
+@pytest.mark.parametrize("N", [1, 6, 33])
+def test_gru_cell_low_precision_error_within_twice_torch(device, dtype, N):
+    """Streaming steps in low precision, every row count path (CPU: the dot-product kernel up to
+    8 rows, GEMMs beyond): err(ours, fp64) <= 2 err(nn.GRUCell in dtype, fp64) + eps."""
+    ref = nn.GRUCell(70, 130).double()
+    ours = fusedgru.GRUCell(70, 130).double()
+    ours.load_state_dict(ref.state_dict())
+    x, hx = torch.randn(N, 70, dtype=torch.float64), torch.randn(N, 130, dtype=torch.float64)
+    with torch.no_grad():
+        exact = ref(x, hx)
+        theirs = copy.deepcopy(ref).to(device, dtype)(x.to(device, dtype), hx.to(device, dtype))
+        got = ours.to(device, dtype)(x.to(device, dtype), hx.to(device, dtype))
+    assert got.dtype == dtype
+    assert rel_err(got, exact) <= 2 * rel_err(theirs, exact) + 1e-3
+
+
+@pytest.mark.parametrize("case", ["feature", "hx batch", "hx size", "3-D input", "3-D hidden"])
+def test_gru_cell_errors_match_nn_gru_cell(case):
+    args = {"feature": (torch.randn(3, 6), None), "hx batch": (torch.randn(3, 4),
+                                                                torch.randn(2, 5)),
+            "hx size": (torch.randn(3, 4), torch.randn(3, 6)), "3-D input": (torch.randn(2, 3, 4),
+                                                                            None),
+            "3-D hidden": (torch.randn(3, 4), torch.randn(1, 3, 5))}[case]
+    ref = nn.GRUCell(4, 5)
+    with pytest.raises(Exception) as expected:
+        ref(*args)
+    with pytest.raises(type(expected.value)) as got:
+        fusedgru.GRUCell(4, 5)(*args)
+    assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gru_cell_op_gradcheck_and_opcheck(device):
+    kw = dict(device=device, dtype=torch.float64, requires_grad=True)
+    args = (torch.randn(3, 4, **kw), torch.randn(3, 5, **kw), torch.randn(15, 4, **kw),
+            torch.randn(15, 5, **kw), torch.randn(15, **kw), torch.randn(15, **kw))
+    assert torch.autograd.gradcheck(torch.ops.fusedgru.gru_cell, args)
+    assert torch.autograd.gradgradcheck(torch.ops.fusedgru.gru_cell, args)
+    torch.library.opcheck(torch.ops.fusedgru.gru_cell.default, args)
+    torch.library.opcheck(torch.ops.fusedgru.gru_cell.default, args[:4] + (None, None))
+
+
+@pytest.mark.parametrize("hx_dtype", [torch.float32, torch.bfloat16])
+def test_gru_cell_under_cpu_autocast_behaves_like_nn_gru_cell(hx_dtype):
+    """A decoder step under CPU autocast: nn.Linear gives a bfloat16 activation, the state is
+    float32 (or bfloat16). nn.GRUCell's h' takes hx's dtype; ours the same, as accurate, with
+    gradients of the same dtypes and at least as accurate; a converted decoder runs too."""
+    torch.manual_seed(0)
+    proj, ref = nn.Linear(7, 5), nn.GRUCell(5, 6)
+    ours = fusedgru.GRUCell(5, 6)
+    ours.load_state_dict(ref.state_dict())
+    ref64 = copy.deepcopy(ref).double()
+    x, hx = torch.randn(4, 7), torch.randn(4, 6).to(hx_dtype).requires_grad_()
+    g = torch.randn(4, 6)
+    with torch.autocast("cpu"):
+        a = proj(x)
+    assert a.dtype == torch.bfloat16
+    a = a.detach().requires_grad_()
+    a64, hx64 = (t.detach().double().requires_grad_() for t in (a, hx))
+    results = {}
+    for name, cell, inputs in (("theirs", ref, (a, hx)), ("ours", ours, (a, hx)),
+                               ("exact", ref64, (a64, hx64))):
+        with torch.autocast("cpu", enabled=name != "exact"):
+            out = cell(*inputs)
+        grads = torch.autograd.grad((out * g.to(out.dtype)).sum(), [*inputs, *cell.parameters()])
+        results[name] = (out, *grads)
+    assert results["ours"][0].dtype == results["theirs"][0].dtype == hx_dtype
+    for i, (o, t, e) in enumerate(zip(results["ours"], results["theirs"], results["exact"])):
+        assert o.dtype == t.dtype, f"tensor {i}: {o.dtype}, nn.GRUCell gives {t.dtype}"
+        assert rel_err(o, e) <= 2 * rel_err(t, e) + 1e-6, f"tensor {i}"
+        assert rel_err(o, t) <= 3e-2, f"tensor {i}"
+
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj, self.cell = nn.Linear(7, 5), nn.GRUCell(5, 6)
+
+        def forward(self, x, h):
+            return self.cell(self.proj(x), h)
+
+    dec = Decoder()
+    with torch.autocast("cpu"):
+        expected = dec(x, hx)
+        got = fusedgru.convert(dec)(x, hx)
+    assert isinstance(dec.cell, fusedgru.GRUCell)
+    assert got.dtype == expected.dtype == hx_dtype
+    assert rel_err(got, expected) <= 3e-2
+
+
+def test_meta_device_gru_cell():
+    ref, ours = nn.GRUCell(3, 5, device="meta"), fusedgru.GRUCell(3, 5, device="meta")
+    x = torch.randn(4, 3, device="meta")
+    assert ours(x).shape == ref(x).shape == (4, 5) and ours(x).device.type == "meta"

@@ -1,0 +1,204 @@
+"""fusedgru.GRU's interface is torch.nn.GRU's: parameters, initialization and state_dict,
+constructor and input errors (type and message), the functional form, functional_call,
+copies and pickling, the meta device."""
+
+import copy
+import io
+import math
+
+import pytest
+import torch
+from gru_testing import DEVICES, TOL, assert_close, pair
+from torch import nn
+
+import fusedgru
+
+
+def test_parameters_state_dict_and_init_match_nn_gru():
+    kwargs = dict(num_layers=2, bidirectional=True, bias=True)
+    torch.manual_seed(7)
+    ref = nn.GRU(5, 9, **kwargs)
+    torch.manual_seed(7)
+    ours = fusedgru.GRU(5, 9, **kwargs)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    for (n, a), (_, b) in zip(ours.state_dict().items(), ref.state_dict().items(), strict=True):
+        assert torch.equal(a, b), f"{n}: same seed must give nn.GRU's initialization"
+    bound = 1 / math.sqrt(9)
+    assert all(p.abs().max() <= bound for p in ours.parameters())
+    back = nn.GRU(5, 9, **kwargs)
+    back.load_state_dict(ours.state_dict())
+    x = torch.randn(4, 2, 5)
+    assert_close(back(x)[0], ours(x)[0], TOL[torch.float32], "reverse load")
+    assert repr(ours).replace("GRU", "") == repr(ref).replace("GRU", "")
+    assert ours.all_weights[0][0] is ours.weight_ih_l0
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(input_size=4, hidden_size=0),
+    dict(input_size=0, hidden_size=4),
+    dict(input_size=4, hidden_size=4, num_layers=0),
+    dict(input_size=4, hidden_size=4, bias=1),
+    dict(input_size=4, hidden_size=4, batch_first=1),
+    dict(input_size=4.0, hidden_size=4),
+    dict(input_size=4, hidden_size="4"),
+    dict(input_size=4, hidden_size=4, dropout=1.5),
+    dict(input_size=4, hidden_size=4, dropout=True),
+    dict(input_size=4, hidden_size=4, proj_size=2),
+])
+def test_constructor_errors_match_nn_gru(kwargs):
+    with pytest.raises(Exception) as expected:
+        nn.GRU(**kwargs)
+    with pytest.raises(type(expected.value)) as got:
+        fusedgru.GRU(**kwargs)
+    assert str(got.value) == str(expected.value)
+
+
+def test_dropout_warning_matches_nn_gru():
+    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
+        fusedgru.GRU(3, 4, dropout=0.5)
+
+
+BAD_INPUTS = {
+    "4-D input": lambda d: (torch.randn(3, 2, 4, 1, device=d), None),
+    "1-D input": lambda d: (torch.randn(4, device=d), None),
+    "wrong feature size": lambda d: (torch.randn(3, 2, 5, device=d), None),
+    "wrong hx batch": lambda d: (torch.randn(3, 2, 4, device=d), torch.randn(2, 3, 6, device=d)),
+    "wrong hx layers": lambda d: (torch.randn(3, 2, 4, device=d), torch.randn(1, 2, 6, device=d)),
+    "2-D hx for 3-D input": lambda d: (torch.randn(3, 2, 4, device=d), torch.randn(2, 6, device=d)),
+    "3-D hx for 2-D input": lambda d: (torch.randn(3, 4, device=d), torch.randn(2, 1, 6, device=d)),
+    "float64 input": lambda d: (torch.randn(3, 2, 4, device=d, dtype=torch.float64), None),
+    "int input": lambda d: (torch.ones(3, 2, 4, device=d, dtype=torch.long), None),
+    "empty sequence": lambda d: (torch.randn(0, 2, 4, device=d), None),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_inputs_raise_like_nn_gru(device, case):
+    ref, ours = pair(device, torch.float32, 4, 6, num_layers=2)
+    x, hx = BAD_INPUTS[case](device)
+    with pytest.raises(Exception) as expected:
+        ref(x, hx)
+    with pytest.raises(type(expected.value)) as got:
+        ours(x, hx)
+    assert str(got.value) == str(expected.value)
+    good = torch.randn(3, 2, 4, device=device)
+    assert_close(ours(good)[0], ref(good)[0], TOL[torch.float32], "after the error")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_hx_dtype_mismatch_is_clear(device):
+    # nn.GRU fails inside a matmul here; we say what is wrong.
+    _, ours = pair(device, torch.float32, 4, 6)
+    x = torch.randn(3, 2, 4, device=device)
+    hx = torch.randn(1, 2, 6, device=device, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="Input and hidden tensors are not the same dtype"):
+        ours(x, hx)
+
+
+def test_functional_gru_matches_module():
+    m = fusedgru.GRU(3, 4, num_layers=2, bidirectional=True, batch_first=True).double()
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    hx = torch.randn(4, 2, 4, dtype=torch.float64)
+    out_m, h_m = m(x, hx)
+    out_f, h_f = fusedgru.gru(x, hx, list(m.parameters()), True, 2, 0.0, False, True, True)
+    assert torch.equal(out_m, out_f) and torch.equal(h_m, h_f)
+    with pytest.raises(ValueError, match="expected 16 GRU parameters"):
+        fusedgru.gru(x, hx, list(m.parameters())[:-1], True, 2, 0.0, False, True, True)
+
+
+def test_functional_call_and_weight_reassignment():
+    m = fusedgru.GRU(3, 4).double()
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    new = {n: torch.randn_like(p) for n, p in m.named_parameters()}
+    out = torch.func.functional_call(m, new, (x,))[0]
+    ref = nn.GRU(3, 4).double()
+    ref.load_state_dict(new)
+    assert_close(out, ref(x)[0], TOL[torch.float64], "functional_call")
+    m.weight_hh_l0 = nn.Parameter(new["weight_hh_l0"])
+    m.weight_ih_l0 = nn.Parameter(new["weight_ih_l0"])
+    m.bias_ih_l0 = nn.Parameter(new["bias_ih_l0"])
+    m.bias_hh_l0 = nn.Parameter(new["bias_hh_l0"])
+    assert_close(m(x)[0], ref(x)[0], TOL[torch.float64], "reassigned weights")
+
+
+def test_deepcopy_and_save_load():
+    m = fusedgru.GRU(3, 4, num_layers=2)
+    x = torch.randn(5, 2, 3)
+    c = copy.deepcopy(m)
+    assert torch.equal(c(x)[0], m(x)[0])
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert isinstance(loaded, fusedgru.GRU) and torch.equal(loaded(x)[0], m(x)[0])
+
+
+# ---- meta device (deferred init, shape inference) ----
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("kind", ["GRU", "LayerNormGRU"])
+def test_meta_device_gives_nn_grus_shapes(kind, batch_first):
+    kwargs = dict(num_layers=2, bidirectional=True, batch_first=batch_first, device="meta")
+    ref = nn.GRU(3, 5, **kwargs)
+    ours = getattr(fusedgru, kind)(3, 5, **kwargs)
+    x = torch.randn((2, 7, 3) if batch_first else (7, 2, 3), device="meta")
+    hx = torch.randn(4, 2, 5, device="meta")
+    for args in ((x,), (x, hx), (x[0] if batch_first else x[:, 0],)):
+        expected = ref(*args)
+        got = ours(*args)
+        for o, e in zip(got, expected, strict=True):
+            assert o.device.type == "meta" and o.shape == e.shape and o.dtype == e.dtype
+    out, h = ours(x, lengths=torch.tensor([7, 3]))  # values on the host: checked
+    assert out.shape == expected_out_shape(batch_first) and h.shape == (4, 2, 5)
+    out, h = ours(x, lengths=torch.empty(2, dtype=torch.long, device="meta"))  # not readable
+    assert out.shape == expected_out_shape(batch_first) and h.shape == (4, 2, 5)
+    with pytest.raises(ValueError, match=r"lengths must have shape \(N,\) = \(2,\), got \(3,\)"):
+        ours(x, lengths=torch.empty(3, dtype=torch.long, device="meta"))
+    x.requires_grad_()
+    out, h = ours(x)
+    (out.sum() + h.sum()).backward()
+    assert x.grad.shape == x.shape and x.grad.device.type == "meta"
+    # deferred init: materialize, then the module computes what nn.GRU does
+    ours.to_empty(device="cpu").reset_parameters()
+    assert ours(torch.randn(x.shape))[0].shape == expected_out_shape(batch_first)
+
+def expected_out_shape(batch_first):
+    return (2, 7, 10) if batch_first else (7, 2, 10)
+
+
+# ---- the functional form names a misshapen weight ----
+
+def test_functional_gru_names_the_misshapen_weight():
+    m = fusedgru.GRU(3, 4, num_layers=2, bidirectional=True)
+    w = list(m.parameters())  # per layer and direction: weight_ih, weight_hh, bias_ih, bias_hh
+    x = torch.randn(5, 2, 3)
+    cases = {
+        "swapped": ([w[1], w[0]] + w[2:], "weight_ih_l0 must have shape (12, 3), got (12, 4); "
+                                          "weight_hh_l0 must have shape (12, 4), got (12, 3)"),
+        "1-D": ([w[0], w[2], w[1]] + w[3:], "weight_hh_l0 must have shape (12, 4), got (12,); "
+                                            "bias_ih_l0 must have shape (12,), got (12, 4)"),
+        "layer 1 reverse": (w[:12] + [w[12][:, :4]] + w[13:],
+                            "weight_ih_l1_reverse must have shape (12, 8), got (12, 4)"),
+    }
+    for what, (params, message) in cases.items():
+        with pytest.raises(RuntimeError) as got:
+            fusedgru.gru(x, None, params, True, 2, 0.0, False, True, False)
+        assert str(got.value) == (
+            "GRU weights do not fit input_size=3, hidden_size=4 (from weight_hh_l0), "
+            f"num_layers=2, bidirectional=True: {message}"), what
+    with pytest.raises(RuntimeError, match=r"weight_hh_l0 must have shape \(3\*hidden_size, "
+                                           r"hidden_size\), got \(\)"):
+        fusedgru.gru(x, None, [w[0], w[0].sum()] + w[2:], True, 2, 0.0, False, True, False)
+    with pytest.raises(RuntimeError, match=r"weight_hh_l0 must have shape \(3\*hidden_size, "
+                                           r"hidden_size\), got \(4, 4\)"):
+        fusedgru.gru(x, None, [w[0], w[1][:4]] + w[2:], True, 2, 0.0, False, True, False)
+    ln = fusedgru.LayerNormGRU(3, 4)
+    p = list(ln.parameters())
+    with pytest.raises(RuntimeError, match=r"ln_hh_bias_l0 must have shape \(12,\), got \(4,\)"):
+        fusedgru.ln_gru(x, None, p[:5] + [p[5][:4]], 1, 0.0, False, False, False)
+    # a module whose weight was reassigned with the wrong shape says the same
+    m.weight_hh_l1 = nn.Parameter(torch.randn(12, 5))
+    with pytest.raises(RuntimeError, match=r"weight_hh_l1 must have shape \(12, 4\), got "
+                                           r"\(12, 5\)"):
+        m(x)
