@@ -12,9 +12,19 @@ test: setup
 	$(PY) -m pytest tests -q $(ARGS)
 
 # Linters, one line per language: Python (ruff check, configured in pyproject.toml; lint only,
-# no reformatting).
-lint: setup
+# no reformatting) and C++/CUDA (clang-format, .clang-format: the sources must be formatted;
+# `make format` rewrites them). Pinned, so that every machine formats alike; installed here, not
+# by setup, so that the offline GPU machine's make test needs neither.
+LINT_TOOLS := ruff==0.17.6 clang-format==23.1.5
+CXX_SOURCES = $$(git ls-files 'csrc/*' 'tests/cuda_emu/*' | grep -E '\.(h|cuh|cu|cpp)$$')
+.PHONY: lint-tools format
+lint-tools: setup
+	@$(PY) -m pip install -q $(LINT_TOOLS)
+lint: lint-tools
 	$(PY) -m ruff check .
+	.venv/bin/clang-format --dry-run --Werror $(CXX_SOURCES)
+format: lint-tools
+	.venv/bin/clang-format -i $(CXX_SOURCES)
 
 # The CUDA kernels under the host emulator, built with AddressSanitizer: any out-of-bounds access
 # to a tensor or to shared memory aborts with a report (CI runs this after `make test`).

@@ -117,7 +117,7 @@ class BuildExtensionWithRecord(BuildExtension):
 
 setup(
     ext_modules=[extension()],
-    install_requires=[torch_requirement(), "numpy"],
+    install_requires=[torch_requirement()],
     cmdclass={"build_ext": BuildExtensionWithRecord},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )

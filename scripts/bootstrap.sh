@@ -52,7 +52,7 @@ fi
 # installed only when missing; looked up as distributions, not imports (with the compat
 # editable install the checkout is on sys.path, and its build/ folder would pass for `build`)
 missing=()
-for name in numpy ninja pybind11 pytest hypothesis pytest-benchmark ruff tqdm setuptools wheel; do
+for name in numpy ninja pybind11 pytest hypothesis pytest-benchmark tqdm setuptools wheel; do
   "$VPY" -c "import importlib.metadata as m; m.version('$name')" 2>/dev/null || missing+=("$name")
 done
 if [ ${#missing[@]} -gt 0 ]; then

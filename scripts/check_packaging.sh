@@ -82,7 +82,7 @@ site=$("$work/venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()
 # the checkout itself stays off the path (the dev venv's editable .pth is not read from there).
 "$VPY" -c "import sys; print('\n'.join(p for p in sys.path if p.endswith('-packages')))" \
   > "$site/_fusedgru_dev_site.pth"
-# --no-index: the wheel's requirements (torch==<the torch it was built with>, numpy) must be met
+# --no-index: the wheel's requirement (torch==<the torch it was built with>) must be met
 # by what is installed. pip notes that it leaves the dev venv's editable fusedgru alone.
 if ! "$work/venv/bin/python" -m pip install -q --no-index "$wheel" > "$work/install.log" 2>&1; then
   cat "$work/install.log"
