@@ -24,15 +24,11 @@ from ._ops import fused_or_reference
 
 def _check_devices_and_dtypes(input: Tensor, hx: Tensor, params: Sequence[Tensor]) -> None:
     # Same wording as ATen's RNN checks (aten/src/ATen/native/RNN.cpp, check_attributes).
-    if hx.device != input.device:
-        raise RuntimeError(
-            "Input and hidden tensors are not at the same device, found input tensor at "
-            f"{input.device} and hidden tensor at {hx.device}")
-    for p in params:
-        if p.device != input.device:
+    for kind, t in [("hidden", hx), *(("parameter", p) for p in params)]:
+        if t.device != input.device:
             raise RuntimeError(
-                "Input and parameter tensors are not at the same device, found input tensor at "
-                f"{input.device} and parameter tensor at {p.device}")
+                f"Input and {kind} tensors are not at the same device, found input tensor at "
+                f"{input.device} and {kind} tensor at {t.device}")
     if hx.dtype != input.dtype:
         raise RuntimeError(
             "Input and hidden tensors are not the same dtype, found input tensor with "

@@ -30,6 +30,18 @@ def _active_mask(lengths: Tensor | None, T: int, N: int, like: Tensor) -> Tensor
     return (t < lengths.to(like.device).unsqueeze(0)).unsqueeze(2)
 
 
+def gates(gi: Tensor, gh: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One step's gates from the input and recurrent pre-activations gi, gh [N, 3H] (gate order
+    r, z, n, as nn.GRU) and h_{t-1} [N, H]: (r, z, n, h_t), with
+    n = tanh(gi_n + r * gh_n) and h_t = n + z * (h - n) (= (1 - z) n + z h, as ATen computes it)."""
+    i_r, i_z, i_n = gi.chunk(3, dim=1)
+    h_r, h_z, h_n = gh.chunk(3, dim=1)
+    r = torch.sigmoid(i_r + h_r)
+    z = torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    return r, z, n, n + z * (h - n)
+
+
 def gru_layer(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
               bias_ih: Tensor | None = None, bias_hh: Tensor | None = None,
               lengths: Tensor | None = None, reverse: bool = False):
@@ -65,16 +77,12 @@ def gru_layer(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
     outs, saved = [None] * T, [None] * T
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
         gh = torch.nn.functional.linear(h, weight_hh, bias_hh)
-        i_r, i_z, i_n = gi[t].split(H, dim=1)
-        h_r, h_z, h_n = gh.split(H, dim=1)
-        r = torch.sigmoid(i_r + h_r)
-        z = torch.sigmoid(i_z + h_z)
-        n = torch.tanh(i_n + r * h_n)
-        h_new = n + z * (h - n)
+        r, z, n, h_new = gates(gi[t], gh, h)
         m = active[t]
         h = torch.where(m, h_new, h)
         outs[t] = torch.where(m, h_new, torch.zeros_like(h_new))
-        saved[t] = torch.where(m, torch.cat([r, z, n, h_n], dim=1), torch.zeros(()).to(h))
+        saved[t] = torch.where(m, torch.cat([r, z, n, gh[:, 2 * H:]], dim=1),
+                               torch.zeros(()).to(h))
     return torch.stack(outs), h, torch.stack(saved)
 
 
@@ -258,12 +266,7 @@ def ln_gru_layer(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor
     outs = [None] * T
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
         a_h = ln(h @ weight_hh.t(), (3 * H,), ln_hh_weight, ln_hh_bias, eps)
-        i_r, i_z, i_n = a_i[t].split(H, dim=1)
-        h_r, h_z, h_n = a_h.split(H, dim=1)
-        r = torch.sigmoid(i_r + h_r)
-        z = torch.sigmoid(i_z + h_z)
-        n = torch.tanh(i_n + r * h_n)
-        h_new = n + z * (h - n)
+        _, _, _, h_new = gates(a_i[t], a_h, h)
         h = torch.where(active[t], h_new, h)
         outs[t] = torch.where(active[t], h_new, torch.zeros_like(h_new))
     return torch.stack(outs), h

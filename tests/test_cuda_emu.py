@@ -199,6 +199,30 @@ def grad_error(o, r, name, x, w_ih, d_gi):
     return (diff / max(r.double().norm(), scale.get(name, 0.0), 1e-30)).item()
 
 
+def assert_gru_backward_matches(emu, path, args, ref_lengths, fwd, ref, reverse, bias=True,
+                                with_grad_ws=False, tol=1e-12):
+    """The emulated backward of the forward fwd = (out, h, ws) against
+    reference.gru_layer_backward on the same random upstream gradients, every gradient within tol
+    (grad_error: relative, or against the gradient's conditioning where it cancels). ref = the
+    reference forward (out_r, h_r, ws_r); ref_lengths the lengths it ran with."""
+    x, hx, w_ih, w_hh, b_ih, b_hh, lengths = args
+    (out, _, ws), (out_r, h_r, ws_r) = fwd, ref
+    go, gh = torch.randn_like(out_r), torch.randn_like(h_r)
+    gws = torch.randn_like(ws_r) if with_grad_ws else None
+    grads = getattr(emu, "gru_backward" + path)(go, gh, gws, x, hx, w_ih, w_hh, lengths, out, ws,
+                                                reverse, bias, True, True)
+    grads_r = reference.gru_layer_backward(go, gh, gws, x, hx, w_ih, w_hh, ref_lengths, out_r,
+                                           ws_r, reverse, bias)
+    d_gi = gate_gradient(reference.gru_layer, x, w_ih, b_ih,
+                         (hx, w_hh, None, b_hh, ref_lengths, reverse), go, gh) \
+        if not with_grad_ws else grads_r[0].new_zeros(0)
+    for name, o, r in zip(GRAD_NAMES, grads, grads_r):
+        if r is None:
+            continue
+        err = grad_error(o, r, name, x, w_ih, d_gi)
+        assert o.shape == r.shape and err <= tol, f"grad {name}: {err}"
+
+
 GRAD_NAMES = ["input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh"]
 LN_GRAD_NAMES = ["input", "hx", "weight_ih", "weight_hh", "ln_ih_weight", "ln_ih_bias",
                  "ln_hh_weight", "ln_hh_bias"]
@@ -246,21 +270,8 @@ def test_gru_kernels_float64(emu, path, T, N, C, H, reverse, batch_major, with_l
     out_r, h_r, ws_r = reference.gru_layer(*args, reverse)
     for name, o, r in (("output", out, out_r), ("h_n", h, h_r), ("workspace", ws, ws_r)):
         assert o.shape == r.shape and rel_err(o, r) <= 1e-12, name
-    go, gh = torch.randn_like(out_r), torch.randn_like(h_r)
-    gws = torch.randn_like(ws_r) if with_grad_ws else None
-    x, hx, w_ih, w_hh, _, _, lengths = args
-    grads = getattr(emu, "gru_backward" + path)(go, gh, gws, x, hx, w_ih, w_hh, lengths, out, ws,
-                                                reverse, bias, True, True)
-    grads_r = reference.gru_layer_backward(go, gh, gws, x, hx, w_ih, w_hh, lengths, out_r, ws_r,
-                                           reverse, bias)
-    d_gi = gate_gradient(reference.gru_layer, x, w_ih, args[4],
-                         (hx, w_hh, None, args[5], lengths, reverse), go, gh) \
-        if not with_grad_ws else grads_r[0].new_zeros(0)
-    for name, o, r in zip(GRAD_NAMES, grads, grads_r):
-        if r is None:
-            continue
-        err = grad_error(o, r, name, x, w_ih, d_gi)
-        assert o.shape == r.shape and err <= 1e-12, f"grad {name}: {err}"
+    assert_gru_backward_matches(emu, path, args, args[6], (out, h, ws), (out_r, h_r, ws_r),
+                                reverse, bias, with_grad_ws)
 
 
 @pytest.mark.parametrize("forward", ["gru_forward", "gru_forward_per_step"],
@@ -374,17 +385,7 @@ def test_gru_kernels_in_deterministic_mode(emu, deterministic, monkeypatch, path
     out, h, ws = getattr(emu, "gru_forward" + path)(*args, True, True)
     out_r, h_r, ws_r = reference.gru_layer(*args, True)
     assert rel_err(out, out_r) <= 1e-12 and rel_err(h, h_r) <= 1e-12
-    x, hx, w_ih, w_hh, _, _, lengths = args
-    go, gh = torch.randn_like(out_r), torch.randn_like(h_r)
-    grads = getattr(emu, "gru_backward" + path)(go, gh, None, x, hx, w_ih, w_hh, lengths, out, ws,
-                                                True, True, True, True)
-    grads_r = reference.gru_layer_backward(go, gh, None, x, hx, w_ih, w_hh, lengths, out_r, ws_r,
-                                           True, True)
-    d_gi = gate_gradient(reference.gru_layer, x, w_ih, args[4],
-                         (hx, w_hh, None, args[5], lengths, True), go, gh)
-    for name, o, r in zip(GRAD_NAMES, grads, grads_r):
-        err = grad_error(o, r, name, x, w_ih, d_gi)
-        assert err <= 1e-12, f"grad {name}: {err}"
+    assert_gru_backward_matches(emu, path, args, args[6], (out, h, ws), (out_r, h_r, ws_r), True)
 
 
 def test_ln_gru_kernels_in_deterministic_mode(emu, deterministic, monkeypatch):
@@ -567,17 +568,8 @@ def test_gru_lengths_out_of_range_act_as_clamped(emu, path, reverse, batch_major
     ref_args = args[:6] + [clamped]
     out_r, h_r, ws_r = reference.gru_layer(*ref_args, reverse)
     assert rel_err(out, out_r) <= 1e-12 and rel_err(h, h_r) <= 1e-12
-    go, gh = torch.randn_like(out_r), torch.randn_like(h_r)
-    x, hx, w_ih, w_hh, _, _, lengths = args
-    grads = getattr(emu, "gru_backward" + path)(go, gh, None, x, hx, w_ih, w_hh, lengths, out,
-                                                ws, reverse, True, True, True)
-    grads_r = reference.gru_layer_backward(go, gh, None, x, hx, w_ih, w_hh, clamped, out_r, ws_r,
-                                           reverse, True)
-    d_gi = gate_gradient(reference.gru_layer, x, w_ih, args[4],
-                         (hx, w_hh, None, args[5], clamped, reverse), go, gh)
-    for name, o, r in zip(GRAD_NAMES, grads, grads_r):
-        err = grad_error(o, r, name, x, w_ih, d_gi)
-        assert err <= 1e-12, f"grad {name}: {err}"
+    assert_gru_backward_matches(emu, path, args, clamped, (out, h, ws), (out_r, h_r, ws_r),
+                                reverse)
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
