@@ -195,6 +195,28 @@ GruForwardPointwise GruForwardState::at_step(int64_t t) const {
   return p;
 }
 
+BackwardSteps backward_steps(const Tensor& input, int64_t H, const Tensor& grad_h_n,
+                             const Tensor& workspace) {
+  BackwardSteps s;
+  s.T = input.size(0);
+  s.N = input.size(1);
+  s.H = H;
+  s.x = steps_layout(input);
+  s.batch_major = is_batch_major(s.x);
+  s.dh = grad_h_n.clone(at::MemoryFormat::Contiguous);
+  s.ws = workspace;
+  return s;
+}
+
+void BackwardSteps::read(const Tensor& grad_output, const Tensor& output, const Tensor& hx,
+                         const std::optional<Tensor>& lengths) {
+  go = last_dim_contiguous(grad_output);
+  out = last_dim_contiguous(output);
+  ws = last_dim_contiguous(ws);
+  h0 = hx.contiguous();
+  if (lengths.has_value()) len = lengths->contiguous();
+}
+
 GruBackwardState gru_backward_state(const Tensor& grad_output, const Tensor& grad_h_n,
                                     const std::optional<Tensor>& grad_workspace,
                                     const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
@@ -203,51 +225,26 @@ GruBackwardState gru_backward_state(const Tensor& grad_output, const Tensor& gra
                                     bool need_weight_grad) {
   check_gru_backward_args(grad_output, grad_h_n, grad_workspace, input, hx, weight_ih, weight_hh,
                           lengths, output, workspace);
-  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
-  const Tensor x = steps_layout(input);
-  const bool batch_major = is_batch_major(x);
-  const auto opts = x.options();
   GruBackwardState st;
-  st.T = T;
-  st.N = N;
-  st.H = H;
-  st.batch_major = batch_major;
-  st.x = x;
-  st.dh = grad_h_n.clone(at::MemoryFormat::Contiguous);
-  st.dgh = alloc_steps(batch_major, T, N, 3 * H, opts);
-  st.dgin = alloc_steps(batch_major, T, N, H, opts);
+  static_cast<BackwardSteps&>(st) = backward_steps(input, weight_hh.size(1), grad_h_n, workspace);
+  const int64_t T = st.T, N = st.N, H = st.H;
+  const auto opts = st.x.options();
+  st.dgh = alloc_steps(st.batch_major, T, N, 3 * H, opts);
+  st.dgin = alloc_steps(st.batch_major, T, N, H, opts);
   // h_{t-1} per step for the W_hh gradient (the double-backward path always fills it).
   if (need_weight_grad || grad_workspace.has_value()) {
-    st.hprev = alloc_steps(batch_major, T, N, H, opts);
+    st.hprev = alloc_steps(st.batch_major, T, N, H, opts);
   }
   if (N == 0) return st;
-  st.go = last_dim_contiguous(grad_output);
-  st.out = last_dim_contiguous(output);
-  st.ws = last_dim_contiguous(workspace);
+  st.read(grad_output, output, hx, lengths);
   if (grad_workspace.has_value()) st.gws = last_dim_contiguous(*grad_workspace);
-  st.h0 = hx.contiguous();
-  if (lengths.has_value()) st.len = lengths->contiguous();
   GruBackwardPointwise& p = st.base;
   p = GruBackwardPointwise{};
-  p.out = st.out.data_ptr();
-  p.hx = st.h0.data_ptr();
-  p.lengths = st.len.defined() ? st.len.data_ptr<int64_t>() : nullptr;
-  p.dh = st.dh.data_ptr();
-  p.T = T;
-  p.N = N;
-  p.H = H;
-  p.j0 = 0;
-  p.j1 = H;
-  p.reverse = reverse;
-  p.go_sn = st.go.stride(1);
+  st.fill(p, reverse);
   p.gws_sn = st.gws.defined() ? st.gws.stride(1) : 0;
-  p.ws_sn = st.ws.stride(1);
-  p.out_st = st.out.stride(0);
-  p.out_sn = st.out.stride(1);
   p.dg_sn = st.dgh.stride(1);
   p.dgin_sn = st.dgin.stride(1);
-  p.hp_sn = st.hprev.defined() ? st.hprev.stride(1) : 0;
-  p.dtype = x.scalar_type();
+  p.dtype = st.x.scalar_type();
   return st;
 }
 

@@ -58,6 +58,35 @@ inline std::vector<Block> plan_blocks(int64_t N, int64_t H) {
   return blocks;
 }
 
+// Per block: the W_hh rows (r, z, n) of its units as one [H, 3w] operand of the step's GEMM
+// (h_{t-1} w[b]; W_hh^T itself for a single block), and its gh buffer [N, 3w] (gate g at g * w).
+struct GateBlocks {
+  std::vector<at::Tensor> w, gh;
+};
+inline GateBlocks gate_blocks(const at::Tensor& weight_hh, const std::vector<Block>& blocks,
+                              int64_t N) {
+  const int64_t H = weight_hh.size(1);
+  GateBlocks g;
+  for (const Block& blk : blocks) {
+    const int64_t w = blk.j1 - blk.j0;
+    g.w.push_back(blocks.size() == 1
+                      ? weight_hh.t()
+                      : at::cat({weight_hh.narrow(0, blk.j0, w), weight_hh.narrow(0, H + blk.j0, w),
+                                 weight_hh.narrow(0, 2 * H + blk.j0, w)})
+                            .t());
+    g.gh.push_back(at::empty({N, 3 * w}, weight_hh.options()));
+  }
+  return g;
+}
+
+// Per block, columns [j0, j1) of t (the backward's slices of W_hh and dh).
+inline std::vector<at::Tensor> column_blocks(const at::Tensor& t,
+                                             const std::vector<Block>& blocks) {
+  std::vector<at::Tensor> cols;
+  for (const Block& blk : blocks) cols.push_back(t.narrow(1, blk.j0, blk.j1 - blk.j0));
+  return cols;
+}
+
 // Run f(b) for every block: in the caller for one block, else one block per thread. Worker
 // threads do not inherit the caller's dispatch state, so ATen calls there skip autograd
 // explicitly, as they do in the calling kernel.

@@ -315,24 +315,13 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input, const Tensor
                                          need_workspace, aten_matmul);
   if (st.N == 0) return st.result();
   const int64_t T = st.T, H = st.H;
-  const auto opts = input.options();
   const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
   // One step reuses nothing: one GEMM over all units (ATen's threads) rather than copying
   // W_hh into per-thread blocks.
   const std::vector<Block> blocks = T == 1 ? std::vector<Block>{{0, H}} : plan_blocks(N, H);
   const int64_t nb = static_cast<int64_t>(blocks.size());
 
-  // Per block: the W_hh rows (r, z, n) of its units, as [H, 3w], and its gh buffer [N, 3w].
-  std::vector<Tensor> w_blocks, gh_blocks;
-  for (const Block& blk : blocks) {
-    const int64_t w = blk.j1 - blk.j0;
-    w_blocks.push_back(
-        nb == 1 ? weight_hh.t()
-                : at::cat({weight_hh.narrow(0, blk.j0, w), weight_hh.narrow(0, H + blk.j0, w),
-                           weight_hh.narrow(0, 2 * H + blk.j0, w)})
-                      .t());
-    gh_blocks.push_back(at::empty({N, 3 * w}, opts));
-  }
+  const GateBlocks gates = gate_blocks(weight_hh, blocks, N);
   // Threads read all of h_{t-1} while writing their units of h_t: double-buffered.
   Tensor h_next = at::empty_like(st.h);
   for (int64_t s = 0; s < T; ++s) {
@@ -343,14 +332,14 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input, const Tensor
     p.h_out = h_next.data_ptr();
     for_blocks(nb, [&](int64_t b) {
       if (rows > 0) {
-        Tensor gh_rows = rows_of(gh_blocks[b], rows);
-        at::mm_out(gh_rows, rows_of(st.h, rows), w_blocks[b]);
+        Tensor gh_rows = rows_of(gates.gh[b], rows);
+        at::mm_out(gh_rows, rows_of(st.h, rows), gates.w[b]);
       }
       GruForwardPointwise q = p;
       q.j0 = blocks[b].j0;
       q.j1 = blocks[b].j1;
-      q.gh = gh_blocks[b].data_ptr();
-      q.gh_sn = gh_blocks[b].stride(0);
+      q.gh = gates.gh[b].data_ptr();
+      q.gh_sn = gates.gh[b].stride(0);
       q.gh_sg = q.j1 - q.j0;
       forward_pointwise(q);
     });
@@ -374,11 +363,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
     const std::vector<Block> blocks = plan_blocks(N, H);
     const int64_t nb = static_cast<int64_t>(blocks.size());
-    std::vector<Tensor> w_cols, dh_cols;  // per block: W_hh[:, j0:j1], dh[:, j0:j1]
-    for (const Block& blk : blocks) {
-      w_cols.push_back(weight_hh.narrow(1, blk.j0, blk.j1 - blk.j0));
-      dh_cols.push_back(st.dh.narrow(1, blk.j0, blk.j1 - blk.j0));
-    }
+    const std::vector<Tensor> w_cols = column_blocks(weight_hh, blocks);
+    const std::vector<Tensor> dh_cols = column_blocks(st.dh, blocks);
     // Region s: dh += dgh_{t(s-1)} W_hh for the thread's columns, then the gate gradients of
     // step t(s) for the same units. The extra region s = T finishes dL/dh_{-1} = grad_hx.
     int64_t t_prev = -1, rows_prev = 0;

@@ -150,18 +150,10 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_forward(
                            ln_hh_bias, lengths, eps, need_workspace, aten_matmul);
   if (st.N == 0) return st.result();
   const int64_t T = st.T, N = st.N, H = st.H;
-  const auto opts = input.options();
   const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
   const std::vector<Block> blocks = plan_blocks(N, H);
   const int64_t nb = static_cast<int64_t>(blocks.size());
-  std::vector<Tensor> w_blocks, gh_blocks;
-  for (const Block& blk : blocks) {
-    const int64_t w = blk.j1 - blk.j0;
-    w_blocks.push_back(at::cat({weight_hh.narrow(0, blk.j0, w), weight_hh.narrow(0, H + blk.j0, w),
-                                weight_hh.narrow(0, 2 * H + blk.j0, w)})
-                           .t());
-    gh_blocks.push_back(at::empty({N, 3 * w}, opts));
-  }
+  const GateBlocks gates = gate_blocks(weight_hh, blocks, N);
   std::vector<double> part(nb * N * 3, 0.0);
   Tensor h_next = at::empty_like(st.h);
   for (int64_t s = 0; s < T; ++s) {
@@ -170,8 +162,8 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_forward(
     // (1) each block: its gate rows of W_hh h and their per-row statistics
     for_blocks(nb, [&](int64_t b) {
       if (rows == 0) return;
-      Tensor gh_rows = rows_of(gh_blocks[b], rows);
-      at::mm_out(gh_rows, rows_of(st.h, rows), w_blocks[b]);
+      Tensor gh_rows = rows_of(gates.gh[b], rows);
+      at::mm_out(gh_rows, rows_of(st.h, rows), gates.w[b]);
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "ln_gru_p",
                                       [&] {
                                         const auto* gh = gh_rows.const_data_ptr<scalar_t>();
@@ -192,7 +184,7 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_forward(
       LnGruForwardPointwise q = p;
       q.j0 = blocks[b].j0;
       q.j1 = blocks[b].j1;
-      q.gh = gh_blocks[b].data_ptr();
+      q.gh = gates.gh[b].data_ptr();
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "ln_gru_f",
                                       [&] {
                                         if (q.ws != nullptr) {
@@ -421,11 +413,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gr
     const std::vector<Block> blocks = plan_blocks(N, H);
     const int64_t nb = static_cast<int64_t>(blocks.size());
     std::vector<double> part(nb * N * 2, 0.0);
-    std::vector<Tensor> w_cols, dh_cols;
-    for (const Block& blk : blocks) {
-      w_cols.push_back(weight_hh.narrow(1, blk.j0, blk.j1 - blk.j0));
-      dh_cols.push_back(st.dh.narrow(1, blk.j0, blk.j1 - blk.j0));
-    }
+    const std::vector<Tensor> w_cols = column_blocks(weight_hh, blocks);
+    const std::vector<Tensor> dh_cols = column_blocks(st.dh, blocks);
     int64_t t_prev = -1, rows_prev = 0;
     for (int64_t s = 0; s <= T; ++s) {
       const int64_t t = s == T ? -1 : (reverse ? s : T - 1 - s);
