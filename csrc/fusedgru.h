@@ -120,6 +120,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_backw
     const at::Tensor& dgin, const at::Tensor& hprev, bool has_bias, bool need_input_grad,
     bool need_weight_grad, const Matmul& matmul);
 
+// What every backward starts from (cf. ForwardSteps): the input in step layout, dh a contiguous
+// copy of grad_h_n (the device loop carries it back to grad_hx), and, when N > 0 (read), the
+// forward's tensors as the kernels read them (last dim contiguous).
+struct BackwardSteps {
+  int64_t T = 0, N = 0, H = 0;
+  bool batch_major = false;
+  at::Tensor x, dh;                 // step layout; [N, H]
+  at::Tensor go, out, ws, h0, len;  // grad_output, output, workspace, hx, lengths
+  at::Tensor hprev;                 // [T, N, H]: h_{t-1} per step, or undefined
+  void read(const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& hx,
+            const std::optional<at::Tensor>& lengths);
+  // The fields every backward pointwise struct shares, for units [0, H) (Pointwise: a
+  // GruBackwardPointwise or LnGruBackwardPointwise).
+  template <typename Pointwise>
+  void fill(Pointwise& p, bool reverse) const {
+    p.out = out.data_ptr();
+    p.hx = h0.data_ptr();
+    p.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
+    p.dh = dh.data_ptr();
+    p.T = T;
+    p.N = N;
+    p.H = H;
+    p.j0 = 0;
+    p.j1 = H;
+    p.reverse = reverse;
+    p.go_sn = go.stride(1);
+    p.ws_sn = ws.stride(1);
+    p.out_st = out.stride(0);
+    p.out_sn = out.stride(1);
+    p.hp_sn = hprev.defined() ? hprev.stride(1) : 0;
+  }
+};
+// The layout, dh and the workspace as given (it is read even when N == 0).
+BackwardSteps backward_steps(const at::Tensor& input, int64_t H, const at::Tensor& grad_h_n,
+                             const at::Tensor& workspace);
+
 // The device-independent part of a GRU backward: contiguous views of what the kernels read, the
 // per-step output buffers, and the pointwise parameters (units [0, H); the CPU narrows them per
 // thread block). dh starts as grad_h_n and ends as grad_hx.
@@ -173,42 +209,6 @@ struct ForwardSteps {
 ForwardSteps forward_steps(const at::Tensor& input, const at::Tensor& hx, int64_t H,
                            int64_t saved_width, bool need_workspace,
                            const std::optional<at::Tensor>& lengths);
-
-// What every backward starts from (cf. ForwardSteps): the input in step layout, dh a contiguous
-// copy of grad_h_n (the device loop carries it back to grad_hx), and, when N > 0 (read), the
-// forward's tensors as the kernels read them (last dim contiguous).
-struct BackwardSteps {
-  int64_t T = 0, N = 0, H = 0;
-  bool batch_major = false;
-  at::Tensor x, dh;                 // step layout; [N, H]
-  at::Tensor go, out, ws, h0, len;  // grad_output, output, workspace, hx, lengths
-  at::Tensor hprev;                 // [T, N, H]: h_{t-1} per step, or undefined
-  void read(const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& hx,
-            const std::optional<at::Tensor>& lengths);
-  // The fields every backward pointwise struct shares, for units [0, H) (Pointwise: a
-  // GruBackwardPointwise or LnGruBackwardPointwise).
-  template <typename Pointwise>
-  void fill(Pointwise& p, bool reverse) const {
-    p.out = out.data_ptr();
-    p.hx = h0.data_ptr();
-    p.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
-    p.dh = dh.data_ptr();
-    p.T = T;
-    p.N = N;
-    p.H = H;
-    p.j0 = 0;
-    p.j1 = H;
-    p.reverse = reverse;
-    p.go_sn = go.stride(1);
-    p.ws_sn = ws.stride(1);
-    p.out_st = out.stride(0);
-    p.out_sn = out.stride(1);
-    p.hp_sn = hprev.defined() ? hprev.stride(1) : 0;
-  }
-};
-// The layout, dh and the workspace as given (it is read even when N == 0).
-BackwardSteps backward_steps(const at::Tensor& input, int64_t H, const at::Tensor& grad_h_n,
-                             const at::Tensor& workspace);
 
 // The device-independent part of a GRU forward (cf. GruBackwardState): the checks, the steps
 // above, and when N > 0 the input projection of all steps (one GEMM) and the pointwise
