@@ -78,6 +78,13 @@ bench-micro: setup
 	$(PY) -m pytest benchmarks/test_op_micro.py -q -p no:cacheprovider --benchmark-only \
 	--benchmark-warmup=on --benchmark-json benchmarks/runs/micro.json $(ARGS)
 
+# The suite (or ARGS="-- <tests>") once per seed of FUSEDGRU_TEST_SEED: which seeds pass
+# (scripts/seed_sweep.py; table + benchmarks/runs/seed_sweep.json). SEEDS="1-10" by default.
+SEEDS ?= 1-10
+.PHONY: seed-sweep
+seed-sweep: setup
+	$(PY) scripts/seed_sweep.py --seeds $(SEEDS) $(ARGS)
+
 # The examples' extras (vega_datasets, sktime, matplotlib), which make test and make bench do not
 # install; then both examples (about 2 minutes each on 2 cores; ARGS="--smoke" for seconds).
 .PHONY: examples examples-deps check-packaging
