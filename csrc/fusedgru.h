@@ -120,13 +120,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_backw
     const at::Tensor& dgin, const at::Tensor& hprev, bool has_bias, bool need_input_grad,
     bool need_weight_grad, const Matmul& matmul);
 
+// The sizes and the input in step layout (steps_layout), as every forward and backward starts.
+struct Steps {
+  int64_t T = 0, N = 0, H = 0;
+  bool batch_major = false;
+  at::Tensor x;
+};
+Steps steps_of(const at::Tensor& input, int64_t H);
+
 // What every backward starts from (cf. ForwardSteps): the input in step layout, dh a contiguous
 // copy of grad_h_n (the device loop carries it back to grad_hx), and, when N > 0 (read), the
 // forward's tensors as the kernels read them (last dim contiguous).
-struct BackwardSteps {
-  int64_t T = 0, N = 0, H = 0;
-  bool batch_major = false;
-  at::Tensor x, dh;                 // step layout; [N, H]
+struct BackwardSteps : Steps {
+  at::Tensor dh;                    // [N, H]
   at::Tensor go, out, ws, h0, len;  // grad_output, output, workspace, hx, lengths
   at::Tensor hprev;                 // [T, N, H]: h_{t-1} per step, or undefined
   void read(const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& hx,
@@ -178,10 +184,8 @@ GruBackwardState gru_backward_state(const at::Tensor& grad_output, const at::Ten
 // (steps_layout), output [T, N, H] and the saved activations [T, N, saved width] (or [0])
 // allocated in its storage order, h a contiguous copy of hx (the device loop advances it to h_n),
 // and lengths as the kernels read them (undefined without).
-struct ForwardSteps {
-  int64_t T = 0, N = 0, H = 0;
-  bool batch_major = false;
-  at::Tensor x, output, workspace, h, len;
+struct ForwardSteps : Steps {
+  at::Tensor output, workspace, h, len;
   bool saves() const { return workspace.numel() > 0; }
   // (output, h_n, workspace), as the forward ops return them.
   std::tuple<at::Tensor, at::Tensor, at::Tensor> result() const { return {output, h, workspace}; }

@@ -150,14 +150,20 @@ std::vector<int64_t> active_prefix(const std::optional<Tensor>& lengths, int64_t
   return rows;
 }
 
-ForwardSteps forward_steps(const Tensor& input, const Tensor& hx, int64_t H, int64_t saved_width,
-                           bool need_workspace, const std::optional<Tensor>& lengths) {
-  ForwardSteps s;
+Steps steps_of(const Tensor& input, int64_t H) {
+  Steps s;
   s.T = input.size(0);
   s.N = input.size(1);
   s.H = H;
   s.x = steps_layout(input);
   s.batch_major = is_batch_major(s.x);
+  return s;
+}
+
+ForwardSteps forward_steps(const Tensor& input, const Tensor& hx, int64_t H, int64_t saved_width,
+                           bool need_workspace, const std::optional<Tensor>& lengths) {
+  ForwardSteps s;
+  static_cast<Steps&>(s) = steps_of(input, H);
   const auto opts = input.options();
   s.output = alloc_steps(s.batch_major, s.T, s.N, H, opts);
   s.workspace = need_workspace ? alloc_steps(s.batch_major, s.T, s.N, saved_width, opts)
@@ -198,11 +204,7 @@ GruForwardPointwise GruForwardState::at_step(int64_t t) const {
 BackwardSteps backward_steps(const Tensor& input, int64_t H, const Tensor& grad_h_n,
                              const Tensor& workspace) {
   BackwardSteps s;
-  s.T = input.size(0);
-  s.N = input.size(1);
-  s.H = H;
-  s.x = steps_layout(input);
-  s.batch_major = is_batch_major(s.x);
+  static_cast<Steps&>(s) = steps_of(input, H);
   s.dh = grad_h_n.clone(at::MemoryFormat::Contiguous);
   s.ws = workspace;
   return s;

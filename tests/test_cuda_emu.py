@@ -438,28 +438,13 @@ def restore_tf32_flags():
     b.cuda.matmul.fp32_precision = saved[2]
 
 
-def _set_rnn(how):
-    b = torch.backends
-    if how == "new-tf32":
-        b.cudnn.rnn.fp32_precision = "tf32"
-    elif how == "new-ieee":
-        b.cudnn.rnn.fp32_precision = "ieee"
-    elif how == "legacy-on":
-        b.cudnn.allow_tf32 = True
-    else:
-        b.cudnn.allow_tf32 = False
-
-
-def _set_matmul(how):
-    b = torch.backends
-    if how == "new-tf32":
-        b.cuda.matmul.fp32_precision = "tf32"
-    elif how == "new-ieee":
-        b.cuda.matmul.fp32_precision = "ieee"
-    elif how == "legacy-on":
-        b.cuda.matmul.allow_tf32 = True
-    elif how == "legacy-off":
-        b.cuda.matmul.allow_tf32 = False
+def _set_tf32(new_api, legacy, how):
+    """how: "new-tf32" / "new-ieee" through new_api.fp32_precision, "legacy-on" / "legacy-off"
+    through legacy.allow_tf32, else torch.set_float32_matmul_precision(how) (matmul only)."""
+    if how.startswith("new-"):
+        new_api.fp32_precision = how.removeprefix("new-")
+    elif how.startswith("legacy-"):
+        legacy.allow_tf32 = how == "legacy-on"
     else:
         torch.set_float32_matmul_precision(how)
 
@@ -474,8 +459,9 @@ def test_tf32_follows_the_rnn_flag_like_nn_gru(emu, restore_tf32_flags, rnn, mat
     """nn.GRU on CUDA takes TF32 iff the cuDNN RNN precision is tf32; so do the GRU ops, in
     every mix of legacy and new flags (the legacy getters raise on some), for the whole call,
     and no flag anywhere reads differently during or after the call."""
-    _set_matmul(matmul)
-    _set_rnn(rnn)
+    b = torch.backends
+    _set_tf32(b.cuda.matmul, b.cuda.matmul, matmul)
+    _set_tf32(b.cudnn.rnn, b.cudnn, rnn)
     expect_tf32 = torch.backends.cudnn.rnn.fp32_precision == "tf32"
     assert emu.rnn_allows_tf32() == expect_tf32
     before = _read_flags()

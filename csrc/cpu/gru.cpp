@@ -357,8 +357,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
       gru_backward_state(grad_output, grad_h_n, grad_workspace, input, hx, weight_ih, weight_hh,
                          lengths, output, workspace, reverse, need_weight_grad);
   const int64_t T = st.T, N = st.N, H = st.H;
-  const Tensor& x = st.x;
-  const bool bm = st.batch_major;
   if (N > 0) {
     const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
     const std::vector<Block> blocks = plan_blocks(N, H);
@@ -388,8 +386,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     }
   }
   auto [grad_input, gw_ih, gw_hh, gb_ih, gb_hh] =
-      gru_backward_gemms(x, bm, weight_ih, st.dgh, st.dgin, st.hprev, has_bias, need_input_grad,
-                         need_weight_grad, aten_matmul);
+      gru_backward_gemms(st.x, st.batch_major, weight_ih, st.dgh, st.dgin, st.hprev, has_bias,
+                         need_input_grad, need_weight_grad, aten_matmul);
   return {grad_input, st.dh, gw_ih, gw_hh, gb_ih, gb_hh};
 }
 

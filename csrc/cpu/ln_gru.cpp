@@ -406,8 +406,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gr
       ln_gru_backward_state(grad_output, grad_h_n, input, hx, weight_ih, weight_hh, ln_ih_weight,
                             ln_hh_weight, ln_hh_bias, lengths, output, workspace, reverse);
   const int64_t T = st.T, N = st.N, H = st.H;
-  const Tensor& x = st.x;
-  const bool bm = st.batch_major;
   if (N > 0) {
     const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
     const std::vector<Block> blocks = plan_blocks(N, H);
@@ -449,9 +447,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gr
     }
   }
   auto [d_gi, g_gi, g_bi, g_gh, g_bh] =
-      input_backward(bm, ln_ih_weight, st.ws, st.da_i, st.da_h, need_weight_grad);
-  auto [grad_input, g_wih, g_whh] = ln_gru_backward_gemms(
-      x, bm, weight_ih, d_gi, st.dg_raw, st.hprev, need_input_grad, need_weight_grad, aten_matmul);
+      input_backward(st.batch_major, ln_ih_weight, st.ws, st.da_i, st.da_h, need_weight_grad);
+  auto [grad_input, g_wih, g_whh] =
+      ln_gru_backward_gemms(st.x, st.batch_major, weight_ih, d_gi, st.dg_raw, st.hprev,
+                            need_input_grad, need_weight_grad, aten_matmul);
   return {grad_input, st.dh, g_wih, g_whh, g_gi, g_bi, g_gh, g_bh};
 }
 
