@@ -9,6 +9,7 @@ Prints a table and writes JSON (machine, versions, flags, results, the sentences
   python benchmarks/bench_gru.py --device cuda        # T=256, N in 1,16,64,256, H in 256,1024,
                                                       # bf16 and fp32 with TF32 on and off
   python benchmarks/bench_gru.py --seq-len 64 --batch 1 8 --hidden 1024 --variant cell
+  python benchmarks/bench_gru.py --peers onnxruntime openvino --modes fwd   # CPU inference peers
 
 Each row is also said in a sentence ("fusedgru is 1.34x faster than nn.GRU forward (...)").
 The JSON goes to benchmarks/runs/ (ignored by git) under a new name per run, see --out.
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import peers  # noqa: E402
 from _common import (  # noqa: E402
     DTYPES,
     Timer,
@@ -40,6 +42,10 @@ from _common import (  # noqa: E402
 )
 
 import fusedgru  # noqa: E402
+
+# A peer's output may differ from nn.GRU's by float32 rounding over T steps (measured ~1e-7 at
+# T=4, ~1e-6 at T=128): 1e-4 of the output's scale flags a wrong conversion, not rounding.
+PEER_TOLERANCE = 1e-4
 
 # The JSON's name suffix per variant (none for the plain GRU, as in benchmarks/results/).
 SUFFIX = {"gru": "", "layernorm": "layernorm", "packed": "packed", "cell": "cell"}
@@ -76,6 +82,10 @@ def parse_args(argv=None):
                    help="CUDA: auto (the planner's choice: the persistent kernels where they "
                         "fit) and/or per-step (FUSEDGRU_PERSISTENT=0), each point in one process")
     p.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
+    p.add_argument("--peers", nargs="+", default=[], choices=peers.PEERS,
+                   help="CPU, fp32, --variant gru: also time these runtimes' GRU forward on the "
+                        "same weights (benchmarks/peers.py; outputs checked against nn.GRU "
+                        "first; same thread count; the bench extra installs them)")
     p.add_argument("--threads", type=positive_int, default=2, help="CPU intra-op threads")
     p.add_argument("--warmup", type=nonnegative_int, default=3,
                    help="untimed calls before each timed block")
@@ -94,6 +104,17 @@ def parse_args(argv=None):
     args.H = args.H or ([256, 1024] if cuda else [256])
     args.dtype = args.dtype or (["bf16", "fp32"] if cuda else ["fp32"])
     args.tf32 = args.tf32 or ["on", "off"]
+    if args.peers and (cuda or args.variant != "gru" or args.dtype != ["fp32"]):
+        p.error("--peers: CPU, --variant gru, --dtype fp32 only (the peers' inference path)")
+    available = []
+    for peer in args.peers:
+        if peer_missing := peers.missing(peer):
+            print(f"[bench_gru] --peers {peer}: skipped, {' and '.join(peer_missing)} not "
+                  f"installed (pip install {' '.join(peer_missing)}, or the bench extra)",
+                  file=sys.stderr)
+        else:
+            available.append(peer)
+    args.peers = available
     return args
 
 
@@ -155,13 +176,30 @@ def bench_point(args, T, N, I, H, L, dtype_name, tf32, path):
         out = run[m](m, xg)
         torch.autograd.grad(out, [xg, *m.parameters()], go)
 
+    # The peers (inference only), each checked against nn.GRU before it is timed.
+    peer_fns = {}
+    if args.peers:
+        x_np = x.numpy()
+        with torch.no_grad():
+            want = ref(x)[0]
+        for peer in args.peers:
+            runner = peers.make_runner(peer, ref, args.threads)
+            err = (torch.from_numpy(runner(x_np)) - want).abs().max().item()
+            if err > PEER_TOLERANCE * max(1.0, want.abs().max().item()):
+                raise RuntimeError(f"{peer} disagrees with nn.GRU by {err:.3g} (T={T} N={N} "
+                                   f"I={I} H={H}): not timed")
+            peer_fns[peer] = lambda runner=runner: runner(x_np)
+
     timer = Timer(device)
     rows = []
     for mode in args.modes:
         fn = fwd if mode == "fwd" else fwdbwd
-        med = median_times({"nn.GRU": lambda fn=fn: fn(ref), "fusedgru": lambda fn=fn: fn(ours)},
-                           args.warmup, args.reps, timer)
+        fns = {"nn.GRU": lambda fn=fn: fn(ref), "fusedgru": lambda fn=fn: fn(ours)}
+        if mode == "fwd":
+            fns.update(peer_fns)
+        med = median_times(fns, args.warmup, args.reps, timer)
         t_ref, t_ours = med["nn.GRU"], med["fusedgru"]
+        peer_ms = {peer: med[peer] for peer in peer_fns} if mode == "fwd" else {}
         rows.append(dict(variant=args.variant, T=T, N=N, I=I, H=H, layers=L,
                          bidirectional=args.bidirectional,
                          dtype=dtype_name, tf32=tf32 if dtype_name == "fp32" else None,
@@ -169,7 +207,8 @@ def bench_point(args, T, N, I, H, L, dtype_name, tf32, path):
                          speedup=t_ref / t_ours,
                          fusedgru_tokens_per_s=T * N / (t_ours / 1e3),
                          fusedgru_us_per_step=1e3 * t_ours / (T * L),
-                         ref_us_per_step=1e3 * t_ref / (T * L)))
+                         ref_us_per_step=1e3 * t_ref / (T * L), peers_ms=peer_ms,
+                         vs_fastest_peer=min(peer_ms.values()) / t_ours if peer_ms else None))
     return rows
 
 
@@ -196,6 +235,16 @@ def sentence(r, device):
     return speed_sentence(ours, ref, r["fusedgru_ms"], r["ref_ms"], f"{what} ({where})")
 
 
+def sentences(r, device):
+    """The row against nn.GRU, then against each peer, in words."""
+    out = [sentence(r, device)]
+    where = sentence(r, device).split(" forward", 1)[1]
+    for peer, ms in r["peers_ms"].items():
+        out.append(speed_sentence("fusedgru", f"{peer} {peers.version(peer)}", r["fusedgru_ms"],
+                                  ms, "forward" + where))
+    return out
+
+
 def print_table(rows, device):
     ours, ref = names(rows[0]["variant"] if rows else "gru", device)
     ref = ref.replace(" on a PackedSequence", " packed")
@@ -203,6 +252,10 @@ def print_table(rows, device):
             ("L", 2), ("mode", 7), (f"{ref} [ms]", 12), ("fusedgru [ms]", 13),
             ("speedup [x]", 11), ("fusedgru [tokens/s]", 19), ("fusedgru [us/step]", 18),
             (f"{ref} [us/step]", 17)]
+    peer_names = sorted({p for r in rows for p in r["peers_ms"]})
+    cols += [(f"{p} [ms]", 12) for p in peer_names]
+    if peer_names:
+        cols.append(("vs fastest peer [x]", 19))
     widths = [max(w, len(name)) for name, w in cols]
     head = " ".join(f"{name:>{w}}" for (name, _), w in zip(cols, widths))
     print(head)
@@ -212,12 +265,18 @@ def print_table(rows, device):
                  r["layers"], r["mode"], f"{r['ref_ms']:.3f}", f"{r['fusedgru_ms']:.3f}",
                  f"{r['speedup']:.2f}x", f"{r['fusedgru_tokens_per_s']:.3g}",
                  f"{r['fusedgru_us_per_step']:.1f}", f"{r['ref_us_per_step']:.1f}"]
+        cells += [f"{r['peers_ms'][p]:.3f}" if p in r["peers_ms"] else "-" for p in peer_names]
+        if peer_names:
+            cells.append(f"{r['vs_fastest_peer']:.2f}x" if r["vs_fastest_peer"] else "-")
         print(" ".join(f"{str(c):>{w}}" for c, w in zip(cells, widths)))
     legend(f"speedup = {ref} time / fusedgru time (> 1: fusedgru is faster); tokens/s = T*N "
           f"per second; us/step = time / (T * layers); fwd = forward under no_grad, fwdbwd = "
-          f"forward + backward to the input and all weights. Medians of --reps calls.")
+          f"forward + backward to the input and all weights. Medians of --reps calls." +
+          (" vs fastest peer = the fastest peer's time / fusedgru time (peers: forward only, "
+           "same weights and threads)." if peer_names else ""))
     for r in rows:
-        print(sentence(r, device))
+        for line in sentences(r, device):
+            print(line)
 
 
 def plot(rows, path):
@@ -252,6 +311,8 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     info = machine_info(args.device)
+    if args.peers:
+        info["peers"] = {peer: peers.version(peer) for peer in args.peers}
     points = []
     for T, N, H, L, dt in itertools.product(args.T, args.N, args.H, args.layers, args.dtype):
         for I in (args.I or [H]):
@@ -264,7 +325,7 @@ def main(argv=None):
     print_table(rows, args.device)
     out = output_path(args, SUFFIX[args.variant], info)
     write_record("bench_gru", args, info, rows, out,
-                 summary=[sentence(r, args.device) for r in rows])
+                 summary=[line for r in rows for line in sentences(r, args.device)])
     if args.plot:
         png = os.path.splitext(out)[0] + ".png"
         plot(rows, png)

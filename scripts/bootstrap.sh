@@ -7,7 +7,8 @@
 #
 # Usage: bash scripts/bootstrap.sh [--examples]
 #   --examples   also install the examples' extras (vega_datasets, sktime, matplotlib: their
-#                datasets ship inside those packages); `make examples-deps` / `make examples`.
+#                datasets ship inside those packages) and the benchmark's CPU peers (onnx,
+#                onnxruntime, openvino); `make examples-deps` / `make examples`.
 # Environment: PYTHON (interpreter to create the venv from, default python3),
 #              FUSEDGRU_TORCH (pip requirement used when no torch is found, default torch==2.13.0,
 #              a CPU build), FUSEDGRU_CPU_ONLY=1 (skip the CUDA kernels).
@@ -83,11 +84,13 @@ if ! new_setuptools "$VPY"; then
 fi
 
 # The examples' extras, only when asked (make examples-deps / make examples): their datasets
-# ship inside these packages, and the plots need matplotlib. Without them the example tests skip,
-# naming this command.
+# ship inside these packages, and the plots need matplotlib; with them the benchmark's CPU peers
+# (bench_gru.py --peers: onnx, onnxruntime, openvino). Without them the example and peer tests
+# skip, naming this command.
 if [ "$EXAMPLES" = 1 ]; then
   optional=()
-  for pair in vega_datasets:vega_datasets sktime:sktime matplotlib:matplotlib tqdm:tqdm; do
+  for pair in vega_datasets:vega_datasets sktime:sktime matplotlib:matplotlib tqdm:tqdm \
+              onnx:onnx onnxruntime:onnxruntime openvino:openvino; do
     "$VPY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('${pair%%:*}') is None)" \
       2>/dev/null || optional+=("${pair#*:}")
   done

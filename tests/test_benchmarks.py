@@ -31,6 +31,41 @@ def _keep_threads():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.skipif(any(bench_gru.peers.missing(p) for p in bench_gru.peers.PEERS),
+                    reason="onnx, onnxruntime, openvino not installed: make examples-deps")
+def test_peers_run_on_the_same_weights_and_are_reported(tmp_path):
+    """--peers: each peer is checked against nn.GRU before it is timed (a wrong gate order or
+    bias layout raises), timed in the forward rows only, and named with its version."""
+    out = bench_gru.main([*TINY_GRU, "--num-layers", "2", "--bidirectional", "--peers",
+                          "onnxruntime", "openvino", "--out", str(tmp_path / "r.json")])
+    record = json.load(open(out))
+    assert set(record["machine"]["peers"]) == {"onnxruntime", "openvino"}
+    fwd, fwdbwd = (next(r for r in record["results"] if r["mode"] == m)
+                   for m in ("fwd", "fwdbwd"))
+    assert set(fwd["peers_ms"]) == {"onnxruntime", "openvino"}
+    assert all(ms > 0 for ms in fwd["peers_ms"].values())
+    assert fwd["vs_fastest_peer"] == pytest.approx(min(fwd["peers_ms"].values()) /
+                                                   fwd["fusedgru_ms"])
+    assert fwdbwd["peers_ms"] == {} and fwdbwd["vs_fastest_peer"] is None
+    assert any(line.startswith("fusedgru is") and "onnxruntime" in line
+               for line in record["summary"])
+
+
+@pytest.mark.skipif(bench_gru.peers.missing("onnxruntime") != [],
+                    reason="onnx, onnxruntime not installed: make examples-deps")
+def test_a_wrong_peer_conversion_is_caught_before_timing(monkeypatch):
+    """Planted bug: the ONNX graph built with PyTorch's gate order (r, z, n) unchanged."""
+    monkeypatch.setattr(bench_gru.peers, "_onnx_gates", lambda w, H: w)
+    with pytest.raises(RuntimeError, match="onnxruntime disagrees with nn.GRU"):
+        bench_gru.main([*TINY_GRU, "--modes", "fwd", "--peers", "onnxruntime", "--out",
+                        os.devnull])
+
+
+def test_peers_need_cpu_fp32_gru():
+    with pytest.raises(SystemExit):
+        bench_gru.parse_args(["--peers", "onnxruntime", "--variant", "cell"])
+
+
 def test_lower_case_options_and_old_aliases_agree():
     new = bench_gru.parse_args(["--seq-len", "8", "--batch", "1", "2", "--hidden", "16",
                                 "--input-size", "4", "--num-layers", "2"])
