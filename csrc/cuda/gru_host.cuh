@@ -41,9 +41,9 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& input, const Tenso
                                                 const std::optional<Tensor>& bias_hh,
                                                 const std::optional<Tensor>& lengths, bool reverse,
                                                 bool need_workspace, const Launch& launch) {
-  const GruForwardState st =
-      gru_forward_state(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, need_workspace,
-                        matmul_for(launch, input.scalar_type()));
+  const Matmul mm = matmul_for(launch, input.scalar_type());
+  const GruForwardState st = gru_forward_state(input, hx, weight_ih, weight_hh, bias_ih, bias_hh,
+                                               lengths, need_workspace, mm);
   if (st.N == 0) return st.result();
   const int64_t T = st.T, N = st.N, H = st.H;
   bool persistent = false;
@@ -62,7 +62,6 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& input, const Tenso
       });
   if (persistent) return st.result();
 
-  const Matmul mm = matmul_for(launch, input.scalar_type());
   const Tensor w_hh_t = weight_hh.t();
   Tensor gh = at::empty({N, 3 * H}, input.options());
   for (int64_t s = 0; s < T; ++s) {
