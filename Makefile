@@ -56,7 +56,9 @@ TSAN_TESTS := test_conv_kernels_float64[plain-N2-C3-L17-W4-d1-ncl] \
 	or test_persistent_kernels_for_every_units_per_block[h100-H128-J32-fp64-fwd] \
 	or test_persistent_kernels_for_every_units_per_block[sms8-H256-J32-fp32-fwd] \
 	or test_barrier_discipline or test_grid_sync_orders or test_shuffle_ \
-	or test_shared_memory_is_per_block
+	or test_shared_memory_is_per_block \
+	or test_tensor_core_kernel_for_every_plan_shape[bf16-h100-N17-H17-fwd] \
+	or test_tensor_core_kernel_for_every_plan_shape[fp32-sms8-N17-H100-rev]
 test-emu-tsan: setup
 	LD_PRELOAD="$$(gcc -print-file-name=libtsan.so) $$(gcc -print-file-name=libstdc++.so)" \
 	OMP_NUM_THREADS=1 FUSEDGRU_EMU_TSAN=1 \

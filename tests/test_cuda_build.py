@@ -74,7 +74,7 @@ def test_cuda_source_compiles(source, tmp_path):
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     cmd = [NVCC, f"-std={cxx_standard()}", "-O1", "--expt-relaxed-constexpr",
            "-gencode=arch=compute_90,code=sm_90", "-Xptxas", "-v", "-Xcompiler", "-fPIC",
-           f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+           f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-keep", f"-keep-dir={tmp_path}",
            *[f"-I{p}" for p in includes], "-c", source, "-o", str(tmp_path / "out.o")]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, f"nvcc failed:\n{result.stderr[-6000:]}"
@@ -89,6 +89,55 @@ def test_cuda_source_compiles(source, tmp_path):
     local = [name for name, k in kernels.items() if k["stack_frame"] > 0]
     assert not local, f"kernels using local memory (stack frame): {local}"
     check_ptxas_table(os.path.basename(source), kernels, nvcc_release())
+    ptx = list(tmp_path.glob("*.ptx"))
+    assert len(ptx) == 1, f"expected one PTX file kept by nvcc -keep, got {ptx}"
+    checked = check_hot_loop_instructions(ptx[0].read_text(), kernels)
+    if os.path.basename(source) == "gru_forward.cu":  # where the tensor-core kernels live
+        assert checked == set(HOT_LOOP_INSTRUCTIONS), checked
+
+
+# Instructions the hot loops must compile to, per kernel family (a regex over the kernel's
+# mangled name: PTX it must contain). The tensor-core persistent forward: its products as
+# mma.sync (m16n8k16 for bf16/fp16, m16n8k8 for TF32) and the per-step staging of h_{t-1} as
+# 16-byte loads that bypass L1 and 16-byte shared stores. A regression to scalar code fails here.
+HOT_LOOP_INSTRUCTIONS = {
+    r"gru_persistent_tc_forward_kernelIN3c10(8BFloat16|4Half)": [
+        r"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.(bf16|f16)",
+        r"ld\.global\.cg\.v4\.u32", r"st\.shared\.v4\.u32"],
+    r"gru_persistent_tc_forward_kernelIf": [
+        r"mma\.sync\.aligned\.m16n8k8\.row\.col\.f32\.tf32", r"cvt\.rna\.tf32\.f32",
+        r"ld\.global\.cg\.v4\.u32", r"st\.shared\.v4\.u32"],
+}
+
+
+def ptx_functions(ptx):
+    """{mangled entry name: its PTX body} of a PTX file."""
+    bodies = {}
+    for part in re.split(r"(?=\.visible \.entry )", ptx)[1:]:
+        bodies[re.match(r"\.visible \.entry (\w+)", part)[1]] = part
+    return bodies
+
+
+def check_hot_loop_instructions(ptx, kernels):
+    """Checks every kernel of a family in HOT_LOOP_INSTRUCTIONS; returns the families seen."""
+    bodies, seen = ptx_functions(ptx), set()
+    for family, needed in HOT_LOOP_INSTRUCTIONS.items():
+        for name in (k for k in kernels if re.search(family, k)):
+            missing = [n for n in needed if not re.search(n, bodies[name])]
+            assert not missing, f"{name}: its PTX lacks {missing}"
+            seen.add(family)
+    return seen
+
+
+def test_hot_loop_check_catches_scalar_code():
+    """The check above on a planted PTX body: staging by scalar loads must fail it."""
+    name = "_ZN8fusedgru4cuda3gru32gru_persistent_tc_forward_kernelIN3c108BFloat16ELi1EEEvNS1_1P"
+    good = (f".visible .entry {name}(\n mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 ..."
+            "\n ld.global.cg.v4.u32 ...\n st.shared.v4.u32 ...\n}")
+    check_hot_loop_instructions(good, {name: {}})
+    with pytest.raises(AssertionError, match=r"ld\\\\.global"):
+        check_hot_loop_instructions(good.replace("ld.global.cg.v4.u32", "ld.global.cg.u32"),
+                                    {name: {}})
 
 
 def ptxas_report(stderr):

@@ -290,6 +290,65 @@ def test_gru_kernels_low_precision(emu, restore_tf32_flags, forward, dtype):
         assert rel_err(o, r) <= 2 * rel_err(t, r) + 1e-6, f"output {i}"
 
 
+TC_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# One unit in the last place of each tensor-core format (TF32 keeps 10 mantissa bits, as fp16).
+TC_ULP = {"bf16": 2.0 ** -7, "fp16": 2.0 ** -10, "fp32": 2.0 ** -10}
+
+
+def low_precision_bound(ours, peer, ref, ulp):
+    """err(ours, ref) <= 2 err(peer, ref) + eps, the project's rule for low precision, with
+    eps = 8 ulp / sqrt(numel). On a tensor of one number (T = N = H = 1) which of two
+    computations rounds closer is luck: over 300 draws the existing per-step path exceeded twice
+    the torch reference's error by up to 3.9 ulp there (the gates amplify the rounding of the
+    stored input projection), the tensor-core path by 3.0; over many numbers such noise averages
+    out of the norm, and both stayed below 2 err(peer) by 0.4 ulp at T=5, N=33, H=17."""
+    eps = 8 * ulp / ours.numel() ** 0.5
+    return rel_err(ours, ref) <= 2 * rel_err(peer, ref) + eps
+
+
+@pytest.mark.parametrize("dtype", TC_DTYPES, ids=str)
+@pytest.mark.parametrize("T, N, C, H", GRU_SHAPES, ids=[f"T{s[0]}-N{s[1]}-C{s[2]}-H{s[3]}"
+                                                        for s in GRU_SHAPES])
+@pytest.mark.parametrize("reverse, batch_major, with_lengths, bias",
+                         [(False, False, False, True), (True, True, True, True),
+                          (False, True, True, False)],
+                         ids=["fwd", "rev-batchmajor-lengths", "batchmajor-lengths-nobias"])
+def test_gru_tensor_core_forward(emu, restore_tf32_flags, dtype, T, N, C, H, reverse, batch_major,
+                                 with_lengths, bias):
+    """The tensor-core persistent forward (bf16, fp16; fp32 in TF32 as the RNN flag allows) and
+    the backward run on what it saved, against the float64 reference: each output and gradient
+    within twice the error of the same computation done the other way in the same precision
+    (bf16/fp16: the torch-op reference in that dtype; TF32: the per-step path's TF32 GEMMs)."""
+    torch.backends.cudnn.rnn.fp32_precision = "tf32"
+    low = TC_DTYPES[dtype]
+    # The 4-SM device, or 8 SMs where TF32's wider registers need more blocks (H = 130).
+    dev = next(emu.devices()[d] for d in ("h100", "sms8")
+               if emu.gru_tc_plan(emu.devices()[d], T, N, H, dtype)[0] > 0)
+    args64 = gru_case(T, N, C, H, torch.float64, batch_major, with_lengths, bias)
+    args = [a.to(low) if a is not None and a.is_floating_point() else a for a in args64]
+    fwd = emu.gru_forward_on(dev, *args, reverse, True)
+    ref = reference.gru_layer(*args64, reverse)
+    peer = emu.gru_forward_per_step(*args, reverse, True) if dtype == "fp32" else \
+        reference.gru_layer(*args, reverse)
+    for name, o, p, r in zip(("output", "h_n", "workspace"), fwd, peer, ref):
+        assert o.dtype == low and low_precision_bound(o, p, r, TC_ULP[dtype]), (
+            name, rel_err(o, r), rel_err(p, r))
+    x, hx, w_ih, w_hh, _, _, lengths = args
+    go64, gh64 = torch.randn_like(ref[0]), torch.randn_like(ref[1])
+    go, gh = go64.to(low), gh64.to(low)
+    grads = emu.gru_backward_on(dev, go, gh, None, x, hx, w_ih, w_hh, lengths, fwd[0], fwd[2],
+                                reverse, bias, True, True)
+    peer_fwd = emu.gru_forward_per_step(*args, reverse, True)
+    peer_grads = emu.gru_backward_per_step(go, gh, None, x, hx, w_ih, w_hh, lengths, peer_fwd[0],
+                                           peer_fwd[2], reverse, bias, True, True)
+    grads_r = reference.gru_layer_backward(go64, gh64, None, *args64[:4], args64[6], ref[0],
+                                           ref[2], reverse, bias)
+    for name, o, p, r in zip(GRAD_NAMES, grads, peer_grads, grads_r):
+        if r is not None:
+            assert low_precision_bound(o, p, r, TC_ULP[dtype]), (name, rel_err(o, r),
+                                                                 rel_err(p, r))
+
+
 @pytest.mark.parametrize("N", [1, 3, 32, 33], ids=lambda n: f"N{n}")
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 def test_gru_cell_kernel(emu, N, bias):
@@ -519,6 +578,27 @@ def test_tf32_gemm_arguments_for_every_layout(emu, restore_tf32_flags):
                         emu.tf32_matmul(ours, a, b, beta)
                         assert torch.allclose(ours, expected, rtol=1e-5, atol=1e-5), \
                             (M, K, N, la, lb, lo, beta)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64], ids=["tensor_cores", "fma"])
+def test_a_refused_cooperative_launch_takes_the_per_step_path(emu, dtype):
+    """A device may refuse a cooperative grid its occupancy query said fits (under MPS, or in a
+    green context with fewer SMs): the forward and backward then run the per-step path, with
+    its results to the bit, and raise nothing."""
+    args = gru_case(5, 3, 7, 17, dtype, False, True)
+    x, hx, w_ih, w_hh, _, _, lengths = args
+    want = emu.gru_forward_per_step(*args, False, True)
+    emu.refuse_cooperative_launches(1)
+    got = emu.gru_forward(*args, False, True)
+    assert emu.refuse_cooperative_launches(0) == 0, "the launch was not refused"
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    go, gh = torch.randn_like(want[0]), torch.randn_like(want[1])
+    bwd = (go, gh, None, x, hx, w_ih, w_hh, lengths, want[0], want[2], False, True, True, True)
+    want_grads = emu.gru_backward_per_step(*bwd)
+    emu.refuse_cooperative_launches(1)
+    got_grads = emu.gru_backward(*bwd)
+    assert emu.refuse_cooperative_launches(0) == 0, "the launch was not refused"
+    assert all(torch.equal(g, w) for g, w in zip(got_grads, want_grads))
 
 
 def test_a_failed_launch_raises_and_leaves_every_flag(emu, restore_tf32_flags):

@@ -106,6 +106,75 @@ def test_shuffle_reads_from_outside_the_mask_are_poison(planted, case):
 
 
 # ---------------------------------------------------------------------------------------------
+# Warp mma (the tensor-core kernels' mma.sync): the emulated product follows the fragment layouts
+# as the PTX ISA states them (written out here independently, row and column of each fragment
+# element per lane), and it is a warp collective with a shuffle's rules.
+
+def _bits16(values, dtype):
+    return values.to(dtype).view(torch.int16).to(torch.int64) & 0xFFFF
+
+
+def _bits32(elems):
+    return [int(v) for v in torch.stack(elems).view(torch.int32).to(torch.int64) & 0xFFFFFFFF]
+
+
+def mma_fragments(kind, A, B, C):
+    """Per lane (g = lane >> 2, q = lane % 4) the registers of A [16, K], B [K, 8], C [16, 8] as
+    the PTX ISA's "Matrix Fragments for mma.m16n8k16 / mma.m16n8k8" define them."""
+    a, b, c = [], [], []
+    for lane in range(32):
+        g, q = lane >> 2, lane % 4
+        if kind == "tf32":
+            # a0..a3: rows g, g+8, g, g+8, cols q, q, q+4, q+4; b0, b1: rows q, q+4, col g
+            a += _bits32([A[g, q], A[g + 8, q], A[g, q + 4], A[g + 8, q + 4]])
+            b += _bits32([B[q, g], B[q + 4, g]])
+        else:
+            # a_i: row g (i in 0, 1, 4, 5) or g+8, col 2q + (i & 1) (+8 for i >= 4); two per
+            # register; b_i: row 2q + (i & 1) (+8 for i >= 2), col g
+            rows = [g, g, g + 8, g + 8, g, g, g + 8, g + 8]
+            cols = [2 * q + (i & 1) + (8 if i >= 4 else 0) for i in range(8)]
+            ea = _bits16(torch.stack([A[r, k] for r, k in zip(rows, cols)]), kind)
+            a += [int(ea[2 * i]) | int(ea[2 * i + 1]) << 16 for i in range(4)]
+            brows = [2 * q + (i & 1) + (8 if i >= 2 else 0) for i in range(4)]
+            eb = _bits16(torch.stack([B[k, g] for k in brows]), kind)
+            b += [int(eb[2 * i]) | int(eb[2 * i + 1]) << 16 for i in range(2)]
+        c += [float(C[r, 2 * q + (i & 1)]) for i, r in enumerate([g, g, g + 8, g + 8])]
+    return a, b, c
+
+
+def unpack_accumulator(d):
+    D = torch.empty(16, 8, dtype=torch.float64)
+    for lane in range(32):
+        g, q = lane >> 2, lane % 4
+        for i, r in enumerate([g, g, g + 8, g + 8]):
+            D[r, 2 * q + (i & 1)] = d[lane * 4 + i]
+    return D
+
+
+@pytest.mark.parametrize("kind", ["bf16", "fp16", "tf32"])
+def test_emulated_mma_follows_the_ptx_fragment_layouts(planted, kind):
+    K = 8 if kind == "tf32" else 16
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "tf32": torch.float32}[kind]
+    A, B = torch.randn(16, K), torch.randn(K, 8)
+    if kind == "tf32":  # operands already TF32 (the kernels round with cvt.rna first)
+        A, B = ((t.view(torch.int32) & ~0x1FFF).view(torch.float32) for t in (A, B))
+    C = torch.randn(16, 8)
+    a, b, c = mma_fragments(kind if kind == "tf32" else dtype, A.to(dtype), B.to(dtype), C)
+    D = unpack_accumulator(planted.mma("fp16" if kind == "fp16" else kind, a, b, c))
+    expected = A.to(dtype).double() @ B.to(dtype).double() + C.double()
+    assert torch.allclose(D, expected, rtol=1e-6, atol=1e-5), (D - expected).abs().max()
+
+
+@pytest.mark.parametrize("name, match", [
+    ("half_warp", r"mma at .* names lanes .* that have exited|exited while"),
+    ("vs_shuffle", r"(mma|shuffle) at .*planted\.cpp.*but lanes .* wait .*at the (shuffle|mma)"),
+])
+def test_mma_is_a_warp_collective(planted, name, match):
+    with pytest.raises(RuntimeError, match=match):
+        planted.mma_case(name)
+
+
+# ---------------------------------------------------------------------------------------------
 # Poison: shared memory per block, tensors allocated by launch code.
 
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
@@ -399,3 +468,72 @@ def test_persistent_kernels_for_every_units_per_block(emu, restore_rnn_precision
                                            ws_r, reverse, True)
     for i, (o, r) in enumerate(zip(grads, grads_r)):
         assert rel_err(o, r) <= tol, f"grad {i}: {rel_err(o, r)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The tensor-core persistent forward (gru_persistent_tc.cuh): the plans an H100 / H200 would
+# pick, and kernel runs for every units-per-block J, batch chunk NT, one or several k splits and
+# widths of the register-resident k-range.
+
+def test_tensor_core_plans_of_an_h100(emu):
+    """Planner only: the issue-13 grid (T = 256; N 1, 16, 64, 256; H 128, 256, 1024)."""
+    dev = emu.devices()["h100_132"]
+    for dtype in ("bf16", "fp16"):
+        for N in (1, 16, 64, 256):
+            for H in (128, 256, 1024):
+                J, RT, KS, KTW, NT, threads, blocks, smem = emu.gru_tc_plan(dev, 256, N, H, dtype)
+                if (N, H) == (256, 1024):  # h_{t-1} staged: 256 x 1024 bf16 = 512 KB > 227 KB
+                    assert J == 0
+                    continue
+                # 8 units per block: 128 blocks at H = 1024, 11 k-tiles of 16 per warp
+                assert (J, RT, blocks) == (8, 2, -(-H // 8)) and KTW <= 12 and smem <= 227 * 1024
+                assert NT == min(4, -(-N // 8)) or (N, NT) == (256, 4)
+    # TF32 keeps twice the registers per weight: H = 1024 needs 22 warps per block at J = 8,
+    # more than a block runs (16), so that layer stays on the FMA kernel (strict fp32).
+    assert emu.gru_tc_plan(dev, 256, 16, 256, "fp32")[0] == 8
+    assert emu.gru_tc_plan(dev, 256, 16, 1024, "fp32")[0] == 0
+
+
+# (dtype, device, N, H) -> (J, NT, KS, KTW) of its plan.
+TC_COVERAGE = {
+    ("bf16", "h100", 1, 1): (8, 1, 1, 1),      # one block, mostly padding rows
+    ("bf16", "sms8", 9, 100): (8, 2, 4, 2),    # k split 4 ways
+    ("bf16", "h100", 17, 17): (8, 4, 2, 1),    # 32-row batch chunks
+    ("bf16", "sms8", 1, 256): (16, 1, 2, 8),   # 16 units: row tiles exactly one gate each
+    ("fp16", "h100", 9, 100): (16, 2, 2, 4),
+    ("fp16", "h100", 1, 130): (32, 1, 1, 9),   # 32 units, 9 k-tiles in registers
+    ("fp32", "sms8", 17, 100): (8, 4, 4, 4),   # TF32
+    ("fp32", "sms1", 9, 17): (16, 2, 2, 2),
+    ("fp32", "sms1", 1, 64): (32, 1, 1, 8),
+}
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("dtype, device, N, H", TC_COVERAGE,
+                         ids=[f"{t}-{d}-N{n}-H{h}" for t, d, n, h in TC_COVERAGE])
+def test_tensor_core_kernel_for_every_plan_shape(emu, restore_rnn_precision, dtype, device, N, H,
+                                                 reverse):
+    """Lengths 0 and T among the rows; against the float64 reference, within twice the error
+    of the same layer in torch ops in the dtype (bf16, fp16) or of the per-step path's TF32
+    GEMMs (fp32)."""
+    from test_cuda_emu import TC_DTYPES, TC_ULP, low_precision_bound
+    torch.backends.cudnn.rnn.fp32_precision = "tf32"
+    T, C = 3, 5
+    dev = emu.devices()[device]
+    J, _, KS, KTW, NT = emu.gru_tc_plan(dev, T, N, H, dtype)[:5]
+    assert (J, NT, KS, KTW) == TC_COVERAGE[(dtype, device, N, H)]
+    lengths = torch.randint(0, T + 1, (N,))
+    lengths[0] = T
+    if N > 1:
+        lengths[-1] = 0
+    args64 = gru_args(T, N, C, H, torch.float64, lengths)
+    low = TC_DTYPES[dtype]
+    args = [a.to(low) if a.is_floating_point() else a for a in args64]
+    out = emu.gru_forward_on(dev, *args, reverse, True)
+    ref = reference.gru_layer(*args64, reverse)
+    peer = emu.gru_forward_per_step(*args, reverse, True) if dtype == "fp32" else \
+        reference.gru_layer(*args, reverse)
+    for name, o, p, r in zip(("output", "h_n", "workspace"), out, peer, ref):
+        assert low_precision_bound(o, p, r, TC_ULP[dtype]), (name, rel_err(o, r), rel_err(p, r))
+    if N > 1:  # a length of 0: zero outputs, h_n = hx
+        assert (out[0][:, N - 1] == 0).all() and torch.equal(out[1][N - 1], args[1][N - 1])

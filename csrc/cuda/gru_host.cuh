@@ -24,6 +24,7 @@
 #include "../fusedgru.h"
 #include "gru_cell.cuh"
 #include "gru_persistent.cuh"
+#include "gru_persistent_tc.cuh"
 #include "gru_pointwise.cuh"
 #include "launch.cuh"
 #include "matmul.cuh"
@@ -49,16 +50,32 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& input, const Tenso
   bool persistent = false;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "gru_persistent_forward", [&] {
+        // Tensor cores for bf16 and fp16, and for fp32 when nn.GRU would take TF32 (matmul.cuh).
+        if constexpr (kHasMma<scalar_t>) {
+          const bool tf32_ok = !std::is_same_v<scalar_t, float> || rnn_allows_tf32();
+          const TcPlan tc = tf32_ok ? tc_forward_plan<scalar_t>(T, N, H, launch) : TcPlan{};
+          if (tc.J != 0) {
+            const Tensor w_hh_c = weight_hh.contiguous();
+            Tensor hbuf = at::zeros({2, N, tc.Hp}, input.options());
+            hbuf.select(0, 0).narrow(1, 0, H).copy_(st.h);
+            persistent = launch.try_cooperative(tc_forward_kernel<scalar_t>(tc.NT), dim3(tc.blocks),
+                                                dim3(static_cast<unsigned int>(tc.threads)),
+                                                static_cast<size_t>(tc.smem),
+                                                tc_forward_params(st, w_hh_c, hbuf, tc, reverse));
+            if (persistent) st.h.copy_(hbuf.select(0, T % 2).narrow(1, 0, H));
+            return;  // refused: the per-step path
+          }
+        }
         const PersistentPlan plan = persistent_forward_plan<scalar_t>(T, N, H, launch);
         if (plan.J == 0) return;
-        persistent = true;
         const Tensor w_hh_c = weight_hh.contiguous();
         Tensor hbuf = at::empty({2, N, H}, input.options());
         hbuf.select(0, 0).copy_(st.h);
-        launch.cooperative(gru_persistent_forward_kernel<scalar_t>, dim3(plan.blocks),
-                           dim3(kPThreads), static_cast<size_t>(plan.smem),
-                           persistent_forward_params(st, w_hh_c, hbuf, plan, reverse));
-        st.h.copy_(hbuf.select(0, T % 2));
+        persistent =
+            launch.try_cooperative(gru_persistent_forward_kernel<scalar_t>, dim3(plan.blocks),
+                                   dim3(kPThreads), static_cast<size_t>(plan.smem),
+                                   persistent_forward_params(st, w_hh_c, hbuf, plan, reverse));
+        if (persistent) st.h.copy_(hbuf.select(0, T % 2));
       });
   if (persistent) return st.result();
 
@@ -100,11 +117,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
             N > 0 ? persistent_backward_plan<scalar_t>(T, N, H, hprev, grad_ws, launch)
                   : PersistentPlan{};
         if (plan.J == 0) return;
-        persistent = true;
         const Tensor w_hh_c = weight_hh.contiguous();
-        launch.cooperative(persistent_backward_kernel<scalar_t>(hprev, grad_ws), dim3(plan.blocks),
-                           dim3(kPThreads), static_cast<size_t>(plan.smem),
-                           persistent_backward_params(st, w_hh_c, plan));
+        persistent = launch.try_cooperative(persistent_backward_kernel<scalar_t>(hprev, grad_ws),
+                                            dim3(plan.blocks), dim3(kPThreads),
+                                            static_cast<size_t>(plan.smem),
+                                            persistent_backward_params(st, w_hh_c, plan));
       });
   for (int64_t s = 0; s < T && N > 0 && !persistent; ++s) {
     const int64_t t = reverse ? s : T - 1 - s;

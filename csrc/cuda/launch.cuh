@@ -2,7 +2,9 @@
 //
 // Host code that launches kernels is written once as a template over a launcher,
 //   launch(kernel, grid, block, dynamic_smem_bytes, args...),  launch.max_smem(),
-//   launch.cooperative(kernel, grid, block, smem, args...)     (all blocks resident at once)
+//   launch.compute_major()                                     (the device's compute capability),
+//   launch.try_cooperative(kernel, grid, block, smem, args...) (all blocks resident at once;
+//                                                               false if the device refuses)
 //   and launch.coresident_blocks(kernel, block, smem)           (the largest cooperative grid),
 //   and launch.tf32_gemm(ColumnMajorGemm)                      (an fp32 GEMM in TF32, cuBLAS),
 // so the same code runs the kernels on the current CUDA stream (StreamLauncher, here) and,
@@ -113,6 +115,14 @@ struct StreamLauncher {
     return static_cast<size_t>(bytes);
   }
 
+  // The device's compute capability, major number (tensor-core kernels need 8 or more).
+  int compute_major() const {
+    int device = 0, major = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    return major;
+  }
+
   template <typename... KernelArgs, typename... Args>
   void operator()(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
                   Args&&... args) const {
@@ -120,7 +130,7 @@ struct StreamLauncher {
   }
 
   // How many blocks of `kernel` can be resident at once on the device (0 when the device
-  // cannot launch cooperatively): the largest grid launch.cooperative accepts.
+  // cannot launch cooperatively): the largest grid launch.try_cooperative accepts.
   template <typename... KernelArgs>
   int64_t coresident_blocks(void (*kernel)(KernelArgs...), dim3 block, size_t smem) const {
     int device = 0, coop = 0, sms = 0, per_sm = 0;
@@ -136,11 +146,14 @@ struct StreamLauncher {
 
   // A cooperative launch (all blocks resident at once; kernels may call grid_sync()), through
   // cudaLaunchKernelEx with the cooperative attribute, which stream capture records as a
-  // cooperative kernel node (CUDA graphs).
+  // cooperative kernel node (CUDA graphs). A grid the device refuses to co-schedule
+  // (cudaErrorCooperativeLaunchTooLarge: e.g. under MPS, or in a green context with fewer SMs
+  // than the occupancy query counted) returns false, with the error cleared, so that the caller
+  // takes another path; any other error raises.
   template <typename... KernelArgs, typename... Args>
-  void cooperative(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
-                   Args&&... args) const {
-    launch_ex(true, kernel, grid, block, smem, std::forward<Args>(args)...);
+  bool try_cooperative(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
+                       Args&&... args) const {
+    return launch_ex(true, kernel, grid, block, smem, std::forward<Args>(args)...);
   }
 
   // A column-major fp32 GEMM in TF32 (matmul.cuh) on ATen's cuBLAS handle for this thread and
@@ -163,7 +176,7 @@ struct StreamLauncher {
 
  private:
   template <typename... KernelArgs, typename... Args>
-  void launch_ex(bool cooperative, void (*kernel)(KernelArgs...), dim3 grid, dim3 block,
+  bool launch_ex(bool cooperative, void (*kernel)(KernelArgs...), dim3 grid, dim3 block,
                  size_t smem, Args&&... args) const {
     if (smem > kDefaultSmem) {
       int device = 0;
@@ -180,8 +193,14 @@ struct StreamLauncher {
     config.stream = stream;
     config.attrs = cooperative ? attr : nullptr;
     config.numAttrs = cooperative ? 1 : 0;
-    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+    const cudaError_t err = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+    if (cooperative && err == cudaErrorCooperativeLaunchTooLarge) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    C10_CUDA_CHECK(err);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return true;
   }
 
   // Raises the kernel's dynamic shared-memory limit on `device` once, to the most it can take

@@ -127,6 +127,7 @@ constexpr int kBlocksInFlight = 2;         // non-cooperative launches
 constexpr uint64_t kMaxEmulatedBlocks = 1u << 24;
 constexpr unsigned char kPoison = 0xff;
 constexpr size_t kShuffleBytes = 16;  // the largest type a shuffle moves
+constexpr size_t kLaneBytes = 48;     // the most one lane brings to a warp collective (mma)
 constexpr size_t kSmemAlign = 16;
 constexpr uint64_t kNever = ~uint64_t{0};  // a barrier generation no thread waits at
 
@@ -281,14 +282,27 @@ struct Bytes {
   std::unique_ptr<unsigned char[], AlignedDelete> data;
 };
 
-using Word = std::array<unsigned char, kShuffleBytes>;
+using Word = std::array<unsigned char, kLaneBytes>;
+using LaneWords = std::array<Word, kWarp>;
 
-// One shuffle call of the lanes of `mask`: collects every lane's value and source lane, then
-// hands each lane its result. Each call is a fresh object, freed when its last lane has taken
-// its result, so that its address is also its own sync object for ThreadSanitizer.
+// Computes every lane's result of a warp collective from every lane's operands (mma).
+using Combine = void (*)(const LaneWords& in, LaneWords& out);
+
+// One shuffle call of the lanes of `mask` (or another warp collective: an mma, whose `combine`
+// computes the results): collects every lane's value and source lane, then hands each lane its
+// result. Each call is a fresh object, freed when its last lane has taken its result, so that
+// its address is also its own sync object for ThreadSanitizer.
 struct Shuffle {
-  Shuffle(unsigned int mask_, const std::source_location& site_) : mask(mask_), site(site_) {}
+  Shuffle(unsigned int mask_, const std::source_location& site_, Combine combine_)
+      : mask(mask_), site(site_), combine(combine_) {}
+  std::string kind() const { return combine == nullptr ? "shuffle" : "mma"; }
   void complete() {
+    if (combine != nullptr) {
+      combine(value, result);
+      unread = std::popcount(mask);
+      done = true;
+      return;
+    }
     for (int lane = 0; lane < kWarp; ++lane) {
       if ((mask >> lane & 1u) == 0) continue;
       const int s = src[lane];
@@ -303,11 +317,12 @@ struct Shuffle {
   }
   const unsigned int mask;
   const std::source_location site;
+  const Combine combine;
   unsigned int arrived = 0;
   int unread = 0;
   bool done = false;
   std::array<int, kWarp> src{};
-  std::array<Word, kWarp> value{}, result{};
+  LaneWords value{}, result{};
 };
 
 struct Warp {
@@ -318,8 +333,8 @@ struct Warp {
     }
     return nullptr;
   }
-  Shuffle& open(unsigned int mask, const std::source_location& site) {
-    in_flight.push_back(std::make_unique<Shuffle>(mask, site));
+  Shuffle& open(unsigned int mask, const std::source_location& site, Combine combine) {
+    in_flight.push_back(std::make_unique<Shuffle>(mask, site, combine));
     return *in_flight.back();
   }
   // A lane has taken its result; the last one frees the shuffle.
@@ -594,23 +609,28 @@ inline void grid_sync() {
   }
 }
 
-// The lanes of a shuffle over `mask` from the calling lane must all meet it, at one call site
-// with one mask. src_lane: the lane whose value the caller gets (poison if outside the mask).
-template <typename T>
-T shuffle(unsigned int mask, T v, int src_lane, const std::source_location& site) {
-  static_assert(sizeof(T) <= kShuffleBytes && std::is_trivially_copyable<T>::value, "shuffle type");
+// The lanes of a warp collective over `mask` from the calling lane must all meet it, at one call
+// site with one mask (and one kind: a shuffle, or an mma with its `combine`). A shuffle
+// (combine == nullptr) hands the caller the value of src_lane (poison if outside the mask).
+template <typename In, typename Out>
+Out exchange(unsigned int mask, const In& v, int src_lane, Combine combine,
+             const std::source_location& site) {
+  static_assert(sizeof(In) <= kLaneBytes && sizeof(Out) <= kLaneBytes &&
+                    std::is_trivially_copyable<In>::value && std::is_trivially_copyable<Out>::value,
+                "warp collective operand type");
   Block& b = *current;
   const int tid = linear_tid, lane = tid % kWarp, base = tid - lane;
   const unsigned int bit = 1u << lane;
   Warp& w = b.warps[tid / kWarp];
-  T out;
+  Out out;
   {
     Quiet quiet;
     std::unique_lock<std::mutex> lock(b.mutex);
     b.launch.check();
+    const std::string kind = combine == nullptr ? "shuffle" : "mma";
     const auto who = [&] {
-      return "emu: " + b.thread_name(tid) + " (lane " + std::to_string(lane) + "): shuffle at " +
-             site_name(site) + " with mask " + Block::lanes_of(mask);
+      return "emu: " + b.thread_name(tid) + " (lane " + std::to_string(lane) + "): " + kind +
+             " at " + site_name(site) + " with mask " + Block::lanes_of(mask);
     };
     if ((mask & bit) == 0) throw KernelError(who() + " leaves out the caller's own lane");
     if ((mask & ~w.lanes) != 0) {
@@ -634,20 +654,20 @@ T shuffle(unsigned int mask, T v, int src_lane, const std::source_location& site
       }
     }
     Shuffle* s = w.collecting(bit);
-    if (s != nullptr && (s->mask != mask || !same_site(s->site, site))) {
+    if (s != nullptr && (s->mask != mask || !same_site(s->site, site) || s->combine != combine)) {
       throw KernelError(who() + ", but lanes " + Block::lanes_of(s->arrived) +
-                        " wait for it at the shuffle at " + site_name(s->site) + " with mask " +
-                        Block::lanes_of(s->mask));
+                        " wait for it at the " + s->kind() + " at " + site_name(s->site) +
+                        " with mask " + Block::lanes_of(s->mask));
     }
     if (s == nullptr) {
       if (Shuffle* other = w.collecting(mask)) {
         throw KernelError(who() + ", but lanes " + Block::lanes_of(other->arrived) +
-                          " of that mask wait at the shuffle at " + site_name(other->site) +
-                          " with mask " + Block::lanes_of(other->mask));
+                          " of that mask wait at the " + other->kind() + " at " +
+                          site_name(other->site) + " with mask " + Block::lanes_of(other->mask));
       }
-      s = &w.open(mask, site);
+      s = &w.open(mask, site, combine);
     }
-    std::memcpy(s->value[lane].data(), &v, sizeof(T));
+    std::memcpy(s->value[lane].data(), &v, sizeof(In));
     s->src[lane] = src_lane;
     s->arrived |= bit;
     quiet.release(s);
@@ -659,10 +679,16 @@ T shuffle(unsigned int mask, T v, int src_lane, const std::source_location& site
       if (!s->done) throw Aborted{};
     }
     quiet.acquire(s);
-    std::memcpy(&out, s->result[lane].data(), sizeof(T));
+    std::memcpy(&out, s->result[lane].data(), sizeof(Out));
     w.taken(*s);
   }
   return out;
+}
+
+template <typename T>
+T shuffle(unsigned int mask, T v, int src_lane, const std::source_location& site) {
+  static_assert(sizeof(T) <= kShuffleBytes, "shuffle type");
+  return exchange<T, T>(mask, v, src_lane, nullptr, site);
 }
 
 inline void check_width(int width) {
@@ -864,6 +890,115 @@ T __shfl_down_sync(unsigned int mask, T v, unsigned int delta, int width = emu::
   return emu::shuffle(mask, v, emu::segment_source(lane, lane + static_cast<int>(delta), width),
                       site);
 }
+
+// ---- Warp matrix multiply-accumulate (mma.sync.aligned.m16n8k16 / m16n8k8, fp32 accumulators) --
+// A warp collective like a shuffle over the full warp: every lane brings its fragments, and the
+// result follows the fragment layouts the PTX ISA documents ("Matrix Fragments for mma.m16n8k16
+// with floating point type" and "... mma.m16n8k8", .tf32), with groupID g = lane / 4 and
+// threadID_in_group q = lane % 4:
+//   16-bit types (m16n8k16): A (16 x 16, row) in 4 registers of 2 elements, register
+//     (r >= 8) + 2 (k >= 8) holding A[r][k] of lane (r % 8) 4 + (k % 8) / 2, element k % 2 (low
+//     half first); B (16 x 8, col) in 2 registers, register (k >= 8) holding B[k][n] of lane
+//     4 n + (k % 8) / 2, element k % 2.
+//   .tf32 (m16n8k8): A (16 x 8) register (r >= 8) + 2 (k >= 4) of lane (r % 8) 4 + k % 4;
+//     B (8 x 8) register (k >= 4) of lane 4 n + k % 4. A tensor core reads the top 19 bits of a
+//     .tf32 operand (the kernels round with cvt.rna.tf32.f32 first).
+//   C and D (16 x 8, fp32): element 2 (r >= 8) + n % 2 of lane (r % 8) 4 + n / 2.
+// Products of bf16, fp16 or tf32 operands are exact in fp32; the emulator adds them to C in k
+// order in fp32 (a GPU's order and rounding of the sum are its own: tests compare with bounds).
+namespace emu {
+
+enum class MmaType { kBf16, kF16, kTf32 };
+
+struct MmaOperands {
+  uint32_t a[4];
+  uint32_t b[2];
+  float c[4];
+};
+struct MmaResult {
+  float d[4];
+};
+
+inline float float_of_bits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+// IEEE binary16 -> float (exact).
+inline float half_bits_to_float(uint32_t h) {
+  const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+  if (exp == 0x1f) return float_of_bits(sign | 0x7f800000u | (man << 13));  // inf, NaN
+  if (exp != 0) return float_of_bits(sign | ((exp + 112) << 23) | (man << 13));
+  const float sub = std::ldexp(static_cast<float>(man), -24);  // zero or subnormal
+  return sign != 0 ? -sub : sub;
+}
+
+template <MmaType kType>
+float mma_element(uint32_t reg, int half) {
+  if constexpr (kType == MmaType::kTf32) {
+    return float_of_bits(reg & 0xffffe000u);
+  } else {
+    const uint32_t bits = half == 0 ? (reg & 0xffffu) : (reg >> 16);
+    return kType == MmaType::kBf16 ? float_of_bits(bits << 16) : half_bits_to_float(bits);
+  }
+}
+
+template <MmaType kType>
+void mma_combine(const LaneWords& in, LaneWords& out) {
+  constexpr bool k16 = kType != MmaType::kTf32;
+  constexpr int K = k16 ? 16 : 8, kHalfK = K / 2;
+  std::array<MmaOperands, kWarp> ops;
+  for (int lane = 0; lane < kWarp; ++lane) std::memcpy(&ops[lane], in[lane].data(), sizeof(ops[0]));
+  const auto A = [&](int r, int k) {
+    const int lane = (r % 8) * 4 + (k16 ? (k % 8) / 2 : k % 4);
+    const int reg = (r >= 8 ? 1 : 0) + (k >= kHalfK ? 2 : 0);
+    return mma_element<kType>(ops[lane].a[reg], k % 2);
+  };
+  const auto B = [&](int k, int n) {
+    const int lane = n * 4 + (k16 ? (k % 8) / 2 : k % 4);
+    return mma_element<kType>(ops[lane].b[k >= kHalfK ? 1 : 0], k % 2);
+  };
+  std::array<MmaResult, kWarp> res;
+  for (int r = 0; r < 16; ++r) {
+    for (int n = 0; n < 8; ++n) {
+      const int lane = (r % 8) * 4 + n / 2, e = (r >= 8 ? 2 : 0) + n % 2;
+      float sum = ops[lane].c[e];
+      for (int k = 0; k < K; ++k) sum += A(r, k) * B(k, n);
+      res[lane].d[e] = sum;
+    }
+  }
+  for (int lane = 0; lane < kWarp; ++lane)
+    std::memcpy(out[lane].data(), &res[lane], sizeof(res[0]));
+}
+
+// d = A B + c over the warp (mma.sync.aligned: all 32 lanes, one call site).
+template <MmaType kType>
+void mma_sync(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4],
+              const std::source_location& site = std::source_location::current()) {
+  MmaOperands in;
+  std::memcpy(in.a, a, sizeof(in.a));
+  std::memcpy(in.b, b, sizeof(in.b));
+  std::memcpy(in.c, c, sizeof(in.c));
+  const MmaResult r = exchange<MmaOperands, MmaResult>(0xffffffffu, in, linear_tid % kWarp,
+                                                       &mma_combine<kType>, site);
+  std::memcpy(d, r.d, sizeof(r.d));
+}
+
+// cvt.rna.tf32.f32: round to the nearest TF32 value (10 mantissa bits), ties away from zero.
+inline uint32_t float_to_tf32_bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  if ((u & 0x7f800000u) == 0x7f800000u) return u;  // inf, NaN: kept
+  return (u + 0x1000u) & 0xffffe000u;
+}
+
+}  // namespace emu
+
+// CUDA's 16-byte vector type (vector_types.h), for 16-byte loads and stores.
+struct alignas(16) uint4 {
+  unsigned int x, y, z, w;
+};
 
 template <typename T>
 T __ldg(const T* p) {

@@ -25,14 +25,16 @@ using fusedgru::cuda::StreamLauncher;
 // kernels (one block per SM) get 4 co-resident blocks; the same without cooperative launches
 // (the GRU's per-step path); one whose opt-in limit is the default 48 KB (the conv's fallbacks
 // at smaller histories); a whole H100 / H200 (132 SMs), for the planners only (its cooperative
-// grids would be 132 blocks of std::threads); and 8 SMs, where the persistent kernels reach
-// J = 32 units per block with fp32's widest slices.
+// grids would be 132 blocks of std::threads); 8 SMs, where the persistent kernels reach
+// J = 32 units per block with fp32's widest slices; and 1 SM, where the tensor-core kernel
+// takes its widest blocks.
 struct Devices {
   int h100 = emu::add_device({4, true, 227 * 1024});
   int no_coop = emu::add_device({4, false, 227 * 1024});
   int small_smem = emu::add_device({4, true, 48 * 1024});
   int h100_132 = emu::add_device({132, true, 227 * 1024});
   int sms8 = emu::add_device({8, true, 227 * 1024});
+  int sms1 = emu::add_device({1, true, 227 * 1024});  // one SM: wide units per block
 };
 
 const Devices& devices() {
@@ -129,6 +131,14 @@ void define_runtime_hooks(pybind11::module_& m) {
     std::lock_guard<std::mutex> lock(emu::runtime().mutex);
     emu::runtime().fail_next_launch = true;
   });
+  // The next n cooperative launches are refused as too large (as under MPS): the GRU ops fall
+  // back to the per-step path. Returns how many refusals were still pending.
+  m.def("refuse_cooperative_launches", [](int n) {
+    std::lock_guard<std::mutex> lock(emu::runtime().mutex);
+    const int pending = emu::runtime().refuse_cooperative;
+    emu::runtime().refuse_cooperative = n;
+    return pending;
+  });
   // Arms (or disarms) a check inside every emulated cublasGemmEx that the precision flags still
   // read as they do now.
   m.def("snapshot_flags", [](bool arm) {
@@ -184,11 +194,9 @@ void define_runtime_hooks(pybind11::module_& m) {
       });
   m.def("devices", [] {
     const Devices& d = devices();
-    return std::map<std::string, int>{{"h100", d.h100},
-                                      {"no_coop", d.no_coop},
-                                      {"small_smem", d.small_smem},
-                                      {"h100_132", d.h100_132},
-                                      {"sms8", d.sms8}};
+    return std::map<std::string, int>{
+        {"h100", d.h100},         {"no_coop", d.no_coop}, {"small_smem", d.small_smem},
+        {"h100_132", d.h100_132}, {"sms8", d.sms8},       {"sms1", d.sms1}};
   });
   m.def(
       "seed_block_order",
@@ -309,6 +317,18 @@ void define_gru(pybind11::module_& m) {
                          : cuda::gru::persistent_forward_plan<float>(T, N, H, launch));
     return std::make_tuple(plan.J, plan.KS, static_cast<int64_t>(plan.blocks), plan.smem);
   });
+  // The tensor-core forward's plan on an emulated device for "bf16", "fp16" or "fp32" (TF32):
+  // (J, RT, KS, KTW, NT, threads, blocks, smem bytes); J == 0 when it does not apply.
+  m.def("gru_tc_plan",
+        [](int64_t device, int64_t T, int64_t N, int64_t H, const std::string& dtype) {
+          const StreamLauncher launch = launcher_on(static_cast<int>(device));
+          const cuda::gru::TcPlan plan =
+              dtype == "bf16"   ? cuda::gru::tc_forward_plan<at::BFloat16>(T, N, H, launch)
+              : dtype == "fp16" ? cuda::gru::tc_forward_plan<at::Half>(T, N, H, launch)
+                                : cuda::gru::tc_forward_plan<float>(T, N, H, launch);
+          return std::make_tuple(plan.J, plan.RT, plan.KS, plan.KTW, plan.NT, plan.threads,
+                                 static_cast<int64_t>(plan.blocks), plan.smem);
+        });
   define_gru_backward<OnH100>(m, "gru_backward");
   define_gru_backward<NoCooperative>(m, "gru_backward_per_step");
   def_op(

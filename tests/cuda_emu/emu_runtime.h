@@ -78,6 +78,7 @@ enum cudaDeviceAttr {
   cudaDevAttrMultiProcessorCount,
   cudaDevAttrCooperativeLaunch,
   cudaDevAttrMaxSharedMemoryPerBlockOptin,
+  cudaDevAttrComputeCapabilityMajor,
 };
 
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
@@ -137,6 +138,7 @@ struct Device {
   int regs_per_sm = 64 * 1024;
   int threads_per_sm = 2048;
   int blocks_per_sm = 32;
+  int major = 9;  // compute capability (an H100's 9.0)
 };
 
 struct Runtime {
@@ -148,7 +150,8 @@ struct Runtime {
   std::map<std::string, int64_t> gemm_calls;                    // compute type -> calls
   std::vector<std::tuple<int, const void*, int>> smem_sets;     // (device, kernel, bytes)
   bool fail_next_launch = false;                                // test hook
-  std::optional<std::vector<int>> flags_at_start;               // snapshot_flags()
+  int refuse_cooperative = 0;  // test hook: refuse this many cooperative launches (as MPS may)
+  std::optional<std::vector<int>> flags_at_start;  // snapshot_flags()
 };
 
 inline Runtime& runtime() {
@@ -363,6 +366,9 @@ inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int d
     case cudaDevAttrMaxSharedMemoryPerBlockOptin:
       *value = d.smem_optin;
       break;
+    case cudaDevAttrComputeCapabilityMajor:
+      *value = d.major;
+      break;
   }
   return cudaSuccess;
 }
@@ -432,6 +438,14 @@ cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(
   }
   if (cooperative) {
     if (!d.cooperative) return emu::fail(cudaErrorNotSupported);
+    {
+      emu::Runtime& r = emu::runtime();
+      std::lock_guard<std::mutex> lock(r.mutex);
+      if (r.refuse_cooperative > 0) {
+        --r.refuse_cooperative;
+        return emu::fail(cudaErrorCooperativeLaunchTooLarge);
+      }
+    }
     const long long fit =
         1ll * emu::occupancy(d, k, static_cast<int>(threads), config->dynamicSmemBytes) * d.sms;
     if (1ll * g.x * g.y * g.z > fit) return emu::fail(cudaErrorCooperativeLaunchTooLarge);

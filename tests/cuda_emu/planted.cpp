@@ -276,6 +276,64 @@ Result run_barrier_case(const std::string& name, int delay_ms) {
   return out;
 }
 
+// ---- warp mma (emu::mma_sync) --------------------------------------------------------------
+
+// Every lane's fragments in, every lane's D out: a[32][4], b[32][2], c[32][4] -> d[32][4].
+template <emu::MmaType kType>
+__global__ void mma_kernel(const uint32_t* a, const uint32_t* b, const float* c, float* d) {
+  const int lane = threadIdx.x;
+  uint32_t ra[4], rb[2];
+  float rc[4], rd[4];
+  for (int i = 0; i < 4; ++i) ra[i] = a[lane * 4 + i], rc[i] = c[lane * 4 + i];
+  for (int i = 0; i < 2; ++i) rb[i] = b[lane * 2 + i];
+  emu::mma_sync<kType>(rd, ra, rb, rc);
+  for (int i = 0; i < 4; ++i) d[lane * 4 + i] = rd[i];
+}
+
+// Only the low half-warp reaches the mma; the high half exits (a GPU: undefined, or a hang).
+__global__ void mma_half_warp_kernel() {
+  if (threadIdx.x >= 16) return;
+  uint32_t a[4] = {}, b[2] = {};
+  float c[4] = {}, d[4];
+  emu::mma_sync<emu::MmaType::kBf16>(d, a, b, c);
+}
+
+// The low half-warp at an mma, the high half at a shuffle.
+__global__ void mma_vs_shuffle_kernel() {
+  uint32_t a[4] = {}, b[2] = {};
+  float c[4] = {}, d[4];
+  if (threadIdx.x < 16) {
+    emu::mma_sync<emu::MmaType::kBf16>(d, a, b, c);
+  } else {
+    (void)__shfl_xor_sync(kFull, 1.0, 1);
+  }
+}
+
+std::vector<double> run_mma(const std::string& type, const std::vector<int64_t>& a,
+                            const std::vector<int64_t>& b, const std::vector<double>& c) {
+  TORCH_CHECK(a.size() == 128 && b.size() == 64 && c.size() == 128, "mma: 32 lanes' fragments");
+  std::vector<uint32_t> ra(a.begin(), a.end()), rb(b.begin(), b.end());
+  std::vector<float> rc(c.begin(), c.end()), rd(128);
+  if (type == "bf16") {
+    plain(mma_kernel<emu::MmaType::kBf16>, 1, 32, 0, ra.data(), rb.data(), rc.data(), rd.data());
+  } else if (type == "fp16") {
+    plain(mma_kernel<emu::MmaType::kF16>, 1, 32, 0, ra.data(), rb.data(), rc.data(), rd.data());
+  } else {
+    plain(mma_kernel<emu::MmaType::kTf32>, 1, 32, 0, ra.data(), rb.data(), rc.data(), rd.data());
+  }
+  return {rd.begin(), rd.end()};
+}
+
+void run_mma_case(const std::string& name) {
+  if (name == "half_warp") {
+    plain(mma_half_warp_kernel, 1, 32, 0);
+  } else if (name == "vs_shuffle") {
+    plain(mma_vs_shuffle_kernel, 1, 32, 0);
+  } else {
+    TORCH_CHECK(false, "no mma case ", name);
+  }
+}
+
 Result run_shuffle_case(const std::string& name) {
   Result out(64, 0.0);
   if (name == "sites") {
@@ -349,6 +407,8 @@ Result race(const std::string& mode) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("barrier_case", &run_barrier_case, pybind11::arg("name"), pybind11::arg("delay_ms") = 0);
   m.def("shuffle_case", &run_shuffle_case);
+  m.def("mma", &run_mma);
+  m.def("mma_case", &run_mma_case);
   m.def("shared_memory", &run_shared_memory);
   m.def("even_entries", &even_entries);
   m.def("cpu_allocator", [] { return reinterpret_cast<uintptr_t>(c10::GetCPUAllocator()); });

@@ -1,0 +1,361 @@
+// The persistent GRU forward on tensor cores (bf16, fp16; fp32 in TF32 when the RNN's fp32
+// precision allows it, as nn.GRU): ONE cooperative launch runs all T steps of a layer direction,
+// with W_hh resident in registers as mma.sync A fragments (mma.cuh) and one grid barrier per
+// step; and its planner. Shape legend: ../fusedgru.h. The FMA kernel (gru_persistent.cuh) keeps
+// fp64 and strict fp32, and any shape this one does not plan.
+//
+// Per step gh^T [3H, N] = W_hh [3H, H] h_{t-1}^T [H, N]: the MMA's M is gate rows (W_hh, 16 per
+// tile), its N the batch (8 rows per tile: a batch of 1 pads to 8, not 16), its K hidden units.
+//   - Block b owns units [b J, b J + J): its local gate rows rho = g J + j (gate g of unit
+//     b J + j) form RT = ceil(3 J / 16) row tiles. Warp w = (ks, rt) = (w / RT, w % RT) keeps row
+//     tile rt over k-tiles [ks KTW, ks KTW + KTW) of the KT = Hp / K k-tiles in registers (KTW <=
+//     kTcMaxKTiles), for the whole sequence: W_hh is read from DRAM once.
+//   - Per step the block stages h_{t-1} [N, Hp] (Hp = H padded to K, zero columns) into shared
+//     memory with 16-byte loads that bypass L1, rows hs_ld apart: hs_ld * sizeof / 4 = 4 (mod 32)
+//     words, so the B fragments' 32-bit loads (8 rows x 4 words per warp) hit 32 banks.
+//   - The batch runs in chunks of 8 kNT rows (kNT: a compile-time bucket of N): each warp
+//     accumulates its k-range for kNT batch tiles, then writes the partial D to shared memory
+//     as part[ks][batch row][gate row] (gate rows R16p = 16 RT + 4 apart: conflict-free), and
+//     the gate pass, over all threads of the block, sums the KS partials in a fixed order
+//     (deterministic), adds gi, b_hh and applies the gates as gru_pointwise.cuh does.
+//   - gi of the next step's first chunk, b_hh and the lengths do not depend on h_{t-1}: they are
+//     loaded before the grid barrier (b_hh once per launch).
+// Products of bf16/fp16 (or TF32) values are exact in fp32, so the contract is the FMA kernel's:
+// fp32 accumulation of the 16-bit (or TF32-rounded) operands; the gate math in fp32.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "../fusedgru.h"
+#include "device_helpers.cuh"
+#include "gru_persistent.cuh"
+#include "launch.cuh"
+#include "mma.cuh"
+
+namespace fusedgru {
+namespace cuda {
+namespace gru {
+
+constexpr int kTcTileRows = 16;     // gate rows per MMA tile (its M)
+constexpr int kTcTileBatch = 8;     // batch rows per MMA tile (its N)
+constexpr int kTcMaxWarps = 16;     // per block: row tiles x k splits
+constexpr int kTcMaxKTiles = 12;    // A fragments a warp keeps: 4 registers each
+constexpr int kTcItems = 2;         // gate-pass items (batch row, unit) per thread and chunk
+constexpr int kTcRowPad = 4;        // words between the partials' batch rows, mod 32
+constexpr int kTcStageWords = 32;   // staged rows: a multiple of this many words, plus 4
+constexpr int kTcMaxThreads = kTcMaxWarps * 32;
+
+struct GruTcForwardParams {
+  const void* gi;          // [T, N, 3H] strides (gi_st, gi_sn): x W_ih^T + b_ih
+  const void* w_hh;        // [3H, H] contiguous
+  const void* b_hh;        // [3H]
+  void* hbuf;              // [2, N, Hp] contiguous, columns [H, Hp) zero: h_{t-1} / h_t
+  void* out;               // [T, N, H] strides (out_st, out_sn)
+  void* ws;                // [T, N, 4H] strides (ws_st, ws_sn), or nullptr
+  const int64_t* lengths;  // [N] or nullptr
+  int64_t gi_st, gi_sn, out_st, out_sn, ws_st, ws_sn;
+  int64_t T;
+  int N, H, Hp;      // batch, hidden, hidden padded to the MMA's K
+  int J, RT, KS;     // units per block, row tiles, k splits (warps = RT KS)
+  int KTW;           // k-tiles per warp (<= kTcMaxKTiles)
+  int hs_ld, rows;   // staged row stride (elements); staged rows (N rounded up to the chunk)
+  bool reverse;
+};
+
+// A 32-bit word of shared memory holding two 16-bit elements.
+__device__ __forceinline__ uint32_t load_u32(const void* p) {
+#ifdef FUSEDGRU_CUDA_EMU
+  uint32_t u;
+  memcpy(&u, p, sizeof(u));
+  return u;
+#else
+  return *static_cast<const uint32_t*>(p);
+#endif
+}
+
+// W_hh's row for the block's local gate row rho (gate rho / J of unit b J + rho % J), or -1
+// for a padding row.
+__device__ __forceinline__ int64_t tc_weight_row(int rho, int J, int H) {
+  const int unit = static_cast<int>(blockIdx.x) * J + rho % J;
+  return rho < 3 * J && unit < H ? static_cast<int64_t>(rho / J) * H + unit : -1;
+}
+
+// grid: ceil(H / J) blocks of 32 RT KS threads, cooperative. smem: rows x hs_ld scalar_t
+// (rounded up to 16 bytes), then KS x 8 kNT x (16 RT + 4) float partials.
+template <typename scalar_t, int kNT>
+__global__ void __launch_bounds__(kTcMaxThreads, 1)
+    gru_persistent_tc_forward_kernel(GruTcForwardParams p) {
+  using M = MmaOf<scalar_t>;
+  constexpr int K = M::kK, kChunk = kNT * kTcTileBatch, kVec = kVecElems<scalar_t>;
+  const int N = p.N, H = p.H, J = p.J, tid = threadIdx.x, threads = blockDim.x;
+  const int warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
+  const int rt = warp % p.RT, ks = warp / p.RT;
+  const int kt0 = ks * p.KTW, ktiles = min(p.KTW, p.Hp / K - kt0);
+
+  // This warp's A fragments: local gate rows rt 16 + g and + 8, k-tiles kt0 .. kt0 + ktiles.
+  uint32_t a[kTcMaxKTiles][4];
+  {
+    const auto* w = static_cast<const scalar_t*>(p.w_hh);
+    const int64_t row0 = tc_weight_row(rt * kTcTileRows + g, J, H);
+    const int64_t row1 = tc_weight_row(rt * kTcTileRows + g + 8, J, H);
+    const auto at = [&](int64_t row, int k) {
+      return row >= 0 && k < H ? w[row * H + k] : scalar_t(0);
+    };
+#pragma unroll
+    for (int kt = 0; kt < kTcMaxKTiles; ++kt) {
+      const int k0 = (kt0 + kt) * K;
+      if constexpr (M::kPerReg == 2) {  // k pairs (2q, 2q + 1) and (2q + 8, 2q + 9)
+        a[kt][0] = M::reg(at(row0, k0 + 2 * q), at(row0, k0 + 2 * q + 1));
+        a[kt][1] = M::reg(at(row1, k0 + 2 * q), at(row1, k0 + 2 * q + 1));
+        a[kt][2] = M::reg(at(row0, k0 + 2 * q + 8), at(row0, k0 + 2 * q + 9));
+        a[kt][3] = M::reg(at(row1, k0 + 2 * q + 8), at(row1, k0 + 2 * q + 9));
+      } else {  // tf32: k = q and q + 4
+        a[kt][0] = M::reg(at(row0, k0 + q), scalar_t(0));
+        a[kt][1] = M::reg(at(row1, k0 + q), scalar_t(0));
+        a[kt][2] = M::reg(at(row0, k0 + q + 4), scalar_t(0));
+        a[kt][3] = M::reg(at(row1, k0 + q + 4), scalar_t(0));
+      }
+    }
+  }
+
+  scalar_t* hs = dynamic_smem<scalar_t>();
+  const int R16p = p.RT * kTcTileRows + kTcRowPad;
+  float* part = reinterpret_cast<float*>(
+      hs + round_up(static_cast<int64_t>(p.rows) * p.hs_ld * sizeof(scalar_t), kVecBytes) /
+               sizeof(scalar_t));
+  // Staged rows [N, rows) are never loaded: zero once, so padding batch columns stay finite.
+  for (int e = tid; e < (p.rows - N) * p.hs_ld; e += threads) hs[N * p.hs_ld + e] = scalar_t(0);
+
+  // The gate pass: item i of this thread is e = tid + i threads of a chunk: batch row e / J of
+  // the chunk, unit b J + e % J (the same units every chunk and step).
+  const auto* b_hh = static_cast<const scalar_t*>(p.b_hh);
+  float bias[kTcItems][3], gin[kTcItems][3];
+  bool live[kTcItems];
+#pragma unroll
+  for (int i = 0; i < kTcItems; ++i) {
+    const int e = tid + i * threads, u = static_cast<int>(blockIdx.x) * J + e % J;
+#pragma unroll
+    for (int gate = 0; gate < 3; ++gate) {
+      bias[i][gate] = e < kChunk * J && u < H ? float(b_hh[gate * H + u]) : 0.f;
+    }
+  }
+  // gi of the chunk at batch row nb of step t for this thread's items, and which are active.
+  const auto fetch = [&](int64_t t, int nb) {
+#pragma unroll
+    for (int i = 0; i < kTcItems; ++i) {
+      const int e = tid + i * threads, n = nb + e / J, u = static_cast<int>(blockIdx.x) * J + e % J;
+      live[i] = e < kChunk * J && n < N && u < H && t < clamped_length(p.lengths, n, p.T);
+      const auto* gi = static_cast<const scalar_t*>(p.gi) + t * p.gi_st + n * p.gi_sn + u;
+#pragma unroll
+      for (int gate = 0; gate < 3; ++gate) gin[i][gate] = live[i] ? float(gi[gate * H]) : 0.f;
+    }
+  };
+
+  auto* hbuf = static_cast<scalar_t*>(p.hbuf);
+  const int64_t plane = static_cast<int64_t>(N) * p.Hp;
+  fetch(p.reverse ? p.T - 1 : 0, 0);
+  for (int64_t step = 0; step < p.T; ++step) {
+    const int64_t t = p.reverse ? p.T - 1 - step : step;
+    const scalar_t* h_in = hbuf + (step % 2) * plane;
+    scalar_t* h_out = hbuf + ((step + 1) % 2) * plane;
+    const int vecs = p.Hp / kVec;
+    for (int e = tid; e < N * vecs; e += threads) {
+      const int n = e / vecs, c = (e % vecs) * kVec;
+      const uint4 v = __ldcg(reinterpret_cast<const uint4*>(h_in + static_cast<int64_t>(n) * p.Hp + c));
+      *reinterpret_cast<uint4*>(hs + n * p.hs_ld + c) = v;
+    }
+    __syncthreads();
+    for (int nb = 0; nb < N; nb += kChunk) {
+      if (nb > 0) fetch(t, nb);
+      float acc[kNT][4];
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+#pragma unroll
+      for (int kt = 0; kt < kTcMaxKTiles; ++kt) {
+        if (kt < ktiles) {  // warp-uniform
+          const int k0 = (kt0 + kt) * K;
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt) {
+            const scalar_t* hr = hs + (nb + nt * kTcTileBatch + g) * p.hs_ld + k0;
+            uint32_t b[2];
+            if constexpr (M::kPerReg == 2) {
+              b[0] = load_u32(hr + 2 * q);
+              b[1] = load_u32(hr + 2 * q + 8);
+            } else {
+              b[0] = M::reg(hr[q], 0.f);
+              b[1] = M::reg(hr[q + 4], 0.f);
+            }
+            mma_16x8<scalar_t>(acc[nt], a[kt], b, acc[nt]);
+          }
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+        float* pc = part + (ks * kChunk + nt * kTcTileBatch + 2 * q) * R16p + rt * kTcTileRows + g;
+        pc[0] = acc[nt][0];
+        pc[R16p] = acc[nt][1];
+        pc[8] = acc[nt][2];
+        pc[R16p + 8] = acc[nt][3];
+      }
+      __syncthreads();
+#pragma unroll
+      for (int i = 0; i < kTcItems; ++i) {
+        const int e = tid + i * threads, nl = e / J, j = e % J, n = nb + nl;
+        const int u = static_cast<int>(blockIdx.x) * J + j;
+        if (e >= kChunk * J || n >= N || u >= H) continue;
+        float gh[3] = {0.f, 0.f, 0.f};
+        for (int s = 0; s < p.KS; ++s) {
+#pragma unroll
+          for (int gate = 0; gate < 3; ++gate) gh[gate] += part[(s * kChunk + nl) * R16p + gate * J + j];
+        }
+        const scalar_t h0 = hs[n * p.hs_ld + u];
+        auto* out = static_cast<scalar_t*>(p.out) + t * p.out_st + n * p.out_sn + u;
+        auto* ws = p.ws != nullptr ? static_cast<scalar_t*>(p.ws) + t * p.ws_st + n * p.ws_sn + u
+                                   : nullptr;
+        if (!live[i]) {
+          h_out[n * p.Hp + u] = h0;
+          *out = scalar_t(0);
+          if (ws != nullptr) {
+#pragma unroll
+            for (int sg = 0; sg < kSavedGates; ++sg) ws[sg * H] = scalar_t(0);
+          }
+          continue;
+        }
+        const float r = sigmoid_(gin[i][0] + gh[0] + bias[i][0]);
+        const float z = sigmoid_(gin[i][1] + gh[1] + bias[i][1]);
+        const float hn = gh[2] + bias[i][2];
+        const float nn = tanh(gin[i][2] + r * hn);
+        const scalar_t h1 = scalar_t(nn + z * (float(h0) - nn));
+        h_out[n * p.Hp + u] = h1;
+        *out = h1;
+        if (ws != nullptr) {
+          ws[0] = scalar_t(r);
+          ws[H] = scalar_t(z);
+          ws[2 * H] = scalar_t(nn);
+          ws[3 * H] = scalar_t(hn);
+        }
+      }
+      if (nb + kChunk < N) __syncthreads();  // part is rewritten by the next chunk
+    }
+    if (step + 1 < p.T) fetch(p.reverse ? t - 1 : t + 1, 0);
+    grid_sync();
+  }
+}
+
+// The kernel for a batch bucket: chunks of 8, 16 or 32 rows.
+template <typename scalar_t>
+void (*tc_forward_kernel(int nt))(GruTcForwardParams) {
+  if (nt == 1) return gru_persistent_tc_forward_kernel<scalar_t, 1>;
+  if (nt == 2) return gru_persistent_tc_forward_kernel<scalar_t, 2>;
+  return gru_persistent_tc_forward_kernel<scalar_t, 4>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tensor-core planner. Hp = H rounded up to K, KT = Hp / K k-tiles. For J = 8, 16, 32, 64
+// units per block (most blocks first: each block's share of the per-step work is smallest):
+// RT = ceil(3 J / 16) row tiles; KS k splits so that each warp keeps at most kTcMaxKTiles
+// k-tiles, and so that a block has about 8 warps (more warps, shorter dependent MMA chains);
+// the batch chunk 8 kNT for the smallest kNT in {1, 2, 4} covering N (fewer if the gate pass
+// would need more than kTcItems items per thread). The first J whose grid is co-resident and
+// whose shared memory fits wins; none: the FMA kernel's planner decides.
+struct TcPlan {
+  int J = 0, RT = 0, KS = 0, KTW = 0, NT = 0;  // J == 0: no tensor-core plan
+  int threads = 0, hs_ld = 0, rows = 0, Hp = 0;
+  unsigned int blocks = 0;
+  int64_t smem = 0;
+};
+
+constexpr int kTcTargetWarps = 8;
+
+template <typename scalar_t, typename Launch>
+TcPlan tc_forward_plan(int64_t T, int64_t N, int64_t H, const Launch& launch) {
+  if constexpr (!kHasMma<scalar_t>) {
+    return {};
+  } else {
+    using M = MmaOf<scalar_t>;
+    if (!persistent_allowed() || T < 1 || N < 1 || N * H > kMaxPersistentStates ||
+        launch.compute_major() < 8) {
+      return {};
+    }
+    const int64_t Hp = round_up(H, static_cast<int64_t>(M::kK)), KT = Hp / M::kK;
+    const int64_t words = Hp * static_cast<int64_t>(sizeof(scalar_t)) / 4;
+    const int64_t hs_ld = (round_up(words, kTcStageWords) + kTcRowPad) * 4 /
+                          static_cast<int64_t>(sizeof(scalar_t));
+    for (int64_t J = 8; J <= 64; J *= 2) {
+      const int64_t RT = (3 * J + kTcTileRows - 1) / kTcTileRows;
+      int64_t KS = std::max<int64_t>((KT + kTcMaxKTiles - 1) / kTcMaxKTiles,
+                                     std::max<int64_t>(1, kTcTargetWarps / RT));
+      KS = std::min(KS, KT);
+      const int64_t KTW = (KT + KS - 1) / KS;
+      KS = (KT + KTW - 1) / KTW;  // no empty split
+      const int64_t threads = 32 * RT * KS;
+      if (threads > kTcMaxThreads) continue;
+      int64_t NT = N <= 8 ? 1 : (N <= 16 ? 2 : 4);
+      while (NT > 1 && NT * kTcTileBatch * J > kTcItems * threads) NT /= 2;
+      if (NT * kTcTileBatch * J > kTcItems * threads) continue;
+      const int64_t chunk = NT * kTcTileBatch, rows = round_up(N, chunk);
+      const int64_t smem =
+          round_up(rows * hs_ld * static_cast<int64_t>(sizeof(scalar_t)), kVecBytes) +
+          KS * chunk * (RT * kTcTileRows + kTcRowPad) * static_cast<int64_t>(sizeof(float));
+      if (smem > static_cast<int64_t>(launch.max_smem())) continue;
+      const int64_t blocks = (H + J - 1) / J;
+      const auto kernel = tc_forward_kernel<scalar_t>(static_cast<int>(NT));
+      if (blocks <= launch.coresident_blocks(kernel, dim3(static_cast<unsigned int>(threads)),
+                                             static_cast<size_t>(smem))) {
+        TcPlan plan;
+        plan.J = static_cast<int>(J);
+        plan.RT = static_cast<int>(RT);
+        plan.KS = static_cast<int>(KS);
+        plan.KTW = static_cast<int>(KTW);
+        plan.NT = static_cast<int>(NT);
+        plan.threads = static_cast<int>(threads);
+        plan.hs_ld = static_cast<int>(hs_ld);
+        plan.rows = static_cast<int>(rows);
+        plan.Hp = static_cast<int>(Hp);
+        plan.blocks = static_cast<unsigned int>(blocks);
+        plan.smem = smem;
+        return plan;
+      }
+    }
+    return {};
+  }
+}
+
+// The tensor-core forward's parameters from the forward state, W_hh contiguous, the
+// [2, N, Hp] ping-pong buffer and the plan.
+inline GruTcForwardParams tc_forward_params(const GruForwardState& st, const at::Tensor& w_hh,
+                                            at::Tensor& hbuf, const TcPlan& plan, bool reverse) {
+  GruTcForwardParams q{};
+  q.gi = st.gi.data_ptr();
+  q.w_hh = w_hh.data_ptr();
+  q.b_hh = st.b_hh.data_ptr();
+  q.hbuf = hbuf.data_ptr();
+  q.out = st.output.data_ptr();
+  q.ws = st.saves() ? st.workspace.data_ptr() : nullptr;
+  q.lengths = st.base.lengths;
+  q.gi_st = st.gi.stride(0);
+  q.gi_sn = st.gi.stride(1);
+  q.out_st = st.output.stride(0);
+  q.out_sn = st.output.stride(1);
+  q.ws_st = st.saves() ? st.workspace.stride(0) : 0;
+  q.ws_sn = st.saves() ? st.workspace.stride(1) : 0;
+  q.T = st.T;
+  q.N = static_cast<int>(st.N);
+  q.H = static_cast<int>(st.H);
+  q.Hp = plan.Hp;
+  q.J = plan.J;
+  q.RT = plan.RT;
+  q.KS = plan.KS;
+  q.KTW = plan.KTW;
+  q.hs_ld = plan.hs_ld;
+  q.rows = plan.rows;
+  q.reverse = reverse;
+  return q;
+}
+
+}  // namespace gru
+}  // namespace cuda
+}  // namespace fusedgru
