@@ -492,6 +492,14 @@ def test_tensor_core_plans_of_an_h100(emu):
     # more than a block runs (16), so that layer stays on the FMA kernel (strict fp32).
     assert emu.gru_tc_plan(dev, 256, 16, 256, "fp32")[0] == 8
     assert emu.gru_tc_plan(dev, 256, 16, 1024, "fp32")[0] == 0
+    # The backward stages dgh_t [N, 3H]: at H = 1024 up to N = 16 (N = 64: 393 KB of bf16);
+    # 16 warps of 12 k-tiles cover 3H = 3072 at 8 units per block.
+    for N in (1, 16):
+        for H in (128, 256, 1024):
+            J, RT, KS, KTW, NT, threads, blocks, smem = \
+                emu.gru_tc_backward_plan(dev, 256, N, H, "bf16")
+            assert (J, RT, blocks) == (8, 1, H // 8) and KS * KTW * 16 >= 3 * H, (N, H)
+    assert emu.gru_tc_backward_plan(dev, 256, 64, 1024, "bf16")[0] == 0
 
 
 # (dtype, device, N, H) -> (J, NT, KS, KTW) of its plan.
@@ -513,9 +521,10 @@ TC_COVERAGE = {
                          ids=[f"{t}-{d}-N{n}-H{h}" for t, d, n, h in TC_COVERAGE])
 def test_tensor_core_kernel_for_every_plan_shape(emu, restore_rnn_precision, dtype, device, N, H,
                                                  reverse):
-    """Lengths 0 and T among the rows; against the float64 reference, within twice the error
-    of the same layer in torch ops in the dtype (bf16, fp16) or of the per-step path's TF32
-    GEMMs (fp32)."""
+    """Forward, then the tensor-core backward on what it saved; lengths 0 and T among the rows;
+    against the float64 reference, within twice the error of the same layer in torch ops in
+    the dtype (bf16, fp16) or of the per-step path's TF32 GEMMs (fp32; gradients: the per-step
+    path's in the same precision)."""
     from test_cuda_emu import TC_DTYPES, TC_ULP, low_precision_bound
     torch.backends.cudnn.rnn.fp32_precision = "tf32"
     T, C = 3, 5
@@ -537,3 +546,16 @@ def test_tensor_core_kernel_for_every_plan_shape(emu, restore_rnn_precision, dty
         assert low_precision_bound(o, p, r, TC_ULP[dtype]), (name, rel_err(o, r), rel_err(p, r))
     if N > 1:  # a length of 0: zero outputs, h_n = hx
         assert (out[0][:, N - 1] == 0).all() and torch.equal(out[1][N - 1], args[1][N - 1])
+    # The backward on tensor cores too, against the per-step path's in the same precision.
+    assert emu.gru_tc_backward_plan(dev, T, N, H, dtype)[0] > 0
+    go64, gh64 = torch.randn_like(ref[0]), torch.randn_like(ref[1])
+    x, hx, w_ih, w_hh = args[:4]
+    bwd = (go64.to(low), gh64.to(low), None, x, hx, w_ih, w_hh, lengths)
+    grads = emu.gru_backward_on(dev, *bwd, out[0], out[2], reverse, True, True, True)
+    peer_fwd = emu.gru_forward_per_step(*args, reverse, True)
+    peer_grads = emu.gru_backward_per_step(*bwd, peer_fwd[0], peer_fwd[2], reverse, True, True,
+                                           True)
+    grads_r = reference.gru_layer_backward(go64, gh64, None, *args64[:4], lengths, ref[0], ref[2],
+                                           reverse, True)
+    for i, (o, p, r) in enumerate(zip(grads, peer_grads, grads_r)):
+        assert low_precision_bound(o, p, r, TC_ULP[dtype]), (i, rel_err(o, r), rel_err(p, r))

@@ -56,7 +56,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& input, const Tenso
           const TcPlan tc = tf32_ok ? tc_forward_plan<scalar_t>(T, N, H, launch) : TcPlan{};
           if (tc.J != 0) {
             const Tensor w_hh_c = weight_hh.contiguous();
-            Tensor hbuf = at::zeros({2, N, tc.Hp}, input.options());
+            Tensor hbuf = at::zeros({2, N, tc.Kp}, input.options());
             hbuf.select(0, 0).narrow(1, 0, H).copy_(st.h);
             persistent = launch.try_cooperative(tc_forward_kernel<scalar_t>(tc.NT), dim3(tc.blocks),
                                                 dim3(static_cast<unsigned int>(tc.threads)),
@@ -113,6 +113,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "gru_persistent_backward", [&] {
         const bool hprev = st.hprev.defined(), grad_ws = st.gws.defined();
+        if constexpr (kHasMma<scalar_t>) {  // tensor cores, as the forward
+          const bool tf32_ok = !std::is_same_v<scalar_t, float> || rnn_allows_tf32();
+          const TcPlan tc = tf32_ok && !grad_ws && N > 0
+                                ? tc_backward_plan<scalar_t>(T, N, H, hprev, launch)
+                                : TcPlan{};
+          if (tc.J != 0) {
+            const Tensor w_hh_c = weight_hh.contiguous();
+            persistent = launch.try_cooperative(
+                tc_backward_kernel<scalar_t>(tc.NT, hprev), dim3(tc.blocks),
+                dim3(static_cast<unsigned int>(tc.threads)), static_cast<size_t>(tc.smem),
+                tc_backward_params(st, w_hh_c, tc));
+            return;  // refused: the per-step path
+          }
+        }
         const PersistentPlan plan =
             N > 0 ? persistent_backward_plan<scalar_t>(T, N, H, hprev, grad_ws, launch)
                   : PersistentPlan{};

@@ -18,8 +18,8 @@
 //     as part[ks][batch row][gate row] (gate rows R16p = 16 RT + 4 apart: conflict-free), and
 //     the gate pass, over all threads of the block, sums the KS partials in a fixed order
 //     (deterministic), adds gi, b_hh and applies the gates as gru_pointwise.cuh does.
-//   - gi of the next step's first chunk, b_hh and the lengths do not depend on h_{t-1}: they are
-//     loaded before the grid barrier (b_hh once per launch).
+//   - gi of the next step's first chunk and the lengths do not depend on h_{t-1}: they are
+//     loaded before the grid barrier (b_hh, read-only, stays in L1).
 // Products of bf16/fp16 (or TF32) values are exact in fp32, so the contract is the FMA kernel's:
 // fp32 accumulation of the 16-bit (or TF32-rounded) operands; the gate math in fp32.
 #pragma once
@@ -32,6 +32,7 @@
 #include "../fusedgru.h"
 #include "device_helpers.cuh"
 #include "gru_persistent.cuh"
+#include "gru_pointwise.cuh"
 #include "launch.cuh"
 #include "mma.cuh"
 
@@ -39,13 +40,13 @@ namespace fusedgru {
 namespace cuda {
 namespace gru {
 
-constexpr int kTcTileRows = 16;     // gate rows per MMA tile (its M)
-constexpr int kTcTileBatch = 8;     // batch rows per MMA tile (its N)
-constexpr int kTcMaxWarps = 16;     // per block: row tiles x k splits
-constexpr int kTcMaxKTiles = 12;    // A fragments a warp keeps: 4 registers each
-constexpr int kTcItems = 2;         // gate-pass items (batch row, unit) per thread and chunk
-constexpr int kTcRowPad = 4;        // words between the partials' batch rows, mod 32
-constexpr int kTcStageWords = 32;   // staged rows: a multiple of this many words, plus 4
+constexpr int kTcTileRows = 16;    // gate rows per MMA tile (its M)
+constexpr int kTcTileBatch = 8;    // batch rows per MMA tile (its N)
+constexpr int kTcMaxWarps = 16;    // per block: row tiles x k splits
+constexpr int kTcMaxKTiles = 12;   // A fragments a warp keeps: 4 registers each
+constexpr int kTcItems = 2;        // gate-pass items (batch row, unit) per thread and chunk
+constexpr int kTcRowPad = 4;       // words between the partials' batch rows, mod 32
+constexpr int kTcStageWords = 32;  // staged rows: a multiple of this many words, plus 4
 constexpr int kTcMaxThreads = kTcMaxWarps * 32;
 
 struct GruTcForwardParams {
@@ -58,10 +59,10 @@ struct GruTcForwardParams {
   const int64_t* lengths;  // [N] or nullptr
   int64_t gi_st, gi_sn, out_st, out_sn, ws_st, ws_sn;
   int64_t T;
-  int N, H, Hp;      // batch, hidden, hidden padded to the MMA's K
-  int J, RT, KS;     // units per block, row tiles, k splits (warps = RT KS)
-  int KTW;           // k-tiles per warp (<= kTcMaxKTiles)
-  int hs_ld, rows;   // staged row stride (elements); staged rows (N rounded up to the chunk)
+  int N, H, Hp;     // batch, hidden, hidden padded to the MMA's K
+  int J, RT, KS;    // units per block, row tiles, k splits (warps = RT KS)
+  int KTW;          // k-tiles per warp (<= kTcMaxKTiles)
+  int hs_ld, rows;  // staged row stride (elements); staged rows (N rounded up to the chunk)
   bool reverse;
 };
 
@@ -83,6 +84,81 @@ __device__ __forceinline__ int64_t tc_weight_row(int rho, int J, int H) {
   return rho < 3 * J && unit < H ? static_cast<int64_t>(rho / J) * H + unit : -1;
 }
 
+// This warp's A fragments: local rows rt 16 + g and rt 16 + g + 8 of its row tile, k-tiles
+// kt0, kt0 + 1, ... (kTcMaxKTiles of them); at(row, k) gives the element (zero when padding).
+template <typename scalar_t, typename At>
+__device__ __forceinline__ void load_a_fragments(uint32_t (&a)[kTcMaxKTiles][4], int rt, int kt0,
+                                                 const At& at) {
+  using M = MmaOf<scalar_t>;
+  const int lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+  const int r0 = rt * kTcTileRows + g, r1 = r0 + 8;
+#pragma unroll
+  for (int kt = 0; kt < kTcMaxKTiles; ++kt) {
+    const int k0 = (kt0 + kt) * M::kK;
+    if constexpr (M::kPerReg == 2) {  // k pairs (2q, 2q + 1) and (2q + 8, 2q + 9)
+      a[kt][0] = M::reg(at(r0, k0 + 2 * q), at(r0, k0 + 2 * q + 1));
+      a[kt][1] = M::reg(at(r1, k0 + 2 * q), at(r1, k0 + 2 * q + 1));
+      a[kt][2] = M::reg(at(r0, k0 + 2 * q + 8), at(r0, k0 + 2 * q + 9));
+      a[kt][3] = M::reg(at(r1, k0 + 2 * q + 8), at(r1, k0 + 2 * q + 9));
+    } else {  // tf32: k = q and q + 4
+      a[kt][0] = M::reg(at(r0, k0 + q), scalar_t(0));
+      a[kt][1] = M::reg(at(r1, k0 + q), scalar_t(0));
+      a[kt][2] = M::reg(at(r0, k0 + q + 4), scalar_t(0));
+      a[kt][3] = M::reg(at(r1, k0 + q + 4), scalar_t(0));
+    }
+  }
+}
+
+// The warp's partial D for kNT batch tiles from staged row nb on: its ktiles A fragments times
+// the staged vectors (B: staged row = batch column, k along the row), then written to
+// part[ks][batch row][local row] (rows R16p apart).
+template <typename scalar_t, int kNT>
+__device__ __forceinline__ void tc_partials(const uint32_t (&a)[kTcMaxKTiles][4],
+                                            const scalar_t* hs, int hs_ld, int nb, int kt0,
+                                            int ktiles, float* part, int ks, int rt, int R16p) {
+  using M = MmaOf<scalar_t>;
+  constexpr int kChunk = kNT * kTcTileBatch;
+  const int lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+  float acc[kNT][4];
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+#pragma unroll
+  for (int kt = 0; kt < kTcMaxKTiles; ++kt) {
+    if (kt < ktiles) {  // warp-uniform
+      const int k0 = (kt0 + kt) * M::kK;
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+        const scalar_t* hr = hs + (nb + nt * kTcTileBatch + g) * hs_ld + k0;
+        uint32_t b[2];
+        if constexpr (M::kPerReg == 2) {
+          b[0] = load_u32(hr + 2 * q);
+          b[1] = load_u32(hr + 2 * q + 8);
+        } else {
+          b[0] = M::reg(hr[q], 0.f);
+          b[1] = M::reg(hr[q + 4], 0.f);
+        }
+        mma_16x8<scalar_t>(acc[nt], a[kt], b, acc[nt]);
+      }
+    }
+  }
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt) {
+    float* pc = part + (ks * kChunk + nt * kTcTileBatch + 2 * q) * R16p + rt * kTcTileRows + g;
+    pc[0] = acc[nt][0];
+    pc[R16p] = acc[nt][1];
+    pc[8] = acc[nt][2];
+    pc[R16p + 8] = acc[nt][3];
+  }
+}
+
+// The staged rows' shared memory, then the partials after it (16-byte aligned).
+template <typename scalar_t>
+__device__ __forceinline__ float* partials_after(scalar_t* hs, int rows, int hs_ld) {
+  return reinterpret_cast<float*>(
+      hs + round_up(static_cast<int64_t>(rows) * hs_ld * sizeof(scalar_t), kVecBytes) /
+               sizeof(scalar_t));
+}
+
 // grid: ceil(H / J) blocks of 32 RT KS threads, cooperative. smem: rows x hs_ld scalar_t
 // (rounded up to 16 bytes), then KS x 8 kNT x (16 RT + 4) float partials.
 template <typename scalar_t, int kNT>
@@ -91,57 +167,30 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1)
   using M = MmaOf<scalar_t>;
   constexpr int K = M::kK, kChunk = kNT * kTcTileBatch, kVec = kVecElems<scalar_t>;
   const int N = p.N, H = p.H, J = p.J, tid = threadIdx.x, threads = blockDim.x;
-  const int warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
-  const int rt = warp % p.RT, ks = warp / p.RT;
+  const int warp = tid / 32, rt = warp % p.RT, ks = warp / p.RT;
   const int kt0 = ks * p.KTW, ktiles = min(p.KTW, p.Hp / K - kt0);
 
-  // This warp's A fragments: local gate rows rt 16 + g and + 8, k-tiles kt0 .. kt0 + ktiles.
+  // This warp's A fragments: local gate rows of W_hh, k = hidden units.
   uint32_t a[kTcMaxKTiles][4];
   {
     const auto* w = static_cast<const scalar_t*>(p.w_hh);
-    const int64_t row0 = tc_weight_row(rt * kTcTileRows + g, J, H);
-    const int64_t row1 = tc_weight_row(rt * kTcTileRows + g + 8, J, H);
-    const auto at = [&](int64_t row, int k) {
+    load_a_fragments<scalar_t>(a, rt, kt0, [&](int rho, int k) {
+      const int64_t row = tc_weight_row(rho, J, H);
       return row >= 0 && k < H ? w[row * H + k] : scalar_t(0);
-    };
-#pragma unroll
-    for (int kt = 0; kt < kTcMaxKTiles; ++kt) {
-      const int k0 = (kt0 + kt) * K;
-      if constexpr (M::kPerReg == 2) {  // k pairs (2q, 2q + 1) and (2q + 8, 2q + 9)
-        a[kt][0] = M::reg(at(row0, k0 + 2 * q), at(row0, k0 + 2 * q + 1));
-        a[kt][1] = M::reg(at(row1, k0 + 2 * q), at(row1, k0 + 2 * q + 1));
-        a[kt][2] = M::reg(at(row0, k0 + 2 * q + 8), at(row0, k0 + 2 * q + 9));
-        a[kt][3] = M::reg(at(row1, k0 + 2 * q + 8), at(row1, k0 + 2 * q + 9));
-      } else {  // tf32: k = q and q + 4
-        a[kt][0] = M::reg(at(row0, k0 + q), scalar_t(0));
-        a[kt][1] = M::reg(at(row1, k0 + q), scalar_t(0));
-        a[kt][2] = M::reg(at(row0, k0 + q + 4), scalar_t(0));
-        a[kt][3] = M::reg(at(row1, k0 + q + 4), scalar_t(0));
-      }
-    }
+    });
   }
 
   scalar_t* hs = dynamic_smem<scalar_t>();
   const int R16p = p.RT * kTcTileRows + kTcRowPad;
-  float* part = reinterpret_cast<float*>(
-      hs + round_up(static_cast<int64_t>(p.rows) * p.hs_ld * sizeof(scalar_t), kVecBytes) /
-               sizeof(scalar_t));
+  float* part = partials_after(hs, p.rows, p.hs_ld);
   // Staged rows [N, rows) are never loaded: zero once, so padding batch columns stay finite.
   for (int e = tid; e < (p.rows - N) * p.hs_ld; e += threads) hs[N * p.hs_ld + e] = scalar_t(0);
 
   // The gate pass: item i of this thread is e = tid + i threads of a chunk: batch row e / J of
   // the chunk, unit b J + e % J (the same units every chunk and step).
-  const auto* b_hh = static_cast<const scalar_t*>(p.b_hh);
-  float bias[kTcItems][3], gin[kTcItems][3];
+  const auto* b_hh = static_cast<const scalar_t*>(p.b_hh);  // read-only: L1 keeps it
+  float gin[kTcItems][3];
   bool live[kTcItems];
-#pragma unroll
-  for (int i = 0; i < kTcItems; ++i) {
-    const int e = tid + i * threads, u = static_cast<int>(blockIdx.x) * J + e % J;
-#pragma unroll
-    for (int gate = 0; gate < 3; ++gate) {
-      bias[i][gate] = e < kChunk * J && u < H ? float(b_hh[gate * H + u]) : 0.f;
-    }
-  }
   // gi of the chunk at batch row nb of step t for this thread's items, and which are active.
   const auto fetch = [&](int64_t t, int nb) {
 #pragma unroll
@@ -164,42 +213,14 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1)
     const int vecs = p.Hp / kVec;
     for (int e = tid; e < N * vecs; e += threads) {
       const int n = e / vecs, c = (e % vecs) * kVec;
-      const uint4 v = __ldcg(reinterpret_cast<const uint4*>(h_in + static_cast<int64_t>(n) * p.Hp + c));
+      const uint4 v =
+          __ldcg(reinterpret_cast<const uint4*>(h_in + static_cast<int64_t>(n) * p.Hp + c));
       *reinterpret_cast<uint4*>(hs + n * p.hs_ld + c) = v;
     }
     __syncthreads();
     for (int nb = 0; nb < N; nb += kChunk) {
       if (nb > 0) fetch(t, nb);
-      float acc[kNT][4];
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
-#pragma unroll
-      for (int kt = 0; kt < kTcMaxKTiles; ++kt) {
-        if (kt < ktiles) {  // warp-uniform
-          const int k0 = (kt0 + kt) * K;
-#pragma unroll
-          for (int nt = 0; nt < kNT; ++nt) {
-            const scalar_t* hr = hs + (nb + nt * kTcTileBatch + g) * p.hs_ld + k0;
-            uint32_t b[2];
-            if constexpr (M::kPerReg == 2) {
-              b[0] = load_u32(hr + 2 * q);
-              b[1] = load_u32(hr + 2 * q + 8);
-            } else {
-              b[0] = M::reg(hr[q], 0.f);
-              b[1] = M::reg(hr[q + 4], 0.f);
-            }
-            mma_16x8<scalar_t>(acc[nt], a[kt], b, acc[nt]);
-          }
-        }
-      }
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
-        float* pc = part + (ks * kChunk + nt * kTcTileBatch + 2 * q) * R16p + rt * kTcTileRows + g;
-        pc[0] = acc[nt][0];
-        pc[R16p] = acc[nt][1];
-        pc[8] = acc[nt][2];
-        pc[R16p + 8] = acc[nt][3];
-      }
+      tc_partials<scalar_t, kNT>(a, hs, p.hs_ld, nb, kt0, ktiles, part, ks, rt, R16p);
       __syncthreads();
 #pragma unroll
       for (int i = 0; i < kTcItems; ++i) {
@@ -209,7 +230,8 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1)
         float gh[3] = {0.f, 0.f, 0.f};
         for (int s = 0; s < p.KS; ++s) {
 #pragma unroll
-          for (int gate = 0; gate < 3; ++gate) gh[gate] += part[(s * kChunk + nl) * R16p + gate * J + j];
+          for (int gate = 0; gate < 3; ++gate)
+            gh[gate] += part[(s * kChunk + nl) * R16p + gate * J + j];
         }
         const scalar_t h0 = hs[n * p.hs_ld + u];
         auto* out = static_cast<scalar_t*>(p.out) + t * p.out_st + n * p.out_sn + u;
@@ -224,9 +246,9 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1)
           }
           continue;
         }
-        const float r = sigmoid_(gin[i][0] + gh[0] + bias[i][0]);
-        const float z = sigmoid_(gin[i][1] + gh[1] + bias[i][1]);
-        const float hn = gh[2] + bias[i][2];
+        const float r = sigmoid_(gin[i][0] + gh[0] + float(b_hh[u]));
+        const float z = sigmoid_(gin[i][1] + gh[1] + float(b_hh[H + u]));
+        const float hn = gh[2] + float(b_hh[2 * H + u]);
         const float nn = tanh(gin[i][2] + r * hn);
         const scalar_t h1 = scalar_t(nn + z * (float(h0) - nn));
         h_out[n * p.Hp + u] = h1;
@@ -254,16 +276,122 @@ void (*tc_forward_kernel(int nt))(GruTcForwardParams) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The tensor-core planner. Hp = H rounded up to K, KT = Hp / K k-tiles. For J = 8, 16, 32, 64
-// units per block (most blocks first: each block's share of the per-step work is smallest):
-// RT = ceil(3 J / 16) row tiles; KS k splits so that each warp keeps at most kTcMaxKTiles
-// k-tiles, and so that a block has about 8 warps (more warps, shorter dependent MMA chains);
-// the batch chunk 8 kNT for the smallest kNT in {1, 2, 4} covering N (fewer if the gate pass
+// The persistent backward on tensor cores: per step t (in reverse) the block's gate gradients
+// for its units and all rows (gru_backward_unit, as the FMA kernel), a grid barrier, then
+// dL/dh_{t-1} += dgh_t W_hh for its units as D^T [H, N] = W_hh^T [H, 3H] dgh_t^T [3H, N]: the
+// MMA's M is the block's units (RT = ceil(J / 16) row tiles of W_hh^T, k = the 3H gate rows, in
+// registers), its N the batch; dgh_t [N, 3H] staged like the forward's h_{t-1} (16-byte loads
+// when its rows are 16-byte aligned), the k splits' partials summed in a fixed order and added to
+// dh, which only this block touches for its units. Double backward (grad of the saved
+// activations) stays on the FMA kernel.
+struct GruTcBackwardParams {
+  GruBackwardPointwise base;  // the pointers of step 0; everything else as in the per-step path
+  int64_t go_st, ws_st, dgh_st, dgin_st, hp_st;  // step strides (elements)
+  const void* w_hh;                              // [3H, H] contiguous
+  int N, H, Kp;                                  // Kp: 3H padded to the MMA's K
+  int J, RT, KS, KTW, hs_ld, rows;
+  bool vec_stage;  // dgh rows 16-byte aligned: staged with 16-byte loads
+};
+
+// grid: ceil(H / J) blocks of 32 RT KS threads, cooperative. smem: rows x hs_ld scalar_t
+// (rounded up to 16 bytes), then KS x 8 kNT x (16 RT + 4) float partials.
+template <typename scalar_t, int kNT, bool kHprev>
+__global__ void __launch_bounds__(kTcMaxThreads, 1)
+    gru_persistent_tc_backward_kernel(GruTcBackwardParams p) {
+  using M = MmaOf<scalar_t>;
+  constexpr int K = M::kK, kChunk = kNT * kTcTileBatch, kVec = kVecElems<scalar_t>;
+  const int N = p.N, H = p.H, G = 3 * H, J = p.J, tid = threadIdx.x, threads = blockDim.x;
+  const int warp = tid / 32, rt = warp % p.RT, ks = warp / p.RT;
+  const int kt0 = ks * p.KTW, ktiles = min(p.KTW, p.Kp / K - kt0);
+  const int u0 = static_cast<int>(blockIdx.x) * J;
+
+  // A fragments of W_hh^T: local rows = the block's units, k = gate rows.
+  uint32_t a[kTcMaxKTiles][4];
+  {
+    const auto* w = static_cast<const scalar_t*>(p.w_hh);
+    load_a_fragments<scalar_t>(a, rt, kt0, [&](int rho, int k) {
+      const int u = u0 + rho;
+      return rho < J && u < H && k < G ? w[static_cast<int64_t>(k) * H + u] : scalar_t(0);
+    });
+  }
+  scalar_t* hs = dynamic_smem<scalar_t>();
+  const int R16p = p.RT * kTcTileRows + kTcRowPad;
+  float* part = partials_after(hs, p.rows, p.hs_ld);
+  // Never staged: rows [N, rows), and columns [3H, Kp) of rows [0, N). Zero once.
+  for (int e = tid; e < p.rows * p.hs_ld; e += threads) {
+    if (e / p.hs_ld >= N || e % p.hs_ld >= G) hs[e] = scalar_t(0);
+  }
+  auto* dh = static_cast<scalar_t*>(p.base.dh);
+  for (int64_t step = 0; step < p.base.T; ++step) {
+    const int64_t t = p.base.reverse ? step : p.base.T - 1 - step;
+    GruBackwardPointwise q = p.base;
+    q.t = t;
+    q.grad_out = static_cast<const scalar_t*>(p.base.grad_out) + t * p.go_st;
+    q.grad_ws = nullptr;
+    q.ws = static_cast<const scalar_t*>(p.base.ws) + t * p.ws_st;
+    q.dgh = static_cast<scalar_t*>(p.base.dgh) + t * p.dgh_st;
+    q.dgin = static_cast<scalar_t*>(p.base.dgin) + t * p.dgin_st;
+    q.hprev = kHprev ? static_cast<scalar_t*>(p.base.hprev) + t * p.hp_st : nullptr;
+    for (int e = tid; e < N * J; e += threads) {
+      const int u = u0 + e % J;
+      if (u < H) gru_backward_unit<scalar_t, kHprev, false>(q, e / J, u);
+    }
+    grid_sync();
+    const auto* dg = static_cast<const scalar_t*>(q.dgh);
+    if (p.vec_stage) {
+      const int vecs = G / kVec;
+      for (int e = tid; e < N * vecs; e += threads) {
+        const int n = e / vecs, c = (e % vecs) * kVec;
+        const uint4 v = __ldcg(reinterpret_cast<const uint4*>(dg + n * q.dg_sn + c));
+        *reinterpret_cast<uint4*>(hs + n * p.hs_ld + c) = v;
+      }
+    } else {
+      for (int e = tid; e < N * G; e += threads) {
+        hs[(e / G) * p.hs_ld + e % G] = load_cg(dg + static_cast<int64_t>(e / G) * q.dg_sn + e % G);
+      }
+    }
+    __syncthreads();
+    for (int nb = 0; nb < N; nb += kChunk) {
+      tc_partials<scalar_t, kNT>(a, hs, p.hs_ld, nb, kt0, ktiles, part, ks, rt, R16p);
+      __syncthreads();
+      for (int e = tid; e < kChunk * J; e += threads) {
+        const int nl = e / J, j = e % J, n = nb + nl, u = u0 + j;
+        if (n >= N || u >= H) continue;
+        float sum = float(dh[n * H + u]);
+        for (int sp = 0; sp < p.KS; ++sp) sum += part[(sp * kChunk + nl) * R16p + j];
+        dh[n * H + u] = scalar_t(sum);
+      }
+      __syncthreads();  // part is rewritten by the next chunk; dh is read by the next step
+    }
+  }
+}
+
+// The backward kernel for a batch bucket and whether h_{t-1} is saved for the W_hh gradient.
+template <typename scalar_t>
+void (*tc_backward_kernel(int nt, bool hprev))(GruTcBackwardParams) {
+  if (hprev) {
+    if (nt == 1) return gru_persistent_tc_backward_kernel<scalar_t, 1, true>;
+    if (nt == 2) return gru_persistent_tc_backward_kernel<scalar_t, 2, true>;
+    return gru_persistent_tc_backward_kernel<scalar_t, 4, true>;
+  }
+  if (nt == 1) return gru_persistent_tc_backward_kernel<scalar_t, 1, false>;
+  if (nt == 2) return gru_persistent_tc_backward_kernel<scalar_t, 2, false>;
+  return gru_persistent_tc_backward_kernel<scalar_t, 4, false>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tensor-core planner, one algorithm for both directions. The reduction runs over Kp = H
+// (forward) or 3H (backward) rounded up to the MMA's K, KT = Kp / K k-tiles; a block's rows are
+// the 3 J gate rows of its units (forward) or its J units (backward), RT = ceil(rows / 16) row
+// tiles. For J = 8, 16, 32, 64 units per block (most blocks first: each block's share of the
+// per-step work is smallest): KS k splits so that each warp keeps at most kTcMaxKTiles k-tiles,
+// and so that a block has about kTcTargetWarps warps (shorter dependent MMA chains); the batch
+// chunk 8 kNT for the smallest kNT in {1, 2, 4} covering N (the forward: fewer if its gate pass
 // would need more than kTcItems items per thread). The first J whose grid is co-resident and
 // whose shared memory fits wins; none: the FMA kernel's planner decides.
 struct TcPlan {
   int J = 0, RT = 0, KS = 0, KTW = 0, NT = 0;  // J == 0: no tensor-core plan
-  int threads = 0, hs_ld = 0, rows = 0, Hp = 0;
+  int threads = 0, hs_ld = 0, rows = 0, Kp = 0;
   unsigned int blocks = 0;
   int64_t smem = 0;
 };
@@ -271,7 +399,7 @@ struct TcPlan {
 constexpr int kTcTargetWarps = 8;
 
 template <typename scalar_t, typename Launch>
-TcPlan tc_forward_plan(int64_t T, int64_t N, int64_t H, const Launch& launch) {
+TcPlan tc_plan(int64_t T, int64_t N, int64_t H, bool backward, bool hprev, const Launch& launch) {
   if constexpr (!kHasMma<scalar_t>) {
     return {};
   } else {
@@ -280,12 +408,13 @@ TcPlan tc_forward_plan(int64_t T, int64_t N, int64_t H, const Launch& launch) {
         launch.compute_major() < 8) {
       return {};
     }
-    const int64_t Hp = round_up(H, static_cast<int64_t>(M::kK)), KT = Hp / M::kK;
-    const int64_t words = Hp * static_cast<int64_t>(sizeof(scalar_t)) / 4;
-    const int64_t hs_ld = (round_up(words, kTcStageWords) + kTcRowPad) * 4 /
-                          static_cast<int64_t>(sizeof(scalar_t));
+    const int64_t Kp = round_up((backward ? 3 : 1) * H, static_cast<int64_t>(M::kK));
+    const int64_t KT = Kp / M::kK;
+    const int64_t words = Kp * static_cast<int64_t>(sizeof(scalar_t)) / 4;
+    const int64_t hs_ld =
+        (round_up(words, kTcStageWords) + kTcRowPad) * 4 / static_cast<int64_t>(sizeof(scalar_t));
     for (int64_t J = 8; J <= 64; J *= 2) {
-      const int64_t RT = (3 * J + kTcTileRows - 1) / kTcTileRows;
+      const int64_t RT = ((backward ? 1 : 3) * J + kTcTileRows - 1) / kTcTileRows;
       int64_t KS = std::max<int64_t>((KT + kTcMaxKTiles - 1) / kTcMaxKTiles,
                                      std::max<int64_t>(1, kTcTargetWarps / RT));
       KS = std::min(KS, KT);
@@ -294,17 +423,22 @@ TcPlan tc_forward_plan(int64_t T, int64_t N, int64_t H, const Launch& launch) {
       const int64_t threads = 32 * RT * KS;
       if (threads > kTcMaxThreads) continue;
       int64_t NT = N <= 8 ? 1 : (N <= 16 ? 2 : 4);
-      while (NT > 1 && NT * kTcTileBatch * J > kTcItems * threads) NT /= 2;
-      if (NT * kTcTileBatch * J > kTcItems * threads) continue;
+      while (!backward && NT > 1 && NT * kTcTileBatch * J > kTcItems * threads) NT /= 2;
+      if (!backward && NT * kTcTileBatch * J > kTcItems * threads) continue;
       const int64_t chunk = NT * kTcTileBatch, rows = round_up(N, chunk);
       const int64_t smem =
           round_up(rows * hs_ld * static_cast<int64_t>(sizeof(scalar_t)), kVecBytes) +
           KS * chunk * (RT * kTcTileRows + kTcRowPad) * static_cast<int64_t>(sizeof(float));
       if (smem > static_cast<int64_t>(launch.max_smem())) continue;
       const int64_t blocks = (H + J - 1) / J;
-      const auto kernel = tc_forward_kernel<scalar_t>(static_cast<int>(NT));
-      if (blocks <= launch.coresident_blocks(kernel, dim3(static_cast<unsigned int>(threads)),
-                                             static_cast<size_t>(smem))) {
+      const dim3 block(static_cast<unsigned int>(threads));
+      const int64_t fit =
+          backward
+              ? launch.coresident_blocks(tc_backward_kernel<scalar_t>(static_cast<int>(NT), hprev),
+                                         block, static_cast<size_t>(smem))
+              : launch.coresident_blocks(tc_forward_kernel<scalar_t>(static_cast<int>(NT)), block,
+                                         static_cast<size_t>(smem));
+      if (blocks <= fit) {
         TcPlan plan;
         plan.J = static_cast<int>(J);
         plan.RT = static_cast<int>(RT);
@@ -314,7 +448,7 @@ TcPlan tc_forward_plan(int64_t T, int64_t N, int64_t H, const Launch& launch) {
         plan.threads = static_cast<int>(threads);
         plan.hs_ld = static_cast<int>(hs_ld);
         plan.rows = static_cast<int>(rows);
-        plan.Hp = static_cast<int>(Hp);
+        plan.Kp = static_cast<int>(Kp);
         plan.blocks = static_cast<unsigned int>(blocks);
         plan.smem = smem;
         return plan;
@@ -322,6 +456,16 @@ TcPlan tc_forward_plan(int64_t T, int64_t N, int64_t H, const Launch& launch) {
     }
     return {};
   }
+}
+
+template <typename scalar_t, typename Launch>
+TcPlan tc_forward_plan(int64_t T, int64_t N, int64_t H, const Launch& launch) {
+  return tc_plan<scalar_t>(T, N, H, false, false, launch);
+}
+
+template <typename scalar_t, typename Launch>
+TcPlan tc_backward_plan(int64_t T, int64_t N, int64_t H, bool hprev, const Launch& launch) {
+  return tc_plan<scalar_t>(T, N, H, true, hprev, launch);
 }
 
 // The tensor-core forward's parameters from the forward state, W_hh contiguous, the
@@ -345,7 +489,7 @@ inline GruTcForwardParams tc_forward_params(const GruForwardState& st, const at:
   q.T = st.T;
   q.N = static_cast<int>(st.N);
   q.H = static_cast<int>(st.H);
-  q.Hp = plan.Hp;
+  q.Hp = plan.Kp;
   q.J = plan.J;
   q.RT = plan.RT;
   q.KS = plan.KS;
@@ -353,6 +497,34 @@ inline GruTcForwardParams tc_forward_params(const GruForwardState& st, const at:
   q.hs_ld = plan.hs_ld;
   q.rows = plan.rows;
   q.reverse = reverse;
+  return q;
+}
+
+// The tensor-core backward's parameters from the backward state (step 0's pointers, step
+// strides), W_hh contiguous and the plan.
+inline GruTcBackwardParams tc_backward_params(const GruBackwardState& st, const at::Tensor& w_hh,
+                                              const TcPlan& plan) {
+  GruTcBackwardParams q{};
+  q.base = st.at_step(0);
+  q.go_st = st.go.stride(0);
+  q.ws_st = st.ws.stride(0);
+  q.dgh_st = st.dgh.stride(0);
+  q.dgin_st = st.dgin.stride(0);
+  q.hp_st = st.hprev.defined() ? st.hprev.stride(0) : 0;
+  q.w_hh = w_hh.data_ptr();
+  q.N = static_cast<int>(st.base.N);
+  q.H = static_cast<int>(st.base.H);
+  q.Kp = plan.Kp;
+  q.J = plan.J;
+  q.RT = plan.RT;
+  q.KS = plan.KS;
+  q.KTW = plan.KTW;
+  q.hs_ld = plan.hs_ld;
+  q.rows = plan.rows;
+  const int64_t bytes = static_cast<int64_t>(at::elementSize(st.dgh.scalar_type()));
+  q.vec_stage = reinterpret_cast<uintptr_t>(st.dgh.data_ptr()) % kVecBytes == 0 &&
+                st.dgh.stride(1) * bytes % kVecBytes == 0 &&
+                st.dgh.stride(0) * bytes % kVecBytes == 0 && 3 * st.base.H * bytes % kVecBytes == 0;
   return q;
 }
 

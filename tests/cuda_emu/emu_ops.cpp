@@ -317,17 +317,26 @@ void define_gru(pybind11::module_& m) {
                          : cuda::gru::persistent_forward_plan<float>(T, N, H, launch));
     return std::make_tuple(plan.J, plan.KS, static_cast<int64_t>(plan.blocks), plan.smem);
   });
-  // The tensor-core forward's plan on an emulated device for "bf16", "fp16" or "fp32" (TF32):
-  // (J, RT, KS, KTW, NT, threads, blocks, smem bytes); J == 0 when it does not apply.
+  // The tensor-core forward's (or backward's, with h_{t-1} saved) plan on an emulated device for
+  // "bf16", "fp16" or "fp32" (TF32): (J, RT, KS, KTW, NT, threads, blocks, smem bytes); J == 0
+  // when it does not apply.
+  const auto tc_plan = [](int64_t device, int64_t T, int64_t N, int64_t H, const std::string& dtype,
+                          bool backward) {
+    const StreamLauncher launch = launcher_on(static_cast<int>(device));
+    const cuda::gru::TcPlan plan =
+        dtype == "bf16"   ? cuda::gru::tc_plan<at::BFloat16>(T, N, H, backward, true, launch)
+        : dtype == "fp16" ? cuda::gru::tc_plan<at::Half>(T, N, H, backward, true, launch)
+                          : cuda::gru::tc_plan<float>(T, N, H, backward, true, launch);
+    return std::make_tuple(plan.J, plan.RT, plan.KS, plan.KTW, plan.NT, plan.threads,
+                           static_cast<int64_t>(plan.blocks), plan.smem);
+  };
   m.def("gru_tc_plan",
-        [](int64_t device, int64_t T, int64_t N, int64_t H, const std::string& dtype) {
-          const StreamLauncher launch = launcher_on(static_cast<int>(device));
-          const cuda::gru::TcPlan plan =
-              dtype == "bf16"   ? cuda::gru::tc_forward_plan<at::BFloat16>(T, N, H, launch)
-              : dtype == "fp16" ? cuda::gru::tc_forward_plan<at::Half>(T, N, H, launch)
-                                : cuda::gru::tc_forward_plan<float>(T, N, H, launch);
-          return std::make_tuple(plan.J, plan.RT, plan.KS, plan.KTW, plan.NT, plan.threads,
-                                 static_cast<int64_t>(plan.blocks), plan.smem);
+        [tc_plan](int64_t device, int64_t T, int64_t N, int64_t H, const std::string& dtype) {
+          return tc_plan(device, T, N, H, dtype, false);
+        });
+  m.def("gru_tc_backward_plan",
+        [tc_plan](int64_t device, int64_t T, int64_t N, int64_t H, const std::string& dtype) {
+          return tc_plan(device, T, N, H, dtype, true);
         });
   define_gru_backward<OnH100>(m, "gru_backward");
   define_gru_backward<NoCooperative>(m, "gru_backward_per_step");
