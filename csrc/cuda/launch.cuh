@@ -98,6 +98,27 @@ struct ColumnMajorGemm {
   float beta;
 };
 
+// The cudaLaunchKernelEx configuration of one launch, with the cooperative attribute when asked:
+// StreamLauncher's, and that of the emulator's launch probes (tests/cuda_emu/emu_ops.cpp), which
+// launch straight through the runtime so that nothing opts a planted bad launch in. Not
+// copyable: config.attrs points into it.
+struct LaunchConfig {
+  cudaLaunchAttribute cooperative_attr[1];
+  cudaLaunchConfig_t config = {};
+  LaunchConfig(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool cooperative) {
+    cooperative_attr[0].id = cudaLaunchAttributeCooperative;
+    cooperative_attr[0].val.cooperative = 1;
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    config.attrs = cooperative ? cooperative_attr : nullptr;
+    config.numAttrs = cooperative ? 1 : 0;
+  }
+  LaunchConfig(const LaunchConfig&) = delete;
+  LaunchConfig& operator=(const LaunchConfig&) = delete;
+};
+
 // Launches on one stream through the CUDA runtime: the real one, or under FUSEDGRU_CUDA_EMU the
 // emulated runtime of tests/cuda_emu/emu_runtime.h, which enforces a GPU's launch rules (48 KB
 // of dynamic shared memory without the opt-in, the opt-in maximum, threads per block, the
@@ -170,17 +191,8 @@ struct StreamLauncher {
       C10_CUDA_CHECK(cudaGetDevice(&device));
       allow_max_smem(kernel, device);
     }
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeCooperative;
-    attr[0].val.cooperative = 1;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = grid;
-    config.blockDim = block;
-    config.dynamicSmemBytes = smem;
-    config.stream = stream;
-    config.attrs = cooperative ? attr : nullptr;
-    config.numAttrs = cooperative ? 1 : 0;
-    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+    const LaunchConfig launch(grid, block, smem, stream, cooperative);
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&launch.config, kernel, std::forward<Args>(args)...));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
