@@ -15,6 +15,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/Exceptions.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cooperative_groups.h>
 #include <cublas_v2.h>
@@ -30,6 +31,7 @@
 #include <mutex>
 #include <optional>
 #include <set>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 
@@ -227,6 +229,30 @@ inline StreamLauncher current_stream_launcher() {
 inline std::optional<c10::Device> cuda_device(const at::Tensor& x) {
   return x.is_cuda() ? std::make_optional(x.device()) : std::nullopt;
 }
+
+// An op's CUDA entry point, made from its launch code impl(the op's arguments..., launch): impl
+// on the current stream, under a guard of the first argument's device (all of an op's tensors
+// are on one device; its checks name any that is not). Its signature is impl's less the
+// launcher, so an op's argument list is written once for CUDA, in its launch code:
+//   m.impl("gru_forward", cuda_op<&gru::forward_impl<StreamLauncher>>);
+template <typename Impl>
+struct OpArity;
+template <typename R, typename... Args>
+struct OpArity<R (*)(Args...)> {
+  static constexpr size_t value = sizeof...(Args) - 1;  // less the launcher
+};
+template <auto impl, typename Impl = decltype(impl),
+          typename OpArgs = std::make_index_sequence<OpArity<Impl>::value>>
+struct CurrentStreamOp;
+template <auto impl, typename R, typename... Args, size_t... I>
+struct CurrentStreamOp<impl, R (*)(Args...), std::index_sequence<I...>> {
+  static R run(std::tuple_element_t<I, std::tuple<Args...>>... args) {
+    const c10::cuda::OptionalCUDAGuard guard(cuda_device(std::get<0>(std::tie(args...))));
+    return impl(args..., current_stream_launcher());
+  }
+};
+template <auto impl>
+constexpr auto cuda_op = &CurrentStreamOp<impl>::run;
 #endif
 
 }  // namespace cuda
