@@ -1,5 +1,7 @@
-"""Shared pieces of the benchmarks: machine description, timing, progress, JSON records."""
+"""Shared pieces of the benchmarks: arguments, machine description, timing, progress, JSON
+records."""
 
+import argparse
 import datetime
 import json
 import os
@@ -108,8 +110,6 @@ def nonnegative_int(text):
 
 
 def _int_at_least(text, low):
-    import argparse
-
     try:
         value = int(text)
     except ValueError:
@@ -117,6 +117,43 @@ def _int_at_least(text, low):
     if value < low:
         raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
     return value
+
+
+def bench_parser(doc):
+    """The argument parser every benchmark starts from (its docstring as description): --device."""
+    p = argparse.ArgumentParser(description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    return p
+
+
+def add_timing_args(p, warmup, reps):
+    """--threads, --warmup and --reps (defaults ``warmup`` and ``reps``)."""
+    p.add_argument("--threads", type=positive_int, default=2, help="CPU intra-op threads")
+    p.add_argument("--warmup", type=nonnegative_int, default=warmup,
+                   help="untimed calls before each timed block")
+    p.add_argument("--reps", type=positive_int, default=reps, help="timed calls per implementation")
+
+
+def parse_bench_args(p, argv):
+    """``p.parse_args(argv)``; an argparse error for --device cuda without a visible device."""
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible")
+    return args
+
+
+def run_points(args, name, points, bench_point):
+    """``bench_point(args, *point)`` for every point, after the common set-up (the CPU's thread
+    count, the seed); returns the machine description and all points' rows."""
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    info = machine_info(args.device)
+    rows = []
+    for point in progress(points, name):
+        rows.extend(bench_point(args, *point))
+    return info, rows
 
 
 def cpu_tag(threads):

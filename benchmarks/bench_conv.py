@@ -13,7 +13,6 @@ Each row is also said in a sentence. The JSON goes to benchmarks/runs/ (ignored 
 new name per run, see --out.
 """
 
-import argparse
 import itertools
 import os
 import sys
@@ -22,20 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from _common import (  # noqa: E402
-    DTYPES,
-    Timer,
-    compared,
-    legend,
-    machine_info,
-    median_times,
-    nonnegative_int,
-    out_help,
-    output_path,
-    positive_int,
-    progress,
-    write_record,
-)
+import _common as common  # noqa: E402
 
 import fusedgru  # noqa: E402
 
@@ -45,34 +31,27 @@ def _activation(text):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p = common.bench_parser(__doc__)
     # Lower-case names; the short capitals of earlier versions (--N, --C, ...) still work.
-    p.add_argument("--batch", "--N", dest="N", type=positive_int, metavar="N",
+    p.add_argument("--batch", "--N", dest="N", type=common.positive_int, metavar="N",
                    help="batch size N (default: 8)")
-    p.add_argument("--channels", "--C", dest="C", type=positive_int, metavar="C",
+    p.add_argument("--channels", "--C", dest="C", type=common.positive_int, metavar="C",
                    help="channels C (default: 256 on the CPU, 1024 on CUDA)")
-    p.add_argument("--length", "--L", dest="L", type=positive_int, metavar="L",
+    p.add_argument("--length", "--L", dest="L", type=common.positive_int, metavar="L",
                    help="sequence length L (default: 1024 on the CPU, 4096 on CUDA)")
-    p.add_argument("--width", "--W", dest="W", type=positive_int, nargs="+", metavar="W",
+    p.add_argument("--width", "--W", dest="W", type=common.positive_int, nargs="+", metavar="W",
                    help="kernel widths W (default: 4 on the CPU; 4 16 64 on CUDA)")
-    p.add_argument("--dilation", type=positive_int, nargs="+", metavar="D",
+    p.add_argument("--dilation", type=common.positive_int, nargs="+", metavar="D",
                    help="dilations d (default: 1 on the CPU; 1 4 on CUDA)")
-    p.add_argument("--dtype", nargs="+", choices=list(DTYPES))
+    p.add_argument("--dtype", nargs="+", choices=list(common.DTYPES))
     p.add_argument("--layouts", nargs="+", default=["ncl", "channels_last"],
                    choices=["ncl", "channels_last"])
     p.add_argument("--activation", default=None, type=_activation,
                    choices=[None, "silu", "relu"], help="none (default), silu or relu")
-    p.add_argument("--threads", type=positive_int, default=2, help="CPU intra-op threads")
-    p.add_argument("--warmup", type=nonnegative_int, default=5,
-                   help="untimed calls before each timed block")
-    p.add_argument("--reps", type=positive_int, default=30, help="timed calls per implementation")
-    p.add_argument("--out", help=out_help("-conv", "conv"))
-    args = p.parse_args(argv)
+    common.add_timing_args(p, warmup=5, reps=30)
+    p.add_argument("--out", help=common.out_help("-conv", "conv"))
+    args = common.parse_bench_args(p, argv)
     cuda = args.device == "cuda"
-    if cuda and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device is visible")
     args.N = args.N or 8
     args.C = args.C or (1024 if cuda else 256)
     args.L = args.L or (4096 if cuda else 1024)
@@ -94,7 +73,7 @@ def shifted_sum(x, w, b, d, act):
 
 
 def bench_point(args, layout, W, d, dt):
-    device, dtype = args.device, DTYPES[dt]
+    device, dtype = args.device, common.DTYPES[dt]
     N, C, L = args.N, args.C, args.L
     if layout == "channels_last":
         x = torch.randn(N, L, C, device=device, dtype=dtype).transpose(1, 2)
@@ -128,7 +107,7 @@ def bench_point(args, layout, W, d, dt):
         fns[(name, "fwd")], fns[(name, "fwdbwd")] = fwd, fwdbwd
     if device == "cuda":
         fns[("copy", "fwd")] = lambda: x.clone()
-    med = median_times(fns, args.warmup, args.reps, Timer(device))
+    med = common.median_times(fns, args.warmup, args.reps, common.Timer(device))
     rows = []
     for mode in ["fwd", "fwdbwd"]:
         ours = med[("fusedgru", mode)]
@@ -151,20 +130,16 @@ def sentence(r, device):
     what = "forward" if r["mode"] == "fwd" else "forward + backward"
     where = (f"N={r['N']} C={r['C']} L={r['L']} W={r['W']} d={r['dilation']} {r['dtype']} "
              f"{r['layout']}" + (f" {r['activation']}" if r["activation"] else ""))
-    return (f"fusedgru.causal_conv1d is {compared(r['fusedgru_ms'], r['conv1d_ms'])} {ref} and "
-            f"{compared(r['fusedgru_ms'], r['shifted_ms'])} the shifted sum, {what} ({where})")
+    vs_conv1d = common.compared(r["fusedgru_ms"], r["conv1d_ms"])
+    vs_shifted = common.compared(r["fusedgru_ms"], r["shifted_ms"])
+    return (f"fusedgru.causal_conv1d is {vs_conv1d} {ref} and {vs_shifted} the shifted sum, "
+            f"{what} ({where})")
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.device == "cpu":
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    info = machine_info(args.device)
     points = list(itertools.product(args.layouts, args.W, args.dilation, args.dtype))
-    rows = []
-    for point in progress(points, "bench_conv"):
-        rows.extend(bench_point(args, *point))
+    info, rows = common.run_points(args, "bench_conv", points, bench_point)
     ref = "cuDNN" if args.device == "cuda" else "conv1d"
     cols = [("layout", 13), ("dtype", 5), ("W", 3), ("d", 2), ("mode", 7), ("fusedgru [ms]", 13),
             (f"{ref} [ms]", 11), ("shifted [ms]", 12), (f"speedup vs {ref} [x]", 20),
@@ -180,15 +155,16 @@ def main(argv=None):
                  f"{r['fusedgru_ms']:.3f}", f"{r['conv1d_ms']:.3f}", f"{r['shifted_ms']:.3f}",
                  f"{r['speedup_vs_conv1d']:.2f}x", f"{r['speedup_vs_shifted']:.2f}x", share]
         print(" ".join(f"{str(c):>{w}}" for c, w in zip(cells, widths)))
-    legend(f"speedup = other time / fusedgru time (> 1: fusedgru is faster); {ref}: "
-          f"F.conv1d(groups=C) on the left-padded input; shifted: a pure-PyTorch sum of W shifted "
-          f"products; of copy bandwidth (CUDA): a device copy of x's bytes / our forward time. "
-          f"fwd = forward under no_grad, fwdbwd = forward + backward to x, weight and bias.")
+    common.legend(f"speedup = other time / fusedgru time (> 1: fusedgru is faster); {ref}: "
+                  f"F.conv1d(groups=C) on the left-padded input; shifted: a pure-PyTorch sum of W "
+                  f"shifted products; of copy bandwidth (CUDA): a device copy of x's bytes / our "
+                  f"forward time. fwd = forward under no_grad, fwdbwd = forward + backward to x, "
+                  f"weight and bias.")
     summary = [sentence(r, args.device) for r in rows]
     for line in summary:
         print(line)
-    out = output_path(args, "conv", info)
-    write_record("bench_conv", args, info, rows, out, summary=summary)
+    out = common.output_path(args, "conv", info)
+    common.write_record("bench_conv", args, info, rows, out, summary=summary)
     return out
 
 

@@ -15,7 +15,6 @@ Each row is also said in a sentence ("fusedgru is 1.34x faster than nn.GRU forwa
 The JSON goes to benchmarks/runs/ (ignored by git) under a new name per run, see --out.
 """
 
-import argparse
 import importlib.util
 import itertools
 import os
@@ -25,21 +24,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import _common as common  # noqa: E402
 import peers  # noqa: E402
-from _common import (  # noqa: E402
-    DTYPES,
-    Timer,
-    legend,
-    machine_info,
-    median_times,
-    nonnegative_int,
-    out_help,
-    output_path,
-    positive_int,
-    progress,
-    speed_sentence,
-    write_record,
-)
 
 import fusedgru  # noqa: E402
 
@@ -52,19 +38,17 @@ SUFFIX = {"gru": "", "layernorm": "layernorm", "packed": "packed", "cell": "cell
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p = common.bench_parser(__doc__)
     # Lower-case names; the short capitals of earlier versions (--T, --N, ...) still work.
-    p.add_argument("--seq-len", "--T", dest="T", type=positive_int, nargs="+", metavar="T",
+    p.add_argument("--seq-len", "--T", dest="T", type=common.positive_int, nargs="+", metavar="T",
                    help="sequence lengths T (default: 128 on the CPU, 256 on CUDA)")
-    p.add_argument("--batch", "--N", dest="N", type=positive_int, nargs="+", metavar="N",
+    p.add_argument("--batch", "--N", dest="N", type=common.positive_int, nargs="+", metavar="N",
                    help="batch sizes N (default: 16 on the CPU; 1 16 64 256 on CUDA)")
-    p.add_argument("--hidden", "--H", dest="H", type=positive_int, nargs="+", metavar="H",
+    p.add_argument("--hidden", "--H", dest="H", type=common.positive_int, nargs="+", metavar="H",
                    help="hidden sizes H (default: 256 on the CPU; 256 1024 on CUDA)")
-    p.add_argument("--input-size", "--I", dest="I", type=positive_int, nargs="+", metavar="I",
-                   help="input sizes I (default: I = H)")
-    p.add_argument("--num-layers", "--layers", dest="layers", type=positive_int, nargs="+",
+    p.add_argument("--input-size", "--I", dest="I", type=common.positive_int, nargs="+",
+                   metavar="I", help="input sizes I (default: I = H)")
+    p.add_argument("--num-layers", "--layers", dest="layers", type=common.positive_int, nargs="+",
                    default=[1], metavar="L", help="numbers of layers (default: 1)")
     p.add_argument("--bidirectional", action="store_true")
     p.add_argument("--variant", default="gru", choices=["gru", "layernorm", "packed", "cell"],
@@ -74,7 +58,7 @@ def parse_args(argv=None):
                         "and unpacking included) vs fusedgru.GRU(x, lengths=...) on the padded "
                         "batch; cell: streaming, T steps of fusedgru.GRUCell vs nn.GRUCell in a "
                         "Python loop carrying h (1 layer)")
-    p.add_argument("--dtype", nargs="+", choices=list(DTYPES))
+    p.add_argument("--dtype", nargs="+", choices=list(common.DTYPES))
     p.add_argument("--tf32", nargs="+", choices=["on", "off"],
                    help="fp32 on CUDA: torch.backends.cudnn/cuda.matmul.allow_tf32, the same "
                         "setting for both implementations (default: both)")
@@ -86,17 +70,12 @@ def parse_args(argv=None):
                    help="CPU, fp32, --variant gru: also time these runtimes' GRU forward on the "
                         "same weights (benchmarks/peers.py; outputs checked against nn.GRU "
                         "first; same thread count; the bench extra installs them)")
-    p.add_argument("--threads", type=positive_int, default=2, help="CPU intra-op threads")
-    p.add_argument("--warmup", type=nonnegative_int, default=3,
-                   help="untimed calls before each timed block")
-    p.add_argument("--reps", type=positive_int, default=20, help="timed calls per implementation")
-    p.add_argument("--out", help=out_help("[-<variant>]", "", " (no <variant> for gru)"))
+    common.add_timing_args(p, warmup=3, reps=20)
+    p.add_argument("--out", help=common.out_help("[-<variant>]", "", " (no <variant> for gru)"))
     p.add_argument("--plot", action="store_true",
                    help="also write a PNG of speedup vs batch beside the JSON (same name, .png)")
-    args = p.parse_args(argv)
+    args = common.parse_bench_args(p, argv)
     cuda = args.device == "cuda"
-    if cuda and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device is visible")
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         p.error("--plot needs matplotlib: pip install matplotlib (or make examples-deps)")
     args.T = args.T or ([256] if cuda else [128])
@@ -119,7 +98,7 @@ def parse_args(argv=None):
 
 
 def bench_point(args, T, N, I, H, L, dtype_name, tf32, path):
-    device, dtype = args.device, DTYPES[dtype_name]
+    device, dtype = args.device, common.DTYPES[dtype_name]
     # The planner reads FUSEDGRU_PERSISTENT at every call.
     if path == "per-step":
         os.environ["FUSEDGRU_PERSISTENT"] = "0"
@@ -190,14 +169,14 @@ def bench_point(args, T, N, I, H, L, dtype_name, tf32, path):
                                    f"I={I} H={H}): not timed")
             peer_fns[peer] = lambda runner=runner: runner(x_np)
 
-    timer = Timer(device)
+    timer = common.Timer(device)
     rows = []
     for mode in args.modes:
         fn = fwd if mode == "fwd" else fwdbwd
         fns = {"nn.GRU": lambda fn=fn: fn(ref), "fusedgru": lambda fn=fn: fn(ours)}
         if mode == "fwd":
             fns.update(peer_fns)
-        med = median_times(fns, args.warmup, args.reps, timer)
+        med = common.median_times(fns, args.warmup, args.reps, timer)
         t_ref, t_ours = med["nn.GRU"], med["fusedgru"]
         peer_ms = {peer: med[peer] for peer in peer_fns} if mode == "fwd" else {}
         rows.append(dict(variant=args.variant, T=T, N=N, I=I, H=H, layers=L,
@@ -232,7 +211,7 @@ def sentence(r, device):
         (" bidirectional" if r["bidirectional"] else "") + f" {r['dtype']}" + \
         (f" tf32 {r['tf32']}" if r["tf32"] else "") + \
         (f" {r['path']} path" if device == "cuda" else "")
-    return speed_sentence(ours, ref, r["fusedgru_ms"], r["ref_ms"], f"{what} ({where})")
+    return common.speed_sentence(ours, ref, r["fusedgru_ms"], r["ref_ms"], f"{what} ({where})")
 
 
 def sentences(r, device):
@@ -240,8 +219,8 @@ def sentences(r, device):
     out = [sentence(r, device)]
     where = sentence(r, device).split(" forward", 1)[1]
     for peer, ms in r["peers_ms"].items():
-        out.append(speed_sentence("fusedgru", f"{peer} {peers.version(peer)}", r["fusedgru_ms"],
-                                  ms, "forward" + where))
+        out.append(common.speed_sentence("fusedgru", f"{peer} {peers.version(peer)}",
+                                         r["fusedgru_ms"], ms, "forward" + where))
     return out
 
 
@@ -269,11 +248,12 @@ def print_table(rows, device):
         if peer_names:
             cells.append(f"{r['vs_fastest_peer']:.2f}x" if r["vs_fastest_peer"] else "-")
         print(" ".join(f"{str(c):>{w}}" for c, w in zip(cells, widths)))
-    legend(f"speedup = {ref} time / fusedgru time (> 1: fusedgru is faster); tokens/s = T*N "
-          f"per second; us/step = time / (T * layers); fwd = forward under no_grad, fwdbwd = "
-          f"forward + backward to the input and all weights. Medians of --reps calls." +
-          (" vs fastest peer = the fastest peer's time / fusedgru time (peers: forward only, "
-           "same weights and threads)." if peer_names else ""))
+    common.legend(f"speedup = {ref} time / fusedgru time (> 1: fusedgru is faster); tokens/s = "
+                  f"T*N per second; us/step = time / (T * layers); fwd = forward under no_grad, "
+                  f"fwdbwd = forward + backward to the input and all weights. Medians of --reps "
+                  f"calls." +
+                  (" vs fastest peer = the fastest peer's time / fusedgru time (peers: forward "
+                   "only, same weights and threads)." if peer_names else ""))
     for r in rows:
         for line in sentences(r, device):
             print(line)
@@ -307,24 +287,18 @@ def plot(rows, path):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.device == "cpu":
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    info = machine_info(args.device)
-    if args.peers:
-        info["peers"] = {peer: peers.version(peer) for peer in args.peers}
     points = []
     for T, N, H, L, dt in itertools.product(args.T, args.N, args.H, args.layers, args.dtype):
         for I in (args.I or [H]):
             for tf32 in (args.tf32 if dt == "fp32" and args.device == "cuda" else [None]):
                 for path in (args.paths if args.device == "cuda" else ["auto"]):
                     points.append((T, N, I, H, L, dt, tf32, path))
-    rows = []
-    for point in progress(points, "bench_gru"):
-        rows.extend(bench_point(args, *point))
+    info, rows = common.run_points(args, "bench_gru", points, bench_point)
+    if args.peers:
+        info["peers"] = {peer: peers.version(peer) for peer in args.peers}
     print_table(rows, args.device)
-    out = output_path(args, SUFFIX[args.variant], info)
-    write_record("bench_gru", args, info, rows, out,
+    out = common.output_path(args, SUFFIX[args.variant], info)
+    common.write_record("bench_gru", args, info, rows, out,
                  summary=[line for r in rows for line in sentences(r, args.device)])
     if args.plot:
         png = os.path.splitext(out)[0] + ".png"

@@ -11,10 +11,13 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 
 #include <cstdint>
 #include <optional>
 #include <tuple>
+
+#include "host_device.h"
 
 namespace fusedgru {
 
@@ -80,6 +83,51 @@ CausalConvForward conv_forward(const at::Tensor& x, const at::Tensor& weight,
                                const std::optional<at::Tensor>& bias,
                                const std::optional<at::Tensor>& initial_state, int64_t dilation,
                                int64_t activation);
+
+// The streaming update (causal_conv1d_update): one new time step per call against a rolling
+// state of the last S inputs per row, updated in place.
+struct CausalConvUpdateParams {
+  const void* x;  // [N, C] strides (x_sn, x_sc): the new step
+  int64_t x_sn, x_sc;
+  void* state;  // [N, C, S] strides (s_sn, s_sc, s_ss), oldest first
+  int64_t s_sn, s_sc, s_ss;
+  const void* weight;  // [C, W] contiguous
+  const void* bias;    // [C] or nullptr
+  void* y;             // [N, C] contiguous
+  int64_t N, C, W, dilation;
+  int64_t activation;
+};
+
+// The device-independent part of the update: the checks, weight and bias contiguous, y
+// allocated and the params. The device runs its kernel on p unless y is empty.
+struct CausalConvUpdate {
+  at::Tensor w, y;
+  std::optional<at::Tensor> b;
+  CausalConvUpdateParams p;
+};
+CausalConvUpdate conv_update(const at::Tensor& x, at::Tensor& conv_state, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias, int64_t dilation,
+                             int64_t activation);
+
+// Row (n, c) of the update, the arithmetic both devices run: returns the pre-activation
+// bias[c] + sum_k weight[c, k] * [state, x][k] in the math type, and shifts the row's state left
+// by one step, appending x.
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+FUSEDGRU_HOST_DEVICE acc_t conv_update_row(const CausalConvUpdateParams& p, int64_t n, int64_t c) {
+  const auto* bias = static_cast<const scalar_t*>(p.bias);
+  const auto* w = static_cast<const scalar_t*>(p.weight) + c * p.W;
+  const scalar_t x = static_cast<const scalar_t*>(p.x)[n * p.x_sn + c * p.x_sc];
+  scalar_t* state = static_cast<scalar_t*>(p.state) + n * p.s_sn + c * p.s_sc;
+  const int64_t W = p.W, S = (W - 1) * p.dilation, ss = p.s_ss;
+  acc_t acc = bias != nullptr ? acc_t(bias[c]) : acc_t(0);
+  for (int64_t k = 0; k < W; ++k) {
+    const int64_t off = (W - 1 - k) * p.dilation;
+    acc += acc_t(w[k]) * acc_t(off == 0 ? x : state[(S - off) * ss]);
+  }
+  for (int64_t s = 0; s + 1 < S; ++s) state[s * ss] = state[(s + 1) * ss];
+  if (S > 0) state[(S - 1) * ss] = x;
+  return acc;
+}
 
 // Backward: the forward's checks plus grad_y's shape, dtype and device.
 void check_causal_conv_bwd_args(const at::Tensor& grad_y, const at::Tensor& x,

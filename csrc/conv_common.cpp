@@ -155,6 +155,33 @@ CausalConvForward conv_forward(const Tensor& x_in, const Tensor& weight,
   return f;
 }
 
+CausalConvUpdate conv_update(const Tensor& x, Tensor& conv_state, const Tensor& weight,
+                             const std::optional<Tensor>& bias, int64_t dilation,
+                             int64_t activation) {
+  check_causal_conv_update_args(x, conv_state, weight, bias, dilation, activation);
+  CausalConvUpdate u;
+  u.w = weight.contiguous();
+  if (bias.has_value()) u.b = bias->contiguous();
+  u.y = at::empty({x.size(0), x.size(1)}, x.options());
+  CausalConvUpdateParams& p = u.p;
+  p.x = x.data_ptr();
+  p.x_sn = x.stride(0);
+  p.x_sc = x.stride(1);
+  p.state = conv_state.data_ptr();
+  p.s_sn = conv_state.stride(0);
+  p.s_sc = conv_state.stride(1);
+  p.s_ss = conv_state.stride(2);
+  p.weight = u.w.data_ptr();
+  p.bias = u.b.has_value() ? u.b->data_ptr() : nullptr;
+  p.y = u.y.data_ptr();
+  p.N = x.size(0);
+  p.C = x.size(1);
+  p.W = weight.size(1);
+  p.dilation = dilation;
+  p.activation = activation;
+  return u;
+}
+
 void check_causal_conv_bwd_args(const Tensor& grad_y, const Tensor& x, const Tensor& weight,
                                 const std::optional<Tensor>& bias,
                                 const std::optional<Tensor>& initial_state, int64_t dilation,

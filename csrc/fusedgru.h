@@ -27,6 +27,8 @@
 #include <tuple>
 #include <vector>
 
+#include "host_device.h"
+
 namespace fusedgru {
 
 // Saved activations per (t, n): [r | z | n | W_hn h + b_hn], 4H values.
@@ -313,6 +315,25 @@ struct LnGruBackwardPointwise {
   bool reverse;
   int64_t go_sn, ws_sn, out_st, out_sn, dg_sn, hp_sn;
 };
+
+// The gate gradients of one unit of the LayerNormGRU backward, the arithmetic both devices run:
+// from g = dL/dh_t, the step's saved r, z, n, h0 = h_{t-1} and ah_n = a_h,n (the normalized
+// recurrent n-gate input),
+//   d_n = g (1 - z)(1 - n^2),  d_z = g (h0 - n) z (1 - z),  d_r = d_n ah_n r (1 - r),
+// the gradients of the gate pre-activations (the input side's; the recurrent side's n gate is
+// d_n * r).
+template <typename acc_t>
+struct LnGruGateGrads {
+  acc_t d_r, d_z, d_n;
+};
+template <typename acc_t>
+FUSEDGRU_HOST_DEVICE LnGruGateGrads<acc_t> ln_gru_gate_grads(acc_t g, acc_t r, acc_t z, acc_t n,
+                                                             acc_t h0, acc_t ah_n) {
+  const acc_t d_n = g * (acc_t(1) - z) * (acc_t(1) - n * n);
+  const acc_t d_z = g * (h0 - n) * z * (acc_t(1) - z);
+  const acc_t d_r = d_n * ah_n * r * (acc_t(1) - r);
+  return {d_r, d_z, d_n};
+}
 
 // The device-independent part of a LayerNormGRU backward (cf. GruBackwardState).
 struct LnGruBackwardState : BackwardSteps {

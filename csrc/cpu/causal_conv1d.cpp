@@ -452,39 +452,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> causal_conv1d_bwd(
 Tensor causal_conv1d_update(const Tensor& x, Tensor& conv_state, const Tensor& weight,
                             const std::optional<Tensor>& bias, int64_t dilation,
                             int64_t activation) {
-  check_causal_conv_update_args(x, conv_state, weight, bias, dilation, activation);
-  const int64_t N = x.size(0), C = x.size(1), W = weight.size(1), S = (W - 1) * dilation;
-  const Tensor w = weight.contiguous();
-  const std::optional<Tensor> b =
-      bias.has_value() ? std::optional<Tensor>(bias->contiguous()) : std::nullopt;
-  Tensor y = at::empty({N, C}, x.options());
+  const CausalConvUpdate u = conv_update(x, conv_state, weight, bias, dilation, activation);
+  const CausalConvUpdateParams& p = u.p;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, x.scalar_type(), "causal_conv1d_update_cpu", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        const auto* xp = x.const_data_ptr<scalar_t>();
-        const auto* wp = w.const_data_ptr<scalar_t>();
-        const auto* bp = b.has_value() ? b->const_data_ptr<scalar_t>() : nullptr;
-        auto* st = conv_state.mutable_data_ptr<scalar_t>();
-        auto* yp = y.mutable_data_ptr<scalar_t>();
-        const int64_t sn = conv_state.stride(0), sc = conv_state.stride(1),
-                      ss = conv_state.stride(2);
-        at::parallel_for(0, N * C, 4096, [&](int64_t begin, int64_t end) {
+        auto* y = static_cast<scalar_t*>(p.y);
+        at::parallel_for(0, p.N * p.C, 4096, [&](int64_t begin, int64_t end) {
           for (int64_t r = begin; r < end; ++r) {
-            const int64_t n = r / C, c = r % C;
-            scalar_t* state = st + n * sn + c * sc;
-            const scalar_t xv = xp[n * x.stride(0) + c * x.stride(1)];
-            acc_t acc = bp != nullptr ? acc_t(bp[c]) : acc_t(0);
-            for (int64_t k = 0; k < W; ++k) {
-              const int64_t off = (W - 1 - k) * dilation;
-              acc += acc_t(wp[c * W + k]) * acc_t(off == 0 ? xv : state[(S - off) * ss]);
-            }
-            yp[r] = scalar_t(activate(acc, activation));
-            for (int64_t s = 0; s + 1 < S; ++s) state[s * ss] = state[(s + 1) * ss];
-            if (S > 0) state[(S - 1) * ss] = xv;
+            y[r] = scalar_t(activate(conv_update_row<scalar_t>(p, r / p.C, r % p.C), p.activation));
           }
         });
       });
-  return y;
+  return u.y;
 }
 
 }  // namespace

@@ -212,9 +212,7 @@ FUSEDGRU_INLINE void ln_gates_span(const scalar_t* __restrict go, const scalar_t
     const acc_t g = acc_t(dh[j]) + acc_t(go[j]);
     const acc_t r = ws[j], z = ws[H + j], n = ws[2 * H + j], h0 = h0p[j];
     const acc_t ah_n = acc_t(ws[5 * H + j]) * acc_t(gamma[2 * H + j]) + acc_t(beta[2 * H + j]);
-    const acc_t d_n = g * (acc_t(1) - z) * (acc_t(1) - n * n);
-    const acc_t d_z = g * (h0 - n) * z * (acc_t(1) - z);
-    const acc_t d_r = d_n * ah_n * r * (acc_t(1) - r);
+    const auto [d_r, d_z, d_n] = ln_gru_gate_grads(g, r, z, n, h0, ah_n);
     da_i[j] = scalar_t(d_r);
     da_i[H + j] = scalar_t(d_z);
     da_i[2 * H + j] = scalar_t(d_n);

@@ -171,23 +171,13 @@ template <typename Launch>
 Tensor update_impl(const Tensor& x, Tensor& conv_state, const Tensor& weight,
                    const std::optional<Tensor>& bias, int64_t dilation, int64_t activation,
                    const Launch& launch) {
-  check_causal_conv_update_args(x, conv_state, weight, bias, dilation, activation);
-  const int64_t N = x.size(0), C = x.size(1), W = weight.size(1);
-  const Tensor w = weight.contiguous();
-  const std::optional<Tensor> b =
-      bias.has_value() ? std::optional<Tensor>(bias->contiguous()) : std::nullopt;
-  Tensor y = at::empty({N, C}, x.options());
-  if (y.numel() == 0) return y;
+  const CausalConvUpdate u = conv_update(x, conv_state, weight, bias, dilation, activation);
+  if (u.y.numel() == 0) return u.y;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, x.scalar_type(), "causal_conv1d_update_cuda", [&] {
-        launch(update_kernel<scalar_t>, dim3(blocks_for(N * C)), dim3(kThreads), 0,
-               x.const_data_ptr<scalar_t>(), x.stride(0), x.stride(1),
-               conv_state.mutable_data_ptr<scalar_t>(), conv_state.stride(0), conv_state.stride(1),
-               conv_state.stride(2), w.const_data_ptr<scalar_t>(),
-               b.has_value() ? b->const_data_ptr<scalar_t>() : nullptr,
-               y.mutable_data_ptr<scalar_t>(), N, C, W, dilation, activation);
+        launch(update_kernel<scalar_t>, dim3(blocks_for(u.p.N * u.p.C)), dim3(kThreads), 0, u.p);
       });
-  return y;
+  return u.y;
 }
 
 }  // namespace conv

@@ -17,6 +17,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/Exceptions.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cooperative_groups.h>
 #include <cublas_v2.h>
@@ -32,6 +33,7 @@
 #include <mutex>
 #include <optional>
 #include <set>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 
@@ -98,6 +100,27 @@ struct ColumnMajorGemm {
   const float* b;
   float* c;
   float beta;
+};
+
+// The cudaLaunchKernelEx configuration of one launch, with the cooperative attribute when asked:
+// StreamLauncher's, and that of the emulator's launch probes (tests/cuda_emu/emu_ops.cpp), which
+// launch straight through the runtime so that nothing opts a planted bad launch in. Not
+// copyable: config.attrs points into it.
+struct LaunchConfig {
+  cudaLaunchAttribute cooperative_attr[1];
+  cudaLaunchConfig_t config = {};
+  LaunchConfig(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool cooperative) {
+    cooperative_attr[0].id = cudaLaunchAttributeCooperative;
+    cooperative_attr[0].val.cooperative = 1;
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    config.attrs = cooperative ? cooperative_attr : nullptr;
+    config.numAttrs = cooperative ? 1 : 0;
+  }
+  LaunchConfig(const LaunchConfig&) = delete;
+  LaunchConfig& operator=(const LaunchConfig&) = delete;
 };
 
 // Launches on one stream through the CUDA runtime: the real one, or under FUSEDGRU_CUDA_EMU the
@@ -183,17 +206,8 @@ struct StreamLauncher {
       C10_CUDA_CHECK(cudaGetDevice(&device));
       allow_max_smem(kernel, device);
     }
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeCooperative;
-    attr[0].val.cooperative = 1;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = grid;
-    config.blockDim = block;
-    config.dynamicSmemBytes = smem;
-    config.stream = stream;
-    config.attrs = cooperative ? attr : nullptr;
-    config.numAttrs = cooperative ? 1 : 0;
-    const cudaError_t err = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+    const LaunchConfig launch(grid, block, smem, stream, cooperative);
+    const cudaError_t err = cudaLaunchKernelEx(&launch.config, kernel, std::forward<Args>(args)...);
     if (cooperative && err == cudaErrorCooperativeLaunchTooLarge) {
       (void)cudaGetLastError();
       return false;
@@ -234,6 +248,30 @@ inline StreamLauncher current_stream_launcher() {
 inline std::optional<c10::Device> cuda_device(const at::Tensor& x) {
   return x.is_cuda() ? std::make_optional(x.device()) : std::nullopt;
 }
+
+// An op's CUDA entry point, made from its launch code impl(the op's arguments..., launch): impl
+// on the current stream, under a guard of the first argument's device (all of an op's tensors
+// are on one device; its checks name any that is not). Its signature is impl's less the
+// launcher, so an op's argument list is written once for CUDA, in its launch code:
+//   m.impl("gru_forward", cuda_op<&gru::forward_impl<StreamLauncher>>);
+template <typename Impl>
+struct OpArity;
+template <typename R, typename... Args>
+struct OpArity<R (*)(Args...)> {
+  static constexpr size_t value = sizeof...(Args) - 1;  // less the launcher
+};
+template <auto impl, typename Impl = decltype(impl),
+          typename OpArgs = std::make_index_sequence<OpArity<Impl>::value>>
+struct CurrentStreamOp;
+template <auto impl, typename R, typename... Args, size_t... I>
+struct CurrentStreamOp<impl, R (*)(Args...), std::index_sequence<I...>> {
+  static R run(std::tuple_element_t<I, std::tuple<Args...>>... args) {
+    const c10::cuda::OptionalCUDAGuard guard(cuda_device(std::get<0>(std::tie(args...))));
+    return impl(args..., current_stream_launcher());
+  }
+};
+template <auto impl>
+constexpr auto cuda_op = &CurrentStreamOp<impl>::run;
 #endif
 
 }  // namespace cuda

@@ -137,9 +137,7 @@ __global__ void __launch_bounds__(kThreads) ln_gru_backward_kernel(LnGruBackward
     const acc_t g = acc_t(dh[j]) + acc_t(go[j]);
     const acc_t r = ws[j], z = ws[H + j], n = ws[2 * H + j], h0 = h0p[j];
     const acc_t ah_n = acc_t(ws[5 * H + j]) * acc_t(gamma[2 * H + j]) + acc_t(beta[2 * H + j]);
-    const acc_t d_n = g * (acc_t(1) - z) * (acc_t(1) - n * n);
-    const acc_t d_z = g * (h0 - n) * z * (acc_t(1) - z);
-    const acc_t d_r = d_n * ah_n * r * (acc_t(1) - r);
+    const auto [d_r, d_z, d_n] = ln_gru_gate_grads(g, r, z, n, h0, ah_n);
     const acc_t dah[3] = {d_r, d_z, d_n * r};
     da_i[j] = scalar_t(d_r);
     da_i[H + j] = scalar_t(d_z);

@@ -81,21 +81,14 @@ __global__ void probe_kernel(int* out) {
   if (threadIdx.x == 0 && blockIdx.x == 0) *out = kProbe;
 }
 
-// Launches a GPU would refuse, straight through the emulated runtime (not StreamLauncher):
-// C10_CUDA_CHECK turns the refusal into the RuntimeError a real launch gives.
+// Launches a GPU would refuse, straight through the emulated runtime: StreamLauncher's launch
+// configuration (LaunchConfig), without its shared-memory opt-in, which would make a planted
+// bad launch legal. C10_CUDA_CHECK turns the refusal into the RuntimeError a real launch gives.
 void launch_probe(const std::string& rule) {
   int sink = 0;
   auto launch = [&](auto kernel, dim3 grid, dim3 block, size_t smem, bool coop) {
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeCooperative;
-    attr[0].val.cooperative = 1;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = grid;
-    config.blockDim = block;
-    config.dynamicSmemBytes = smem;
-    config.attrs = coop ? attr : nullptr;
-    config.numAttrs = coop ? 1 : 0;
-    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, &sink));
+    const fusedgru::cuda::LaunchConfig config(grid, block, smem, nullptr, coop);
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&config.config, kernel, &sink));
   };
   emu::set_device(devices().h100);
   if (rule == "smem-without-opt-in") {
