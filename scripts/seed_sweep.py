@@ -60,20 +60,30 @@ def main():
         def tqdm(xs, **_):
             return xs
     results = []
-    for seed in tqdm(parse_seeds(args.seeds), desc="seeds", unit="seed"):
-        results.append(run_seed(seed, args.pytest_args))
-    print(f"{'seed':>6} {'passed':>7} {'failed':>7} {'seconds':>8}  failing tests")
-    for r in results:
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+
+    def record():  # after every seed, so that a sweep cut short keeps the seeds it ran
+        ok = sum(r["returncode"] == 0 for r in results)
+        with open(args.json, "w") as f:
+            json.dump({"pytest_args": args.pytest_args, "seeds_passed": ok, "runs": results}, f,
+                      indent=1)
+        return ok
+
+    def line(r):
         c = r["counts"]
         bad = c.get("failed", 0) + c.get("error", 0) + c.get("errors", 0)
-        print(f"{r['seed']:>6} {c.get('passed', 0):>7} {bad:>7} {r['seconds']:>8}  "
-              f"{' '.join(r['failed'])}")
-    ok = sum(r["returncode"] == 0 for r in results)
+        return (f"{r['seed']:>6} {c.get('passed', 0):>7} {bad:>7} {r['seconds']:>8}  "
+                f"{' '.join(r['failed'])}")
+
+    for seed in tqdm(parse_seeds(args.seeds), desc="seeds", unit="seed"):
+        results.append(run_seed(seed, args.pytest_args))
+        record()
+        print(line(results[-1]), flush=True)
+    print(f"{'seed':>6} {'passed':>7} {'failed':>7} {'seconds':>8}  failing tests")
+    for r in results:
+        print(line(r))
+    ok = record()
     print(f"{ok} of {len(results)} seeds passed: pytest {' '.join(args.pytest_args)}")
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"pytest_args": args.pytest_args, "seeds_passed": ok, "runs": results}, f,
-                  indent=1)
     return 0 if ok == len(results) else 1
 
 

@@ -241,6 +241,15 @@ def gru_case(T, N, C, H, dtype, batch_major, with_lengths, bias=True):
 GRU_SHAPES = [(1, 1, 1, 1), (6, 3, 17, 130), (5, 33, 3, 17), (4, 10, 7, 100)]
 
 
+# Shapes and variants (direction, layout, lengths, bias) the GRU kernel tests run over.
+GRU_SHAPE_CASES = pytest.mark.parametrize(
+    "T, N, C, H", GRU_SHAPES, ids=[f"T{s[0]}-N{s[1]}-C{s[2]}-H{s[3]}" for s in GRU_SHAPES])
+GRU_VARIANTS = pytest.mark.parametrize(
+    "reverse, batch_major, with_lengths, bias",
+    [(False, False, False, True), (True, True, True, True), (False, True, True, False)],
+    ids=["fwd", "rev-batchmajor-lengths", "batchmajor-lengths-nobias"])
+
+
 def test_gru_persistent_plan(emu):
     """On the emulated device (4 co-resident blocks): which shapes the persistent kernel takes."""
     assert emu.gru_persistent_blocks(5, 3, 1, True) == 1
@@ -256,12 +265,8 @@ def test_gru_persistent_plan(emu):
 
 
 @pytest.mark.parametrize("path", ["", "_per_step"], ids=["persistent", "per_step"])
-@pytest.mark.parametrize("T, N, C, H", GRU_SHAPES, ids=[f"T{s[0]}-N{s[1]}-C{s[2]}-H{s[3]}"
-                                                        for s in GRU_SHAPES])
-@pytest.mark.parametrize("reverse, batch_major, with_lengths, bias",
-                         [(False, False, False, True), (True, True, True, True),
-                          (False, True, True, False)],
-                         ids=["fwd", "rev-batchmajor-lengths", "batchmajor-lengths-nobias"])
+@GRU_SHAPE_CASES
+@GRU_VARIANTS
 @pytest.mark.parametrize("with_grad_ws", [False, True], ids=["", "grad_ws"])
 def test_gru_kernels_float64(emu, path, T, N, C, H, reverse, batch_major, with_lengths, bias,
                              with_grad_ws):
@@ -307,12 +312,8 @@ def low_precision_bound(ours, peer, ref, ulp):
 
 
 @pytest.mark.parametrize("dtype", TC_DTYPES, ids=str)
-@pytest.mark.parametrize("T, N, C, H", GRU_SHAPES, ids=[f"T{s[0]}-N{s[1]}-C{s[2]}-H{s[3]}"
-                                                        for s in GRU_SHAPES])
-@pytest.mark.parametrize("reverse, batch_major, with_lengths, bias",
-                         [(False, False, False, True), (True, True, True, True),
-                          (False, True, True, False)],
-                         ids=["fwd", "rev-batchmajor-lengths", "batchmajor-lengths-nobias"])
+@GRU_SHAPE_CASES
+@GRU_VARIANTS
 def test_gru_tensor_core_forward(emu, restore_tf32_flags, dtype, T, N, C, H, reverse, batch_major,
                                  with_lengths, bias):
     """The tensor-core persistent forward (bf16, fp16; fp32 in TF32 as the RNN flag allows) and

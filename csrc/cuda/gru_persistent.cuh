@@ -38,18 +38,24 @@ constexpr int persistent_max_slice() {
   return sizeof(acc_t) == 8 ? 16 : 32;  // 3 * this many acc_t registers hold the W_hh slice
 }
 
-struct GruPersistentParams {
+// What the persistent forward kernels (FMA here, tensor cores in gru_persistent_tc.cuh) read
+// and write.
+struct PersistentForwardIO {
   const void* gi;    // [T, N, 3H] strides (gi_st, gi_sn): x W_ih^T + b_ih
   const void* w_hh;  // [3H, H] contiguous
   const void* b_hh;  // [3H]
-  void* hbuf;        // [2, N, H] contiguous: h_{t-1} / h_t ping-pong; [0] = hx on entry
+  void* hbuf;        // [2, N, H (or padded)] contiguous: h_{t-1} / h_t; [0] = hx on entry
   void* out;         // [T, N, H] strides (out_st, out_sn)
   void* ws;          // [T, N, 4H] strides (ws_st, ws_sn): (r, z, n, W_hn h + b_hn), or nullptr
   const int64_t* lengths;  // [N] or nullptr
   int64_t gi_st, gi_sn, out_st, out_sn, ws_st, ws_sn;
   int64_t T;
-  int N, H, J, KS;  // batch, hidden, units per block, slice width (kPThreads / J slices)
+  int N, H;  // batch, hidden
   bool reverse;
+};
+
+struct GruPersistentParams : PersistentForwardIO {
+  int J, KS;  // units per block, slice width (kPThreads / J slices)
 };
 
 // grid: ceil(H / J) blocks, cooperative. smem: N * H scalar_t (rounded up to 16 bytes), then
@@ -169,11 +175,16 @@ __global__ void __launch_bounds__(kPThreads, 1)
 // barrier; then the block stages dgh[t] [N, 3H] in shared memory and adds dgh[t] W_hh to dL/dh
 // of its own units (slice partials summed as in the forward: deterministic). dL/dh stays in
 // global memory, each unit touched by its own block only.
-struct GruPersistentBackwardParams {
+// What the persistent backward kernels (FMA here, tensor cores in gru_persistent_tc.cuh) read.
+struct PersistentBackwardIO {
   GruBackwardPointwise base;  // the pointers of step 0; everything else as in the per-step path
   int64_t go_st, gws_st, ws_st, dgh_st, dgin_st, hp_st;  // step strides (elements)
   const void* w_hh;                                      // [3H, H] contiguous
-  int N, H, J, KS;
+  int N, H;
+};
+
+struct GruPersistentBackwardParams : PersistentBackwardIO {
+  int J, KS;
 };
 
 // grid: ceil(H / J) blocks, cooperative. smem: N * 3H scalar_t (rounded up to 16 bytes), then
@@ -319,12 +330,11 @@ PersistentPlan persistent_backward_plan(int64_t T, int64_t N, int64_t H, bool hp
                                    persistent_backward_kernel<scalar_t>(hprev, grad_ws), launch);
 }
 
-// The persistent forward's parameters from the forward state (gi, b_hh, outputs, lengths), W_hh
-// contiguous, the [2, N, H] ping-pong buffer and the plan.
-inline GruPersistentParams persistent_forward_params(const GruForwardState& st,
-                                                     const at::Tensor& w_hh, at::Tensor& hbuf,
-                                                     const PersistentPlan& plan, bool reverse) {
-  GruPersistentParams q{};
+// The persistent forward kernels' inputs and outputs from the forward state (gi, b_hh,
+// outputs, lengths), W_hh contiguous and the ping-pong buffer.
+inline PersistentForwardIO persistent_forward_io(const GruForwardState& st, const at::Tensor& w_hh,
+                                                 at::Tensor& hbuf, bool reverse) {
+  PersistentForwardIO q{};
   q.gi = st.gi.data_ptr();
   q.w_hh = w_hh.data_ptr();
   q.b_hh = st.b_hh.data_ptr();
@@ -341,17 +351,25 @@ inline GruPersistentParams persistent_forward_params(const GruForwardState& st,
   q.T = st.T;
   q.N = static_cast<int>(st.N);
   q.H = static_cast<int>(st.H);
-  q.J = plan.J;
-  q.KS = plan.KS;
   q.reverse = reverse;
   return q;
 }
 
-// The persistent backward's parameters from the backward state (step 0's pointers, step strides).
-inline GruPersistentBackwardParams persistent_backward_params(const GruBackwardState& st,
-                                                              const at::Tensor& w_hh,
-                                                              const PersistentPlan& plan) {
-  GruPersistentBackwardParams q{};
+inline GruPersistentParams persistent_forward_params(const GruForwardState& st,
+                                                     const at::Tensor& w_hh, at::Tensor& hbuf,
+                                                     const PersistentPlan& plan, bool reverse) {
+  GruPersistentParams q{};
+  static_cast<PersistentForwardIO&>(q) = persistent_forward_io(st, w_hh, hbuf, reverse);
+  q.J = plan.J;
+  q.KS = plan.KS;
+  return q;
+}
+
+// The persistent backward kernels' inputs from the backward state (step 0's pointers, step
+// strides) and W_hh contiguous.
+inline PersistentBackwardIO persistent_backward_io(const GruBackwardState& st,
+                                                   const at::Tensor& w_hh) {
+  PersistentBackwardIO q{};
   q.base = st.at_step(0);
   q.go_st = st.go.stride(0);
   q.gws_st = st.gws.defined() ? st.gws.stride(0) : 0;
@@ -362,6 +380,14 @@ inline GruPersistentBackwardParams persistent_backward_params(const GruBackwardS
   q.w_hh = w_hh.data_ptr();
   q.N = static_cast<int>(st.base.N);
   q.H = static_cast<int>(st.base.H);
+  return q;
+}
+
+inline GruPersistentBackwardParams persistent_backward_params(const GruBackwardState& st,
+                                                              const at::Tensor& w_hh,
+                                                              const PersistentPlan& plan) {
+  GruPersistentBackwardParams q{};
+  static_cast<PersistentBackwardIO&>(q) = persistent_backward_io(st, w_hh);
   q.J = plan.J;
   q.KS = plan.KS;
   return q;

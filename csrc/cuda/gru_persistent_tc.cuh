@@ -8,9 +8,9 @@
 // tile), its N the batch (8 rows per tile: a batch of 1 pads to 8, not 16), its K hidden units.
 //   - Block b owns units [b J, b J + J): its local gate rows rho = g J + j (gate g of unit
 //     b J + j) form RT = ceil(3 J / 16) row tiles. Warp w = (ks, rt) = (w / RT, w % RT) keeps row
-//     tile rt over k-tiles [ks KTW, ks KTW + KTW) of the KT = Hp / K k-tiles in registers (KTW <=
+//     tile rt over k-tiles [ks KTW, ks KTW + KTW) of the KT = Kp / K k-tiles in registers (KTW <=
 //     kTcMaxKTiles), for the whole sequence: W_hh is read from DRAM once.
-//   - Per step the block stages h_{t-1} [N, Hp] (Hp = H padded to K, zero columns) into shared
+//   - Per step the block stages h_{t-1} [N, Kp] (Kp = H padded to K, zero columns) into shared
 //     memory with 16-byte loads that bypass L1, rows hs_ld apart: hs_ld * sizeof / 4 = 4 (mod 32)
 //     words, so the B fragments' 32-bit loads (8 rows x 4 words per warp) hit 32 banks.
 //   - The batch runs in chunks of 8 kNT rows (kNT: a compile-time bucket of N): each warp
@@ -49,22 +49,14 @@ constexpr int kTcRowPad = 4;       // words between the partials' batch rows, mo
 constexpr int kTcStageWords = 32;  // staged rows: a multiple of this many words, plus 4
 constexpr int kTcMaxThreads = kTcMaxWarps * 32;
 
-struct GruTcForwardParams {
-  const void* gi;          // [T, N, 3H] strides (gi_st, gi_sn): x W_ih^T + b_ih
-  const void* w_hh;        // [3H, H] contiguous
-  const void* b_hh;        // [3H]
-  void* hbuf;              // [2, N, Hp] contiguous, columns [H, Hp) zero: h_{t-1} / h_t
-  void* out;               // [T, N, H] strides (out_st, out_sn)
-  void* ws;                // [T, N, 4H] strides (ws_st, ws_sn), or nullptr
-  const int64_t* lengths;  // [N] or nullptr
-  int64_t gi_st, gi_sn, out_st, out_sn, ws_st, ws_sn;
-  int64_t T;
-  int N, H, Hp;     // batch, hidden, hidden padded to the MMA's K
-  int J, RT, KS;    // units per block, row tiles, k splits (warps = RT KS)
-  int KTW;          // k-tiles per warp (<= kTcMaxKTiles)
-  int hs_ld, rows;  // staged row stride (elements); staged rows (N rounded up to the chunk)
-  bool reverse;
+// A tensor-core kernel's layout (the planner's choice below): the reduction length padded to the
+// MMA's K, units per block, row tiles, k splits (warps = RT KS), k-tiles per warp (<=
+// kTcMaxKTiles), the staged row stride (elements) and staged rows (N rounded up to the chunk).
+struct TcLayout {
+  int Kp, J, RT, KS, KTW, hs_ld, rows;
 };
+
+struct GruTcForwardParams : PersistentForwardIO, TcLayout {};  // hbuf: [2, N, Kp], zero padding
 
 // A 32-bit word of shared memory holding two 16-bit elements.
 __device__ __forceinline__ uint32_t load_u32(const void* p) {
@@ -168,7 +160,7 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1)
   constexpr int K = M::kK, kChunk = kNT * kTcTileBatch, kVec = kVecElems<scalar_t>;
   const int N = p.N, H = p.H, J = p.J, tid = threadIdx.x, threads = blockDim.x;
   const int warp = tid / 32, rt = warp % p.RT, ks = warp / p.RT;
-  const int kt0 = ks * p.KTW, ktiles = min(p.KTW, p.Hp / K - kt0);
+  const int kt0 = ks * p.KTW, ktiles = min(p.KTW, p.Kp / K - kt0);
 
   // This warp's A fragments: local gate rows of W_hh, k = hidden units.
   uint32_t a[kTcMaxKTiles][4];
@@ -204,17 +196,17 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1)
   };
 
   auto* hbuf = static_cast<scalar_t*>(p.hbuf);
-  const int64_t plane = static_cast<int64_t>(N) * p.Hp;
+  const int64_t plane = static_cast<int64_t>(N) * p.Kp;
   fetch(p.reverse ? p.T - 1 : 0, 0);
   for (int64_t step = 0; step < p.T; ++step) {
     const int64_t t = p.reverse ? p.T - 1 - step : step;
     const scalar_t* h_in = hbuf + (step % 2) * plane;
     scalar_t* h_out = hbuf + ((step + 1) % 2) * plane;
-    const int vecs = p.Hp / kVec;
+    const int vecs = p.Kp / kVec;
     for (int e = tid; e < N * vecs; e += threads) {
       const int n = e / vecs, c = (e % vecs) * kVec;
       const uint4 v =
-          __ldcg(reinterpret_cast<const uint4*>(h_in + static_cast<int64_t>(n) * p.Hp + c));
+          __ldcg(reinterpret_cast<const uint4*>(h_in + static_cast<int64_t>(n) * p.Kp + c));
       *reinterpret_cast<uint4*>(hs + n * p.hs_ld + c) = v;
     }
     __syncthreads();
@@ -238,7 +230,7 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1)
         auto* ws = p.ws != nullptr ? static_cast<scalar_t*>(p.ws) + t * p.ws_st + n * p.ws_sn + u
                                    : nullptr;
         if (!live[i]) {
-          h_out[n * p.Hp + u] = h0;
+          h_out[n * p.Kp + u] = h0;
           *out = scalar_t(0);
           if (ws != nullptr) {
 #pragma unroll
@@ -251,7 +243,7 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1)
         const float hn = gh[2] + float(b_hh[2 * H + u]);
         const float nn = tanh(gin[i][2] + r * hn);
         const scalar_t h1 = scalar_t(nn + z * (float(h0) - nn));
-        h_out[n * p.Hp + u] = h1;
+        h_out[n * p.Kp + u] = h1;
         *out = h1;
         if (ws != nullptr) {
           ws[0] = scalar_t(r);
@@ -284,12 +276,7 @@ void (*tc_forward_kernel(int nt))(GruTcForwardParams) {
 // when its rows are 16-byte aligned), the k splits' partials summed in a fixed order and added to
 // dh, which only this block touches for its units. Double backward (grad of the saved
 // activations) stays on the FMA kernel.
-struct GruTcBackwardParams {
-  GruBackwardPointwise base;  // the pointers of step 0; everything else as in the per-step path
-  int64_t go_st, ws_st, dgh_st, dgin_st, hp_st;  // step strides (elements)
-  const void* w_hh;                              // [3H, H] contiguous
-  int N, H, Kp;                                  // Kp: 3H padded to the MMA's K
-  int J, RT, KS, KTW, hs_ld, rows;
+struct GruTcBackwardParams : PersistentBackwardIO, TcLayout {
   bool vec_stage;  // dgh rows 16-byte aligned: staged with 16-byte loads
 };
 
@@ -389,9 +376,8 @@ void (*tc_backward_kernel(int nt, bool hprev))(GruTcBackwardParams) {
 // chunk 8 kNT for the smallest kNT in {1, 2, 4} covering N (the forward: fewer if its gate pass
 // would need more than kTcItems items per thread). The first J whose grid is co-resident and
 // whose shared memory fits wins; none: the FMA kernel's planner decides.
-struct TcPlan {
-  int J = 0, RT = 0, KS = 0, KTW = 0, NT = 0;  // J == 0: no tensor-core plan
-  int threads = 0, hs_ld = 0, rows = 0, Kp = 0;
+struct TcPlan : TcLayout {  // J == 0: no tensor-core plan
+  int NT = 0, threads = 0;
   unsigned int blocks = 0;
   int64_t smem = 0;
 };
@@ -439,7 +425,7 @@ TcPlan tc_plan(int64_t T, int64_t N, int64_t H, bool backward, bool hprev, const
               : launch.coresident_blocks(tc_forward_kernel<scalar_t>(static_cast<int>(NT)), block,
                                          static_cast<size_t>(smem));
       if (blocks <= fit) {
-        TcPlan plan;
+        TcPlan plan{};
         plan.J = static_cast<int>(J);
         plan.RT = static_cast<int>(RT);
         plan.KS = static_cast<int>(KS);
@@ -468,59 +454,20 @@ TcPlan tc_backward_plan(int64_t T, int64_t N, int64_t H, bool hprev, const Launc
   return tc_plan<scalar_t>(T, N, H, true, hprev, launch);
 }
 
-// The tensor-core forward's parameters from the forward state, W_hh contiguous, the
-// [2, N, Hp] ping-pong buffer and the plan.
+// The tensor-core kernels' parameters: the persistent kernels' inputs and outputs, the plan.
 inline GruTcForwardParams tc_forward_params(const GruForwardState& st, const at::Tensor& w_hh,
                                             at::Tensor& hbuf, const TcPlan& plan, bool reverse) {
   GruTcForwardParams q{};
-  q.gi = st.gi.data_ptr();
-  q.w_hh = w_hh.data_ptr();
-  q.b_hh = st.b_hh.data_ptr();
-  q.hbuf = hbuf.data_ptr();
-  q.out = st.output.data_ptr();
-  q.ws = st.saves() ? st.workspace.data_ptr() : nullptr;
-  q.lengths = st.base.lengths;
-  q.gi_st = st.gi.stride(0);
-  q.gi_sn = st.gi.stride(1);
-  q.out_st = st.output.stride(0);
-  q.out_sn = st.output.stride(1);
-  q.ws_st = st.saves() ? st.workspace.stride(0) : 0;
-  q.ws_sn = st.saves() ? st.workspace.stride(1) : 0;
-  q.T = st.T;
-  q.N = static_cast<int>(st.N);
-  q.H = static_cast<int>(st.H);
-  q.Hp = plan.Kp;
-  q.J = plan.J;
-  q.RT = plan.RT;
-  q.KS = plan.KS;
-  q.KTW = plan.KTW;
-  q.hs_ld = plan.hs_ld;
-  q.rows = plan.rows;
-  q.reverse = reverse;
+  static_cast<PersistentForwardIO&>(q) = persistent_forward_io(st, w_hh, hbuf, reverse);
+  static_cast<TcLayout&>(q) = plan;
   return q;
 }
 
-// The tensor-core backward's parameters from the backward state (step 0's pointers, step
-// strides), W_hh contiguous and the plan.
 inline GruTcBackwardParams tc_backward_params(const GruBackwardState& st, const at::Tensor& w_hh,
                                               const TcPlan& plan) {
   GruTcBackwardParams q{};
-  q.base = st.at_step(0);
-  q.go_st = st.go.stride(0);
-  q.ws_st = st.ws.stride(0);
-  q.dgh_st = st.dgh.stride(0);
-  q.dgin_st = st.dgin.stride(0);
-  q.hp_st = st.hprev.defined() ? st.hprev.stride(0) : 0;
-  q.w_hh = w_hh.data_ptr();
-  q.N = static_cast<int>(st.base.N);
-  q.H = static_cast<int>(st.base.H);
-  q.Kp = plan.Kp;
-  q.J = plan.J;
-  q.RT = plan.RT;
-  q.KS = plan.KS;
-  q.KTW = plan.KTW;
-  q.hs_ld = plan.hs_ld;
-  q.rows = plan.rows;
+  static_cast<PersistentBackwardIO&>(q) = persistent_backward_io(st, w_hh);
+  static_cast<TcLayout&>(q) = plan;
   const int64_t bytes = static_cast<int64_t>(at::elementSize(st.dgh.scalar_type()));
   q.vec_stage = reinterpret_cast<uintptr_t>(st.dgh.data_ptr()) % kVecBytes == 0 &&
                 st.dgh.stride(1) * bytes % kVecBytes == 0 &&
