@@ -10,7 +10,7 @@ the training utterances (stratified, fixed) are the validation split (model sele
 epoch with the lowest validation loss). Features are standardized with the training part's
 statistics; padded batches with `lengths=`.
 
-  python examples/speech.py [--epochs 40] [--seeds 3] [--device cpu|cuda] [--smoke]
+  python examples/speech.py [--epochs 25] [--seeds 3] [--device cpu|cuda] [--smoke]
 
 Writes examples/out/speech.json (mean, std, min, max over seeds of test accuracy, macro F1,
 seconds per epoch) and speech.png (accuracy and F1 per variant with error bars).
@@ -18,23 +18,14 @@ seconds per epoch) and speech.png (accuracy and F1 per variant with error bars).
 
 import numpy as np
 import torch
-from _common import (
-    SequenceClassifier,
-    fused_vs_nn_speed,
-    japanese_vowels,
-    parser,
-    plot_grid,
-    run_classification_grid,
-    save_json,
-    setup,
-)
+from _common import SequenceClassifier, classification_report, japanese_vowels, parser, setup
 from torch.nn.utils.rnn import pad_sequence
 
 CLASSES, HIDDEN = 9, 64
 
 
 def main():
-    args = parser(__doc__, epochs=40).parse_args()
+    args = parser(__doc__, epochs=25).parse_args()
     setup(args)
     (x_tr, y_tr), (x_te, y_te) = japanese_vowels()
     # every 5th utterance of each speaker to validation
@@ -57,16 +48,11 @@ def main():
     def make_model(**kw):
         return SequenceClassifier(12, HIDDEN, CLASSES, **kw)
 
-    results = run_classification_grid(args, data, make_model, batch_size=32)
-    speed = fused_vs_nn_speed(results)
-    print(f"nn.GRU / fusedgru.GRU seconds per epoch: {speed['mean']:.2f}x")
-    save_json(args, "speech", {
-        "dataset": "Japanese Vowels (UCI/UEA), sktime's JapaneseVowels_TRAIN/TEST.ts",
-        "split": {"train": len(data[0][2]), "val": len(data[1][2]), "test": len(data[2][2])},
-        "hidden": HIDDEN, "selection": "epoch with the lowest validation cross-entropy",
-        "nn_gru_over_fusedgru_seconds_per_epoch": speed, "results": results})
-    plot_grid(args, results, "speech",
-              f"Japanese Vowels speaker identification ({len(data[2][2])} test utterances)")
+    classification_report(args, "speech", data, make_model,
+                          "Japanese Vowels speaker identification", {
+                              "dataset": "Japanese Vowels (UCI/UEA), sktime's "
+                                         "JapaneseVowels_TRAIN/TEST.ts",
+                              "hidden": HIDDEN}, batch_size=32)
 
 
 if __name__ == "__main__":
