@@ -13,7 +13,7 @@ origins (one window per half-hour of the training part; the CPU budget). Model s
 epoch with the lowest validation MSE (every 4th validation origin). Baselines: the same
 half-hour yesterday, the same half-hour last week, and (next half-hour only) persistence.
 
-  python examples/forecast.py [--epochs 6] [--seeds 3] [--device cpu|cuda] [--smoke]
+  python examples/forecast.py [--epochs 5] [--seeds 3] [--device cpu|cuda] [--smoke]
 
 Writes examples/out/forecast.json (test sMAPE and MAE in GW per horizon, seconds per epoch:
 mean, std, min, max over seeds) and forecast.png (day-ahead forecasts against the actual
@@ -88,7 +88,7 @@ def errors(pred, true):
 
 
 def main():
-    args = parser(__doc__, epochs=6).parse_args()
+    args = parser(__doc__, epochs=5).parse_args()
     setup(args)
     df = rdataset("fpp2", "elecdemand")
     demand = df["Demand"].to_numpy(np.float32)

@@ -10,7 +10,7 @@ the training utterances (stratified, fixed) are the validation split (model sele
 epoch with the lowest validation loss). Features are standardized with the training part's
 statistics; padded batches with `lengths=`.
 
-  python examples/speech.py [--epochs 25] [--seeds 3] [--device cpu|cuda] [--smoke]
+  python examples/speech.py [--epochs 12] [--seeds 3] [--device cpu|cuda] [--smoke]
 
 Writes examples/out/speech.json (mean, std, min, max over seeds of test accuracy, macro F1,
 seconds per epoch) and speech.png (accuracy and F1 per variant with error bars).
@@ -25,7 +25,7 @@ CLASSES, HIDDEN = 9, 64
 
 
 def main():
-    args = parser(__doc__, epochs=25).parse_args()
+    args = parser(__doc__, epochs=12).parse_args()
     setup(args)
     (x_tr, y_tr), (x_te, y_te) = japanese_vowels()
     # every 5th utterance of each speaker to validation
