@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import random
+import shlex
 import sys
 import time
 
@@ -36,6 +37,7 @@ def parser(description, epochs, seeds=3):
     p.add_argument("--seeds", type=int, default=seeds,
                    help="seeds 0..N-1; every number is reported as mean, std, min, max")
     p.add_argument("--threads", type=int, default=2, help="CPU intra-op threads")
+    p.add_argument("--only", help="a comma-separated subset of the models, e.g. 'GRU,conv + GRU'")
     p.add_argument("--smoke", action="store_true",
                    help="one seed, one epoch on a few batches, one variant of each kind (CI)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -50,6 +52,18 @@ def setup(args):
         torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     args.t_start = time.perf_counter()
+
+
+SMOKE_MODELS = ("GRU", "GRU [nn.GRU]", "conv + GRU + attention")
+
+
+def selected(args, models):
+    """The models this run trains: --only's subset, the smoke set with --smoke, else all."""
+    names = args.only.split(",") if args.only else SMOKE_MODELS if args.smoke else list(models)
+    unknown = set(names) - set(models)
+    if unknown:
+        raise SystemExit(f"--only: unknown {sorted(unknown)}; the models: {list(models)}")
+    return {k: models[k] for k in names}
 
 
 def seed_all(seed):
@@ -68,7 +82,13 @@ def progress(iterable, **kw):
 
 def save_json(args, name, record):
     """The run's settings, then ``record``; no machine paths (datasets are named by package)."""
-    head = {"command": " ".join(["python", f"examples/{name}.py"] + sys.argv[1:]),
+    argv = sys.argv[1:]
+    for i, a in enumerate(argv):  # --out names a folder of this machine: left out
+        if a == "--out":
+            argv = argv[:i] + argv[i + 2:]
+            break
+    argv = [a for a in argv if not a.startswith("--out=")]
+    head = {"command": shlex.join(["python", f"examples/{name}.py"] + argv),
             "device": args.device, "threads": args.threads if args.device == "cpu" else None,
             "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "fusedgru": fusedgru.__version__, "epochs": args.epochs,
@@ -201,7 +221,10 @@ def fmt(s, scale=1.0, digits=2):
 
 
 def fused_vs_nn_speed(results, key="train_seconds_per_epoch"):
-    """nn.GRU's seconds per epoch over fusedgru.GRU's for the same model, seed by seed."""
+    """nn.GRU's seconds per epoch over fusedgru.GRU's for the same model, seed by seed (None
+    when --only left one of them out)."""
+    if "GRU" not in results or "GRU [nn.GRU]" not in results:
+        return None
     fused = results["GRU"][key]["values"]
     ref = results["GRU [nn.GRU]"][key]["values"]
     return summary([r / f for r, f in zip(ref, fused)])
@@ -328,8 +351,7 @@ def run_classification_grid(args, data, make_model, batch_size, lr=3e-3):
     ``(padded inputs, lengths, labels)`` as tensors. Returns {variant: {metric: summary}}."""
     (Xtr, Ltr, Ytr), (Xva, Lva, Yva), (Xte, Lte, Yte) = data
     dev = torch.device(args.device)
-    variants = {k: v for k, v in VARIANTS.items()
-                if not args.smoke or k in ("GRU", "GRU [nn.GRU]", "conv + GRU + attention")}
+    variants = selected(args, VARIANTS)
     order = torch.argsort(Ltr)  # batches of similar lengths: less padding
 
     def batches():
@@ -370,7 +392,8 @@ def classification_report(args, name, data, make_model, title, record, batch_siz
     classification example; ``record`` describes the dataset and the settings."""
     results = run_classification_grid(args, data, make_model, batch_size, lr)
     speed = fused_vs_nn_speed(results)
-    print(f"nn.GRU / fusedgru.GRU seconds per epoch: {speed['mean']:.2f}x")
+    if speed:
+        print(f"nn.GRU / fusedgru.GRU seconds per epoch: {speed['mean']:.2f}x")
     save_json(args, name, {
         **record, "split": {k: len(d[2]) for k, d in zip(("train", "val", "test"), data)},
         "selection": "epoch with the lowest validation cross-entropy", "batch_size": batch_size,

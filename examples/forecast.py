@@ -32,6 +32,7 @@ from _common import (
     save_figure,
     save_json,
     seed_all,
+    selected,
     setup,
     summarize,
     train,
@@ -137,8 +138,7 @@ def main():
     def predict(m, x):
         return torch.cat([m(x[i:i + 1024].to(dev)).cpu() for i in range(0, len(x), 1024)])
 
-    models = {k: v for k, v in MODELS.items()
-              if not args.smoke or k in ("GRU", "GRU [nn.GRU]", "conv + GRU + attention")}
+    models = selected(args, MODELS)
     per_seed, by_horizon, preds = {k: [] for k in models}, {k: [] for k in models}, {}
     for seed in progress(range(args.seeds), desc="seeds"):
         for name, body in models.items():
