@@ -475,8 +475,9 @@ def test_persistent_kernels_for_every_units_per_block(emu, restore_rnn_precision
 # pick, and kernel runs for every units-per-block J, batch chunk NT, one or several k splits and
 # widths of the register-resident k-range.
 
-def test_tensor_core_plans_of_an_h100(emu):
+def test_tensor_core_plans_of_an_h100(emu, restore_rnn_precision):
     """Planner only: the issue-13 grid (T = 256; N 1, 16, 64, 256; H 128, 256, 1024)."""
+    torch.backends.cudnn.rnn.fp32_precision = "tf32"
     dev = emu.devices()["h100_132"]
     for dtype in ("bf16", "fp16"):
         for N in (1, 16, 64, 256):
@@ -492,6 +493,11 @@ def test_tensor_core_plans_of_an_h100(emu):
     # more than a block runs (16), so that layer stays on the FMA kernel (strict fp32).
     assert emu.gru_tc_plan(dev, 256, 16, 256, "fp32")[0] == 8
     assert emu.gru_tc_plan(dev, 256, 16, 1024, "fp32")[0] == 0
+    torch.backends.cudnn.rnn.fp32_precision = "ieee"  # strict fp32: never TF32 tensor cores
+    assert emu.gru_tc_plan(dev, 256, 16, 256, "fp32")[0] == 0
+    assert emu.gru_tc_backward_plan(dev, 256, 16, 256, "fp32")[0] == 0
+    assert emu.gru_tc_plan(dev, 256, 16, 256, "bf16")[0] == 8
+    torch.backends.cudnn.rnn.fp32_precision = "tf32"
     # The backward stages dgh_t [N, 3H]: at H = 1024 up to N = 16 (N = 64: 393 KB of bf16);
     # 16 warps of 12 k-tiles cover 3H = 3072 at 8 units per block.
     for N in (1, 16):

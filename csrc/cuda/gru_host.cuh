@@ -50,10 +50,9 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& input, const Tenso
   bool persistent = false;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "gru_persistent_forward", [&] {
-        // Tensor cores for bf16 and fp16, and for fp32 when nn.GRU would take TF32 (matmul.cuh).
+        // Tensor cores for bf16 and fp16, and for fp32 when nn.GRU would take TF32.
         if constexpr (kHasMma<scalar_t>) {
-          const bool tf32_ok = !std::is_same_v<scalar_t, float> || rnn_allows_tf32();
-          const TcPlan tc = tf32_ok ? tc_forward_plan<scalar_t>(T, N, H, launch) : TcPlan{};
+          const TcPlan tc = tc_forward_plan<scalar_t>(T, N, H, launch);
           if (tc.J != 0) {
             const Tensor w_hh_c = weight_hh.contiguous();
             Tensor hbuf = at::zeros({2, N, tc.Kp}, input.options());
@@ -114,10 +113,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
       at::kHalf, at::kBFloat16, input.scalar_type(), "gru_persistent_backward", [&] {
         const bool hprev = st.hprev.defined(), grad_ws = st.gws.defined();
         if constexpr (kHasMma<scalar_t>) {  // tensor cores, as the forward
-          const bool tf32_ok = !std::is_same_v<scalar_t, float> || rnn_allows_tf32();
-          const TcPlan tc = tf32_ok && !grad_ws && N > 0
-                                ? tc_backward_plan<scalar_t>(T, N, H, hprev, launch)
-                                : TcPlan{};
+          const TcPlan tc = tc_backward_plan<scalar_t>(T, N, H, hprev, grad_ws, launch);
           if (tc.J != 0) {
             const Tensor w_hh_c = weight_hh.contiguous();
             persistent = launch.try_cooperative(

@@ -34,6 +34,7 @@
 #include "gru_persistent.cuh"
 #include "gru_pointwise.cuh"
 #include "launch.cuh"
+#include "matmul.cuh"
 #include "mma.cuh"
 
 namespace fusedgru {
@@ -390,8 +391,9 @@ TcPlan tc_plan(int64_t T, int64_t N, int64_t H, bool backward, bool hprev, const
     return {};
   } else {
     using M = MmaOf<scalar_t>;
-    if (!persistent_allowed() || T < 1 || N < 1 || N * H > kMaxPersistentStates ||
-        launch.compute_major() < 8) {
+    // fp32 on tensor cores is TF32: only when nn.GRU would take TF32 (matmul.cuh).
+    if ((std::is_same_v<scalar_t, float> && !rnn_allows_tf32()) || !persistent_allowed() || T < 1 ||
+        N < 1 || N * H > kMaxPersistentStates || launch.compute_major() < 8) {
       return {};
     }
     const int64_t Kp = round_up((backward ? 3 : 1) * H, static_cast<int64_t>(M::kK));
@@ -449,9 +451,11 @@ TcPlan tc_forward_plan(int64_t T, int64_t N, int64_t H, const Launch& launch) {
   return tc_plan<scalar_t>(T, N, H, false, false, launch);
 }
 
+// grad_ws (double backward): the FMA kernel's; no tensor-core plan.
 template <typename scalar_t, typename Launch>
-TcPlan tc_backward_plan(int64_t T, int64_t N, int64_t H, bool hprev, const Launch& launch) {
-  return tc_plan<scalar_t>(T, N, H, true, hprev, launch);
+TcPlan tc_backward_plan(int64_t T, int64_t N, int64_t H, bool hprev, bool grad_ws,
+                        const Launch& launch) {
+  return grad_ws ? TcPlan{} : tc_plan<scalar_t>(T, N, H, true, hprev, launch);
 }
 
 // The tensor-core kernels' parameters: the persistent kernels' inputs and outputs, the plan.

@@ -41,25 +41,14 @@ __device__ __forceinline__ uint32_t bits16(T x) {
   return u;
 }
 
-// What the tensor-core kernels need of a dtype: the MMA's K, the type h is staged in (the dtype
-// itself: staged exactly), and an A or B register from two (16-bit) or one (tf32) element(s).
+// What the tensor-core kernels need of a dtype: the MMA's K, and an A or B register from two
+// (16-bit types) or one (tf32) element(s). h (or dgh) is staged in the dtype itself.
 template <typename scalar_t>
-struct MmaOf;
-
-template <>
-struct MmaOf<at::BFloat16> {
+struct MmaOf {  // bf16, fp16
+  static_assert(sizeof(scalar_t) == 2, "MmaOf: bf16, fp16 or float");
   static constexpr int kK = 16;
   static constexpr int kPerReg = 2;  // elements per 32-bit register
-  __device__ static uint32_t reg(at::BFloat16 lo, at::BFloat16 hi) {
-    return bits16(lo) | (bits16(hi) << 16);
-  }
-};
-
-template <>
-struct MmaOf<at::Half> {
-  static constexpr int kK = 16;
-  static constexpr int kPerReg = 2;
-  __device__ static uint32_t reg(at::Half lo, at::Half hi) {
+  __device__ static uint32_t reg(scalar_t lo, scalar_t hi) {
     return bits16(lo) | (bits16(hi) << 16);
   }
 };
@@ -86,28 +75,20 @@ __device__ __forceinline__ void mma_16x8(float (&d)[4], const uint32_t (&a)[4],
                                                                         : emu::MmaType::kTf32;
   emu::mma_sync<kType>(d, a, b, c);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define FUSEDGRU_MMA(SHAPE_TYPES)                                                             \
+  asm volatile("mma.sync.aligned." SHAPE_TYPES                                                \
+               " {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};"         \
+               : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])                               \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), \
+                 "f"(c[1]), "f"(c[2]), "f"(c[3]))
   if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%10, %11, %12, %13};"
-        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]),
-          "f"(c[2]), "f"(c[3]));
+    FUSEDGRU_MMA("m16n8k16.row.col.f32.bf16.bf16.f32");
   } else if constexpr (std::is_same_v<scalar_t, at::Half>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%10, %11, %12, %13};"
-        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]),
-          "f"(c[2]), "f"(c[3]));
+    FUSEDGRU_MMA("m16n8k16.row.col.f32.f16.f16.f32");
   } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%10, %11, %12, %13};"
-        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]),
-          "f"(c[2]), "f"(c[3]));
+    FUSEDGRU_MMA("m16n8k8.row.col.f32.tf32.tf32.f32");
   }
+#undef FUSEDGRU_MMA
 #else
   __trap();  // the planner never picks a tensor-core kernel below compute capability 8.0
 #endif
