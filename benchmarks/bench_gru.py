@@ -62,9 +62,12 @@ def parse_args(argv=None):
     p.add_argument("--tf32", nargs="+", choices=["on", "off"],
                    help="fp32 on CUDA: torch.backends.cudnn/cuda.matmul.allow_tf32, the same "
                         "setting for both implementations (default: both)")
-    p.add_argument("--paths", nargs="+", default=["auto"], choices=["auto", "per-step"],
-                   help="CUDA: auto (the planner's choice: the persistent kernels where they "
-                        "fit) and/or per-step (FUSEDGRU_PERSISTENT=0), each point in one process")
+    p.add_argument("--paths", nargs="+", default=["auto"],
+                   choices=["auto", "per-step", "aten-gemm"],
+                   help="auto: the default choices; CUDA: per-step (FUSEDGRU_PERSISTENT=0) "
+                        "instead of the persistent kernels where they fit; CPU: aten-gemm "
+                        "(FUSEDGRU_PACKED_GEMM=0: fp32 products through ATen instead of the "
+                        "packed AVX-512 GEMM); each point in one process")
     p.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
     p.add_argument("--peers", nargs="+", default=[], choices=peers.PEERS,
                    help="CPU, fp32, --variant gru: also time these runtimes' GRU forward on the "
@@ -83,6 +86,9 @@ def parse_args(argv=None):
     args.H = args.H or ([256, 1024] if cuda else [256])
     args.dtype = args.dtype or (["bf16", "fp32"] if cuda else ["fp32"])
     args.tf32 = args.tf32 or ["on", "off"]
+    for path, device in (("per-step", "cuda"), ("aten-gemm", "cpu")):
+        if path in args.paths and args.device != device:
+            p.error(f"--paths {path}: --device {device} only")
     if args.peers and (cuda or args.variant != "gru" or args.dtype != ["fp32"]):
         p.error("--peers: CPU, --variant gru, --dtype fp32 only (the peers' inference path)")
     available = []
@@ -99,11 +105,12 @@ def parse_args(argv=None):
 
 def bench_point(args, T, N, I, H, L, dtype_name, tf32, path):
     device, dtype = args.device, common.DTYPES[dtype_name]
-    # The planner reads FUSEDGRU_PERSISTENT at every call.
-    if path == "per-step":
-        os.environ["FUSEDGRU_PERSISTENT"] = "0"
-    else:
-        os.environ.pop("FUSEDGRU_PERSISTENT", None)
+    # The planners read FUSEDGRU_PERSISTENT and FUSEDGRU_PACKED_GEMM at every call.
+    for var, off in (("FUSEDGRU_PERSISTENT", "per-step"), ("FUSEDGRU_PACKED_GEMM", "aten-gemm")):
+        if path == off:
+            os.environ[var] = "0"
+        else:
+            os.environ.pop(var, None)
     if device == "cuda":
         torch.backends.cudnn.allow_tf32 = tf32 == "on"
         torch.backends.cuda.matmul.allow_tf32 = tf32 == "on"
@@ -210,7 +217,7 @@ def sentence(r, device):
         f" H={r['H']}" + (f" layers={r['layers']}" if r["layers"] != 1 else "") + \
         (" bidirectional" if r["bidirectional"] else "") + f" {r['dtype']}" + \
         (f" tf32 {r['tf32']}" if r["tf32"] else "") + \
-        (f" {r['path']} path" if device == "cuda" else "")
+        (f" {r['path']} path" if r["path"] != "auto" else "")
     return common.speed_sentence(ours, ref, r["fusedgru_ms"], r["ref_ms"], f"{what} ({where})")
 
 
@@ -291,7 +298,7 @@ def main(argv=None):
     for T, N, H, L, dt in itertools.product(args.T, args.N, args.H, args.layers, args.dtype):
         for I in (args.I or [H]):
             for tf32 in (args.tf32 if dt == "fp32" and args.device == "cuda" else [None]):
-                for path in (args.paths if args.device == "cuda" else ["auto"]):
+                for path in args.paths:
                     points.append((T, N, I, H, L, dt, tf32, path))
     info, rows = common.run_points(args, "bench_gru", points, bench_point)
     if args.peers:

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../align.h"
+#include "packed_gemm.h"
 
 // On x86, clone a hot loop for AVX-512, AVX2 and the baseline; the loader picks one.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -31,9 +32,13 @@ inline T* at_offset(T* p, int64_t off) {
 // (at::internal::GRAIN_SIZE, ATen/TensorIterator.h), used by the kernels' parallel_for calls.
 constexpr int64_t kTaskGrain = at::internal::GRAIN_SIZE;
 
-// Flops of a step's recurrent GEMM (6 N H^2) below which the step runs on one thread: waking
-// the others costs a few microseconds per parallel region, what ~1 MFLOP takes one core.
+// A step's recurrent GEMM runs on one thread when it is cheaper than waking the others (~1 us
+// per parallel region with OpenMP, benchmarks/NOTES.md): below ~1 MFLOP (6 N H^2), unless W_hh
+// itself is large. At small N the step streams all of W_hh (3 H^2 elements) from L2, at ~26
+// bytes per cycle on a Zen 4 core (8 us for H = 256 in fp32): from 192 KB on (~2 us), two
+// cores' L2 halve that.
 constexpr double kParallelStepFlops = 1e6;
+constexpr double kParallelStepBytes = 192 * 1024;
 
 // Block widths are multiples of one AVX-512 vector of floats.
 constexpr int64_t kBlockUnits = 16;
@@ -43,12 +48,14 @@ struct Block {
 };
 
 // Split the hidden units among the intra-op threads when a step's recurrent GEMM is worth
-// waking them for (kParallelStepFlops); block widths are multiples of kBlockUnits.
-inline std::vector<Block> plan_blocks(int64_t N, int64_t H) {
+// waking them for (kParallelStepFlops, kParallelStepBytes; elem: W_hh's element size); block
+// widths are multiples of kBlockUnits.
+inline std::vector<Block> plan_blocks(int64_t N, int64_t H, int64_t elem) {
   const int64_t threads = at::get_num_threads();
   const double step_flops = 6.0 * static_cast<double>(N) * H * H;
+  const double w_bytes = 3.0 * static_cast<double>(H) * H * elem;
   int64_t nb = 1;
-  if (threads > 1 && step_flops >= kParallelStepFlops) {
+  if (threads > 1 && (step_flops >= kParallelStepFlops || w_bytes >= kParallelStepBytes)) {
     nb = std::min<int64_t>(threads, std::max<int64_t>(1, H / kBlockUnits));
   }
   const int64_t width = (H + nb - 1) / nb;
@@ -56,35 +63,6 @@ inline std::vector<Block> plan_blocks(int64_t N, int64_t H) {
   std::vector<Block> blocks;
   for (int64_t j0 = 0; j0 < H; j0 += step) blocks.push_back({j0, std::min(H, j0 + step)});
   return blocks;
-}
-
-// Per block: the W_hh rows (r, z, n) of its units as one [H, 3w] operand of the step's GEMM
-// (h_{t-1} w[b]; W_hh^T itself for a single block), and its gh buffer [N, 3w] (gate g at g * w).
-struct GateBlocks {
-  std::vector<at::Tensor> w, gh;
-};
-inline GateBlocks gate_blocks(const at::Tensor& weight_hh, const std::vector<Block>& blocks,
-                              int64_t N) {
-  const int64_t H = weight_hh.size(1);
-  GateBlocks g;
-  for (const Block& blk : blocks) {
-    const int64_t w = blk.j1 - blk.j0;
-    g.w.push_back(blocks.size() == 1
-                      ? weight_hh.t()
-                      : at::cat({weight_hh.narrow(0, blk.j0, w), weight_hh.narrow(0, H + blk.j0, w),
-                                 weight_hh.narrow(0, 2 * H + blk.j0, w)})
-                            .t());
-    g.gh.push_back(at::empty({N, 3 * w}, weight_hh.options()));
-  }
-  return g;
-}
-
-// Per block, columns [j0, j1) of t (the backward's slices of W_hh and dh).
-inline std::vector<at::Tensor> column_blocks(const at::Tensor& t,
-                                             const std::vector<Block>& blocks) {
-  std::vector<at::Tensor> cols;
-  for (const Block& blk : blocks) cols.push_back(t.narrow(1, blk.j0, blk.j1 - blk.j0));
-  return cols;
 }
 
 // Run f(b) for every block: in the caller for one block, else one block per thread. Worker
@@ -105,6 +83,90 @@ void for_blocks(int64_t nb, const F& f) {
 inline at::Tensor rows_of(const at::Tensor& x, int64_t rows) {
   return rows == x.size(0) ? x : x.narrow(0, 0, rows);
 }
+
+// Per block, the forward step's recurrent product gh_b [N, 3w] = h_{t-1} W_b, where W_b [H, 3w]
+// holds the W_hh rows (r, z, n) of the block's units (gate g at column g w). With `packed`
+// (packing_pays: fp32, enough rows over the call) W_b is packed once per call, by the thread
+// that owns the block, for gemm_packed; otherwise it is an ATen operand (a copy per block, or
+// W_hh^T itself for a single block) for at::mm.
+struct GateBlocks {
+  std::vector<at::Tensor> w, gh;
+  std::vector<PackedB> packed;
+  GateBlocks(const at::Tensor& weight_hh, const std::vector<Block>& blocks, int64_t N,
+             bool pack) {
+    const int64_t H = weight_hh.size(1), nb = static_cast<int64_t>(blocks.size());
+    for (const Block& blk : blocks) gh.push_back(at::empty({N, 3 * (blk.j1 - blk.j0)}, weight_hh.options()));
+    if (pack) {
+      packed.resize(nb);
+      const float* wh = weight_hh.const_data_ptr<float>();
+      const int64_t s0 = weight_hh.stride(0), s1 = weight_hh.stride(1);
+      for_blocks(nb, [&](int64_t b) {
+        const int64_t j0 = blocks[b].j0, width = blocks[b].j1 - j0;
+        packed[b] = PackedB(H, (3 * width + kPanel - 1) / kPanel);
+        packed[b].pack(0, 3 * width, s1, [&](int64_t c) {
+          return wh + ((c / width) * H + j0 + c % width) * s0;
+        });
+      });
+      return;
+    }
+    for (const Block& blk : blocks) {
+      const int64_t width = blk.j1 - blk.j0;
+      w.push_back(blocks.size() == 1
+                      ? weight_hh.t()
+                      : at::cat({weight_hh.narrow(0, blk.j0, width),
+                                 weight_hh.narrow(0, H + blk.j0, width),
+                                 weight_hh.narrow(0, 2 * H + blk.j0, width)})
+                            .t());
+    }
+  }
+  // gh_b[:rows] = h[:rows] W_b on the calling thread; h [N, H] contiguous.
+  void product(int64_t b, const at::Tensor& h, int64_t rows) const {
+    at::Tensor out = rows_of(gh[b], rows);
+    if (packed.empty()) {
+      at::mm_out(out, rows_of(h, rows), w[b]);
+    } else {
+      gemm_packed(h.const_data_ptr<float>(), h.stride(0), h.stride(1), rows, packed[b], 0,
+                  packed[b].panels, out.size(1), out.mutable_data_ptr<float>(), out.stride(0),
+                  false);
+    }
+  }
+};
+
+// Per block, the backward step's product dh[:, j0:j1] += dg[:rows] W_hh[:, j0:j1] (dg [N, 3H]
+// with a unit stride, dh [N, H] contiguous). Packed as GateBlocks, the thread that owns the
+// block packing its columns of W_hh; otherwise ATen's addmm on column views.
+struct ColumnBlocks {
+  std::vector<at::Tensor> w, dh;
+  std::vector<PackedB> packed;
+  std::vector<Block> blocks;
+  ColumnBlocks(const at::Tensor& weight_hh, const at::Tensor& dh_all,
+               const std::vector<Block>& blocks_, bool pack)
+      : blocks(blocks_) {
+    const int64_t nb = static_cast<int64_t>(blocks.size());
+    for (const Block& blk : blocks) dh.push_back(dh_all.narrow(1, blk.j0, blk.j1 - blk.j0));
+    if (pack) {
+      packed.resize(nb);
+      const float* wh = weight_hh.const_data_ptr<float>();
+      const int64_t s0 = weight_hh.stride(0), s1 = weight_hh.stride(1);
+      for_blocks(nb, [&](int64_t b) {
+        const int64_t j0 = blocks[b].j0, width = blocks[b].j1 - j0;
+        packed[b] = PackedB(weight_hh.size(0), (width + kPanel - 1) / kPanel);
+        packed[b].pack(0, width, s0, [&](int64_t c) { return wh + (j0 + c) * s1; });
+      });
+      return;
+    }
+    for (const Block& blk : blocks) w.push_back(weight_hh.narrow(1, blk.j0, blk.j1 - blk.j0));
+  }
+  void accumulate(int64_t b, const at::Tensor& dg, int64_t rows) const {
+    if (packed.empty()) {
+      rows_of(dh[b], rows).addmm_(rows_of(dg, rows), w[b]);
+    } else {
+      gemm_packed(dg.const_data_ptr<float>(), dg.stride(0), dg.stride(1), rows, packed[b], 0,
+                  packed[b].panels, dh[b].size(1), dh[b].mutable_data_ptr<float>(),
+                  dh[b].stride(0), true);
+    }
+  }
+};
 
 }  // namespace cpu
 }  // namespace fusedgru

@@ -312,16 +312,16 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input, const Tensor
     return {h1.unsqueeze(0).clone(), h1, at::empty({0}, input.options())};
   }
   GruForwardState st = gru_forward_state(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
-                                         need_workspace, aten_matmul);
+                                         need_workspace, cpu_matmul);
   if (st.N == 0) return st.result();
   const int64_t T = st.T, H = st.H;
   const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
   // One step reuses nothing: one GEMM over all units (ATen's threads) rather than copying
   // W_hh into per-thread blocks.
-  const std::vector<Block> blocks = T == 1 ? std::vector<Block>{{0, H}} : plan_blocks(N, H);
+  const std::vector<Block> blocks = T == 1 ? std::vector<Block>{{0, H}} : plan_blocks(N, H, weight_hh.element_size());
   const int64_t nb = static_cast<int64_t>(blocks.size());
 
-  const GateBlocks gates = gate_blocks(weight_hh, blocks, N);
+  const GateBlocks gates(weight_hh, blocks, N, packing_pays(input.scalar_type(), T * N));
   // Threads read all of h_{t-1} while writing their units of h_t: double-buffered.
   Tensor h_next = at::empty_like(st.h);
   for (int64_t s = 0; s < T; ++s) {
@@ -331,10 +331,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input, const Tensor
     p.h_in = st.h.data_ptr();
     p.h_out = h_next.data_ptr();
     for_blocks(nb, [&](int64_t b) {
-      if (rows > 0) {
-        Tensor gh_rows = rows_of(gates.gh[b], rows);
-        at::mm_out(gh_rows, rows_of(st.h, rows), gates.w[b]);
-      }
+      if (rows > 0) gates.product(b, st.h, rows);
       GruForwardPointwise q = p;
       q.j0 = blocks[b].j0;
       q.j1 = blocks[b].j1;
@@ -359,10 +356,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const int64_t T = st.T, N = st.N, H = st.H;
   if (N > 0) {
     const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
-    const std::vector<Block> blocks = plan_blocks(N, H);
+    const std::vector<Block> blocks = plan_blocks(N, H, weight_hh.element_size());
     const int64_t nb = static_cast<int64_t>(blocks.size());
-    const std::vector<Tensor> w_cols = column_blocks(weight_hh, blocks);
-    const std::vector<Tensor> dh_cols = column_blocks(st.dh, blocks);
+    const ColumnBlocks cols(weight_hh, st.dh, blocks, packing_pays(input.scalar_type(), T * N));
     // Region s: dh += dgh_{t(s-1)} W_hh for the thread's columns, then the gate gradients of
     // step t(s) for the same units. The extra region s = T finishes dL/dh_{-1} = grad_hx.
     int64_t t_prev = -1, rows_prev = 0;
@@ -370,10 +366,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
       const int64_t t = s == T ? -1 : (reverse ? s : T - 1 - s);
       const GruBackwardPointwise p = t >= 0 ? st.at_step(t) : st.base;
       for_blocks(nb, [&](int64_t b) {
-        if (rows_prev > 0) {
-          rows_of(dh_cols[b], rows_prev)
-              .addmm_(rows_of(st.dgh.select(0, t_prev), rows_prev), w_cols[b]);
-        }
+        if (rows_prev > 0) cols.accumulate(b, st.dgh.select(0, t_prev), rows_prev);
         if (t >= 0) {
           GruBackwardPointwise q = p;
           q.j0 = blocks[b].j0;
@@ -387,7 +380,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   }
   auto [grad_input, gw_ih, gw_hh, gb_ih, gb_hh] =
       gru_backward_gemms(st.x, st.batch_major, weight_ih, st.dgh, st.dgin, st.hprev, has_bias,
-                         need_input_grad, need_weight_grad, aten_matmul);
+                         need_input_grad, need_weight_grad, cpu_matmul);
   return {grad_input, st.dh, gw_ih, gw_hh, gb_ih, gb_hh};
 }
 

@@ -147,13 +147,13 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_forward(
     bool need_workspace) {
   LnGruForwardState st =
       ln_gru_forward_state(input, hx, weight_ih, weight_hh, ln_ih_weight, ln_ih_bias, ln_hh_weight,
-                           ln_hh_bias, lengths, eps, need_workspace, aten_matmul);
+                           ln_hh_bias, lengths, eps, need_workspace, cpu_matmul);
   if (st.N == 0) return st.result();
   const int64_t T = st.T, N = st.N, H = st.H;
   const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
-  const std::vector<Block> blocks = plan_blocks(N, H);
+  const std::vector<Block> blocks = plan_blocks(N, H, weight_hh.element_size());
   const int64_t nb = static_cast<int64_t>(blocks.size());
-  const GateBlocks gates = gate_blocks(weight_hh, blocks, N);
+  const GateBlocks gates(weight_hh, blocks, N, packing_pays(input.scalar_type(), T * N));
   std::vector<double> part(nb * N * 3, 0.0);
   Tensor h_next = at::empty_like(st.h);
   for (int64_t s = 0; s < T; ++s) {
@@ -162,8 +162,8 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_forward(
     // (1) each block: its gate rows of W_hh h and their per-row statistics
     for_blocks(nb, [&](int64_t b) {
       if (rows == 0) return;
-      Tensor gh_rows = rows_of(gates.gh[b], rows);
-      at::mm_out(gh_rows, rows_of(st.h, rows), gates.w[b]);
+      gates.product(b, st.h, rows);
+      const Tensor gh_rows = rows_of(gates.gh[b], rows);
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "ln_gru_p",
                                       [&] {
                                         const auto* gh = gh_rows.const_data_ptr<scalar_t>();
@@ -406,11 +406,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gr
   const int64_t T = st.T, N = st.N, H = st.H;
   if (N > 0) {
     const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
-    const std::vector<Block> blocks = plan_blocks(N, H);
+    const std::vector<Block> blocks = plan_blocks(N, H, weight_hh.element_size());
     const int64_t nb = static_cast<int64_t>(blocks.size());
     std::vector<double> part(nb * N * 2, 0.0);
-    const std::vector<Tensor> w_cols = column_blocks(weight_hh, blocks);
-    const std::vector<Tensor> dh_cols = column_blocks(st.dh, blocks);
+    const ColumnBlocks cols(weight_hh, st.dh, blocks, packing_pays(input.scalar_type(), T * N));
     int64_t t_prev = -1, rows_prev = 0;
     for (int64_t s = 0; s <= T; ++s) {
       const int64_t t = s == T ? -1 : (reverse ? s : T - 1 - s);
@@ -419,10 +418,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gr
       p.nb = nb;
       // (1) dh += dg_raw_{t_prev} W_hh for the block's columns; gate gradients of step t
       for_blocks(nb, [&](int64_t b) {
-        if (rows_prev > 0) {
-          rows_of(dh_cols[b], rows_prev)
-              .addmm_(rows_of(st.dg_raw.select(0, t_prev), rows_prev), w_cols[b]);
-        }
+        if (rows_prev > 0) cols.accumulate(b, st.dg_raw.select(0, t_prev), rows_prev);
         if (t < 0) return;
         LnGruBackwardPointwise q = p;
         q.j0 = blocks[b].j0;
@@ -448,7 +444,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gr
       input_backward(st.batch_major, ln_ih_weight, st.ws, st.da_i, st.da_h, need_weight_grad);
   auto [grad_input, g_wih, g_whh] =
       ln_gru_backward_gemms(st.x, st.batch_major, weight_ih, d_gi, st.dg_raw, st.hprev,
-                            need_input_grad, need_weight_grad, aten_matmul);
+                            need_input_grad, need_weight_grad, cpu_matmul);
   return {grad_input, st.dh, g_wih, g_whh, g_gi, g_bi, g_gh, g_bh};
 }
 

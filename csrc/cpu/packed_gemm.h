@@ -1,0 +1,74 @@
+// fp32 GEMM for the CPU GRU with the right operand packed once per call into column panels:
+//   C[M, cols] = A[M, K] B[K, cols]  (or C += A B)
+// MKL, which ATen calls for fp32 products, reaches about half of an AVX-512 core's FMA rate on
+// the GRU's small-M step products (M = N rows: 56-60 GFLOP/s of ~117 on one Zen 4 core, see
+// benchmarks/NOTES.md) and ~165 GFLOP/s of ~234 on two cores on the input projection. Here B is
+// copied once per call into panels of kPanel = 16 columns (one AVX-512 vector of floats),
+// stored [panel][K][16] so a panel streams sequentially, and a micro-tile of up to kTileRows
+// rows x kTilePanels panels keeps its 8 x 3 = 24 vector accumulators in registers: per k,
+// 3 vector loads of B and 8 broadcasts of A feed 24 FMAs.
+// Every output element is one chain over k = 0, 1, ..., K - 1 with one FMA per term, so the
+// result does not depend on the tiling, on M, on the split over threads or on the thread
+// count (run to run and thread count to thread count bitwise equal).
+// x86-64 with AVX-512F only (checked at run time); elsewhere, and when FUSEDGRU_PACKED_GEMM=0
+// (read at every call: tests and benchmarks compare both paths in one process), callers use
+// ATen. Shape legend: M rows, K the reduction, cols output columns.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace fusedgru {
+namespace cpu {
+
+// One AVX-512 vector of floats: the width of a panel.
+constexpr int64_t kPanel = 16;
+
+// B [K, cols] in panels [panel][K][kPanel] (64-byte aligned, zero-padded columns).
+struct PackedB {
+  at::Tensor buf;
+  int64_t K = 0, panels = 0;
+  PackedB() = default;
+  PackedB(int64_t K, int64_t panels);
+  // Columns [0, cols) from panel p0 on: element (k, c) at col(c)[k sk]. Run by the thread that
+  // will use the panels (its memory, its cache).
+  template <typename ColFn>
+  void pack(int64_t p0, int64_t cols, int64_t sk, const ColFn& col) {
+    float* dst = buf.mutable_data_ptr<float>() + p0 * K * kPanel;
+    for (int64_t c0 = 0; c0 < cols; c0 += kPanel, dst += K * kPanel) {
+      const float* src[kPanel];
+      const int64_t w = std::min(kPanel, cols - c0);
+      for (int64_t l = 0; l < w; ++l) src[l] = col(c0 + l);
+      for (int64_t k = 0; k < K; ++k) {
+        for (int64_t l = 0; l < w; ++l) dst[k * kPanel + l] = src[l][k * sk];
+      }
+    }
+  }
+  const float* data() const { return buf.const_data_ptr<float>(); }
+};
+
+// Whether gemm_packed can run here (x86-64 with AVX-512F) and is not switched off by
+// FUSEDGRU_PACKED_GEMM=0.
+bool packed_gemm_enabled();
+
+// Packing B costs about as much as computing a few rows of C: worth it for fp32 when the packed
+// panels serve at least this many rows of A (over all the calls that reuse them).
+constexpr int64_t kMinPackedRows = 32;
+inline bool packing_pays(at::ScalarType dtype, int64_t rows) {
+  return dtype == at::kFloat && rows >= kMinPackedRows && packed_gemm_enabled();
+}
+
+// On the calling thread, rows [0, M) and panels [p0, p1) of B:
+//   C[i, c] (+)= sum_k A[i sam + k sak] B(k, 16 p0 + c),  c < ncols <= 16 (p1 - p0)
+// (columns c >= ncols of the last panel are not written).
+void gemm_packed(const float* a, int64_t sam, int64_t sak, int64_t M, const PackedB& b,
+                 int64_t p0, int64_t p1, int64_t ncols, float* c, int64_t ldc, bool accumulate);
+
+// The CPU's Matmul (fusedgru.h): out = a b + beta out. fp32 products worth the packing (see
+// packed_gemm.cpp) run through gemm_packed over the intra-op threads, the rest through ATen.
+void cpu_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double beta);
+
+}  // namespace cpu
+}  // namespace fusedgru

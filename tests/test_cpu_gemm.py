@@ -1,0 +1,132 @@
+"""The CPU's packed fp32 GEMM (csrc/cpu/packed_gemm.h): the GRU's step products, its input
+projection and the backward's GEMMs take it for fp32 when at least 32 rows reuse the packed
+operand (and K <= 4096 for a one-off product); FUSEDGRU_PACKED_GEMM=0 switches it off (ATen).
+Both paths against float64 nn.GRU, outputs and every gradient, on shapes that reach every tile
+remainder (rows mod 8, columns mod 16 and mod 48, one or two thread blocks, both sides of the
+thresholds); the packed path's claims of bitwise independence of the thread count and of the
+weights' strides."""
+
+import pytest
+import torch
+from gru_testing import TOL, assert_close, run_with_grads
+from torch import nn
+
+import fusedgru
+
+# (T, N, C, H) and what each reaches: rows = N per step and T N in the projection.
+SHAPES = [
+    (1, 40, 7, 17),     # one step of 40 rows (5 full tiles), 3H = 51 columns: a partial panel
+    (4, 8, 33, 1),      # H = 1: one 16-column panel, 3 of them used
+    (9, 1, 5, 130),     # T N = 9 < 32: the steps stay on ATen, the projection too
+    (40, 1, 5, 130),    # T N = 40: one-row steps on the packed path, 2 thread blocks
+    (6, 13, 300, 64),   # 13 rows = 8 + 5, K = 300 in the projection
+    (3, 17, 20, 200),   # 17 = 2 x 8 + 1 rows; 2 blocks of 112 / 88 units
+    (70, 70, 3, 33),    # T N = 4900 > 4096: the weight gradients' K goes to ATen
+]
+
+
+def shape_id(s):
+    return "T{}-N{}-C{}-H{}".format(*s)
+
+
+@pytest.fixture(params=["packed", "aten"])
+def gemm(request, monkeypatch):
+    monkeypatch.setenv("FUSEDGRU_PACKED_GEMM", "1" if request.param == "packed" else "0")
+    return request.param
+
+
+def fp64_pair(C, H, **kwargs):
+    ref = nn.GRU(C, H, **kwargs).double()
+    ours = fusedgru.GRU(C, H, **kwargs)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_fp32_against_float64(gemm, shape, bidirectional):
+    T, N, C, H = shape
+    ref, ours = fp64_pair(C, H, num_layers=2, bidirectional=bidirectional)
+    D = 2 if bidirectional else 1
+    x = torch.randn(T, N, C, dtype=torch.float64)
+    hx = torch.randn(2 * D, N, H, dtype=torch.float64)
+    go = torch.randn(T, N, D * H, dtype=torch.float64)
+    gh = torch.randn(2 * D, N, H, dtype=torch.float64)
+    r_out, r_h, r_grads = run_with_grads(ref, x.requires_grad_(), hx.requires_grad_(), go, gh)
+    o_out, o_h, o_grads = run_with_grads(
+        ours, x.detach().float().requires_grad_(), hx.detach().float().requires_grad_(),
+        go.float(), gh.float())
+    tol = TOL[torch.float32]
+    assert_close(o_out.double(), r_out, tol, f"{gemm} output")
+    assert_close(o_h.double(), r_h, tol, f"{gemm} h_n")
+    for i, (a, b) in enumerate(zip(o_grads, r_grads)):
+        assert_close(a.double(), b, tol, f"{gemm} grad {i}")
+
+
+@pytest.mark.parametrize("shape", [(40, 1, 5, 130), (6, 13, 300, 64), (3, 17, 20, 200)],
+                         ids=shape_id)
+def test_lengths_and_layer_norm_against_float64(gemm, shape):
+    T, N, C, H = shape
+    lengths = torch.randint(0, T + 1, (N,))
+    ref, ours = fp64_pair(C, H)
+    x = torch.randn(T, N, C, dtype=torch.float64)
+    go = torch.randn(T, N, H, dtype=torch.float64)
+    mask = (torch.arange(T)[:, None] < lengths[None, :]).double()[:, :, None]
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths.clamp_min(1), enforce_sorted=False)
+    r_out = nn.utils.rnn.pad_packed_sequence(ref(packed)[0], total_length=T)[0] * mask
+    o_out = ours(x.float(), lengths=lengths)[0]
+    assert_close(o_out.double() * mask, r_out, TOL[torch.float32], f"{gemm} output")
+    # LayerNormGRU: the same products feed its normalizations (its own reference is the float64
+    # module: tests/test_ln_gru.py holds it against its pure-PyTorch reference).
+    ln = fusedgru.LayerNormGRU(C, H)
+    ln64 = fusedgru.LayerNormGRU(C, H).double()
+    ln64.load_state_dict(ln.state_dict())
+    xl = x.float().requires_grad_()
+    xl64 = x.clone().requires_grad_()
+    out, out64 = ln(xl)[0], ln64(xl64)[0]
+    assert_close(out.double(), out64, TOL[torch.float32], f"{gemm} LayerNormGRU output")
+    g, g64 = torch.autograd.grad((out * go.float()).sum(), [xl, *ln.parameters()]), \
+        torch.autograd.grad((out64 * go).sum(), [xl64, *ln64.parameters()])
+    for i, (a, b) in enumerate(zip(g, g64)):
+        assert_close(a.double(), b, 10 * TOL[torch.float32], f"{gemm} LayerNormGRU grad {i}")
+
+
+def forward_backward(module, x, go):
+    x = x.clone().requires_grad_()
+    out, h = module(x)
+    grads = torch.autograd.grad((out * go).sum() + h.sum(), [x, *module.parameters()])
+    return [out, h, *grads]
+
+
+@pytest.mark.parametrize("shape", [(40, 1, 5, 130), (12, 19, 70, 200)], ids=shape_id)
+def test_packed_path_is_bitwise_independent_of_threads_and_strides(monkeypatch, shape):
+    """One chain over k per output element: the same bits whatever the thread count (1 or 2
+    thread blocks) and however the weights are laid out in memory."""
+    monkeypatch.setenv("FUSEDGRU_PACKED_GEMM", "1")
+    T, N, C, H = shape
+    m = fusedgru.GRU(C, H)
+    x, go = torch.randn(T, N, C), torch.randn(T, N, H)
+    before = torch.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2, 1):
+            torch.set_num_threads(threads)
+            runs.append(forward_backward(m, x, go))
+    finally:
+        torch.set_num_threads(before)
+    for i, (a, b) in enumerate(zip(runs[0], runs[1])):
+        assert torch.equal(a, b), f"tensor {i} differs between 1 and 2 threads"
+    for i, (a, b) in enumerate(zip(runs[0], runs[2])):
+        assert torch.equal(a, b), f"tensor {i} differs between two runs"
+    # The same weights as transposed (column-major) storage.
+    t = fusedgru.GRU(C, H)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            q = p.detach().clone()
+            if q.dim() == 2:
+                q = q.t().contiguous().t()
+                assert not q.is_contiguous()
+            setattr(t, name, nn.Parameter(q))
+    strided = forward_backward(t, x, go)
+    for i, (a, b) in enumerate(zip(runs[0][:3], strided[:3])):
+        assert torch.equal(a, b), f"tensor {i} differs with column-major weights"
