@@ -20,6 +20,7 @@ import itertools
 import os
 import sys
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -34,7 +35,8 @@ import fusedgru  # noqa: E402
 PEER_TOLERANCE = 1e-4
 
 # The JSON's name suffix per variant (none for the plain GRU, as in benchmarks/results/).
-SUFFIX = {"gru": "", "layernorm": "layernorm", "packed": "packed", "cell": "cell"}
+SUFFIX = {"gru": "", "layernorm": "layernorm", "packed": "packed", "cell": "cell",
+          "stream": "stream"}
 
 
 def parse_args(argv=None):
@@ -51,13 +53,16 @@ def parse_args(argv=None):
     p.add_argument("--num-layers", "--layers", dest="layers", type=common.positive_int, nargs="+",
                    default=[1], metavar="L", help="numbers of layers (default: 1)")
     p.add_argument("--bidirectional", action="store_true")
-    p.add_argument("--variant", default="gru", choices=["gru", "layernorm", "packed", "cell"],
+    p.add_argument("--variant", default="gru",
+                   choices=["gru", "layernorm", "packed", "cell", "stream"],
                    help="gru: fusedgru.GRU vs nn.GRU; layernorm: fusedgru.LayerNormGRU (the cost "
                         "of its normalization, against the same nn.GRU); packed: variable "
                         "lengths drawn uniformly from 1..T, nn.GRU on a PackedSequence (packing "
                         "and unpacking included) vs fusedgru.GRU(x, lengths=...) on the padded "
                         "batch; cell: streaming, T steps of fusedgru.GRUCell vs nn.GRUCell in a "
-                        "Python loop carrying h (1 layer)")
+                        "Python loop carrying h (1 layer); stream: streaming inference, T calls "
+                        "of fusedgru.GRU vs nn.GRU on one step [1, N, I] each, carrying h_n "
+                        "(the peers too: one session call per step with its state)")
     p.add_argument("--dtype", nargs="+", choices=list(common.DTYPES))
     p.add_argument("--tf32", nargs="+", choices=["on", "off"],
                    help="fp32 on CUDA: torch.backends.cudnn/cuda.matmul.allow_tf32, the same "
@@ -89,8 +94,12 @@ def parse_args(argv=None):
     for path, device in (("per-step", "cuda"), ("aten-gemm", "cpu")):
         if path in args.paths and args.device != device:
             p.error(f"--paths {path}: --device {device} only")
-    if args.peers and (cuda or args.variant != "gru" or args.dtype != ["fp32"]):
-        p.error("--peers: CPU, --variant gru, --dtype fp32 only (the peers' inference path)")
+    if args.peers and (cuda or args.variant not in ("gru", "stream") or args.dtype != ["fp32"]):
+        p.error("--peers: CPU, --variant gru or stream, --dtype fp32 only (the peers' "
+                "inference path)")
+    if args.variant == "stream" and (args.modes != ["fwd"] or args.layers != [1]
+                                     or args.bidirectional):
+        p.error("--variant stream: --modes fwd, one layer, one direction (inference steps)")
     available = []
     for peer in args.peers:
         if peer_missing := peers.missing(peer):
@@ -143,6 +152,17 @@ def bench_point(args, T, N, I, H, L, dtype_name, tf32, path):
             return torch.stack(outs)
 
         run = {ref: stream, ours: stream}
+    if args.variant == "stream":
+        h0 = torch.randn(1, N, H, device=device, dtype=dtype)
+
+        def steps(m, inp):
+            h, outs = h0, []
+            for t in range(inp.shape[0]):
+                out, h = m(inp[t:t + 1], h)
+                outs.append(out)
+            return torch.cat(outs)
+
+        run = {ref: steps, ours: steps}
     if args.variant == "packed":
         lengths = torch.randint(1, T + 1, (N,))
         lengths_dev = lengths.to(device)
@@ -167,9 +187,20 @@ def bench_point(args, T, N, I, H, L, dtype_name, tf32, path):
     if args.peers:
         x_np = x.numpy()
         with torch.no_grad():
-            want = ref(x)[0]
+            want = run[ref](ref, x)
         for peer in args.peers:
-            runner = peers.make_runner(peer, ref, args.threads)
+            if args.variant == "stream":
+                step = peers.make_runner(peer, ref, args.threads, state=True)
+                h0_np = h0.numpy()
+
+                def runner(x_np, step=step, h0_np=h0_np):
+                    h, outs = h0_np, []
+                    for t in range(x_np.shape[0]):
+                        out, h = step(x_np[t:t + 1], h)
+                        outs.append(out)
+                    return np.concatenate(outs)
+            else:
+                runner = peers.make_runner(peer, ref, args.threads)
             err = (torch.from_numpy(runner(x_np)) - want).abs().max().item()
             if err > PEER_TOLERANCE * max(1.0, want.abs().max().item()):
                 raise RuntimeError(f"{peer} disagrees with nn.GRU by {err:.3g} (T={T} N={N} "
@@ -200,7 +231,8 @@ def bench_point(args, T, N, I, H, L, dtype_name, tf32, path):
 
 def names(variant, device):
     """(ours, reference) as the sentences and the table name them."""
-    ref = {"cell": "nn.GRUCell", "packed": "nn.GRU on a PackedSequence"}.get(variant, "nn.GRU")
+    ref = {"cell": "nn.GRUCell", "packed": "nn.GRU on a PackedSequence",
+           "stream": "nn.GRU one call per step"}.get(variant, "nn.GRU")
     if device == "cuda" and variant != "cell":
         ref = ref.replace("nn.GRU", "nn.GRU (cuDNN)")
     ours = {"cell": "fusedgru.GRUCell", "layernorm": "fusedgru.LayerNormGRU"}.get(variant,

@@ -42,14 +42,18 @@ def _onnx_gates(w, H):
     return torch.cat([z, r, n])
 
 
-def onnx_gru_model(ref: nn.GRU):
+def onnx_gru_model(ref: nn.GRU, state=False):
     """An ONNX model computing ref (time-major input X [T, N, I], output Y [T, N, D*H], zero
-    initial state), weights copied as float32."""
+    initial state), weights copied as float32. With ``state`` (one layer, one direction): also
+    the initial state as input H0 [1, N, H] and the final one as output HN [1, N, H], the
+    streaming call."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     H, L = ref.hidden_size, ref.num_layers
     D = 2 if ref.bidirectional else 1
+    if state and (L != 1 or D != 1):
+        raise ValueError("state=True: one layer, one direction")
     nodes, inits = [], []
     x = "X"
     for layer in range(L):
@@ -71,24 +75,29 @@ def onnx_gru_model(ref: nn.GRU):
             inits.append(numpy_helper.from_array(torch.stack(t).numpy(), name))
         y = f"Y{layer}"
         nodes.append(helper.make_node(
-            "GRU", [x, *names], [y], hidden_size=H, linear_before_reset=1,
+            "GRU", [x, *names, *(["", "H0"] if state else [])], [y, *(["HN"] if state else [])],
+            hidden_size=H, linear_before_reset=1,
             direction="bidirectional" if D == 2 else "forward"))
         # Y [T, D, N, H] -> [T, N, D * H], the next layer's input and the model's output.
         nodes.append(helper.make_node("Transpose", [y], [y + "t"], perm=[0, 2, 1, 3]))
         inits.append(numpy_helper.from_array(torch.tensor([0, 0, D * H]).numpy(), f"S{layer}"))
         x = "Y" if layer == L - 1 else f"X{layer + 1}"
         nodes.append(helper.make_node("Reshape", [y + "t", f"S{layer}"], [x]))
-    graph = helper.make_graph(
-        nodes, "gru", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "N", None])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["T", "N", D * H])], inits)
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "N", None])]
+    outputs = [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["T", "N", D * H])]
+    if state:
+        inputs.append(helper.make_tensor_value_info("H0", TensorProto.FLOAT, [1, "N", H]))
+        outputs.append(helper.make_tensor_value_info("HN", TensorProto.FLOAT, [1, "N", H]))
+    graph = helper.make_graph(nodes, "gru", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
 
-def make_runner(peer, ref: nn.GRU, threads):
-    """A callable x -> y (float32 arrays) running ref's weights on the peer."""
-    model = onnx_gru_model(ref)
+def make_runner(peer, ref: nn.GRU, threads, state=False):
+    """A callable x -> y (float32 arrays) running ref's weights on the peer; with ``state`` (one
+    layer, one direction) (x, h0) -> (y, h_n), h [1, N, H], the streaming call."""
+    model = onnx_gru_model(ref, state)
     if peer == "onnxruntime":
         import onnxruntime as ort
 
@@ -96,6 +105,8 @@ def make_runner(peer, ref: nn.GRU, threads):
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        if state:
+            return lambda x, h: tuple(session.run(None, {"X": x, "H0": h}))
         return lambda x: session.run(None, {"X": x})[0]
     import openvino as ov
 
@@ -107,4 +118,9 @@ def make_runner(peer, ref: nn.GRU, threads):
         compiled = core.compile_model(core.read_model(path), "CPU", {
             "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
+    if state:
+        def step(x, h):
+            result = request.infer([x, h])
+            return result[0], result[1]
+        return step
     return lambda x: request.infer([x])[0]

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
@@ -239,10 +240,84 @@ class GRU(_GRUInterface, nn.RNNBase):
     def flatten_parameters(self) -> None:
         """No-op: the fused kernels read each weight where it is (nn.GRU packs them for cuDNN)."""
 
+    def forward(self, input, hx: Tensor | None = None, *,
+                lengths: Tensor | Sequence[int] | None = None):
+        if lengths is None and hx is not None:
+            lean = self._lean_forward(input, hx)
+            if lean is not None:
+                return lean
+        return super().forward(input, hx, lengths=lengths)
+
+    forward.__doc__ = _GRUInterface.forward.__doc__
+
+    def _lean_forward(self, input, hx):
+        """The common inference call (streaming: one call per step carrying ``hx``) straight to
+        the CPU kernels: plain CPU tensors, ``hx`` given, no gradient wanted (grad mode off), no
+        ``lengths``, no dropout to apply, not under torch.compile, autocast, forward-mode AD or
+        a torch.func transform (see :func:`fusedgru._ops.needs_reference`). It returns None
+        unless every one of nn.GRU's checks would pass, and the full path then runs and raises
+        nn.GRU's error, so errors are the same; what it skips is the full path's general
+        machinery (PackedSequence, lengths, autocast, autograd, the reference fallback)."""
+        if (torch.is_grad_enabled() or type(input) is not Tensor or type(hx) is not Tensor
+                or not input.is_cpu or not hx.is_cpu or torch.compiler.is_compiling()
+                or torch.is_autocast_enabled("cpu") or fwAD._current_level >= 0
+                or torch._C._functorch.peek_interpreter_stack() is not None
+                or (self.training and self.dropout > 0 and self.num_layers > 1)):
+            return None
+        unbatched = input.dim() == 2
+        if unbatched:
+            if hx.dim() != 2:
+                return None
+            input, hx = input.unsqueeze(1), hx.unsqueeze(1)
+        elif input.dim() != 3:
+            return None
+        x = input.transpose(0, 1) if self.batch_first else input
+        T, N, C = x.shape
+        D = 2 if self.bidirectional else 1
+        H, L = self.hidden_size, self.num_layers
+        dtype = x.dtype
+        if (T == 0 or C != self.input_size or hx.dtype != dtype
+                or tuple(hx.shape) != (L * D, N, H)):
+            return None
+        weights = self._weights()
+        per = 4 if self.bias else 2
+        for i, p in enumerate(weights):
+            k, kind = divmod(i, per)
+            cols = (C if k < D else D * H) if kind == 0 else H if kind == 1 else None
+            if (type(p) is not nn.Parameter and type(p) is not Tensor) or p.dtype != dtype \
+                    or not p.is_cpu or p.shape != ((3 * H, cols) if cols else (3 * H,)):
+                return None
+        op = torch.ops.fusedgru.gru_forward.default
+        h_n = []
+        # Grad mode is off: nothing for autograd to record, so dispatch below it (its Python
+        # kernel costs more than a small step); dispatch modes and tracing still see the op.
+        with torch._C._AutoDispatchBelowAutograd():
+            for layer in range(L):
+                outs = []
+                for d in range(D):
+                    k = layer * D + d
+                    w = weights[k * per:(k + 1) * per]
+                    b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
+                    out, h, _ = op(x, hx[k], w[0], w[1], b_ih, b_hh, None, d == 1, False)
+                    outs.append(out)
+                    h_n.append(h)
+                x = outs[0] if D == 1 else torch.cat(outs, dim=2)
+            h_n = h_n[0].unsqueeze(0) if len(h_n) == 1 else torch.stack(h_n, 0)
+        output = x.transpose(0, 1) if self.batch_first else x
+        if unbatched:
+            output, h_n = output.squeeze(1), h_n.squeeze(1)
+        return output, h_n
+
     def _weights(self) -> list[Tensor]:
-        # getattr (not the cached _flat_weights) so torch.func.functional_call and weight
-        # reassignment are always seen.
-        return [getattr(self, name) for name in self._flat_weights_names]
+        # The live weights (not the cached _flat_weights) so torch.func.functional_call and
+        # weight reassignment are always seen: from _parameters directly (what nn.Module's
+        # __getattr__ returns for them, at a fifth of its cost per name), through getattr when
+        # one is not there (a parametrization makes it a property of the class).
+        params = self._parameters
+        weights = [params.get(name) for name in self._flat_weights_names]
+        if any(w is None for w in weights) or type(self).__getattr__ is not nn.Module.__getattr__:
+            weights = [getattr(self, name) for name in self._flat_weights_names]
+        return weights
 
     def _run(self, input, hx, batch_first, lengths=None):
         return gru(input, hx, self._weights(), self.bias, self.num_layers, self.dropout,

@@ -34,7 +34,8 @@ constexpr int64_t kMaxPackedK = 4096;
 constexpr int64_t kRowBlock = 64;
 
 PackedB::PackedB(int64_t K_, int64_t panels_) : K(K_), panels(panels_) {
-  buf = at::zeros({panels * K * kPanel}, at::TensorOptions().dtype(at::kFloat));
+  // Not zero-filled: pack() writes every column it is given and zeroes a last panel's padding.
+  buf = at::empty({panels * K * kPanel}, at::TensorOptions().dtype(at::kFloat));
 }
 
 bool packed_gemm_enabled() {

@@ -26,14 +26,15 @@ namespace cpu {
 // One AVX-512 vector of floats: the width of a panel.
 constexpr int64_t kPanel = 16;
 
-// B [K, cols] in panels [panel][K][kPanel] (64-byte aligned, zero-padded columns).
+// B [K, cols] in panels [panel][K][kPanel] (64-byte aligned); a partial last panel's padding
+// columns are zero. Every panel must be packed before use.
 struct PackedB {
   at::Tensor buf;
   int64_t K = 0, panels = 0;
   PackedB() = default;
   PackedB(int64_t K, int64_t panels);
-  // Columns [0, cols) from panel p0 on: element (k, c) at col(c)[k sk]. Run by the thread that
-  // will use the panels (its memory, its cache).
+  // Columns [0, cols) from panel p0 on: element (k, c) at col(c)[k sk], the columns past cols
+  // of the last panel zero. Run by the thread that will use the panels (its memory, its cache).
   template <typename ColFn>
   void pack(int64_t p0, int64_t cols, int64_t sk, const ColFn& col) {
     float* dst = buf.mutable_data_ptr<float>() + p0 * K * kPanel;
@@ -43,6 +44,7 @@ struct PackedB {
       for (int64_t l = 0; l < w; ++l) src[l] = col(c0 + l);
       for (int64_t k = 0; k < K; ++k) {
         for (int64_t l = 0; l < w; ++l) dst[k * kPanel + l] = src[l][k * sk];
+        for (int64_t l = w; l < kPanel; ++l) dst[k * kPanel + l] = 0.0f;
       }
     }
   }

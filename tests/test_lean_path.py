@@ -1,0 +1,123 @@
+"""fusedgru.GRU's lean inference path (GRU._lean_forward): the common inference call on the CPU
+(hx given, grad mode off, no lengths) goes straight to the kernels. Same results as the full
+path and nn.GRU, nn.GRU's errors for every bad input, and the full path wherever the lean one
+does not apply."""
+
+import pytest
+import torch
+from gru_testing import TOL, assert_close, pair
+from test_gru_interface import BAD_INPUTS
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import fusedgru
+from fusedgru import functional
+
+
+@pytest.fixture
+def full_path_refused(monkeypatch):
+    """The full path raises: a call that still works went the lean way."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the full path ran")
+    monkeypatch.setattr(functional, "_layers", refuse)
+
+
+CASES = [
+    dict(num_layers=1),
+    dict(num_layers=2, bidirectional=True),
+    dict(num_layers=2, batch_first=True, bias=False),
+    dict(num_layers=3, dropout=0.5),  # eval mode: no dropout to apply
+]
+
+
+@pytest.mark.parametrize("kwargs", CASES, ids=lambda k: "-".join(f"{a}={b}" for a, b in k.items()))
+@pytest.mark.parametrize("shape", [(1, 1), (1, 3), (17, 1), (5, 130)], ids=lambda s: f"T{s[0]}-N{s[1]}")
+def test_lean_path_equals_nn_gru_and_the_full_path(kwargs, shape):
+    T, N = shape
+    ref, ours = pair("cpu", torch.float32, 7, 17, **kwargs)
+    ref.eval()
+    ours.eval()
+    D = 2 if kwargs.get("bidirectional") else 1
+    L = kwargs["num_layers"]
+    x = torch.randn(N, T, 7) if kwargs.get("batch_first") else torch.randn(T, N, 7)
+    x = x.transpose(0, 1).contiguous().transpose(0, 1)  # strided
+    hx = torch.randn(L * D, N, 17)
+    with torch.no_grad():
+        lean = ours._lean_forward(x, hx)
+        assert lean is not None
+        out, h_n = ours(x, hx)
+        want = ref(x, hx)
+        full = fusedgru.gru(x, hx, ours._weights(), ours.bias, L, ours.dropout, ours.training,
+                            D == 2, ours.batch_first)
+    for a, b, c, what in zip((out, h_n), lean, full, ("output", "h_n")):
+        assert torch.equal(a, b) and torch.equal(a, c), what
+    assert_close(out, want[0], TOL[torch.float32], "output")
+    assert_close(h_n, want[1], TOL[torch.float32], "h_n")
+
+
+def test_unbatched_and_inference_mode_take_the_lean_path(full_path_refused):
+    ref, ours = pair("cpu", torch.float32, 5, 9)
+    x, hx = torch.randn(4, 5), torch.randn(1, 9)
+    with torch.inference_mode():
+        out, h_n = ours(x, hx)
+        want = ref(x, hx)
+    assert out.shape == (4, 9) and h_n.shape == (1, 9)
+    assert_close(out, want[0], TOL[torch.float32], "output")
+    assert_close(h_n, want[1], TOL[torch.float32], "h_n")
+    for t in range(4):  # streaming one step at a time
+        with torch.no_grad():
+            step, hx = ours(x[t:t + 1], hx)
+        assert_close(step[0], want[0][t], TOL[torch.float32], f"step {t}")
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_inputs_raise_like_nn_gru_without_grad(case):
+    ref, ours = pair("cpu", torch.float32, 4, 6, num_layers=2)
+    x, hx = BAD_INPUTS[case]("cpu")
+    if hx is None:
+        hx = torch.randn(2, 6) if x.dim() == 2 else torch.randn(2, 2, 6)
+    with torch.no_grad():
+        with pytest.raises(Exception) as expected:
+            ref(x, hx)
+        with pytest.raises(type(expected.value)) as got:
+            ours(x, hx)
+    assert str(got.value) == str(expected.value)
+
+
+def test_misshapen_or_mistyped_weights_take_the_full_paths_errors():
+    m = fusedgru.GRU(4, 6)
+    x, hx = torch.randn(3, 2, 4), torch.randn(1, 2, 6)
+    m.weight_hh_l0 = nn.Parameter(torch.randn(18, 5))
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"weight_hh_l0 must have shape"):
+        m(x, hx)
+    m = fusedgru.GRU(4, 6)
+    m.bias_hh_l0 = nn.Parameter(m.bias_hh_l0.detach().double())
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"does not match weight dtype"):
+        m(x, hx)
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_full_path_where_the_lean_one_does_not_apply():
+    m = fusedgru.GRU(4, 6, num_layers=2, dropout=0.5)
+    x, hx = torch.randn(3, 2, 4), torch.randn(2, 2, 6)
+    with torch.no_grad():
+        assert m._lean_forward(x, hx) is None  # training mode with dropout between layers
+        m.eval()
+        assert m._lean_forward(x, hx) is not None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert m._lean_forward(x, hx) is None
+        assert m._lean_forward(x.double(), hx) is None
+        assert m._lean_forward(x, hx.double()) is None
+    assert m._lean_forward(x, hx) is None  # grad mode on
+    with torch.no_grad(), _Recorder() as rec:  # dispatch modes still see the kernels
+        m(x, hx)
+    assert rec.ops.count("fusedgru.gru_forward.default") == 2
