@@ -30,8 +30,10 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("kwargs", CASES, ids=lambda k: "-".join(f"{a}={b}" for a, b in k.items()))
-@pytest.mark.parametrize("shape", [(1, 1), (1, 3), (17, 1), (5, 130)], ids=lambda s: f"T{s[0]}-N{s[1]}")
+@pytest.mark.parametrize("kwargs", CASES,
+                         ids=lambda k: "-".join(f"{a}={b}" for a, b in k.items()))
+@pytest.mark.parametrize("shape", [(1, 1), (1, 3), (17, 1), (5, 130)],
+                         ids=lambda s: f"T{s[0]}-N{s[1]}")
 def test_lean_path_equals_nn_gru_and_the_full_path(kwargs, shape):
     T, N = shape
     ref, ours = pair("cpu", torch.float32, 7, 17, **kwargs)

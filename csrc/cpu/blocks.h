@@ -92,10 +92,10 @@ inline at::Tensor rows_of(const at::Tensor& x, int64_t rows) {
 struct GateBlocks {
   std::vector<at::Tensor> w, gh;
   std::vector<PackedB> packed;
-  GateBlocks(const at::Tensor& weight_hh, const std::vector<Block>& blocks, int64_t N,
-             bool pack) {
+  GateBlocks(const at::Tensor& weight_hh, const std::vector<Block>& blocks, int64_t N, bool pack) {
     const int64_t H = weight_hh.size(1), nb = static_cast<int64_t>(blocks.size());
-    for (const Block& blk : blocks) gh.push_back(at::empty({N, 3 * (blk.j1 - blk.j0)}, weight_hh.options()));
+    for (const Block& blk : blocks)
+      gh.push_back(at::empty({N, 3 * (blk.j1 - blk.j0)}, weight_hh.options()));
     if (pack) {
       packed.resize(nb);
       const float* wh = weight_hh.const_data_ptr<float>();
@@ -103,20 +103,18 @@ struct GateBlocks {
       for_blocks(nb, [&](int64_t b) {
         const int64_t j0 = blocks[b].j0, width = blocks[b].j1 - j0;
         packed[b] = PackedB(H, (3 * width + kPanel - 1) / kPanel);
-        packed[b].pack(0, 3 * width, s1, [&](int64_t c) {
-          return wh + ((c / width) * H + j0 + c % width) * s0;
-        });
+        packed[b].pack(0, 3 * width, s1,
+                       [&](int64_t c) { return wh + ((c / width) * H + j0 + c % width) * s0; });
       });
       return;
     }
     for (const Block& blk : blocks) {
       const int64_t width = blk.j1 - blk.j0;
-      w.push_back(blocks.size() == 1
-                      ? weight_hh.t()
-                      : at::cat({weight_hh.narrow(0, blk.j0, width),
-                                 weight_hh.narrow(0, H + blk.j0, width),
-                                 weight_hh.narrow(0, 2 * H + blk.j0, width)})
-                            .t());
+      w.push_back(blocks.size() == 1 ? weight_hh.t()
+                                     : at::cat({weight_hh.narrow(0, blk.j0, width),
+                                                weight_hh.narrow(0, H + blk.j0, width),
+                                                weight_hh.narrow(0, 2 * H + blk.j0, width)})
+                                           .t());
     }
   }
   // gh_b[:rows] = h[:rows] W_b on the calling thread; h [N, H] contiguous.
@@ -162,8 +160,8 @@ struct ColumnBlocks {
       rows_of(dh[b], rows).addmm_(rows_of(dg, rows), w[b]);
     } else {
       gemm_packed(dg.const_data_ptr<float>(), dg.stride(0), dg.stride(1), rows, packed[b], 0,
-                  packed[b].panels, dh[b].size(1), dh[b].mutable_data_ptr<float>(),
-                  dh[b].stride(0), true);
+                  packed[b].panels, dh[b].size(1), dh[b].mutable_data_ptr<float>(), dh[b].stride(0),
+                  true);
     }
   }
 };

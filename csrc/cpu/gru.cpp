@@ -318,7 +318,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input, const Tensor
   const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
   // One step reuses nothing: one GEMM over all units (ATen's threads) rather than copying
   // W_hh into per-thread blocks.
-  const std::vector<Block> blocks = T == 1 ? std::vector<Block>{{0, H}} : plan_blocks(N, H, weight_hh.element_size());
+  const std::vector<Block> blocks =
+      T == 1 ? std::vector<Block>{{0, H}} : plan_blocks(N, H, weight_hh.element_size());
   const int64_t nb = static_cast<int64_t>(blocks.size());
 
   const GateBlocks gates(weight_hh, blocks, N, packing_pays(input.scalar_type(), T * N));

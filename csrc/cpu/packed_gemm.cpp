@@ -55,8 +55,7 @@ namespace {
 // Columns from ncols on (within this tile) are not written.
 template <int MR, int NR>
 FUSEDGRU_AVX512 inline void tile(const float* a, int64_t sam, int64_t sak, const float* b,
-                                 int64_t K, float* c, int64_t ldc, int64_t ncols,
-                                 bool accumulate) {
+                                 int64_t K, float* c, int64_t ldc, int64_t ncols, bool accumulate) {
   __m512 acc[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
@@ -86,14 +85,22 @@ FUSEDGRU_AVX512 inline void tile_rows(int64_t mr, const float* a, int64_t sam, i
                                       const float* b, int64_t K, float* c, int64_t ldc,
                                       int64_t ncols, bool acc) {
   switch (mr) {
-    case 8: return tile<8, NR>(a, sam, sak, b, K, c, ldc, ncols, acc);
-    case 7: return tile<7, NR>(a, sam, sak, b, K, c, ldc, ncols, acc);
-    case 6: return tile<6, NR>(a, sam, sak, b, K, c, ldc, ncols, acc);
-    case 5: return tile<5, NR>(a, sam, sak, b, K, c, ldc, ncols, acc);
-    case 4: return tile<4, NR>(a, sam, sak, b, K, c, ldc, ncols, acc);
-    case 3: return tile<3, NR>(a, sam, sak, b, K, c, ldc, ncols, acc);
-    case 2: return tile<2, NR>(a, sam, sak, b, K, c, ldc, ncols, acc);
-    default: return tile<1, NR>(a, sam, sak, b, K, c, ldc, ncols, acc);
+    case 8:
+      return tile<8, NR>(a, sam, sak, b, K, c, ldc, ncols, acc);
+    case 7:
+      return tile<7, NR>(a, sam, sak, b, K, c, ldc, ncols, acc);
+    case 6:
+      return tile<6, NR>(a, sam, sak, b, K, c, ldc, ncols, acc);
+    case 5:
+      return tile<5, NR>(a, sam, sak, b, K, c, ldc, ncols, acc);
+    case 4:
+      return tile<4, NR>(a, sam, sak, b, K, c, ldc, ncols, acc);
+    case 3:
+      return tile<3, NR>(a, sam, sak, b, K, c, ldc, ncols, acc);
+    case 2:
+      return tile<2, NR>(a, sam, sak, b, K, c, ldc, ncols, acc);
+    default:
+      return tile<1, NR>(a, sam, sak, b, K, c, ldc, ncols, acc);
   }
 }
 static_assert(kTileRows == 8 && kTilePanels == 3, "tile_rows and gemm_packed_avx512 spell these");
@@ -126,8 +133,8 @@ FUSEDGRU_AVX512 void gemm_packed_avx512(const float* a, int64_t sam, int64_t sak
 }  // namespace
 #endif
 
-void gemm_packed(const float* a, int64_t sam, int64_t sak, int64_t M, const PackedB& b,
-                 int64_t p0, int64_t p1, int64_t ncols, float* c, int64_t ldc, bool accumulate) {
+void gemm_packed(const float* a, int64_t sam, int64_t sak, int64_t M, const PackedB& b, int64_t p0,
+                 int64_t p1, int64_t ncols, float* c, int64_t ldc, bool accumulate) {
 #ifdef FUSEDGRU_PACKED_GEMM_X86
   gemm_packed_avx512(a, sam, sak, M, b, p0, p1, ncols, c, ldc, accumulate);
 #else
@@ -162,9 +169,9 @@ void cpu_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, doubl
       const int64_t i0 = (t / chunks) * kRowBlock, q0 = (t % chunks) * chunk;
       const int64_t q1 = std::min(panels, q0 + chunk);
       if (q0 >= q1) continue;
-      gemm_packed(asrc + i0 * a.stride(0), a.stride(0), a.stride(1),
-                  std::min(kRowBlock, M - i0), pb, q0, q1, cols - q0 * kPanel,
-                  dst + i0 * out.stride(0) + q0 * kPanel, out.stride(0), beta != 0);
+      gemm_packed(asrc + i0 * a.stride(0), a.stride(0), a.stride(1), std::min(kRowBlock, M - i0),
+                  pb, q0, q1, cols - q0 * kPanel, dst + i0 * out.stride(0) + q0 * kPanel,
+                  out.stride(0), beta != 0);
     }
   });
 }

@@ -65,8 +65,8 @@ inline bool packing_pays(at::ScalarType dtype, int64_t rows) {
 // On the calling thread, rows [0, M) and panels [p0, p1) of B:
 //   C[i, c] (+)= sum_k A[i sam + k sak] B(k, 16 p0 + c),  c < ncols <= 16 (p1 - p0)
 // (columns c >= ncols of the last panel are not written).
-void gemm_packed(const float* a, int64_t sam, int64_t sak, int64_t M, const PackedB& b,
-                 int64_t p0, int64_t p1, int64_t ncols, float* c, int64_t ldc, bool accumulate);
+void gemm_packed(const float* a, int64_t sam, int64_t sak, int64_t M, const PackedB& b, int64_t p0,
+                 int64_t p1, int64_t ncols, float* c, int64_t ldc, bool accumulate);
 
 // The CPU's Matmul (fusedgru.h): out = a b + beta out. fp32 products worth the packing (see
 // packed_gemm.cpp) run through gemm_packed over the intra-op threads, the rest through ATen.
