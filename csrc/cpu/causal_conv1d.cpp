@@ -15,6 +15,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "../causal_conv1d.h"
@@ -109,10 +110,77 @@ FUSEDGRU_CLONES void conv_row(const CausalConvParams& p, int64_t n, int64_t c,
   }
 }
 
+// A short filter (W <= kMaxFusedTaps) in one pass over the row: each output's taps summed in
+// registers in conv_row's order (bias, then k = 0, ..., W - 1), activated and stored (the same
+// sums; with SiLU an output may differ from the two-pass version by an ulp, as the compiler
+// contracts the activation's products differently). conv_row's accumulate-then-store passes
+// over a row buffer took 4-5x a copy of the same bytes at W = 4 (benchmarks/NOTES.md). float
+// and double rows (the 16-bit types' structs would not vectorize here; they keep conv_row).
+constexpr int64_t kMaxFusedTaps = 4;
+
+// y[t] = act(b + sum_k w[k] x[t - (kW - 1 - k) d]) for t in [0, n); x at the span's t = 0.
+template <int kW, int64_t kAct, typename T>
+FUSEDGRU_INLINE void conv_span(T* __restrict y, const T* __restrict x, const T* __restrict w, T b,
+                               int64_t d, int64_t n) {
+  T wk[kW];
+  for (int k = 0; k < kW; ++k) wk[k] = w[k];
+  for (int64_t t = 0; t < n; ++t) {
+    T acc = b;
+    for (int k = 0; k < kW; ++k) acc += wk[k] * x[t - (kW - 1 - k) * d];
+    y[t] = activate(acc, kAct);
+  }
+}
+
+template <int kW, int64_t kAct, typename T>
+FUSEDGRU_CLONES void conv_row_fused(const CausalConvParams& p, int64_t n, int64_t c) {
+  const int64_t L = p.L, d = p.dilation, S = (kW - 1) * d;
+  const auto* x = static_cast<const T*>(p.x) + n * p.x_sn + c * p.x_sc;
+  const auto* init = p.init != nullptr ? static_cast<const T*>(p.init) + n * p.i_sn + c * p.i_sc
+                                       : nullptr;
+  const auto* w = static_cast<const T*>(p.weight) + c * kW;
+  const T b = p.bias != nullptr ? static_cast<const T*>(p.bias)[c] : T(0);
+  T* y = static_cast<T*>(p.y) + n * p.y_sn + c * p.y_sc;
+  const int64_t head = std::min(S, L);  // steps that reach back before t = 0
+  for (int64_t t = 0; t < head; ++t) {
+    T acc = b;
+    for (int64_t k = 0; k < kW; ++k) acc += w[k] * tap(p, x, init, t - (kW - 1 - k) * d, S);
+    y[t] = activate(acc, kAct);
+  }
+  conv_span<kW, kAct>(y + head, x + head, w, b, d, L - head);
+}
+
+template <int kW, int64_t kAct, typename T>
+void forward_rows_fused(const CausalConvParams& p, int64_t grain) {
+  at::parallel_for(0, p.N * p.C, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) conv_row_fused<kW, kAct, T>(p, r / p.C, r % p.C);
+  });
+}
+
+template <int kW, typename T>
+void forward_rows_fused(const CausalConvParams& p, int64_t grain) {
+  if (p.activation == kActSilu) {
+    forward_rows_fused<kW, kActSilu, T>(p, grain);
+  } else if (p.activation == kActRelu) {
+    forward_rows_fused<kW, kActRelu, T>(p, grain);
+  } else {
+    forward_rows_fused<kW, kActNone, T>(p, grain);
+  }
+}
+
 template <typename scalar_t>
 void forward_rows(const CausalConvParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t grain = std::max<int64_t>(1, kTaskGrain / std::max<int64_t>(1, p.L));
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    static_assert(kMaxFusedTaps == 4, "the switch below spells the fused widths");
+    switch (p.W) {
+      case 1: return forward_rows_fused<1, scalar_t>(p, grain);
+      case 2: return forward_rows_fused<2, scalar_t>(p, grain);
+      case 3: return forward_rows_fused<3, scalar_t>(p, grain);
+      case 4: return forward_rows_fused<4, scalar_t>(p, grain);
+      default: break;
+    }
+  }
   at::parallel_for(0, p.N * p.C, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> z(p.L);
     for (int64_t r = begin; r < end; ++r) {
