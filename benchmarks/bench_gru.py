@@ -10,6 +10,9 @@ Prints a table and writes JSON (machine, versions, flags, results, the sentences
                                                       # bf16 and fp32 with TF32 on and off
   python benchmarks/bench_gru.py --seq-len 64 --batch 1 8 --hidden 1024 --variant cell
   python benchmarks/bench_gru.py --peers onnxruntime openvino --modes fwd   # CPU inference peers
+  python benchmarks/bench_gru.py --variant stream --seq-len 64 --batch 1 --modes fwd \
+      --peers onnxruntime openvino          # one call per step carrying h, the peers too
+  python benchmarks/bench_gru.py --paths auto aten-gemm   # CPU: packed GEMM vs ATen's
 
 Each row is also said in a sentence ("fusedgru is 1.34x faster than nn.GRU forward (...)").
 The JSON goes to benchmarks/runs/ (ignored by git) under a new name per run, see --out.
@@ -112,14 +115,30 @@ def parse_args(argv=None):
     return args
 
 
+# The switches the planners read at every call, and the --paths value that turns each off.
+PATH_SWITCHES = (("FUSEDGRU_PERSISTENT", "per-step"), ("FUSEDGRU_PACKED_GEMM", "aten-gemm"))
+
+
 def bench_point(args, T, N, I, H, L, dtype_name, tf32, path):
+    """One grid point with the path's switches set, the environment given back afterwards."""
+    saved = {var: os.environ.get(var) for var, _ in PATH_SWITCHES}
+    try:
+        for var, off in PATH_SWITCHES:
+            if path == off:
+                os.environ[var] = "0"
+            else:
+                os.environ.pop(var, None)
+        return timed_point(args, T, N, I, H, L, dtype_name, tf32, path)
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+
+
+def timed_point(args, T, N, I, H, L, dtype_name, tf32, path):
     device, dtype = args.device, common.DTYPES[dtype_name]
-    # The planners read FUSEDGRU_PERSISTENT and FUSEDGRU_PACKED_GEMM at every call.
-    for var, off in (("FUSEDGRU_PERSISTENT", "per-step"), ("FUSEDGRU_PACKED_GEMM", "aten-gemm")):
-        if path == off:
-            os.environ[var] = "0"
-        else:
-            os.environ.pop(var, None)
     if device == "cuda":
         torch.backends.cudnn.allow_tf32 = tf32 == "on"
         torch.backends.cuda.matmul.allow_tf32 = tf32 == "on"

@@ -61,9 +61,47 @@ def test_a_wrong_peer_conversion_is_caught_before_timing(monkeypatch):
                         os.devnull])
 
 
-def test_peers_need_cpu_fp32_gru():
+@pytest.mark.skipif(any(bench_gru.peers.missing(p) for p in bench_gru.peers.PEERS),
+                    reason="onnx, onnxruntime, openvino not installed: make examples-deps")
+def test_streaming_peers_carry_their_state(tmp_path, monkeypatch):
+    """--variant stream: T calls of one step each, the peers fed and giving back their state;
+    a peer whose state is dropped between steps (planted) disagrees with nn.GRU and is not
+    timed."""
+    argv = [*TINY_GRU, "--variant", "stream", "--modes", "fwd", "--peers", "onnxruntime",
+            "openvino", "--out", str(tmp_path / "s.json")]
+    record = json.load(open(bench_gru.main(argv)))
+    (row,) = record["results"]
+    assert row["variant"] == "stream" and set(row["peers_ms"]) == {"onnxruntime", "openvino"}
+    make_runner = bench_gru.peers.make_runner
+
+    def stateless(peer, ref, threads, state=False):
+        step = make_runner(peer, ref, threads, state)
+        return lambda x, h: step(x, 0 * h)
+
+    monkeypatch.setattr(bench_gru.peers, "make_runner", stateless)
+    with pytest.raises(RuntimeError, match="onnxruntime disagrees with nn.GRU"):
+        bench_gru.main(argv[:-1] + [os.devnull])
+
+
+def test_cpu_gemm_paths_in_one_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("FUSEDGRU_PACKED_GEMM", "1")
+    out = bench_gru.main([*TINY_GRU, "--paths", "auto", "aten-gemm", "--out",
+                          str(tmp_path / "p.json")])
+    record = json.load(open(out))
+    assert {r["path"] for r in record["results"]} == {"auto", "aten-gemm"}
+    assert any("aten-gemm path" in line for line in record["summary"])
+    assert os.environ["FUSEDGRU_PACKED_GEMM"] == "1"  # the caller's environment, given back
+
+
+@pytest.mark.parametrize("argv", [
+    ["--peers", "onnxruntime", "--variant", "cell"],
+    ["--paths", "per-step"],  # CUDA only
+    ["--variant", "stream", "--modes", "fwdbwd"],
+    ["--variant", "stream", "--num-layers", "2"],
+])
+def test_unsupported_combinations_are_argparse_errors(argv):
     with pytest.raises(SystemExit):
-        bench_gru.parse_args(["--peers", "onnxruntime", "--variant", "cell"])
+        bench_gru.parse_args(argv)
 
 
 def test_lower_case_options_and_old_aliases_agree():
