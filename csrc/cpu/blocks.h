@@ -1,5 +1,6 @@
-// Helpers shared by the CPU GRU kernels: function multiversioning, and the split of hidden
-// units into per-thread blocks that each thread keeps for a whole sequence.
+// Helpers shared by the CPU GRU kernels: function multiversioning, the split of hidden units
+// into per-thread blocks that each thread keeps for a whole sequence, and each block's step
+// products (GateBlocks forward, ColumnBlocks backward: packed GEMM or ATen).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -136,10 +137,8 @@ struct GateBlocks {
 struct ColumnBlocks {
   std::vector<at::Tensor> w, dh;
   std::vector<PackedB> packed;
-  std::vector<Block> blocks;
   ColumnBlocks(const at::Tensor& weight_hh, const at::Tensor& dh_all,
-               const std::vector<Block>& blocks_, bool pack)
-      : blocks(blocks_) {
+               const std::vector<Block>& blocks, bool pack) {
     const int64_t nb = static_cast<int64_t>(blocks.size());
     for (const Block& blk : blocks) dh.push_back(dh_all.narrow(1, blk.j0, blk.j1 - blk.j0));
     if (pack) {
