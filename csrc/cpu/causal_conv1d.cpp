@@ -135,8 +135,8 @@ template <int kW, int64_t kAct, typename T>
 FUSEDGRU_CLONES void conv_row_fused(const CausalConvParams& p, int64_t n, int64_t c) {
   const int64_t L = p.L, d = p.dilation, S = (kW - 1) * d;
   const auto* x = static_cast<const T*>(p.x) + n * p.x_sn + c * p.x_sc;
-  const auto* init = p.init != nullptr ? static_cast<const T*>(p.init) + n * p.i_sn + c * p.i_sc
-                                       : nullptr;
+  const auto* init =
+      p.init != nullptr ? static_cast<const T*>(p.init) + n * p.i_sn + c * p.i_sc : nullptr;
   const auto* w = static_cast<const T*>(p.weight) + c * kW;
   const T b = p.bias != nullptr ? static_cast<const T*>(p.bias)[c] : T(0);
   T* y = static_cast<T*>(p.y) + n * p.y_sn + c * p.y_sc;
@@ -174,11 +174,16 @@ void forward_rows(const CausalConvParams& p) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     static_assert(kMaxFusedTaps == 4, "the switch below spells the fused widths");
     switch (p.W) {
-      case 1: return forward_rows_fused<1, scalar_t>(p, grain);
-      case 2: return forward_rows_fused<2, scalar_t>(p, grain);
-      case 3: return forward_rows_fused<3, scalar_t>(p, grain);
-      case 4: return forward_rows_fused<4, scalar_t>(p, grain);
-      default: break;
+      case 1:
+        return forward_rows_fused<1, scalar_t>(p, grain);
+      case 2:
+        return forward_rows_fused<2, scalar_t>(p, grain);
+      case 3:
+        return forward_rows_fused<3, scalar_t>(p, grain);
+      case 4:
+        return forward_rows_fused<4, scalar_t>(p, grain);
+      default:
+        break;
     }
   }
   at::parallel_for(0, p.N * p.C, grain, [&](int64_t begin, int64_t end) {
