@@ -145,6 +145,25 @@ def _check_weight_shapes(input_size: int, params: Sequence[Tensor], names: Seque
     return H
 
 
+def stack_layers(x, hx, params, per_layer, num_layers, D, run_layer, dropout=0.0):
+    """The layers and directions of a GRU, each layer's output the next one's input (both
+    directions' outputs side by side, dropout between layers). x [T, N, C]; hx [L D, N, H];
+    params: per_layer tensors per layer and direction. run_layer(x, h0, layer_params, reverse)
+    -> (output [T, N, H], h_n [N, H]). Returns (output [T, N, D H], h_n [L D, N, H])."""
+    h_n = []
+    for layer in range(num_layers):
+        outs = []
+        for d in range(D):
+            k = layer * D + d
+            out, h = run_layer(x, hx[k], params[k * per_layer:(k + 1) * per_layer], d == 1)
+            outs.append(out)
+            h_n.append(h)
+        x = outs[0] if D == 1 else torch.cat(outs, dim=2)
+        if dropout > 0 and layer < num_layers - 1:
+            x = F.dropout(x, dropout, True)
+    return x, h_n[0].unsqueeze(0) if len(h_n) == 1 else torch.stack(h_n, 0)
+
+
 def _layers(input, hx, params, names, num_layers, dropout, train, bidirectional,
             batch_first, lengths, run_layer, what):
     """The multi-layer, multi-direction loop shared by the GRU variants, and the one place
@@ -182,19 +201,10 @@ def _layers(input, hx, params, names, num_layers, dropout, train, bidirectional,
         x.requires_grad or hx.requires_grad or any(p.requires_grad for p in params))
     # The inputs are cast already; keep autocast from casting again inside (the references).
     with no_autocast(x.device.type):
-        h_n = []
-        for layer in range(num_layers):
-            outs = []
-            for d in range(D):
-                k = layer * D + d
-                out, h = run_layer(x, hx[k], params[k * per_layer:(k + 1) * per_layer],
-                                   lengths, d == 1, need_workspace)
-                outs.append(out)
-                h_n.append(h)
-            x = outs[0] if D == 1 else torch.cat(outs, dim=2)
-            if dropout > 0 and train and layer < num_layers - 1:
-                x = F.dropout(x, dropout, True)
-    h_n = torch.stack(h_n, 0)
+        x, h_n = stack_layers(
+            x, hx, params, per_layer, num_layers, D,
+            lambda x, h0, p, reverse: run_layer(x, h0, p, lengths, reverse, need_workspace),
+            dropout if train else 0.0)
     if order is not None:
         inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel()))
         x, h_n = x.index_select(1, inverse), h_n.index_select(1, inverse)

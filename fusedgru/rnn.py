@@ -29,6 +29,7 @@ from .functional import (
     gru,
     ln_gru,
     no_autocast,
+    stack_layers,
 )
 
 
@@ -288,21 +289,15 @@ class GRU(_GRUInterface, nn.RNNBase):
                     or not p.is_cpu or p.shape != ((3 * H, cols) if cols else (3 * H,)):
                 return None
         op = torch.ops.fusedgru.gru_forward.default
-        h_n = []
+
+        def run_layer(x, h0, w, reverse):
+            b_ih, b_hh = (w[2], w[3]) if per == 4 else (None, None)
+            return op(x, h0, w[0], w[1], b_ih, b_hh, None, reverse, False)[:2]
+
         # Grad mode is off: nothing for autograd to record, so dispatch below it (its Python
         # kernel costs more than a small step); dispatch modes and tracing still see the op.
         with torch._C._AutoDispatchBelowAutograd():
-            for layer in range(L):
-                outs = []
-                for d in range(D):
-                    k = layer * D + d
-                    w = weights[k * per:(k + 1) * per]
-                    b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
-                    out, h, _ = op(x, hx[k], w[0], w[1], b_ih, b_hh, None, d == 1, False)
-                    outs.append(out)
-                    h_n.append(h)
-                x = outs[0] if D == 1 else torch.cat(outs, dim=2)
-            h_n = h_n[0].unsqueeze(0) if len(h_n) == 1 else torch.stack(h_n, 0)
+            x, h_n = stack_layers(x, hx, weights, per, L, D, run_layer)
         output = x.transpose(0, 1) if self.batch_first else x
         if unbatched:
             output, h_n = output.squeeze(1), h_n.squeeze(1)

@@ -85,6 +85,21 @@ inline at::Tensor rows_of(const at::Tensor& x, int64_t rows) {
   return rows == x.size(0) ? x : x.narrow(0, 0, rows);
 }
 
+// Pack each block's columns of a GEMM's B operand for gemm_packed, on the thread that owns the
+// block (the one that multiplies by it): K rows, `per_unit` columns per hidden unit of the block,
+// sk the stride between rows; col(j0, width, c) points at the block's column c.
+template <typename ColFn>
+std::vector<PackedB> pack_blocks(const std::vector<Block>& blocks, int64_t K, int64_t per_unit,
+                                 int64_t sk, const ColFn& col) {
+  std::vector<PackedB> packed(blocks.size());
+  for_blocks(static_cast<int64_t>(blocks.size()), [&](int64_t b) {
+    const int64_t j0 = blocks[b].j0, width = blocks[b].j1 - j0, cols = per_unit * width;
+    packed[b] = PackedB(K, (cols + kPanel - 1) / kPanel);
+    packed[b].pack(0, cols, sk, [&](int64_t c) { return col(j0, width, c); });
+  });
+  return packed;
+}
+
 // Per block, the forward step's recurrent product gh_b [N, 3w] = h_{t-1} W_b, where W_b [H, 3w]
 // holds the W_hh rows (r, z, n) of the block's units (gate g at column g w). With `packed`
 // (packing_pays: fp32, enough rows over the call) W_b is packed once per call, by the thread
@@ -94,19 +109,16 @@ struct GateBlocks {
   std::vector<at::Tensor> w, gh;
   std::vector<PackedB> packed;
   GateBlocks(const at::Tensor& weight_hh, const std::vector<Block>& blocks, int64_t N, bool pack) {
-    const int64_t H = weight_hh.size(1), nb = static_cast<int64_t>(blocks.size());
+    const int64_t H = weight_hh.size(1);
     for (const Block& blk : blocks)
       gh.push_back(at::empty({N, 3 * (blk.j1 - blk.j0)}, weight_hh.options()));
     if (pack) {
-      packed.resize(nb);
       const float* wh = weight_hh.const_data_ptr<float>();
-      const int64_t s0 = weight_hh.stride(0), s1 = weight_hh.stride(1);
-      for_blocks(nb, [&](int64_t b) {
-        const int64_t j0 = blocks[b].j0, width = blocks[b].j1 - j0;
-        packed[b] = PackedB(H, (3 * width + kPanel - 1) / kPanel);
-        packed[b].pack(0, 3 * width, s1,
-                       [&](int64_t c) { return wh + ((c / width) * H + j0 + c % width) * s0; });
-      });
+      const int64_t s0 = weight_hh.stride(0);
+      packed =
+          pack_blocks(blocks, H, 3, weight_hh.stride(1), [&](int64_t j0, int64_t width, int64_t c) {
+            return wh + ((c / width) * H + j0 + c % width) * s0;  // gate c / width, unit c % width
+          });
       return;
     }
     for (const Block& blk : blocks) {
@@ -139,17 +151,12 @@ struct ColumnBlocks {
   std::vector<PackedB> packed;
   ColumnBlocks(const at::Tensor& weight_hh, const at::Tensor& dh_all,
                const std::vector<Block>& blocks, bool pack) {
-    const int64_t nb = static_cast<int64_t>(blocks.size());
     for (const Block& blk : blocks) dh.push_back(dh_all.narrow(1, blk.j0, blk.j1 - blk.j0));
     if (pack) {
-      packed.resize(nb);
       const float* wh = weight_hh.const_data_ptr<float>();
-      const int64_t s0 = weight_hh.stride(0), s1 = weight_hh.stride(1);
-      for_blocks(nb, [&](int64_t b) {
-        const int64_t j0 = blocks[b].j0, width = blocks[b].j1 - j0;
-        packed[b] = PackedB(weight_hh.size(0), (width + kPanel - 1) / kPanel);
-        packed[b].pack(0, width, s0, [&](int64_t c) { return wh + (j0 + c) * s1; });
-      });
+      const int64_t s1 = weight_hh.stride(1);
+      packed = pack_blocks(blocks, weight_hh.size(0), 1, weight_hh.stride(0),
+                           [&](int64_t j0, int64_t, int64_t c) { return wh + (j0 + c) * s1; });
       return;
     }
     for (const Block& blk : blocks) w.push_back(weight_hh.narrow(1, blk.j0, blk.j1 - blk.j0));
