@@ -10,7 +10,7 @@
 // then the weight and input gradients as GEMMs over all steps (gru_common.cpp).
 // A single inference step of at most kCellRows rows (gru_cell, streaming with T = 1) skips the
 // GEMMs: each thread takes a block of units and forms their six dot products per row straight
-// off the weight rows (read once, no copy), then the gates. Other single steps run one GEMM
+// off the weight rows (read once, no copy), then the gates of 16 units in one vectorized pass. Other single steps run one GEMM
 // over all units instead of copying W_hh into per-thread blocks that no later step would reuse.
 // The inner loops are branch-free so the compiler vectorizes them; on x86 each is cloned for
 // AVX-512, AVX2 and the baseline and picked at load time. Shape legend: ../fusedgru.h.
@@ -182,9 +182,14 @@ struct CellParams {
   int64_t N, C, H, wi_s, wh_s;
 };
 
+// Units per gate pass of a cell step: their dot products are formed first, then the gates of
+// all of them in one loop the compiler vectorizes (16 floats: one AVX-512 vector).
+constexpr int64_t kCellUnits = 16;
+
 // out[g][r] = a_g . v_r (g < 3, r < R; v_r = v + r * vs) over n elements: 3R independent chains
 // of kLanes partial sums (vectorizes without reassociating a scalar sum; each weight vector is
-// loaded once for R rows), lanes added in a fixed order. Pointers to storage_t<scalar_t>.
+// loaded once for R rows), the lanes then added pairwise in a fixed order (a shuffle tree in
+// registers). Pointers to storage_t<scalar_t>.
 template <int R, typename scalar_t, typename S = storage_t<scalar_t>>
 FUSEDGRU_INLINE void dot3(const S* __restrict a0, const S* __restrict a1, const S* __restrict a2,
                           const S* __restrict v, int64_t vs, int64_t n,
@@ -214,18 +219,20 @@ FUSEDGRU_INLINE void dot3(const S* __restrict a0, const S* __restrict a1, const 
   }
   for (int g = 0; g < 3; ++g) {
     for (int r = 0; r < R; ++r) {
-      acc_t sum = 0;
-      for (int l = 0; l < kLanes; ++l) sum += s[g][r][l];
-      out[g][r] = sum;
+      for (int half = kLanes / 2; half > 0; half /= 2) {
+        for (int l = 0; l < half; ++l) s[g][r][l] += s[g][r][l + half];
+      }
+      out[g][r] = s[g][r][0];
     }
   }
 }
 
-// Rows [n0, n0 + R) of unit j: the six dot products, then the gates.
+// Units [j, j + w) (w <= kCellUnits) of rows [n0, n0 + R): the six dot products of each unit,
+// then the gates of all w units. b_i, b_h: the biases of those units (gate g at [g]).
 template <int R, typename scalar_t>
-FUSEDGRU_INLINE void cell_rows(const CellParams& p, int64_t j, int64_t n0,
-                               const at::opmath_type<scalar_t>* b_i,
-                               const at::opmath_type<scalar_t>* b_h) {
+FUSEDGRU_INLINE void cell_rows(const CellParams& p, int64_t j, int64_t w, int64_t n0,
+                               const at::opmath_type<scalar_t> (*b_i)[kCellUnits],
+                               const at::opmath_type<scalar_t> (*b_h)[kCellUnits]) {
   using acc_t = at::opmath_type<scalar_t>;
   using E = Elem<scalar_t>;
   const int64_t H = p.H, C = p.C;
@@ -233,35 +240,53 @@ FUSEDGRU_INLINE void cell_rows(const CellParams& p, int64_t j, int64_t n0,
   const auto* h = raw(static_cast<const scalar_t*>(p.h) + n0 * H);
   const auto* wi = raw(static_cast<const scalar_t*>(p.w_ih));
   const auto* wh = raw(static_cast<const scalar_t*>(p.w_hh));
-  acc_t gi[3][R], gh[3][R];
-  dot3<R, scalar_t>(wi + j * p.wi_s, wi + (H + j) * p.wi_s, wi + (2 * H + j) * p.wi_s, x, C, C, gi);
-  dot3<R, scalar_t>(wh + j * p.wh_s, wh + (H + j) * p.wh_s, wh + (2 * H + j) * p.wh_s, h, H, H, gh);
-  auto* h_out = raw(static_cast<scalar_t*>(p.h_out) + n0 * H);
+  acc_t gi[R][3][kCellUnits], gh[R][3][kCellUnits];
+  for (int64_t u = 0; u < w; ++u) {
+    const int64_t k = j + u;
+    acc_t a[3][R], b[3][R];
+    dot3<R, scalar_t>(wi + k * p.wi_s, wi + (H + k) * p.wi_s, wi + (2 * H + k) * p.wi_s, x, C, C,
+                      a);
+    dot3<R, scalar_t>(wh + k * p.wh_s, wh + (H + k) * p.wh_s, wh + (2 * H + k) * p.wh_s, h, H, H,
+                      b);
+    for (int g = 0; g < 3; ++g) {
+      for (int r = 0; r < R; ++r) {
+        gi[r][g][u] = a[g][r];
+        gh[r][g][u] = b[g][r];
+      }
+    }
+  }
+  auto* h_out = raw(static_cast<scalar_t*>(p.h_out) + n0 * H + j);
+  h += j;
   for (int r = 0; r < R; ++r) {
-    const acc_t rg = sigmoid(gi[0][r] + b_i[0] + gh[0][r] + b_h[0]);
-    const acc_t z = sigmoid(gi[1][r] + b_i[1] + gh[1][r] + b_h[1]);
-    const acc_t nn = tanh(gi[2][r] + b_i[2] + rg * (gh[2][r] + b_h[2]));
-    const acc_t h0 = E::load(h[r * H + j]);
-    h_out[r * H + j] = E::store(nn + z * (h0 - nn));
+    for (int64_t u = 0; u < w; ++u) {
+      const acc_t rg = sigmoid(gi[r][0][u] + b_i[0][u] + gh[r][0][u] + b_h[0][u]);
+      const acc_t z = sigmoid(gi[r][1][u] + b_i[1][u] + gh[r][1][u] + b_h[1][u]);
+      const acc_t nn = tanh(gi[r][2][u] + b_i[2][u] + rg * (gh[r][2][u] + b_h[2][u]));
+      const acc_t h0 = E::load(h[r * H + u]);
+      h_out[r * H + u] = E::store(nn + z * (h0 - nn));
+    }
   }
 }
 
-// Units [j0, j1) of every row, rows four at a time.
+// Units [j0, j1) of every row, kCellUnits units and four rows at a time.
 template <typename scalar_t>
 FUSEDGRU_CLONES void cell_units(const CellParams& p, int64_t j0, int64_t j1) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = p.H;
   const auto* bi = static_cast<const scalar_t*>(p.b_ih);
   const auto* bh = static_cast<const scalar_t*>(p.b_hh);
-  for (int64_t j = j0; j < j1; ++j) {
-    acc_t b_i[3], b_h[3];
+  for (int64_t j = j0; j < j1; j += kCellUnits) {
+    const int64_t w = std::min(kCellUnits, j1 - j);
+    acc_t b_i[3][kCellUnits], b_h[3][kCellUnits];
     for (int g = 0; g < 3; ++g) {
-      b_i[g] = bi != nullptr ? acc_t(bi[g * H + j]) : acc_t(0);
-      b_h[g] = bh != nullptr ? acc_t(bh[g * H + j]) : acc_t(0);
+      for (int64_t u = 0; u < w; ++u) {
+        b_i[g][u] = bi != nullptr ? acc_t(bi[g * H + j + u]) : acc_t(0);
+        b_h[g][u] = bh != nullptr ? acc_t(bh[g * H + j + u]) : acc_t(0);
+      }
     }
     int64_t n = 0;
-    for (; n + 4 <= p.N; n += 4) cell_rows<4, scalar_t>(p, j, n, b_i, b_h);
-    for (; n < p.N; ++n) cell_rows<1, scalar_t>(p, j, n, b_i, b_h);
+    for (; n + 4 <= p.N; n += 4) cell_rows<4, scalar_t>(p, j, w, n, b_i, b_h);
+    for (; n < p.N; ++n) cell_rows<1, scalar_t>(p, j, w, n, b_i, b_h);
   }
 }
 
@@ -288,10 +313,15 @@ Tensor cell_step(const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
                      H,
                      weight_ih.stride(0),
                      weight_hh.stride(0)};
-  // ~6 (C + H) N multiply-adds per unit: tasks of at least kTaskGrain of them.
-  const int64_t grain = std::max<int64_t>(1, kTaskGrain / std::max<int64_t>(1, 6 * (p.C + H) * N));
+  // Tasks are whole groups of kCellUnits units, ~6 (C + H) N multiply-adds per unit: at least
+  // kTaskGrain of them per task.
+  const int64_t groups = (H + kCellUnits - 1) / kCellUnits;
+  const int64_t grain =
+      std::max<int64_t>(1, kTaskGrain / std::max<int64_t>(1, 6 * (p.C + H) * N * kCellUnits));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gru_cell_cpu", [&] {
-    at::parallel_for(0, H, grain, [&](int64_t j0, int64_t j1) { cell_units<scalar_t>(p, j0, j1); });
+    at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
+      cell_units<scalar_t>(p, g0 * kCellUnits, std::min(H, g1 * kCellUnits));
+    });
   });
   return h_out;
 }
