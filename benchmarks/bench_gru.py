@@ -42,6 +42,13 @@ SUFFIX = {"gru": "", "layernorm": "layernorm", "packed": "packed", "cell": "cell
           "stream": "stream"}
 
 
+# --paths: the switches the planners read at every call, as each path sets them (unset: the
+# default choice).
+PATH_ENV = {"auto": {}, "per-step": {"FUSEDGRU_PERSISTENT": "0"},
+            "persistent": {"FUSEDGRU_PERSISTENT": "1"}, "aten-gemm": {"FUSEDGRU_PACKED_GEMM": "0"}}
+PATH_VARS = sorted({var for env in PATH_ENV.values() for var in env})
+
+
 def parse_args(argv=None):
     p = common.bench_parser(__doc__)
     # Lower-case names; the short capitals of earlier versions (--T, --N, ...) still work.
@@ -71,9 +78,10 @@ def parse_args(argv=None):
                    help="fp32 on CUDA: torch.backends.cudnn/cuda.matmul.allow_tf32, the same "
                         "setting for both implementations (default: both)")
     p.add_argument("--paths", nargs="+", default=["auto"],
-                   choices=["auto", "per-step", "aten-gemm"],
+                   choices=list(PATH_ENV),
                    help="auto: the default choices; CUDA: per-step (FUSEDGRU_PERSISTENT=0) "
-                        "instead of the persistent kernels where they fit; CPU: aten-gemm "
+                        "or persistent (=1: the persistent kernels wherever they fit, whatever "
+                        "the cost model predicts) instead; CPU: aten-gemm "
                         "(FUSEDGRU_PACKED_GEMM=0: fp32 products through ATen instead of the "
                         "packed AVX-512 GEMM); each point in one process")
     p.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
@@ -94,7 +102,7 @@ def parse_args(argv=None):
     args.H = args.H or ([256, 1024] if cuda else [256])
     args.dtype = args.dtype or (["bf16", "fp32"] if cuda else ["fp32"])
     args.tf32 = args.tf32 or ["on", "off"]
-    for path, device in (("per-step", "cuda"), ("aten-gemm", "cpu")):
+    for path, device in (("per-step", "cuda"), ("persistent", "cuda"), ("aten-gemm", "cpu")):
         if path in args.paths and args.device != device:
             p.error(f"--paths {path}: --device {device} only")
     if args.peers and (cuda or args.variant not in ("gru", "stream") or args.dtype != ["fp32"]):
@@ -115,19 +123,13 @@ def parse_args(argv=None):
     return args
 
 
-# The switches the planners read at every call, and the --paths value that turns each off.
-PATH_SWITCHES = (("FUSEDGRU_PERSISTENT", "per-step"), ("FUSEDGRU_PACKED_GEMM", "aten-gemm"))
-
-
 def bench_point(args, T, N, I, H, L, dtype_name, tf32, path):
     """One grid point with the path's switches set, the environment given back afterwards."""
-    saved = {var: os.environ.get(var) for var, _ in PATH_SWITCHES}
+    saved = {var: os.environ.get(var) for var in PATH_VARS}
     try:
-        for var, off in PATH_SWITCHES:
-            if path == off:
-                os.environ[var] = "0"
-            else:
-                os.environ.pop(var, None)
+        for var in PATH_VARS:
+            os.environ.pop(var, None)
+        os.environ.update(PATH_ENV[path])
         return timed_point(args, T, N, I, H, L, dtype_name, tf32, path)
     finally:
         for var, value in saved.items():
@@ -285,7 +287,7 @@ def sentences(r, device):
 def print_table(rows, device):
     ours, ref = names(rows[0]["variant"] if rows else "gru", device)
     ref = ref.replace(" on a PackedSequence", " packed")
-    cols = [("dtype", 5), ("tf32", 4), ("path", 8), ("T", 5), ("N", 5), ("I", 5), ("H", 5),
+    cols = [("dtype", 5), ("tf32", 4), ("path", 10), ("T", 5), ("N", 5), ("I", 5), ("H", 5),
             ("L", 2), ("mode", 7), (f"{ref} [ms]", 12), ("fusedgru [ms]", 13),
             ("speedup [x]", 11), ("fusedgru [tokens/s]", 19), ("fusedgru [us/step]", 18),
             (f"{ref} [us/step]", 17)]

@@ -96,6 +96,7 @@ def test_cpu_gemm_paths_in_one_run(tmp_path, monkeypatch):
 @pytest.mark.parametrize("argv", [
     ["--peers", "onnxruntime", "--variant", "cell"],
     ["--paths", "per-step"],  # CUDA only
+    ["--paths", "persistent"],  # CUDA only
     ["--variant", "stream", "--modes", "fwdbwd"],
     ["--variant", "stream", "--num-layers", "2"],
 ])

@@ -602,6 +602,38 @@ def test_a_refused_cooperative_launch_takes_the_per_step_path(emu, dtype):
     assert all(torch.equal(g, w) for g, w in zip(got_grads, want_grads))
 
 
+def test_the_cost_model_chooses_the_path_and_the_environment_overrides_it(emu, monkeypatch):
+    """gru_cost.cuh: a persistent plan that fits runs only where the model predicts it faster
+    than the per-step path (here strict fp32, N = 256, H = 64 on the 4-SM device: 32 chunks of
+    gate passes per step, predicted slower, so no cooperative launch is even tried) and at
+    N = 3 (predicted faster); FUSEDGRU_PERSISTENT=1 takes the plan anyway, =0 never. Every
+    path's results stay within fp32 of the float64 reference."""
+    monkeypatch.delenv("FUSEDGRU_PERSISTENT", raising=False)
+    dev = emu.devices()["h100"]
+    saved = torch.backends.cudnn.rnn.fp32_precision
+    torch.backends.cudnn.rnn.fp32_precision = "ieee"  # strict fp32: the FMA kernel
+    try:
+        assert emu.gru_path(dev, 2, 256, 64, "fp32", False)[0::3] == ("fma", False)
+        assert emu.gru_path(dev, 2, 3, 64, "fp32", False)[0::3] == ("fma", True)
+        for N, setting, persistent in ((256, None, False), (256, "1", True), (3, None, True),
+                                       (3, "0", False)):
+            if setting is not None:
+                monkeypatch.setenv("FUSEDGRU_PERSISTENT", setting)
+            args64 = gru_case(2, N, 5, 64, torch.float64, False, True)
+            args = [a.float() if a is not None and a.is_floating_point() else a for a in args64]
+            emu.refuse_cooperative_launches(1)  # a tried launch consumes the refusal
+            refused = emu.gru_forward_on(dev, *args, False, True)
+            tried = emu.refuse_cooperative_launches(0) == 0
+            assert tried == persistent, (N, setting)
+            got = emu.gru_forward_on(dev, *args, False, True)
+            want = reference.gru_layer(*args64, False)
+            for o, r, o2 in zip(got, want, refused):
+                assert rel_err(o, r) <= 1e-5 and rel_err(o2, r) <= 1e-5, (N, setting)
+            monkeypatch.delenv("FUSEDGRU_PERSISTENT", raising=False)
+    finally:
+        torch.backends.cudnn.rnn.fp32_precision = saved
+
+
 def test_a_failed_launch_raises_and_leaves_every_flag(emu, restore_tf32_flags):
     torch.backends.cudnn.rnn.fp32_precision = "tf32"
     torch.backends.cuda.matmul.fp32_precision = "ieee"

@@ -508,6 +508,38 @@ def test_tensor_core_plans_of_an_h100(emu, restore_rnn_precision):
     assert emu.gru_tc_backward_plan(dev, 256, 64, 1024, "bf16")[0] == 0
 
 
+def test_the_cost_model_on_an_h100(emu, restore_rnn_precision, monkeypatch):
+    """Planner only: on the issue-13 grid (T = 256) the persistent kernels are predicted faster
+    wherever a plan fits, at the us/step benchmarks/NOTES.md lists; the FMA kernel at large
+    batches and small H (N = 256, H = 64 in strict fp32: 32 chunks of gate passes per step) is
+    predicted slower than the per-step path and declined; FUSEDGRU_PERSISTENT forces either."""
+    monkeypatch.delenv("FUSEDGRU_PERSISTENT", raising=False)
+    dev = emu.devices()["h100_132"]
+    torch.backends.cudnn.rnn.fp32_precision = "tf32"
+    T = 256
+    for dtype in ("bf16", "fp16", "fp32"):
+        for backward in (False, True):
+            for N in (1, 16, 64, 256):
+                for H in (128, 256, 1024):
+                    kernel, persistent_us, per_step_us, taken = \
+                        emu.gru_path(dev, T, N, H, dtype, backward)
+                    assert taken == (kernel != ""), (dtype, backward, N, H)
+                    if kernel:
+                        assert persistent_us < per_step_us, (dtype, backward, N, H)
+    # NOTES.md's table: bf16 forward N = 16, H = 1024 at ~2.8 us/step against ~10 per step.
+    kernel, persistent_us, per_step_us, _ = emu.gru_path(dev, T, 16, 1024, "bf16", False)
+    assert kernel == "tc" and 2.5 < persistent_us / T < 3.1 and 9.5 < per_step_us / T < 10.5
+    torch.backends.cudnn.rnn.fp32_precision = "ieee"
+    kernel, persistent_us, per_step_us, taken = emu.gru_path(dev, T, 256, 64, "fp32", False)
+    assert (kernel, taken) == ("fma", False) and persistent_us > per_step_us
+    assert emu.gru_path(dev, T, 16, 64, "fp32", False)[0::3] == ("fma", True)
+    monkeypatch.setenv("FUSEDGRU_PERSISTENT", "1")
+    assert emu.gru_path(dev, T, 256, 64, "fp32", False)[3]
+    monkeypatch.setenv("FUSEDGRU_PERSISTENT", "0")
+    assert not emu.gru_path(dev, T, 16, 64, "fp32", False)[3]
+    assert emu.gru_path(dev, T, 1, 1024, "bf16", False)[0::3] == ("tc", False)
+
+
 # (dtype, device, N, H) -> (J, NT, KS, KTW) of its plan.
 TC_COVERAGE = {
     ("bf16", "h100", 1, 1): (8, 1, 1, 1),      # one block, mostly padding rows

@@ -10,10 +10,11 @@
 // then the weight and input gradients as GEMMs over all steps (gru_common.cpp).
 // A single inference step of at most kCellRows rows (gru_cell, streaming with T = 1) skips the
 // GEMMs: each thread takes a block of units and forms their six dot products per row straight
-// off the weight rows (read once, no copy), then the gates of 16 units in one vectorized pass. Other single steps run one GEMM
-// over all units instead of copying W_hh into per-thread blocks that no later step would reuse.
-// The inner loops are branch-free so the compiler vectorizes them; on x86 each is cloned for
-// AVX-512, AVX2 and the baseline and picked at load time. Shape legend: ../fusedgru.h.
+// off the weight rows (read once, no copy), then the gates of 16 units in one vectorized pass.
+// Other single steps run one GEMM over all units instead of copying W_hh into per-thread blocks
+// that no later step would reuse. The inner loops are branch-free so the compiler vectorizes them;
+// on x86 each is cloned for AVX-512, AVX2 and the baseline and picked at load time. Shape legend:
+// ../fusedgru.h.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>

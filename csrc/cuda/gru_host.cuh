@@ -1,6 +1,10 @@
 // Host orchestration of the fused GRU ops on CUDA (forward, backward, cell), written over a
 // launcher (launch.cuh) so the tests also run it under the host emulator. The kernels:
-// gru_pointwise.cuh, gru_persistent.cuh, gru_cell.cuh.
+// gru_pointwise.cuh, gru_persistent.cuh, gru_persistent_tc.cuh, gru_cell.cuh.
+//
+// Per layer direction, a persistent kernel (tensor cores where they apply, else FMA) when its
+// plan fits the device and the cost model (gru_cost.cuh) predicts it faster than the per-step
+// path; the per-step path otherwise, or when the device refuses the cooperative launch.
 //
 // Forward, per layer and direction: the input projection of all steps as one cuBLAS GEMM, then
 // per step one recurrent GEMM (h_{t-1} W_hh^T) and ONE fused pointwise kernel computing r, z, n,
@@ -23,6 +27,7 @@
 
 #include "../fusedgru.h"
 #include "gru_cell.cuh"
+#include "gru_cost.cuh"
 #include "gru_persistent.cuh"
 #include "gru_persistent_tc.cuh"
 #include "gru_pointwise.cuh"
@@ -50,9 +55,10 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& input, const Tenso
   bool persistent = false;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "gru_persistent_forward", [&] {
-        // Tensor cores for bf16 and fp16, and for fp32 when nn.GRU would take TF32.
+        const PathPlan path = forward_path<scalar_t>(T, N, H, launch);
+        if (!path.persistent) return;
         if constexpr (kHasMma<scalar_t>) {
-          const TcPlan tc = tc_forward_plan<scalar_t>(T, N, H, launch);
+          const TcPlan& tc = path.tc;
           if (tc.J != 0) {
             const Tensor w_hh_c = weight_hh.contiguous();
             Tensor hbuf = at::zeros({2, N, tc.Kp}, input.options());
@@ -65,8 +71,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& input, const Tenso
             return;  // refused: the per-step path
           }
         }
-        const PersistentPlan plan = persistent_forward_plan<scalar_t>(T, N, H, launch);
-        if (plan.J == 0) return;
+        const PersistentPlan& plan = path.fma;
         const Tensor w_hh_c = weight_hh.contiguous();
         Tensor hbuf = at::empty({2, N, H}, input.options());
         hbuf.select(0, 0).copy_(st.h);
@@ -112,8 +117,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "gru_persistent_backward", [&] {
         const bool hprev = st.hprev.defined(), grad_ws = st.gws.defined();
+        const PathPlan path = backward_path<scalar_t>(T, N, H, hprev, grad_ws, launch);
+        if (!path.persistent) return;
         if constexpr (kHasMma<scalar_t>) {  // tensor cores, as the forward
-          const TcPlan tc = tc_backward_plan<scalar_t>(T, N, H, hprev, grad_ws, launch);
+          const TcPlan& tc = path.tc;
           if (tc.J != 0) {
             const Tensor w_hh_c = weight_hh.contiguous();
             persistent = launch.try_cooperative(
@@ -123,10 +130,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
             return;  // refused: the per-step path
           }
         }
-        const PersistentPlan plan =
-            N > 0 ? persistent_backward_plan<scalar_t>(T, N, H, hprev, grad_ws, launch)
-                  : PersistentPlan{};
-        if (plan.J == 0) return;
+        const PersistentPlan& plan = path.fma;
         const Tensor w_hh_c = weight_hh.contiguous();
         persistent = launch.try_cooperative(persistent_backward_kernel<scalar_t>(hprev, grad_ws),
                                             dim3(plan.blocks), dim3(kPThreads),

@@ -7,9 +7,6 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 
-#include <cstdlib>
-#include <string>
-
 #include "../fusedgru.h"
 #include "device_helpers.cuh"
 #include "gru_pointwise.cuh"
@@ -289,17 +286,11 @@ struct PersistentPlan {
 // N * 3H * sizeof(double) bytes of staged gradients must stay far below 2^31.
 constexpr int64_t kMaxPersistentStates = int64_t{1} << 24;
 
-// FUSEDGRU_PERSISTENT=0 sends every call to the per-step path (benchmarks compare the two).
-inline bool persistent_allowed() {
-  const char* env = std::getenv("FUSEDGRU_PERSISTENT");
-  return env == nullptr || std::string(env) != "0";
-}
-
 template <typename scalar_t, typename Launch, typename... KernelArgs>
 PersistentPlan persistent_plan(int64_t T, int64_t N, int64_t H, bool backward,
                                void (*kernel)(KernelArgs...), const Launch& launch) {
   using acc_t = at::opmath_type<scalar_t>;
-  if (!persistent_allowed() || T < 1 || N < 1 || N * H > kMaxPersistentStates) return {};
+  if (T < 1 || N < 1 || N * H > kMaxPersistentStates) return {};
   const int64_t reduced = backward ? 3 * H : H;  // the sliced reduction length
   const int64_t max_slice = (backward ? 3 : 1) * persistent_max_slice<acc_t>();
   const int64_t partials = backward ? 1 : 3;  // partial sums per (warp, row, unit)

@@ -392,8 +392,8 @@ TcPlan tc_plan(int64_t T, int64_t N, int64_t H, bool backward, bool hprev, const
   } else {
     using M = MmaOf<scalar_t>;
     // fp32 on tensor cores is TF32: only when nn.GRU would take TF32 (matmul.cuh).
-    if ((std::is_same_v<scalar_t, float> && !rnn_allows_tf32()) || !persistent_allowed() || T < 1 ||
-        N < 1 || N * H > kMaxPersistentStates || launch.compute_major() < 8) {
+    if ((std::is_same_v<scalar_t, float> && !rnn_allows_tf32()) || T < 1 || N < 1 ||
+        N * H > kMaxPersistentStates || launch.compute_major() < 8) {
       return {};
     }
     const int64_t Kp = round_up((backward ? 3 : 1) * H, static_cast<int64_t>(M::kK));

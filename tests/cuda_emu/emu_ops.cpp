@@ -331,6 +331,25 @@ void define_gru(pybind11::module_& m) {
         [tc_plan](int64_t device, int64_t T, int64_t N, int64_t H, const std::string& dtype) {
           return tc_plan(device, T, N, H, dtype, true);
         });
+  // The path gru_forward / gru_backward (with hprev, without grad_workspace) take on an emulated
+  // device for "bf16", "fp16", "fp32" or "fp64": (kernel "tc", "fma" or "" where no persistent
+  // plan fits, predicted persistent us, predicted per-step us, whether the persistent kernel
+  // is taken), under FUSEDGRU_PERSISTENT as it is set.
+  m.def("gru_path", [](int64_t device, int64_t T, int64_t N, int64_t H, const std::string& dtype,
+                       bool backward) {
+    const StreamLauncher launch = launcher_on(static_cast<int>(device));
+    const auto run = [&](auto zero) {
+      using scalar_t = decltype(zero);
+      return backward ? cuda::gru::backward_path<scalar_t>(T, N, H, true, false, launch)
+                      : cuda::gru::forward_path<scalar_t>(T, N, H, launch);
+    };
+    const cuda::gru::PathPlan path = dtype == "bf16"   ? run(at::BFloat16())
+                                     : dtype == "fp16" ? run(at::Half())
+                                     : dtype == "fp32" ? run(float())
+                                                       : run(double());
+    const std::string kernel = path.tc.J != 0 ? "tc" : path.fma.J != 0 ? "fma" : "";
+    return std::make_tuple(kernel, path.cost.persistent_us, path.cost.per_step_us, path.persistent);
+  });
   define_gru_backward<OnH100>(m, "gru_backward");
   define_gru_backward<NoCooperative>(m, "gru_backward_per_step");
   def_op(

@@ -1,0 +1,199 @@
+// The per-call choice between a persistent kernel (one cooperative launch for all T steps) and
+// the per-step path (a recurrent GEMM and a pointwise kernel per step): a cost model, not "take
+// the persistent kernel whenever it fits". Host code only; the model and its figures are in
+// benchmarks/NOTES.md ("The planner's cost model"). Shape legend: ../fusedgru.h.
+//
+// Predicted time of a layer direction, in microseconds (H100 / H200 figures; on other GPUs the
+// absolute numbers move, the choice between the two far less):
+//   persistent: kCooperativeLaunchUs + T * (kGridBarrierUs + staging + chunks * (gate pass +
+//               products)), staging = max(one L2 round trip, the bytes every block stages /
+//               L2 bandwidth);
+//   per-step:   T * (kKernelUs + max(kGemmStepUs, W_hh bytes / a thin GEMM's streaming rate,
+//               GEMM flops / peak)).
+// FUSEDGRU_PERSISTENT=1 takes a persistent kernel wherever one fits and =0 never (benchmarks and
+// the kernel tests force either); unset, the cheaper prediction wins.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <type_traits>
+
+#include "gru_persistent.cuh"
+#include "gru_persistent_tc.cuh"
+#include "matmul.cuh"
+
+namespace fusedgru {
+namespace cuda {
+namespace gru {
+
+// Measured on an H100 (../shared/BASELINES.md): one grid-wide barrier; a step of tiny dependent
+// kernels replayed from a CUDA graph (a launch's floor); cuDNN's per-step algorithm, 10 us per
+// step at its fastest (B = 1..16), of which kKernelUs its pointwise kernel, the rest its GEMM;
+// the per-step GEMM at N = 16, H = 1024 ([16, 1024] x [1024, 3072]) in cuBLAS, 8.8 us bf16 and
+// 24.3 us fp32, i.e. W_hh (6.3 MB, 12.6 MB) streamed at 0.715 and 0.518 bytes per ps; GEMM
+// peaks, bf16 741 and strict fp32 52 TFLOP/s (TF32 taken as half of bf16's, fp64 as fp32's).
+constexpr double kGridBarrierUs = 1.18;
+constexpr double kKernelUs = 1.33;
+constexpr double kGemmStepUs = 10.0 - kKernelUs;
+constexpr double kThinGemmBytesPerUs16 = 0.715e6;
+constexpr double kThinGemmBytesPerUs32 = 0.518e6;
+constexpr double kPeakMflopPerUs16 = 741.0;
+constexpr double kPeakMflopPerUsTf32 = kPeakMflopPerUs16 / 2;
+constexpr double kPeakMflopPerUs32 = 52.0;
+// Estimates (NOTES.md, to be measured on the first GPU): a cooperative launch; an L2 round trip;
+// L2 bandwidth; one gate pass with its two __syncthreads; the SM clock (cycles per us); a
+// dependent mma.sync's latency.
+constexpr double kCooperativeLaunchUs = 5.0;
+constexpr double kL2TripUs = 0.5;
+constexpr double kL2BytesPerUs = 5.5e6;
+constexpr double kGatePassUs = 0.4;
+constexpr double kCyclesPerUs = 1755.0;
+constexpr double kMmaLatencyCycles = 33.0;
+constexpr int kWarpSchedulers = 4;  // per SM: a warp instruction per scheduler per cycle
+
+struct PathCost {
+  double persistent_us, per_step_us;
+};
+
+// How the per-step path's GEMM runs: tensor cores in 16 bits, TF32, or FMA (strict fp32, fp64).
+enum class GemmKind { kHalf, kTf32, kFma };
+
+// The per-step path: a GEMM [N, K] x [K, 3H] (forward K = H; the backward's [N, 3H] x [3H, H]
+// has the same flops and operand) and one pointwise kernel per step. The GEMM costs the most of
+// its floor, streaming W_hh, and its flops at peak.
+inline double per_step_path_us(int64_t T, int64_t N, int64_t H, int64_t elem, GemmKind kind) {
+  const double mflop = 2.0 * static_cast<double>(N) * 3.0 * H * H / 1e6;
+  const double w_bytes = 3.0 * static_cast<double>(H) * H * elem;
+  const double peak = kind == GemmKind::kHalf   ? kPeakMflopPerUs16
+                      : kind == GemmKind::kTf32 ? kPeakMflopPerUsTf32
+                                                : kPeakMflopPerUs32;
+  const double stream = w_bytes / (elem == 2 ? kThinGemmBytesPerUs16 : kThinGemmBytesPerUs32);
+  return static_cast<double>(T) * (kKernelUs + std::max({kGemmStepUs, stream, mflop / peak}));
+}
+
+// One persistent step: the barrier, staging the reduced vector ([N, K] of elem bytes) in every
+// block, then `chunks` batch chunks of products and gate pass.
+inline double persistent_step_us(int64_t blocks, int64_t N, int64_t K, int64_t elem,
+                                 int64_t chunks, double products_per_chunk_us) {
+  const double staged = static_cast<double>(blocks) * N * K * elem;
+  return kGridBarrierUs + std::max(kL2TripUs, staged / kL2BytesPerUs) +
+         static_cast<double>(chunks) * (kGatePassUs + products_per_chunk_us);
+}
+
+// The FMA kernels (gru_persistent.cuh): per chunk of kPBatch rows each thread forms
+// partials x KS x kPBatch multiply-adds; kPWarps warps share kWarpSchedulers schedulers.
+template <typename scalar_t>
+double persistent_cost_us(const PersistentPlan& plan, int64_t T, int64_t N, int64_t H,
+                          bool backward) {
+  const int64_t partials = backward ? 1 : 3, K = backward ? 3 * H : H;
+  const double products = static_cast<double>(kPWarps) / kWarpSchedulers * partials * plan.KS *
+                          kPBatch / kCyclesPerUs;
+  const int64_t chunks = (N + kPBatch - 1) / kPBatch;
+  return kCooperativeLaunchUs +
+         static_cast<double>(T) * persistent_step_us(plan.blocks, N, K,
+                                                     static_cast<int64_t>(sizeof(scalar_t)),
+                                                     chunks, products);
+}
+
+// The tensor-core kernels (gru_persistent_tc.cuh): per chunk of 8 NT rows a warp runs a
+// dependent chain of KTW mma.sync per batch tile.
+template <typename scalar_t>
+double persistent_cost_us(const TcPlan& plan, int64_t T, int64_t N) {
+  const double products = static_cast<double>(plan.KTW) * plan.NT * kMmaLatencyCycles /
+                          kCyclesPerUs;
+  const int64_t chunks = plan.rows / (plan.NT * kTcTileBatch);
+  return kCooperativeLaunchUs +
+         static_cast<double>(T) * persistent_step_us(plan.blocks, N, plan.Kp,
+                                                     static_cast<int64_t>(sizeof(scalar_t)),
+                                                     chunks, products);
+}
+
+enum class PathChoice { kByCost, kPersistent, kPerStep };
+
+inline PathChoice path_choice() {
+  const char* env = std::getenv("FUSEDGRU_PERSISTENT");
+  if (env == nullptr) return PathChoice::kByCost;
+  const std::string v(env);
+  return v == "0" ? PathChoice::kPerStep : v == "1" ? PathChoice::kPersistent : PathChoice::kByCost;
+}
+
+// Whether a persistent plan that fits is taken.
+inline bool take_persistent(const PathCost& cost) {
+  switch (path_choice()) {
+    case PathChoice::kPersistent:
+      return true;
+    case PathChoice::kPerStep:
+      return false;
+    default:
+      return cost.persistent_us <= cost.per_step_us;
+  }
+}
+
+// The per-step path's GEMM for scalar_t: fp32 in TF32 where nn.GRU would take it (matmul.cuh).
+template <typename scalar_t>
+GemmKind gemm_kind() {
+  if (sizeof(scalar_t) == 2) return GemmKind::kHalf;
+  return std::is_same_v<scalar_t, float> && rnn_allows_tf32() ? GemmKind::kTf32 : GemmKind::kFma;
+}
+
+template <typename scalar_t>
+double per_step_path_us(int64_t T, int64_t N, int64_t H) {
+  return per_step_path_us(T, N, H, static_cast<int64_t>(sizeof(scalar_t)), gemm_kind<scalar_t>());
+}
+
+template <typename scalar_t>
+PathCost path_cost(const TcPlan& plan, int64_t T, int64_t N, int64_t H) {
+  return {persistent_cost_us<scalar_t>(plan, T, N), per_step_path_us<scalar_t>(T, N, H)};
+}
+
+
+template <typename scalar_t>
+PathCost path_cost(const PersistentPlan& plan, int64_t T, int64_t N, int64_t H, bool backward) {
+  return {persistent_cost_us<scalar_t>(plan, T, N, H, backward),
+          per_step_path_us<scalar_t>(T, N, H)};
+}
+
+// One layer direction's path: the tensor-core plan where one fits (bf16, fp16; fp32 where nn.GRU
+// would take TF32), else the FMA kernel's; `persistent` when a plan fits and take_persistent
+// says so (the per-step path otherwise).
+struct PathPlan {
+  TcPlan tc;           // tc.J != 0: the tensor-core kernel
+  PersistentPlan fma;  // fma.J != 0: the FMA kernel (only where no tensor-core plan fits)
+  PathCost cost{};     // of the plan that fits; zero when none does
+  bool persistent = false;
+};
+
+template <typename scalar_t, typename Launch>
+PathPlan forward_path(int64_t T, int64_t N, int64_t H, const Launch& launch) {
+  PathPlan path;
+  path.tc = tc_forward_plan<scalar_t>(T, N, H, launch);
+  if (path.tc.J != 0) {
+    path.cost = path_cost<scalar_t>(path.tc, T, N, H);
+  } else {
+    path.fma = persistent_forward_plan<scalar_t>(T, N, H, launch);
+    if (path.fma.J != 0) path.cost = path_cost<scalar_t>(path.fma, T, N, H, false);
+  }
+  path.persistent = (path.tc.J != 0 || path.fma.J != 0) && take_persistent(path.cost);
+  return path;
+}
+
+template <typename scalar_t, typename Launch>
+PathPlan backward_path(int64_t T, int64_t N, int64_t H, bool hprev, bool grad_ws,
+                       const Launch& launch) {
+  PathPlan path;
+  path.tc = tc_backward_plan<scalar_t>(T, N, H, hprev, grad_ws, launch);
+  if (path.tc.J != 0) {
+    path.cost = path_cost<scalar_t>(path.tc, T, N, H);
+  } else {
+    path.fma = persistent_backward_plan<scalar_t>(T, N, H, hprev, grad_ws, launch);
+    if (path.fma.J != 0) path.cost = path_cost<scalar_t>(path.fma, T, N, H, true);
+  }
+  path.persistent = (path.tc.J != 0 || path.fma.J != 0) && take_persistent(path.cost);
+  return path;
+}
+
+}  // namespace gru
+}  // namespace cuda
+}  // namespace fusedgru
