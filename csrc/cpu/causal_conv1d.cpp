@@ -239,12 +239,110 @@ void channels_last_taps(const CausalConvParams& p, std::vector<at::opmath_type<s
   }
 }
 
+// A short filter (W <= kMaxFusedTaps) on channel-last float / double rows: each task takes one
+// batch row and a block of kLanes channels (one AVX-512 vector) and walks all L steps, the
+// block's taps and bias in registers, each output's W taps summed in registers in the order of
+// channels_last_steps (bias, then k = 0, ..., W - 1), activated and stored once. The block's
+// inputs a step reads were loaded by the steps before it (in L1); x and y are walked with one
+// constant stride (a row of C channels), which the prefetchers follow. kFull: a whole vector
+// of channels (the trip count a constant), else the last cw < kLanes channels.
+template <int kW, int64_t kAct, bool kFull, typename T>
+FUSEDGRU_INLINE void channels_last_block(const CausalConvParams& p, const T* __restrict wt,
+                                         const T* __restrict bias, int64_t n, int64_t c0,
+                                         int64_t cw) {
+  constexpr int kLanes = 64 / sizeof(T);
+  const int64_t C = p.C, L = p.L, d = p.dilation, S = (kW - 1) * d;
+  const int64_t lanes = kFull ? kLanes : cw;
+  T w[kW][kLanes] = {}, b[kLanes] = {};
+  for (int k = 0; k < kW; ++k)
+    for (int64_t l = 0; l < lanes; ++l) w[k][l] = wt[k * C + c0 + l];
+  for (int64_t l = 0; l < lanes; ++l) b[l] = bias[c0 + l];
+  const T* x = static_cast<const T*>(p.x) + n * p.x_sn + c0;
+  const T* init =
+      p.init != nullptr ? static_cast<const T*>(p.init) + n * p.i_sn + c0 * p.i_sc : nullptr;
+  T* y = static_cast<T*>(p.y) + n * p.y_sn + c0;
+  const int64_t head = std::min(S, L);  // steps that reach back before t = 0
+  for (int64_t t = 0; t < head; ++t) {
+    for (int64_t l = 0; l < lanes; ++l) {
+      T acc = b[l];
+      for (int k = 0; k < kW; ++k) {
+        const int64_t src = t - (kW - 1 - k) * d;
+        if (src >= 0) {
+          acc += w[k][l] * x[src * p.x_sl + l];
+        } else if (init != nullptr) {
+          acc += w[k][l] * init[l * p.i_sc + (S + src) * p.i_ss];
+        }
+      }
+      y[t * p.y_sl + l] = activate(acc, kAct);
+    }
+  }
+  for (int64_t t = head; t < L; ++t) {
+    T acc[kLanes];
+    for (int64_t l = 0; l < lanes; ++l) acc[l] = b[l];
+    for (int k = 0; k < kW; ++k) {
+      const T* xs = x + (t - (kW - 1 - k) * d) * p.x_sl;
+      for (int64_t l = 0; l < lanes; ++l) acc[l] += w[k][l] * xs[l];
+    }
+    T* yt = y + t * p.y_sl;
+    for (int64_t l = 0; l < lanes; ++l) yt[l] = activate(acc[l], kAct);
+  }
+}
+
+template <int kW, int64_t kAct, typename T>
+FUSEDGRU_CLONES void channels_last_fused(const CausalConvParams& p, const T* wt, const T* bias,
+                                         int64_t n, int64_t c0) {
+  constexpr int64_t kLanes = 64 / sizeof(T);
+  if (c0 + kLanes <= p.C) {
+    channels_last_block<kW, kAct, true>(p, wt, bias, n, c0, kLanes);
+  } else {
+    channels_last_block<kW, kAct, false>(p, wt, bias, n, c0, p.C - c0);
+  }
+}
+
+template <int kW, int64_t kAct, typename T>
+void forward_channels_last_fused(const CausalConvParams& p, const T* wt, const T* bias) {
+  constexpr int64_t kLanes = 64 / sizeof(T);
+  const int64_t blocks = (p.C + kLanes - 1) / kLanes;
+  const int64_t grain = std::max<int64_t>(1, kTaskGrain / std::max<int64_t>(1, kW * kLanes * p.L));
+  at::parallel_for(0, p.N * blocks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      channels_last_fused<kW, kAct, T>(p, wt, bias, r / blocks, (r % blocks) * kLanes);
+    }
+  });
+}
+
+template <int kW, typename T>
+void forward_channels_last_fused(const CausalConvParams& p, const T* wt, const T* bias) {
+  if (p.activation == kActSilu) {
+    forward_channels_last_fused<kW, kActSilu, T>(p, wt, bias);
+  } else if (p.activation == kActRelu) {
+    forward_channels_last_fused<kW, kActRelu, T>(p, wt, bias);
+  } else {
+    forward_channels_last_fused<kW, kActNone, T>(p, wt, bias);
+  }
+}
+
 template <typename scalar_t>
 void forward_channels_last(const CausalConvParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t C = p.C;
   std::vector<acc_t> wt, bias;
   channels_last_taps<scalar_t>(p, wt, bias);
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    static_assert(kMaxFusedTaps == 4, "the switch below spells the fused widths");
+    switch (p.W) {
+      case 1:
+        return forward_channels_last_fused<1>(p, wt.data(), bias.data());
+      case 2:
+        return forward_channels_last_fused<2>(p, wt.data(), bias.data());
+      case 3:
+        return forward_channels_last_fused<3>(p, wt.data(), bias.data());
+      case 4:
+        return forward_channels_last_fused<4>(p, wt.data(), bias.data());
+      default:
+        break;
+    }
+  }
   const int64_t chunk = 64;
   const int64_t chunks = (p.L + chunk - 1) / chunk;
   const int64_t grain = std::max<int64_t>(1, kTaskGrain / std::max<int64_t>(1, chunk * C));

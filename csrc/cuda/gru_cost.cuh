@@ -75,8 +75,8 @@ inline double per_step_path_us(int64_t T, int64_t N, int64_t H, int64_t elem, Ge
 
 // One persistent step: the barrier, staging the reduced vector ([N, K] of elem bytes) in every
 // block, then `chunks` batch chunks of products and gate pass.
-inline double persistent_step_us(int64_t blocks, int64_t N, int64_t K, int64_t elem,
-                                 int64_t chunks, double products_per_chunk_us) {
+inline double persistent_step_us(int64_t blocks, int64_t N, int64_t K, int64_t elem, int64_t chunks,
+                                 double products_per_chunk_us) {
   const double staged = static_cast<double>(blocks) * N * K * elem;
   return kGridBarrierUs + std::max(kL2TripUs, staged / kL2BytesPerUs) +
          static_cast<double>(chunks) * (kGatePassUs + products_per_chunk_us);
@@ -88,26 +88,26 @@ template <typename scalar_t>
 double persistent_cost_us(const PersistentPlan& plan, int64_t T, int64_t N, int64_t H,
                           bool backward) {
   const int64_t partials = backward ? 1 : 3, K = backward ? 3 * H : H;
-  const double products = static_cast<double>(kPWarps) / kWarpSchedulers * partials * plan.KS *
-                          kPBatch / kCyclesPerUs;
+  const double products =
+      static_cast<double>(kPWarps) / kWarpSchedulers * partials * plan.KS * kPBatch / kCyclesPerUs;
   const int64_t chunks = (N + kPBatch - 1) / kPBatch;
   return kCooperativeLaunchUs +
          static_cast<double>(T) * persistent_step_us(plan.blocks, N, K,
-                                                     static_cast<int64_t>(sizeof(scalar_t)),
-                                                     chunks, products);
+                                                     static_cast<int64_t>(sizeof(scalar_t)), chunks,
+                                                     products);
 }
 
 // The tensor-core kernels (gru_persistent_tc.cuh): per chunk of 8 NT rows a warp runs a
 // dependent chain of KTW mma.sync per batch tile.
 template <typename scalar_t>
 double persistent_cost_us(const TcPlan& plan, int64_t T, int64_t N) {
-  const double products = static_cast<double>(plan.KTW) * plan.NT * kMmaLatencyCycles /
-                          kCyclesPerUs;
+  const double products =
+      static_cast<double>(plan.KTW) * plan.NT * kMmaLatencyCycles / kCyclesPerUs;
   const int64_t chunks = plan.rows / (plan.NT * kTcTileBatch);
   return kCooperativeLaunchUs +
          static_cast<double>(T) * persistent_step_us(plan.blocks, N, plan.Kp,
-                                                     static_cast<int64_t>(sizeof(scalar_t)),
-                                                     chunks, products);
+                                                     static_cast<int64_t>(sizeof(scalar_t)), chunks,
+                                                     products);
 }
 
 enum class PathChoice { kByCost, kPersistent, kPerStep };
@@ -147,7 +147,6 @@ template <typename scalar_t>
 PathCost path_cost(const TcPlan& plan, int64_t T, int64_t N, int64_t H) {
   return {persistent_cost_us<scalar_t>(plan, T, N), per_step_path_us<scalar_t>(T, N, H)};
 }
-
 
 template <typename scalar_t>
 PathCost path_cost(const PersistentPlan& plan, int64_t T, int64_t N, int64_t H, bool backward) {
