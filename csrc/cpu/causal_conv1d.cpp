@@ -156,14 +156,35 @@ void forward_rows_fused(const CausalConvParams& p, int64_t grain) {
   });
 }
 
-template <int kW, typename T>
-void forward_rows_fused(const CausalConvParams& p, int64_t grain) {
+// f(kW, kAct), both as std::integral_constant, for the filter width and activation of p.
+template <int kW, typename F>
+void with_activation(const CausalConvParams& p, const F& f) {
+  using W = std::integral_constant<int, kW>;
   if (p.activation == kActSilu) {
-    forward_rows_fused<kW, kActSilu, T>(p, grain);
+    f(W{}, std::integral_constant<int64_t, kActSilu>{});
   } else if (p.activation == kActRelu) {
-    forward_rows_fused<kW, kActRelu, T>(p, grain);
+    f(W{}, std::integral_constant<int64_t, kActRelu>{});
   } else {
-    forward_rows_fused<kW, kActNone, T>(p, grain);
+    f(W{}, std::integral_constant<int64_t, kActNone>{});
+  }
+}
+
+// Runs a fused forward for p's short filter (W <= kMaxFusedTaps): f(kW, kAct) as above; false
+// (nothing run) for longer filters.
+template <typename F>
+bool with_fused_taps(const CausalConvParams& p, const F& f) {
+  static_assert(kMaxFusedTaps == 4, "the switch below spells the fused widths");
+  switch (p.W) {
+    case 1:
+      return with_activation<1>(p, f), true;
+    case 2:
+      return with_activation<2>(p, f), true;
+    case 3:
+      return with_activation<3>(p, f), true;
+    case 4:
+      return with_activation<4>(p, f), true;
+    default:
+      return false;
   }
 }
 
@@ -172,18 +193,10 @@ void forward_rows(const CausalConvParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t grain = std::max<int64_t>(1, kTaskGrain / std::max<int64_t>(1, p.L));
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    static_assert(kMaxFusedTaps == 4, "the switch below spells the fused widths");
-    switch (p.W) {
-      case 1:
-        return forward_rows_fused<1, scalar_t>(p, grain);
-      case 2:
-        return forward_rows_fused<2, scalar_t>(p, grain);
-      case 3:
-        return forward_rows_fused<3, scalar_t>(p, grain);
-      case 4:
-        return forward_rows_fused<4, scalar_t>(p, grain);
-      default:
-        break;
+    if (with_fused_taps(p, [&](auto w, auto act) {
+          forward_rows_fused<decltype(w)::value, decltype(act)::value, scalar_t>(p, grain);
+        })) {
+      return;
     }
   }
   at::parallel_for(0, p.N * p.C, grain, [&](int64_t begin, int64_t end) {
@@ -242,10 +255,11 @@ void channels_last_taps(const CausalConvParams& p, std::vector<at::opmath_type<s
 // A short filter (W <= kMaxFusedTaps) on channel-last float / double rows: each task takes one
 // batch row and a block of kLanes channels (one AVX-512 vector) and walks all L steps, the
 // block's taps and bias in registers, each output's W taps summed in registers in the order of
-// channels_last_steps (bias, then k = 0, ..., W - 1), activated and stored once. The block's
-// inputs a step reads were loaded by the steps before it (in L1); x and y are walked with one
-// constant stride (a row of C channels), which the prefetchers follow. kFull: a whole vector
-// of channels (the trip count a constant), else the last cw < kLanes channels.
+// conv_row_fused (bias, then k = 0, ..., W - 1; the steps before t = 0 through tap), activated
+// and stored once. The block's inputs a step reads were loaded by the steps before it (in L1);
+// x and y are walked with one constant stride (a row of C channels), which the prefetchers
+// follow. kFull: a whole vector of channels (the trip count a constant), else the last
+// cw < kLanes channels.
 template <int kW, int64_t kAct, bool kFull, typename T>
 FUSEDGRU_INLINE void channels_last_block(const CausalConvParams& p, const T* __restrict wt,
                                          const T* __restrict bias, int64_t n, int64_t c0,
@@ -264,15 +278,9 @@ FUSEDGRU_INLINE void channels_last_block(const CausalConvParams& p, const T* __r
   const int64_t head = std::min(S, L);  // steps that reach back before t = 0
   for (int64_t t = 0; t < head; ++t) {
     for (int64_t l = 0; l < lanes; ++l) {
+      const T* init_l = init != nullptr ? init + l * p.i_sc : nullptr;
       T acc = b[l];
-      for (int k = 0; k < kW; ++k) {
-        const int64_t src = t - (kW - 1 - k) * d;
-        if (src >= 0) {
-          acc += w[k][l] * x[src * p.x_sl + l];
-        } else if (init != nullptr) {
-          acc += w[k][l] * init[l * p.i_sc + (S + src) * p.i_ss];
-        }
-      }
+      for (int k = 0; k < kW; ++k) acc += w[k][l] * tap(p, x + l, init_l, t - (kW - 1 - k) * d, S);
       y[t * p.y_sl + l] = activate(acc, kAct);
     }
   }
@@ -311,17 +319,6 @@ void forward_channels_last_fused(const CausalConvParams& p, const T* wt, const T
   });
 }
 
-template <int kW, typename T>
-void forward_channels_last_fused(const CausalConvParams& p, const T* wt, const T* bias) {
-  if (p.activation == kActSilu) {
-    forward_channels_last_fused<kW, kActSilu, T>(p, wt, bias);
-  } else if (p.activation == kActRelu) {
-    forward_channels_last_fused<kW, kActRelu, T>(p, wt, bias);
-  } else {
-    forward_channels_last_fused<kW, kActNone, T>(p, wt, bias);
-  }
-}
-
 template <typename scalar_t>
 void forward_channels_last(const CausalConvParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -329,18 +326,11 @@ void forward_channels_last(const CausalConvParams& p) {
   std::vector<acc_t> wt, bias;
   channels_last_taps<scalar_t>(p, wt, bias);
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    static_assert(kMaxFusedTaps == 4, "the switch below spells the fused widths");
-    switch (p.W) {
-      case 1:
-        return forward_channels_last_fused<1>(p, wt.data(), bias.data());
-      case 2:
-        return forward_channels_last_fused<2>(p, wt.data(), bias.data());
-      case 3:
-        return forward_channels_last_fused<3>(p, wt.data(), bias.data());
-      case 4:
-        return forward_channels_last_fused<4>(p, wt.data(), bias.data());
-      default:
-        break;
+    if (with_fused_taps(p, [&](auto w, auto act) {
+          forward_channels_last_fused<decltype(w)::value, decltype(act)::value>(p, wt.data(),
+                                                                                bias.data());
+        })) {
+      return;
     }
   }
   const int64_t chunk = 64;

@@ -164,33 +164,35 @@ struct PathPlan {
   bool persistent = false;
 };
 
-template <typename scalar_t, typename Launch>
-PathPlan forward_path(int64_t T, int64_t N, int64_t H, const Launch& launch) {
+// The path from the two planners (each returns a plan with J == 0 where it does not fit).
+template <typename scalar_t, typename TcPlanner, typename FmaPlanner>
+PathPlan choose_path(int64_t T, int64_t N, int64_t H, bool backward, const TcPlanner& tc_plan,
+                     const FmaPlanner& fma_plan) {
   PathPlan path;
-  path.tc = tc_forward_plan<scalar_t>(T, N, H, launch);
+  path.tc = tc_plan();
   if (path.tc.J != 0) {
     path.cost = path_cost<scalar_t>(path.tc, T, N, H);
   } else {
-    path.fma = persistent_forward_plan<scalar_t>(T, N, H, launch);
-    if (path.fma.J != 0) path.cost = path_cost<scalar_t>(path.fma, T, N, H, false);
+    path.fma = fma_plan();
+    if (path.fma.J != 0) path.cost = path_cost<scalar_t>(path.fma, T, N, H, backward);
   }
   path.persistent = (path.tc.J != 0 || path.fma.J != 0) && take_persistent(path.cost);
   return path;
 }
 
 template <typename scalar_t, typename Launch>
+PathPlan forward_path(int64_t T, int64_t N, int64_t H, const Launch& launch) {
+  return choose_path<scalar_t>(
+      T, N, H, false, [&] { return tc_forward_plan<scalar_t>(T, N, H, launch); },
+      [&] { return persistent_forward_plan<scalar_t>(T, N, H, launch); });
+}
+
+template <typename scalar_t, typename Launch>
 PathPlan backward_path(int64_t T, int64_t N, int64_t H, bool hprev, bool grad_ws,
                        const Launch& launch) {
-  PathPlan path;
-  path.tc = tc_backward_plan<scalar_t>(T, N, H, hprev, grad_ws, launch);
-  if (path.tc.J != 0) {
-    path.cost = path_cost<scalar_t>(path.tc, T, N, H);
-  } else {
-    path.fma = persistent_backward_plan<scalar_t>(T, N, H, hprev, grad_ws, launch);
-    if (path.fma.J != 0) path.cost = path_cost<scalar_t>(path.fma, T, N, H, true);
-  }
-  path.persistent = (path.tc.J != 0 || path.fma.J != 0) && take_persistent(path.cost);
-  return path;
+  return choose_path<scalar_t>(
+      T, N, H, true, [&] { return tc_backward_plan<scalar_t>(T, N, H, hprev, grad_ws, launch); },
+      [&] { return persistent_backward_plan<scalar_t>(T, N, H, hprev, grad_ws, launch); });
 }
 
 }  // namespace gru
