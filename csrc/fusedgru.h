@@ -183,8 +183,9 @@ GruBackwardState gru_backward_state(const at::Tensor& grad_output, const at::Ten
                                     bool reverse, bool need_weight_grad);
 
 // What every forward starts from (GRU and LayerNormGRU, both devices): the input in step layout
-// (steps_layout), output [T, N, H] and the saved activations [T, N, saved width] (or [0])
-// allocated in its storage order, h a contiguous copy of hx (the device loop advances it to h_n),
+// (steps_layout), output [T, N, H] (the caller's view when given: one half of a bidirectional
+// layer's output) and the saved activations [T, N, saved width] (or [0]) allocated in its
+// storage order, h a contiguous copy of hx (the device loop advances it to h_n),
 // and lengths as the kernels read them (undefined without).
 struct ForwardSteps : Steps {
   at::Tensor output, workspace, h, len;
@@ -214,7 +215,8 @@ struct ForwardSteps : Steps {
 };
 ForwardSteps forward_steps(const at::Tensor& input, const at::Tensor& hx, int64_t H,
                            int64_t saved_width, bool need_workspace,
-                           const std::optional<at::Tensor>& lengths);
+                           const std::optional<at::Tensor>& lengths,
+                           const at::Tensor& output = at::Tensor());
 
 // The device-independent part of a GRU forward (cf. GruBackwardState): the checks, the steps
 // above, and when N > 0 the input projection of all steps (one GEMM) and the pointwise
@@ -231,7 +233,30 @@ GruForwardState gru_forward_state(const at::Tensor& input, const at::Tensor& hx,
                                   const std::optional<at::Tensor>& bias_ih,
                                   const std::optional<at::Tensor>& bias_hh,
                                   const std::optional<at::Tensor>& lengths, bool need_workspace,
-                                  const Matmul& matmul);
+                                  const Matmul& matmul, const at::Tensor& output = at::Tensor());
+
+// ---- Both directions of a layer in one call (gru_forward_bidirectional) ----
+// nn.GRU's output of a bidirectional layer, [T, N, 2H] (forward | reverse), allocated in the
+// input's storage order after checking hx [2, N, H] (everything else is checked per direction);
+// each direction's forward writes its half, direction_half(output, d).
+at::Tensor bidirectional_output(const at::Tensor& input, const at::Tensor& hx,
+                                const at::Tensor& weight_hh);
+// The bidirectional backward's own shapes (each direction's are checked by its backward):
+// grad_output and output [T, N, 2H], grad_h_n and hx [2, N, H].
+void check_bidirectional_backward_args(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+                                       const at::Tensor& input, const at::Tensor& hx,
+                                       const at::Tensor& weight_hh, const at::Tensor& output);
+// gru_backward_bidirectional's result from each direction's gru_backward result: grad_input
+// summed, grad_hx stacked, then each direction's parameter gradients.
+using GruGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using GruBidirectionalGrads =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+               at::Tensor, at::Tensor, at::Tensor>;
+GruBidirectionalGrads bidirectional_grads(GruGrads forward, GruGrads reverse, bool need_input_grad);
+inline at::Tensor direction_half(const at::Tensor& output, int64_t d) {
+  const int64_t H = output.size(2) / 2;
+  return output.narrow(2, d * H, H);
+}
 
 // ---- Layer-normalized GRU (ln_gru_common.cpp) ----
 // Ba et al. 2016: layer normalization of the gate pre-activations, the input and the recurrent

@@ -161,11 +161,12 @@ Steps steps_of(const Tensor& input, int64_t H) {
 }
 
 ForwardSteps forward_steps(const Tensor& input, const Tensor& hx, int64_t H, int64_t saved_width,
-                           bool need_workspace, const std::optional<Tensor>& lengths) {
+                           bool need_workspace, const std::optional<Tensor>& lengths,
+                           const Tensor& output) {
   ForwardSteps s;
   static_cast<Steps&>(s) = steps_of(input, H);
   const auto opts = input.options();
-  s.output = alloc_steps(s.batch_major, s.T, s.N, H, opts);
+  s.output = output.defined() ? output : alloc_steps(s.batch_major, s.T, s.N, H, opts);
   s.workspace = need_workspace ? alloc_steps(s.batch_major, s.T, s.N, saved_width, opts)
                                : at::empty({0}, opts);
   s.h = hx.clone(at::MemoryFormat::Contiguous);
@@ -177,12 +178,12 @@ GruForwardState gru_forward_state(const Tensor& input, const Tensor& hx, const T
                                   const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
                                   const std::optional<Tensor>& bias_hh,
                                   const std::optional<Tensor>& lengths, bool need_workspace,
-                                  const Matmul& matmul) {
+                                  const Matmul& matmul, const Tensor& output) {
   check_gru_forward_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths);
   const int64_t H = weight_hh.size(1);
   GruForwardState st;
   static_cast<ForwardSteps&>(st) =
-      forward_steps(input, hx, H, kSavedGates * H, need_workspace, lengths);
+      forward_steps(input, hx, H, kSavedGates * H, need_workspace, lengths, output);
   if (st.N == 0) return st;
   st.gi = gru_input_projection(st.x, st.batch_major, weight_ih, bias_ih, matmul);
   st.b_hh = bias_hh.has_value() ? bias_hh->contiguous() : at::zeros({3 * H}, input.options());
@@ -193,6 +194,36 @@ GruForwardState gru_forward_state(const Tensor& input, const Tensor& hx, const T
   p.gi_sn = st.gi.stride(1);
   p.dtype = input.scalar_type();
   return st;
+}
+
+Tensor bidirectional_output(const Tensor& input, const Tensor& hx, const Tensor& weight_hh) {
+  FUSEDGRU_CHECK_DIM(input, 3);
+  FUSEDGRU_CHECK_DIM(weight_hh, 2);
+  const int64_t N = input.size(1), H = weight_hh.size(1);
+  FUSEDGRU_CHECK_SHAPE(hx, 2, N, H);
+  const Tensor x = steps_layout(input);
+  return alloc_steps(is_batch_major(x), x.size(0), x.size(1), 2 * H, input.options());
+}
+
+void check_bidirectional_backward_args(const Tensor& grad_output, const Tensor& grad_h_n,
+                                       const Tensor& input, const Tensor& hx,
+                                       const Tensor& weight_hh, const Tensor& output) {
+  FUSEDGRU_CHECK_DIM(input, 3);
+  FUSEDGRU_CHECK_DIM(weight_hh, 2);
+  const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
+  FUSEDGRU_CHECK_SHAPE(grad_output, T, N, 2 * H);
+  FUSEDGRU_CHECK_SHAPE(output, T, N, 2 * H);
+  FUSEDGRU_CHECK_SHAPE(grad_h_n, 2, N, H);
+  FUSEDGRU_CHECK_SHAPE(hx, 2, N, H);
+}
+
+GruBidirectionalGrads bidirectional_grads(GruGrads forward, GruGrads reverse,
+                                          bool need_input_grad) {
+  auto& [gi0, gh0, gw_ih0, gw_hh0, gb_ih0, gb_hh0] = forward;
+  auto& [gi1, gh1, gw_ih1, gw_hh1, gb_ih1, gb_hh1] = reverse;
+  Tensor grad_input = need_input_grad ? gi0.add_(gi1) : gi0;
+  return {grad_input, at::stack({gh0, gh1}), gw_ih0, gw_hh0, gb_ih0, gb_hh0, gw_ih1, gw_hh1, gb_ih1,
+          gb_hh1};
 }
 
 GruForwardPointwise GruForwardState::at_step(int64_t t) const {

@@ -23,6 +23,28 @@ TORCH_LIBRARY(fusedgru, m) {
       "gru_forward(Tensor input, Tensor hx, Tensor weight_ih, Tensor weight_hh, "
       "Tensor? bias_ih, Tensor? bias_hh, Tensor? lengths, bool reverse, bool need_workspace) "
       "-> (Tensor output, Tensor h_n, Tensor workspace)");
+  // Both directions of a bidirectional layer in one call (on CUDA one persistent launch, half
+  // the grid per direction, where both fit): the *_reverse weights are the reverse direction's.
+  //   hx [2, N, H] -> output [T, N, 2H] (forward | reverse, nn.GRU's layout), h_n [2, N, H], and
+  //   each direction's workspace as gru_forward's.
+  m.def(
+      "gru_forward_bidirectional(Tensor input, Tensor hx, Tensor weight_ih, Tensor weight_hh, "
+      "Tensor? bias_ih, Tensor? bias_hh, Tensor weight_ih_reverse, Tensor weight_hh_reverse, "
+      "Tensor? bias_ih_reverse, Tensor? bias_hh_reverse, Tensor? lengths, bool need_workspace) "
+      "-> (Tensor output, Tensor h_n, Tensor workspace, Tensor workspace_reverse)");
+  // Gradients of gru_forward_bidirectional (on CUDA one persistent launch for both directions
+  // where both fit): grad_output/output [T, N, 2H], grad_h_n/hx [2, N, H]; grad_input is the sum
+  // of both directions', grad_hx [2, N, H], then each direction's weight and bias gradients as
+  // gru_backward's (empty [0] where not asked for).
+  m.def(
+      "gru_backward_bidirectional(Tensor grad_output, Tensor grad_h_n, Tensor? grad_workspace, "
+      "Tensor? grad_workspace_reverse, Tensor input, Tensor hx, Tensor weight_ih, "
+      "Tensor weight_hh, Tensor weight_ih_reverse, Tensor weight_hh_reverse, Tensor? lengths, "
+      "Tensor output, Tensor workspace, Tensor workspace_reverse, bool has_bias, "
+      "bool need_input_grad, bool need_weight_grad) "
+      "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_weight_ih, Tensor grad_weight_hh, "
+      "Tensor grad_bias_ih, Tensor grad_bias_hh, Tensor grad_weight_ih_reverse, "
+      "Tensor grad_weight_hh_reverse, Tensor grad_bias_ih_reverse, Tensor grad_bias_hh_reverse)");
   // Gradients of gru_forward, given those of its outputs (grad_workspace [T, N, 4H] or none: it
   // is nonzero only when differentiating twice). Returns (grad_input, grad_hx, grad_weight_ih,
   // grad_weight_hh, grad_bias_ih, grad_bias_hh); what was not asked for (need_* flags,

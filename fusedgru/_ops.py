@@ -8,7 +8,7 @@ through :func:`fused_or_reference` alone. Shape legend: T time steps, N batch, C
 features, H hidden size.
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 import torch
@@ -53,6 +53,8 @@ class _Schema:
 
 _GRU_FORWARD = _Schema("gru_forward")
 _GRU_BACKWARD = _Schema("gru_backward")
+_GRU_FORWARD_BIDIRECTIONAL = _Schema("gru_forward_bidirectional")
+_GRU_BACKWARD_BIDIRECTIONAL = _Schema("gru_backward_bidirectional")
 _GRU_CELL = _Schema("gru_cell")
 _LN_GRU_FORWARD = _Schema("ln_gru_forward")
 _CONV_FWD = _Schema("causal_conv1d_fwd")
@@ -99,6 +101,24 @@ def gru_forward(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
         bias_hh=bias_hh, lengths=lengths, reverse=reverse, need_workspace=need_workspace)
 
 
+def gru_forward_bidirectional(
+        input: Tensor, hx: Tensor, weights: Sequence[Tensor | None],
+        reverse_weights: Sequence[Tensor | None], *, lengths: Tensor | None = None,
+        need_workspace: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``fusedgru::gru_forward_bidirectional``: both directions of a GRU layer in one call.
+
+    input ``[T, N, C]``, hx ``[2, N, H]``; weights and reverse_weights: each direction's
+    ``(weight_ih, weight_hh, bias_ih, bias_hh)`` as in :func:`gru_forward` (biases may be None).
+    Returns output ``[T, N, 2H]`` (forward | reverse, nn.GRU's layout), h_n ``[2, N, H]`` and
+    each direction's workspace."""
+    w_ih, w_hh, b_ih, b_hh = weights
+    w_ih_r, w_hh_r, b_ih_r, b_hh_r = reverse_weights
+    return torch.ops.fusedgru.gru_forward_bidirectional(
+        input=input, hx=hx, weight_ih=w_ih, weight_hh=w_hh, bias_ih=b_ih, bias_hh=b_hh,
+        weight_ih_reverse=w_ih_r, weight_hh_reverse=w_hh_r, bias_ih_reverse=b_ih_r,
+        bias_hh_reverse=b_hh_r, lengths=lengths, need_workspace=need_workspace)
+
+
 def gru_backward(grad_output: Tensor, grad_h_n: Tensor, *, grad_workspace: Tensor | None = None,
                  input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
                  lengths: Tensor | None = None, output: Tensor, workspace: Tensor,
@@ -112,6 +132,27 @@ def gru_backward(grad_output: Tensor, grad_h_n: Tensor, *, grad_workspace: Tenso
         grad_output=grad_output, grad_h_n=grad_h_n, grad_workspace=grad_workspace, input=input,
         hx=hx, weight_ih=weight_ih, weight_hh=weight_hh, lengths=lengths, output=output,
         workspace=workspace, reverse=reverse, has_bias=has_bias,
+        need_input_grad=need_input_grad, need_weight_grad=need_weight_grad)
+
+
+def gru_backward_bidirectional(
+        grad_output: Tensor, grad_h_n: Tensor, *, grad_workspaces: Sequence[Tensor | None],
+        input: Tensor, hx: Tensor, weights: Sequence[Tensor], reverse_weights: Sequence[Tensor],
+        lengths: Tensor | None = None, output: Tensor, workspaces: Sequence[Tensor],
+        has_bias: bool, need_input_grad: bool, need_weight_grad: bool) -> tuple[Tensor, ...]:
+    """``fusedgru::gru_backward_bidirectional``: the gradients of
+    :func:`gru_forward_bidirectional` given those of its outputs (grad_output ``[T, N, 2H]``,
+    grad_h_n ``[2, N, H]``; grad_workspaces per direction, only when differentiating twice).
+    weights, reverse_weights: each direction's ``(weight_ih, weight_hh)``; workspaces: each
+    direction's. Returns (grad_input, grad_hx ``[2, N, H]``, then each direction's
+    grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh); what was not asked for is an
+    empty ``[0]``."""
+    return torch.ops.fusedgru.gru_backward_bidirectional(
+        grad_output=grad_output, grad_h_n=grad_h_n, grad_workspace=grad_workspaces[0],
+        grad_workspace_reverse=grad_workspaces[1], input=input, hx=hx, weight_ih=weights[0],
+        weight_hh=weights[1], weight_ih_reverse=reverse_weights[0],
+        weight_hh_reverse=reverse_weights[1], lengths=lengths, output=output,
+        workspace=workspaces[0], workspace_reverse=workspaces[1], has_bias=has_bias,
         need_input_grad=need_input_grad, need_weight_grad=need_weight_grad)
 
 
@@ -209,7 +250,8 @@ _Fn = TypeVar("_Fn", bound=Callable)
 def fused_or_reference(fused: _Fn, reference_fn: _Fn, *tensors: Tensor | None) -> _Fn:
     """The computation to run on ``tensors`` (a call's inputs and parameters): ``reference_fn``
     (written with differentiable torch ops, from ``fusedgru.reference``) where the fused ops
-    cannot serve, see :func:`needs_reference`, else ``fused``. Both take the same arguments.
+    cannot serve, see :func:`needs_reference`, else ``fused``. Both take the same arguments
+    (or are tuples of functions that do, None where the reference has no counterpart).
     Every module decides through this function."""
     return reference_fn if needs_reference(*tensors) else fused
 
@@ -302,6 +344,82 @@ torch.library.register_autograd(
     "fusedgru::gru_forward", _gru_forward_backward, setup_context=_gru_forward_setup_context)
 
 
+# ---- gru_forward_bidirectional: its backward is gru_backward per direction ----
+
+@torch.library.register_fake("fusedgru::gru_forward_bidirectional")
+def _gru_forward_bidirectional_fake(input, hx, weight_ih, weight_hh, bias_ih, bias_hh,
+                                    weight_ih_reverse, weight_hh_reverse, bias_ih_reverse,
+                                    bias_hh_reverse, lengths, need_workspace):
+    T, N, _ = input.shape
+    H = weight_hh.shape[1]
+    bm = _batch_major(input)
+
+    def workspace():
+        if need_workspace:
+            return _empty_steps(input, bm, T, N, SAVED_GATES * H)
+        return input.new_empty((0,))
+
+    return (_empty_steps(input, bm, T, N, 2 * H), hx.new_empty((2, N, H)), workspace(),
+            workspace())
+
+
+# Each direction's arguments of gru_forward_bidirectional, in gru_forward's names.
+_DIRECTION_ARGS = (
+    {n: n for n in _GRU_WEIGHTS},
+    {n: f"{n}_reverse" for n in _GRU_WEIGHTS},
+)
+
+
+def _gru_forward_bidirectional_setup_context(ctx, inputs, output):
+    a = _GRU_FORWARD_BIDIRECTIONAL.bind(inputs)
+    out, _, ws0, ws1 = output
+    ctx.set_materialize_grads(False)
+    weights = [a[names[w]] for names in _DIRECTION_ARGS for w in ("weight_ih", "weight_hh")]
+    ctx.save_for_backward(a["input"], a["hx"], *weights, a["lengths"], out, ws0, ws1)
+    ctx.bias_present = [{b: a[names[b]] is not None for b in ("bias_ih", "bias_hh")}
+                        for names in _DIRECTION_ARGS]
+
+
+def _gru_forward_bidirectional_backward(ctx, grad_output, grad_h_n, grad_ws0, grad_ws1):
+    input, hx, w_ih0, w_hh0, w_ih1, w_hh1, lengths, out, ws0, ws1 = ctx.saved_tensors
+    need = _GRU_FORWARD_BIDIRECTIONAL.needs_input_grad(ctx)
+    grads = gru_backward_bidirectional(
+        grad_output if grad_output is not None else torch.zeros_like(out),
+        grad_h_n if grad_h_n is not None else torch.zeros_like(hx),
+        grad_workspaces=(grad_ws0, grad_ws1), input=input, hx=hx, weights=(w_ih0, w_hh0),
+        reverse_weights=(w_ih1, w_hh1), lengths=lengths, output=out, workspaces=(ws0, ws1),
+        has_bias=any(any(p.values()) for p in ctx.bias_present), need_input_grad=need["input"],
+        need_weight_grad=any(need[names[n]] for names in _DIRECTION_ARGS for n in _GRU_WEIGHTS))
+    g_input, g_hx = grads[:2]
+    named = {}
+    for d, names in enumerate(_DIRECTION_ARGS):
+        for n, g in zip(_GRU_WEIGHTS, grads[2 + 4 * d:6 + 4 * d], strict=True):
+            present = n.startswith("weight") or ctx.bias_present[d][n]
+            named[names[n]] = g if need[names[n]] and present else None
+    return _GRU_FORWARD_BIDIRECTIONAL.grads(
+        input=g_input if need["input"] else None, hx=g_hx if need["hx"] else None, **named)
+
+
+torch.library.register_autograd(
+    "fusedgru::gru_forward_bidirectional", _gru_forward_bidirectional_backward,
+    setup_context=_gru_forward_bidirectional_setup_context)
+
+
+@torch.library.register_fake("fusedgru::gru_backward_bidirectional")
+def _gru_backward_bidirectional_fake(grad_output, grad_h_n, grad_workspace, grad_workspace_reverse,
+                                     input, hx, weight_ih, weight_hh, weight_ih_reverse,
+                                     weight_hh_reverse, lengths, output, workspace,
+                                     workspace_reverse, has_bias, need_input_grad,
+                                     need_weight_grad):
+    fwd = _gru_backward_fake(grad_output, grad_h_n[0], grad_workspace, input, hx[0], weight_ih,
+                             weight_hh, lengths, output, workspace, False, has_bias,
+                             need_input_grad, need_weight_grad)
+    rev = _gru_backward_fake(grad_output, grad_h_n[1], grad_workspace_reverse, input, hx[1],
+                             weight_ih_reverse, weight_hh_reverse, lengths, output,
+                             workspace_reverse, True, has_bias, need_input_grad, need_weight_grad)
+    return (fwd[0], hx.new_empty(hx.shape), *fwd[2:], *rev[2:])
+
+
 # ---- autograd of the backward ops (double backward): differentiate the torch-op reference ----
 
 def _save_tensors_and_flags(schema: _Schema, ctx, inputs) -> None:
@@ -354,6 +472,27 @@ def _gru_backward_backward(ctx, *grad_outputs):
 
 torch.library.register_autograd(
     "fusedgru::gru_backward", _gru_backward_backward, setup_context=_gru_backward_setup_context)
+
+
+def _gru_backward_bidirectional_setup_context(ctx, inputs, output):
+    _save_tensors_and_flags(_GRU_BACKWARD_BIDIRECTIONAL, ctx, inputs)
+
+
+_GRU_BACKWARD_BIDIRECTIONAL_DIFFERENTIABLE = tuple(
+    n for n in _GRU_BACKWARD_BIDIRECTIONAL.tensors if n != "lengths")
+
+
+def _gru_backward_bidirectional_backward(ctx, *grad_outputs):
+    return _reference_vjp(
+        _GRU_BACKWARD_BIDIRECTIONAL, ctx, _GRU_BACKWARD_BIDIRECTIONAL_DIFFERENTIABLE,
+        lambda a: reference.gru_layer_backward_bidirectional(**a,
+                                                             has_bias=ctx.flags["has_bias"]),
+        grad_outputs)
+
+
+torch.library.register_autograd(
+    "fusedgru::gru_backward_bidirectional", _gru_backward_bidirectional_backward,
+    setup_context=_gru_backward_bidirectional_setup_context)
 
 
 # ---- causal depthwise conv1d ----

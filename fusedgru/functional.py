@@ -145,31 +145,41 @@ def _check_weight_shapes(input_size: int, params: Sequence[Tensor], names: Seque
     return H
 
 
-def stack_layers(x, hx, params, per_layer, num_layers, D, run_layer, dropout=0.0):
+def stack_layers(x, hx, params, per_layer, num_layers, D, run_layer, dropout=0.0,
+                 run_both=None):
     """The layers and directions of a GRU, each layer's output the next one's input (both
     directions' outputs side by side, dropout between layers). x [T, N, C]; hx [L D, N, H];
     params: per_layer tensors per layer and direction. run_layer(x, h0, layer_params, reverse)
-    -> (output [T, N, H], h_n [N, H]). Returns (output [T, N, D H], h_n [L D, N, H])."""
+    -> (output [T, N, H], h_n [N, H]); run_both (optional, for D = 2): run_both(x, h0 [2, N, H],
+    both directions' params) -> (output [T, N, 2H], h_n [2, N, H]) in one call. Returns
+    (output [T, N, D H], h_n [L D, N, H])."""
     h_n = []
     for layer in range(num_layers):
-        outs = []
-        for d in range(D):
-            k = layer * D + d
-            out, h = run_layer(x, hx[k], params[k * per_layer:(k + 1) * per_layer], d == 1)
-            outs.append(out)
-            h_n.append(h)
-        x = outs[0] if D == 1 else torch.cat(outs, dim=2)
+        k = layer * D
+        if D == 2 and run_both is not None:
+            x, h = run_both(x, hx[k:k + 2], params[k * per_layer:(k + 2) * per_layer])
+            h_n.extend(h.unbind(0))
+        else:
+            outs = []
+            for d in range(D):
+                out, h = run_layer(x, hx[k + d],
+                                   params[(k + d) * per_layer:(k + d + 1) * per_layer], d == 1)
+                outs.append(out)
+                h_n.append(h)
+            x = outs[0] if D == 1 else torch.cat(outs, dim=2)
         if dropout > 0 and layer < num_layers - 1:
             x = F.dropout(x, dropout, True)
     return x, h_n[0].unsqueeze(0) if len(h_n) == 1 else torch.stack(h_n, 0)
 
 
 def _layers(input, hx, params, names, num_layers, dropout, train, bidirectional,
-            batch_first, lengths, run_layer, what):
+            batch_first, lengths, run_layer, what, run_both=None):
     """The multi-layer, multi-direction loop shared by the GRU variants, and the one place
     their arguments are checked. names: the parameter names of one layer and direction
     (nn.GRU's, without the ``_l{k}`` suffix). run_layer(x, h0, layer_params, lengths, reverse,
-    need_workspace) -> (output [T, N, H], h_n [N, H])."""
+    need_workspace) -> (output [T, N, H], h_n [N, H]); run_both (optional): both directions of
+    a bidirectional layer in one call, run_both(x, h0 [2, N, H], both directions' params,
+    lengths, need_workspace) -> (output [T, N, 2H], h_n [2, N, H])."""
     D = 2 if bidirectional else 1
     per_layer = len(names)
     if len(params) != num_layers * D * per_layer:
@@ -204,7 +214,8 @@ def _layers(input, hx, params, names, num_layers, dropout, train, bidirectional,
         x, h_n = stack_layers(
             x, hx, params, per_layer, num_layers, D,
             lambda x, h0, p, reverse: run_layer(x, h0, p, lengths, reverse, need_workspace),
-            dropout if train else 0.0)
+            dropout if train else 0.0,
+            run_both and (lambda x, h0, p: run_both(x, h0, p, lengths, need_workspace)))
     if order is not None:
         inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel()))
         x, h_n = x.index_select(1, inverse), h_n.index_select(1, inverse)
@@ -277,16 +288,25 @@ def gru(
                                      reverse=reverse, need_workspace=need_workspace)
         return out, h
 
+    def fused_both(x, h0, w, lengths, need_workspace):
+        per = len(w) // 2
+        directions = [tuple(w[d * per:(d + 1) * per]) + (None, None) * (not has_biases)
+                      for d in range(2)]
+        out, h, _, _ = _ops.gru_forward_bidirectional(
+            x, h0, *directions, lengths=lengths, need_workspace=need_workspace)
+        return out, h
+
     def reference_layer(x, h0, w, lengths, reverse, need_workspace):
         # No workspace: autograd of the torch ops saves what their backward needs.
         b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
         out, h, _ = reference.gru_layer(x, h0, w[0], w[1], b_ih, b_hh, lengths, reverse)
         return out, h
 
-    run_layer = fused_or_reference(fused_layer, reference_layer, input, hx, *params)
+    run_layer, run_both = fused_or_reference((fused_layer, fused_both), (reference_layer, None),
+                                             input, hx, *params)
     names = _GRU_NAMES if has_biases else _GRU_NAMES[:2]
     return _layers(input, hx, params, names, num_layers, dropout, train, bidirectional,
-                   batch_first, lengths, run_layer, "GRU")
+                   batch_first, lengths, run_layer, "GRU", run_both)
 
 
 def ln_gru(

@@ -161,6 +161,29 @@ def gru_layer_backward(grad_output: Tensor, grad_h_n: Tensor, grad_workspace: Te
 _ACTIVATIONS = {None: lambda v: v, "silu": torch.nn.functional.silu, "relu": torch.relu}
 
 
+def gru_layer_backward_bidirectional(
+        grad_output: Tensor, grad_h_n: Tensor, grad_workspace: Tensor | None,
+        grad_workspace_reverse: Tensor | None, input: Tensor, hx: Tensor, weight_ih: Tensor,
+        weight_hh: Tensor, weight_ih_reverse: Tensor, weight_hh_reverse: Tensor,
+        lengths: Tensor | None, output: Tensor, workspace: Tensor, workspace_reverse: Tensor,
+        has_bias: bool):
+    """``fusedgru::gru_backward_bidirectional`` in torch ops: :func:`gru_layer_backward` of each
+    direction of a bidirectional layer (grad_output, output ``[T, N, 2H]``; grad_h_n, hx
+    ``[2, N, H]``). Returns (grad_input summed over both directions, grad_hx ``[2, N, H]``,
+    then the forward direction's and the reverse direction's parameter gradients)."""
+    H = weight_hh.shape[1]
+    grads = []
+    for d, (w_ih, w_hh, g_ws, ws) in enumerate(
+            ((weight_ih, weight_hh, grad_workspace, workspace),
+             (weight_ih_reverse, weight_hh_reverse, grad_workspace_reverse, workspace_reverse))):
+        half = slice(d * H, (d + 1) * H)
+        grads.append(gru_layer_backward(grad_output[..., half], grad_h_n[d], g_ws, input, hx[d],
+                                        w_ih, w_hh, lengths, output[..., half], ws, d == 1,
+                                        has_bias))
+    (g_in, g_hx, *params), (g_in_r, g_hx_r, *params_r) = grads
+    return (g_in + g_in_r, torch.stack([g_hx, g_hx_r]), *params, *params_r)
+
+
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, dilation: int = 1,
                   activation: str | None = None, initial_state: Tensor | None = None) -> Tensor:
     """Causal depthwise conv1d through F.conv1d, as ``fusedgru::causal_conv1d_fwd``.

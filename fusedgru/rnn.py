@@ -289,15 +289,20 @@ class GRU(_GRUInterface, nn.RNNBase):
                     or not p.is_cpu or p.shape != ((3 * H, cols) if cols else (3 * H,)):
                 return None
         op = torch.ops.fusedgru.gru_forward.default
+        both = torch.ops.fusedgru.gru_forward_bidirectional.default
+        no_bias = (None, None) * (per == 2)
 
         def run_layer(x, h0, w, reverse):
             b_ih, b_hh = (w[2], w[3]) if per == 4 else (None, None)
             return op(x, h0, w[0], w[1], b_ih, b_hh, None, reverse, False)[:2]
 
+        def run_both(x, h0, w):
+            return both(x, h0, *w[:per], *no_bias, *w[per:], *no_bias, None, False)[:2]
+
         # Grad mode is off: nothing for autograd to record, so dispatch below it (its Python
         # kernel costs more than a small step); dispatch modes and tracing still see the op.
         with torch._C._AutoDispatchBelowAutograd():
-            x, h_n = stack_layers(x, hx, weights, per, L, D, run_layer)
+            x, h_n = stack_layers(x, hx, weights, per, L, D, run_layer, run_both=run_both)
         output = x.transpose(0, 1) if self.batch_first else x
         if unbatched:
             output, h_n = output.squeeze(1), h_n.squeeze(1)

@@ -9,6 +9,7 @@
 #   bench_gru.json     fusedgru.GRU vs nn.GRU (cuDNN): T=256, N 1/16/64/256, H 128/256/1024,
 #                      bf16 and fp32 with TF32 on/off, fwd and fwd+bwd, persistent and per-step
 #   bench_cell.json    GRUCell streaming vs nn.GRUCell
+#   bench_bidir.json   bidirectional layers (both directions in one persistent launch) vs cuDNN
 #   bench_conv.json    causal conv vs F.conv1d (cuDNN), and a copy of the same bytes
 #   logs.tar.gz        the build log, every test file's log, the benchmarks' logs
 #
@@ -120,16 +121,20 @@ done
 if [ "$mode" = dry ]; then
   grid=(--device cpu --T 4 --N 1 2 --H 8 --reps 2 --warmup 1)
   cell=(--device cpu --variant cell --T 3 --N 1 --H 8 --reps 2 --warmup 1)
+  bidir=(--device cpu --bidirectional --T 4 --N 2 --H 8 --reps 2 --warmup 1)
   conv=(--device cpu --N 1 --C 8 --L 32 --reps 2 --warmup 1)
 elif [ "$mode" = quick ]; then
   grid=(--device cuda --T 256 --N 1 64 --H 256 1024 --dtype bf16 --reps 10 --warmup 2)
   cell=()
+  bidir=()
   conv=()
 else
   grid=(--device cuda --T 256 --N 1 16 64 256 --H 128 256 1024 --dtype bf16 fp32
         --tf32 on off --paths auto per-step --reps 10 --warmup 2)
   cell=(--device cuda --variant cell --T 64 --N 1 16 64 --H 256 1024 --dtype bf16 fp32
         --tf32 off --reps 5 --warmup 1)
+  bidir=(--device cuda --bidirectional --T 256 --N 1 16 --H 256 512 --dtype bf16
+         --paths auto per-step --reps 10 --warmup 2)
   conv=(--device cuda --reps 20 --warmup 3)
 fi
 run_stage bench_gru 200 "$LOGS/bench_gru.log" \
@@ -139,6 +144,11 @@ if [ ${#cell[@]} -gt 0 ]; then
   run_stage bench_cell 60 "$LOGS/bench_cell.log" \
     "$PY" benchmarks/bench_gru.py "${cell[@]}" --out "$OUT/bench_cell.json"
   grep -vE "(it|config)/s\]|s/(it|config)\]" "$LOGS/bench_cell.log" | tail -20
+fi
+if [ ${#bidir[@]} -gt 0 ]; then
+  run_stage bench_bidir 45 "$LOGS/bench_bidir.log" \
+    "$PY" benchmarks/bench_gru.py "${bidir[@]}" --out "$OUT/bench_bidir.json"
+  grep -vE "(it|config)/s\]|s/(it|config)\]" "$LOGS/bench_bidir.log" | tail -20
 fi
 if [ ${#conv[@]} -gt 0 ]; then
   run_stage bench_conv 60 "$LOGS/bench_conv.log" \

@@ -602,6 +602,115 @@ def test_a_refused_cooperative_launch_takes_the_per_step_path(emu, dtype):
     assert all(torch.equal(g, w) for g, w in zip(got_grads, want_grads))
 
 
+def bidirectional_case(T, N, C, H, dtype, batch_major, with_lengths, bias):
+    """gru_case's arguments for both directions: (input, hx [2, N, H], forward weights,
+    reverse weights, lengths)."""
+    x, hx, *fwd, lengths = gru_case(T, N, C, H, dtype, batch_major, with_lengths, bias)
+    _, hx_r, *rev, _ = gru_case(T, N, C, H, dtype, batch_major, False, bias)
+    return x, torch.stack([hx, hx_r]), fwd, rev, lengths
+
+
+def one_direction_each(forward, x, hx, fwd, rev, lengths):
+    """The bidirectional op's results from two one-direction calls of `forward`."""
+    out0, h0, ws0 = forward(x, hx[0], *fwd, lengths, False, True)
+    out1, h1, ws1 = forward(x, hx[1], *rev, lengths, True, True)
+    return torch.cat([out0, out1], 2), torch.stack([h0, h1]), ws0, ws1
+
+
+# (T, N, C, H, dtype): the FMA kernel (fp64), the tensor-core kernel (bf16; fp32 in TF32).
+BIDIRECTIONAL_CASES = [(6, 3, 17, 23, torch.float64), (5, 33, 3, 17, torch.float64),
+                       (5, 3, 7, 17, torch.bfloat16), (4, 10, 7, 30, torch.float32)]
+
+
+@pytest.mark.parametrize("T, N, C, H, dtype", BIDIRECTIONAL_CASES,
+                         ids=[f"T{c[0]}-N{c[1]}-C{c[2]}-H{c[3]}-{c[4]}".replace("torch.", "")
+                              for c in BIDIRECTIONAL_CASES])
+@pytest.mark.parametrize("batch_major, with_lengths, bias",
+                         [(False, False, True), (True, True, True), (False, True, False)],
+                         ids=["plain", "batchmajor-lengths", "lengths-nobias"])
+def test_both_directions_share_one_persistent_launch(emu, monkeypatch, restore_tf32_flags, T, N,
+                                                     C, H, dtype, batch_major, with_lengths,
+                                                     bias):
+    """gru_forward_bidirectional: blocks [0, B) run the forward direction and [B, 2 B) the
+    reverse, in ONE cooperative launch of 2 B blocks (8-SM device), each writing its half of the
+    [T, N, 2H] output in the input's layout. Each half is the bitwise result of that direction
+    launched alone with the same plan (on the 4-SM device). gru_backward_bidirectional likewise:
+    one launch, each direction's gradients gru_backward's alone to the bit (the input gradient
+    their sum), within 1e-12 of the float64 reference. If the device refuses a joint launch,
+    each direction runs alone; on the per-step path the results are the one-direction ops'."""
+    monkeypatch.setenv("FUSEDGRU_PERSISTENT", "1")
+    torch.backends.cudnn.rnn.fp32_precision = "tf32"
+    dev = emu.devices()["sms8"]
+    x, hx, fwd, rev, lengths = bidirectional_case(T, N, C, H, dtype, batch_major, with_lengths,
+                                                  bias)
+    emu.cooperative_grids()
+    got = emu.gru_forward_bidirectional_on(dev, x, hx, *fwd, *rev, lengths, True)
+    grids = emu.cooperative_grids()
+    kernel = emu.gru_path(dev, T, N, H, {torch.float64: "fp64", torch.bfloat16: "bf16",
+                                         torch.float32: "fp32"}[dtype], False, 2)[0]
+    assert kernel in ("tc", "fma") and len(grids) == 1 and grids[0] % 2 == 0, (kernel, grids)
+    # Alone, each direction on the 4-SM device: half the co-resident blocks, hence the plan of
+    # half of the joint grid.
+    half_device = emu.devices()["h100"]
+    want = one_direction_each(lambda *a: emu.gru_forward_on(half_device, *a), x, hx, fwd, rev,
+                              lengths)
+    singles = emu.cooperative_grids()
+    assert singles == [grids[0] // 2] * 2, "the joint launch used another plan than one direction"
+    out = got[0]
+    assert out.shape == (T, N, 2 * H) and out.transpose(0, 1).is_contiguous() == batch_major
+    for name, g, w in zip(("output", "h_n", "workspace", "workspace_reverse"), got, want):
+        assert torch.equal(g, w), name
+
+    emu.refuse_cooperative_launches(1)  # the joint launch is refused: one direction at a time
+    again = emu.gru_forward_bidirectional_on(half_device, x, hx, *fwd, *rev, lengths, True)
+    assert emu.refuse_cooperative_launches(0) == 0 and emu.cooperative_grids() == singles
+    assert all(torch.equal(g, w) for g, w in zip(again, want))
+
+    per_step = emu.gru_forward_bidirectional_per_step(x, hx, *fwd, *rev, lengths, True)
+    per_step_want = one_direction_each(emu.gru_forward_per_step, x, hx, fwd, rev, lengths)
+    assert all(torch.equal(g, w) for g, w in zip(per_step, per_step_want))
+
+    if dtype == torch.float64:
+        ref = reference.gru_layer(x, hx[0], *fwd, lengths, False)
+        ref_r = reference.gru_layer(x, hx[1], *rev, lengths, True)
+        assert rel_err(out, torch.cat([ref[0], ref_r[0]], 2)) <= 1e-12
+
+    # The backward: one launch for both directions too, each direction's gradients those of
+    # gru_backward alone (same plan) to the bit; the input gradient their sum.
+    go, gh = torch.randn_like(out), torch.randn_like(got[1])
+    bwd = (go, gh, None, None, x, hx, *fwd[:2], *rev[:2], lengths, out, got[2], got[3], bias,
+           True, True)
+    grads = emu.gru_backward_bidirectional_on(dev, *bwd)
+    grids = emu.cooperative_grids()
+    assert len(grids) == 1 and grids[0] % 2 == 0, grids
+
+    def alone(backward):
+        return [backward(go[..., d * H:(d + 1) * H], gh[d], None, x, hx[d], *w[:2], lengths,
+                         out[..., d * H:(d + 1) * H], got[2 + d], d == 1, bias, True, True)
+                for d, w in enumerate((fwd, rev))]
+
+    def side_by_side(g0, g1):
+        return [g0[0] + g1[0], torch.stack([g0[1], g1[1]]), *g0[2:], *g1[2:]]
+
+    want = side_by_side(*alone(lambda *a: emu.gru_backward_on(half_device, *a)))
+    assert emu.cooperative_grids() == [grids[0] // 2] * 2
+    for i, (g, w) in enumerate(zip(grads, want)):
+        assert torch.equal(g, w), i
+    emu.refuse_cooperative_launches(1)
+    again = emu.gru_backward_bidirectional_on(half_device, *bwd)
+    assert emu.refuse_cooperative_launches(0) == 0 and len(emu.cooperative_grids()) == 2
+    assert all(torch.equal(g, w) for g, w in zip(again, want))
+    per_step = emu.gru_backward_bidirectional_per_step(*bwd)
+    per_step_want = side_by_side(*alone(emu.gru_backward_per_step))
+    assert all(torch.equal(g, w) for g, w in zip(per_step, per_step_want))
+    if dtype == torch.float64:  # against the reference, on what the joint launch saved
+        for d, (w, r) in enumerate(((fwd, ref), (rev, ref_r))):
+            half = out[..., d * H:(d + 1) * H]
+            args = (x, hx[d], *w, lengths)
+            assert_gru_backward_matches(emu, "", args, lengths, (half, got[1][d], got[2 + d]), r,
+                                        d == 1, bias, False)
+
+
 def test_the_cost_model_chooses_the_path_and_the_environment_overrides_it(emu, monkeypatch):
     """gru_cost.cuh: a persistent plan that fits runs only where the model predicts it faster
     than the per-step path (here strict fp32, N = 256, H = 64 on the 4-SM device: 32 chunks of

@@ -44,6 +44,73 @@ def test_opcheck_gru_forward(device, case):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", [c for c in FORWARD_CASES if "reverse" not in c])
+@pytest.mark.parametrize("need_workspace", [True, False], ids=["train", "inference"])
+def test_opcheck_gru_forward_bidirectional(device, case, need_workspace):
+    kw = dict(FORWARD_CASES[case])
+    x, hx, *fwd, lens = gru_args(device, requires_grad=need_workspace, **kw)
+    _, hx_r, *rev, _ = gru_args(device, requires_grad=need_workspace, **kw)
+    hx2 = torch.stack([hx, hx_r]).detach().requires_grad_(need_workspace)
+    torch.library.opcheck(torch.ops.fusedgru.gru_forward_bidirectional.default,
+                          (x, hx2, *fwd, *rev, lens, need_workspace))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", [c for c in FORWARD_CASES if "reverse" not in c])
+def test_bidirectional_op_is_both_directions_side_by_side(device, case):
+    """gru_forward_bidirectional's output halves, h_n and workspaces are gru_forward's of each
+    direction to the bit, the output in the input's layout (batch-major stays batch-major)."""
+    kw = dict(FORWARD_CASES[case])
+    x, hx, *fwd, lens = gru_args(device, requires_grad=False, **kw)
+    _, hx_r, *rev, _ = gru_args(device, requires_grad=False, **kw)
+    out, h_n, ws, ws_r = torch.ops.fusedgru.gru_forward_bidirectional(
+        x, torch.stack([hx, hx_r]), *fwd, *rev, lens, True)
+    out0, h0, ws0 = torch.ops.fusedgru.gru_forward(x, hx, *fwd, lens, False, True)
+    out1, h1, ws1 = torch.ops.fusedgru.gru_forward(x, hx_r, *rev, lens, True, True)
+    assert torch.equal(out, torch.cat([out0, out1], 2))
+    assert torch.equal(h_n, torch.stack([h0, h1]))
+    assert torch.equal(ws, ws0) and torch.equal(ws_r, ws1)
+    assert (out.transpose(0, 1) if kw.get("batch_major") else out).is_contiguous()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", ["plain", "lengths", "batch-major", "float64"])
+@pytest.mark.parametrize("with_grad_ws", [False, True])
+def test_opcheck_gru_backward_bidirectional(device, case, with_grad_ws):
+    kw = dict(FORWARD_CASES[case])
+    x, hx, *fwd, lens = gru_args(device, requires_grad=False, **kw)
+    _, hx_r, *rev, _ = gru_args(device, requires_grad=False, **kw)
+    hx2 = torch.stack([hx, hx_r])
+    out, h, ws, ws_r = torch.ops.fusedgru.gru_forward_bidirectional(x, hx2, *fwd, *rev, lens,
+                                                                      True)
+    go, gh = torch.randn_like(out), torch.randn_like(h)
+    gws = [torch.randn_like(ws), None] if with_grad_ws else [None, None]  # one direction's only
+    tensors = [go, gh, *gws, x, hx2, *fwd[:2], *rev[:2], lens, out, ws, ws_r]
+    tensors = [t.detach().requires_grad_() if t is not None and t.is_floating_point() else t
+               for t in tensors]
+    for need_input, need_weight in [(True, True), (False, True), (True, False)]:
+        torch.library.opcheck(torch.ops.fusedgru.gru_backward_bidirectional.default,
+                              (*tensors, True, need_input, need_weight))
+    grads = torch.ops.fusedgru.gru_backward_bidirectional(*tensors, True, True, True)
+    H = hx.shape[1]
+    alone = [torch.ops.fusedgru.gru_backward(
+        go[..., d * H:(d + 1) * H], gh[d], gws[d], x, hx2[d], *w[:2], lens,
+        out[..., d * H:(d + 1) * H], (ws, ws_r)[d], d == 1, True, True, True)
+        for d, w in enumerate((fwd, rev))]
+    want = [alone[0][0] + alone[1][0], torch.stack([alone[0][1], alone[1][1]]),
+            *alone[0][2:], *alone[1][2:]]
+    for g, w in zip(grads, want, strict=True):
+        assert torch.equal(g, w)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bidirectional_op_refuses_a_one_direction_hx(device):
+    x, hx, *w, lens = gru_args(device, requires_grad=False)
+    with pytest.raises(RuntimeError, match=r"hx must have shape \(2, N, H\)"):
+        torch.ops.fusedgru.gru_forward_bidirectional(x, hx, *w, *w, lens, False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_gru_forward_inference(device):
     args = gru_args(device, requires_grad=False)
     torch.library.opcheck(torch.ops.fusedgru.gru_forward.default, (*args, False, False))
@@ -73,8 +140,10 @@ def test_forward_and_backward_run_fused_ops():
         out, h = m(x)
         (out.sum() + h.sum()).backward()
     names = [e.name for e in prof.events()]
-    assert names.count("fusedgru::gru_forward") == 4
-    assert names.count("fusedgru::gru_backward") == 4
+    # Per layer both directions in one call, forward and backward.
+    assert names.count("fusedgru::gru_forward_bidirectional") == 2
+    assert names.count("fusedgru::gru_backward_bidirectional") == 2
+    assert names.count("fusedgru::gru_forward") == names.count("fusedgru::gru_backward") == 0
     assert not any(n in ("aten::sigmoid", "aten::tanh", "aten::gru_cell") for n in names)
 
 

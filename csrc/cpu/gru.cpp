@@ -327,12 +327,14 @@ Tensor cell_step(const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
   return h_out;
 }
 
-std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input, const Tensor& hx,
-                                               const Tensor& weight_ih, const Tensor& weight_hh,
-                                               const std::optional<Tensor>& bias_ih,
-                                               const std::optional<Tensor>& bias_hh,
-                                               const std::optional<Tensor>& lengths, bool reverse,
-                                               bool need_workspace) {
+// One layer direction; output: where to write its output [T, N, H] (half of a bidirectional
+// layer's), or undefined to allocate it.
+std::tuple<Tensor, Tensor, Tensor> forward_into(const Tensor& input, const Tensor& hx,
+                                                const Tensor& weight_ih, const Tensor& weight_hh,
+                                                const std::optional<Tensor>& bias_ih,
+                                                const std::optional<Tensor>& bias_hh,
+                                                const std::optional<Tensor>& lengths, bool reverse,
+                                                bool need_workspace, const Tensor& output) {
   const int64_t N = input.dim() == 3 ? input.size(1) : 0;
   if (input.dim() == 3 && input.size(0) == 1 && N >= 1 && N <= kCellRows && !need_workspace &&
       !lengths.has_value() && weight_ih.dim() == 2 && weight_ih.stride(1) == 1 &&
@@ -340,10 +342,11 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input, const Tensor
     // A single inference step (streaming, GRUCell): dot products straight off the weights.
     check_gru_forward_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths);
     Tensor h1 = cell_step(input.select(0, 0), hx, weight_ih, weight_hh, bias_ih, bias_hh);
-    return {h1.unsqueeze(0).clone(), h1, at::empty({0}, input.options())};
+    const Tensor out = output.defined() ? output.copy_(h1.unsqueeze(0)) : h1.unsqueeze(0).clone();
+    return {out, h1, at::empty({0}, input.options())};
   }
   GruForwardState st = gru_forward_state(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
-                                         need_workspace, cpu_matmul);
+                                         need_workspace, cpu_matmul, output);
   if (st.N == 0) return st.result();
   const int64_t T = st.T, H = st.H;
   const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
@@ -375,6 +378,34 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input, const Tensor
     std::swap(st.h, h_next);
   }
   return st.result();
+}
+
+std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input, const Tensor& hx,
+                                               const Tensor& weight_ih, const Tensor& weight_hh,
+                                               const std::optional<Tensor>& bias_ih,
+                                               const std::optional<Tensor>& bias_hh,
+                                               const std::optional<Tensor>& lengths, bool reverse,
+                                               bool need_workspace) {
+  return forward_into(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse,
+                      need_workspace, Tensor());
+}
+
+// Both directions, one after the other, each using both cores (a step of one direction
+// parallelizes over units).
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_bidirectional(
+    const Tensor& input, const Tensor& hx, const Tensor& weight_ih, const Tensor& weight_hh,
+    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh,
+    const Tensor& weight_ih_reverse, const Tensor& weight_hh_reverse,
+    const std::optional<Tensor>& bias_ih_reverse, const std::optional<Tensor>& bias_hh_reverse,
+    const std::optional<Tensor>& lengths, bool need_workspace) {
+  const Tensor output = bidirectional_output(input, hx, weight_hh);
+  auto [out0, h0, ws0] =
+      forward_into(input, hx.select(0, 0), weight_ih, weight_hh, bias_ih, bias_hh, lengths, false,
+                   need_workspace, direction_half(output, 0));
+  auto [out1, h1, ws1] =
+      forward_into(input, hx.select(0, 1), weight_ih_reverse, weight_hh_reverse, bias_ih_reverse,
+                   bias_hh_reverse, lengths, true, need_workspace, direction_half(output, 1));
+  return {output, at::stack({h0, h1}), ws0, ws1};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
@@ -416,6 +447,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   return {grad_input, st.dh, gw_ih, gw_hh, gb_ih, gb_hh};
 }
 
+GruBidirectionalGrads gru_backward_bidirectional(
+    const Tensor& grad_output, const Tensor& grad_h_n, const std::optional<Tensor>& grad_workspace,
+    const std::optional<Tensor>& grad_workspace_reverse, const Tensor& input, const Tensor& hx,
+    const Tensor& weight_ih, const Tensor& weight_hh, const Tensor& weight_ih_reverse,
+    const Tensor& weight_hh_reverse, const std::optional<Tensor>& lengths, const Tensor& output,
+    const Tensor& workspace, const Tensor& workspace_reverse, bool has_bias, bool need_input_grad,
+    bool need_weight_grad) {
+  check_bidirectional_backward_args(grad_output, grad_h_n, input, hx, weight_hh, output);
+  return bidirectional_grads(
+      gru_backward(direction_half(grad_output, 0), grad_h_n.select(0, 0), grad_workspace, input,
+                   hx.select(0, 0), weight_ih, weight_hh, lengths, direction_half(output, 0),
+                   workspace, false, has_bias, need_input_grad, need_weight_grad),
+      gru_backward(direction_half(grad_output, 1), grad_h_n.select(0, 1), grad_workspace_reverse,
+                   input, hx.select(0, 1), weight_ih_reverse, weight_hh_reverse, lengths,
+                   direction_half(output, 1), workspace_reverse, true, has_bias, need_input_grad,
+                   need_weight_grad),
+      need_input_grad);
+}
+
 Tensor gru_cell(const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
                 const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
                 const std::optional<Tensor>& bias_hh) {
@@ -429,6 +479,8 @@ Tensor gru_cell(const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
 
 TORCH_LIBRARY_IMPL(fusedgru, CPU, m) {
   m.impl("gru_forward", &cpu::gru_forward);
+  m.impl("gru_forward_bidirectional", &cpu::gru_forward_bidirectional);
+  m.impl("gru_backward_bidirectional", &cpu::gru_backward_bidirectional);
   m.impl("gru_backward", &cpu::gru_backward);
   m.impl("gru_cell", &cpu::gru_cell);
 }

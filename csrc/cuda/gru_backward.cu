@@ -9,6 +9,7 @@ namespace cuda {
 
 TORCH_LIBRARY_IMPL(fusedgru, CUDA, m) {
   m.impl("gru_backward", cuda_op<&gru::backward_impl<StreamLauncher>>);
+  m.impl("gru_backward_bidirectional", cuda_op<&gru::backward_bidirectional_impl<StreamLauncher>>);
 }
 
 }  // namespace cuda

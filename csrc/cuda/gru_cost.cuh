@@ -84,15 +84,16 @@ inline double persistent_step_us(int64_t blocks, int64_t N, int64_t K, int64_t e
 
 // The FMA kernels (gru_persistent.cuh): per chunk of kPBatch rows each thread forms
 // partials x KS x kPBatch multiply-adds; kPWarps warps share kWarpSchedulers schedulers.
+// directions: 2 when both directions of a layer share the launch (twice the blocks staging).
 template <typename scalar_t>
 double persistent_cost_us(const PersistentPlan& plan, int64_t T, int64_t N, int64_t H,
-                          bool backward) {
+                          bool backward, int directions = 1) {
   const int64_t partials = backward ? 1 : 3, K = backward ? 3 * H : H;
   const double products =
       static_cast<double>(kPWarps) / kWarpSchedulers * partials * plan.KS * kPBatch / kCyclesPerUs;
   const int64_t chunks = (N + kPBatch - 1) / kPBatch;
   return kCooperativeLaunchUs +
-         static_cast<double>(T) * persistent_step_us(plan.blocks, N, K,
+         static_cast<double>(T) * persistent_step_us(directions * plan.blocks, N, K,
                                                      static_cast<int64_t>(sizeof(scalar_t)), chunks,
                                                      products);
 }
@@ -100,12 +101,12 @@ double persistent_cost_us(const PersistentPlan& plan, int64_t T, int64_t N, int6
 // The tensor-core kernels (gru_persistent_tc.cuh): per chunk of 8 NT rows a warp runs a
 // dependent chain of KTW mma.sync per batch tile.
 template <typename scalar_t>
-double persistent_cost_us(const TcPlan& plan, int64_t T, int64_t N) {
+double persistent_cost_us(const TcPlan& plan, int64_t T, int64_t N, int directions = 1) {
   const double products =
       static_cast<double>(plan.KTW) * plan.NT * kMmaLatencyCycles / kCyclesPerUs;
   const int64_t chunks = plan.rows / (plan.NT * kTcTileBatch);
   return kCooperativeLaunchUs +
-         static_cast<double>(T) * persistent_step_us(plan.blocks, N, plan.Kp,
+         static_cast<double>(T) * persistent_step_us(directions * plan.blocks, N, plan.Kp,
                                                      static_cast<int64_t>(sizeof(scalar_t)), chunks,
                                                      products);
 }
@@ -143,20 +144,24 @@ double per_step_path_us(int64_t T, int64_t N, int64_t H) {
   return per_step_path_us(T, N, H, static_cast<int64_t>(sizeof(scalar_t)), gemm_kind<scalar_t>());
 }
 
+// The persistent plan against the per-step path, for `directions` directions (2: one launch
+// for both against the per-step path run twice).
 template <typename scalar_t>
-PathCost path_cost(const TcPlan& plan, int64_t T, int64_t N, int64_t H) {
-  return {persistent_cost_us<scalar_t>(plan, T, N), per_step_path_us<scalar_t>(T, N, H)};
+PathCost path_cost(const TcPlan& plan, int64_t T, int64_t N, int64_t H, int directions) {
+  return {persistent_cost_us<scalar_t>(plan, T, N, directions),
+          directions * per_step_path_us<scalar_t>(T, N, H)};
 }
 
 template <typename scalar_t>
-PathCost path_cost(const PersistentPlan& plan, int64_t T, int64_t N, int64_t H, bool backward) {
-  return {persistent_cost_us<scalar_t>(plan, T, N, H, backward),
-          per_step_path_us<scalar_t>(T, N, H)};
+PathCost path_cost(const PersistentPlan& plan, int64_t T, int64_t N, int64_t H, bool backward,
+                   int directions) {
+  return {persistent_cost_us<scalar_t>(plan, T, N, H, backward, directions),
+          directions * per_step_path_us<scalar_t>(T, N, H)};
 }
 
-// One layer direction's path: the tensor-core plan where one fits (bf16, fp16; fp32 where nn.GRU
-// would take TF32), else the FMA kernel's; `persistent` when a plan fits and take_persistent
-// says so (the per-step path otherwise).
+// One layer direction's path (or both directions' in one launch): the tensor-core plan where
+// one fits (bf16, fp16; fp32 where nn.GRU would take TF32), else the FMA kernel's; `persistent`
+// when a plan fits and take_persistent says so (the per-step path otherwise).
 struct PathPlan {
   TcPlan tc;           // tc.J != 0: the tensor-core kernel
   PersistentPlan fma;  // fma.J != 0: the FMA kernel (only where no tensor-core plan fits)
@@ -166,33 +171,54 @@ struct PathPlan {
 
 // The path from the two planners (each returns a plan with J == 0 where it does not fit).
 template <typename scalar_t, typename TcPlanner, typename FmaPlanner>
-PathPlan choose_path(int64_t T, int64_t N, int64_t H, bool backward, const TcPlanner& tc_plan,
-                     const FmaPlanner& fma_plan) {
+PathPlan choose_path(int64_t T, int64_t N, int64_t H, bool backward, int directions,
+                     const TcPlanner& tc_plan, const FmaPlanner& fma_plan) {
   PathPlan path;
   path.tc = tc_plan();
   if (path.tc.J != 0) {
-    path.cost = path_cost<scalar_t>(path.tc, T, N, H);
+    path.cost = path_cost<scalar_t>(path.tc, T, N, H, directions);
   } else {
     path.fma = fma_plan();
-    if (path.fma.J != 0) path.cost = path_cost<scalar_t>(path.fma, T, N, H, backward);
+    if (path.fma.J != 0) path.cost = path_cost<scalar_t>(path.fma, T, N, H, backward, directions);
   }
   path.persistent = (path.tc.J != 0 || path.fma.J != 0) && take_persistent(path.cost);
   return path;
 }
 
+// The path of `directions` layer directions from plan(directions) (a choose_path): 2 plans both
+// directions of a bidirectional layer in one launch, taken (by cost) only where it beats both
+// the per-step path and each direction on its own persistent kernel (the joint plan may need
+// more units per block, hence more work per block and step).
+template <typename Planner>
+PathPlan plan_directions(int directions, const Planner& plan) {
+  PathPlan path = plan(directions);
+  if (directions > 1 && path.persistent && path_choice() == PathChoice::kByCost) {
+    const PathPlan alone = plan(1);
+    if (alone.persistent) {
+      path.persistent = path.cost.persistent_us <= directions * alone.cost.persistent_us;
+    }
+  }
+  return path;
+}
+
 template <typename scalar_t, typename Launch>
-PathPlan forward_path(int64_t T, int64_t N, int64_t H, const Launch& launch) {
-  return choose_path<scalar_t>(
-      T, N, H, false, [&] { return tc_forward_plan<scalar_t>(T, N, H, launch); },
-      [&] { return persistent_forward_plan<scalar_t>(T, N, H, launch); });
+PathPlan forward_path(int64_t T, int64_t N, int64_t H, const Launch& launch, int directions = 1) {
+  return plan_directions(directions, [&](int d) {
+    return choose_path<scalar_t>(
+        T, N, H, false, d, [&] { return tc_forward_plan<scalar_t>(T, N, H, launch, d); },
+        [&] { return persistent_forward_plan<scalar_t>(T, N, H, launch, d); });
+  });
 }
 
 template <typename scalar_t, typename Launch>
 PathPlan backward_path(int64_t T, int64_t N, int64_t H, bool hprev, bool grad_ws,
-                       const Launch& launch) {
-  return choose_path<scalar_t>(
-      T, N, H, true, [&] { return tc_backward_plan<scalar_t>(T, N, H, hprev, grad_ws, launch); },
-      [&] { return persistent_backward_plan<scalar_t>(T, N, H, hprev, grad_ws, launch); });
+                       const Launch& launch, int directions = 1) {
+  return plan_directions(directions, [&](int d) {
+    return choose_path<scalar_t>(
+        T, N, H, true, d,
+        [&] { return tc_backward_plan<scalar_t>(T, N, H, hprev, grad_ws, launch, d); },
+        [&] { return persistent_backward_plan<scalar_t>(T, N, H, hprev, grad_ws, launch, d); });
+  });
 }
 
 }  // namespace gru

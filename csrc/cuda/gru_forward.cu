@@ -11,6 +11,7 @@ namespace cuda {
 
 TORCH_LIBRARY_IMPL(fusedgru, CUDA, m) {
   m.impl("gru_forward", cuda_op<&gru::forward_impl<StreamLauncher>>);
+  m.impl("gru_forward_bidirectional", cuda_op<&gru::forward_bidirectional_impl<StreamLauncher>>);
   m.impl("gru_cell", cuda_op<&gru::cell_impl<StreamLauncher>>);
 }
 

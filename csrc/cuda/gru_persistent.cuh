@@ -1,4 +1,5 @@
-// The persistent GRU kernels: ONE cooperative launch per layer direction runs all T steps, with
+// The persistent GRU kernels: ONE cooperative launch per layer direction (or per bidirectional
+// layer, both directions' blocks in one grid: DirectionsLaunch) runs all T steps, with
 // W_hh resident in registers and one grid barrier per step, and the planner that decides when
 // they apply (W_hh fits the grid's registers, the staged state fits shared memory, every block
 // is resident at once). Shape legend: ../fusedgru.h.
@@ -51,20 +52,53 @@ struct PersistentForwardIO {
   bool reverse;
 };
 
-struct GruPersistentParams : PersistentForwardIO {
+// Both directions of a bidirectional layer can share one launch: blocks [0, B) run direction 0
+// and blocks [B, 2 B) direction 1 (B = dir_blocks), in lockstep, one grid barrier per step
+// serving both (same T, N, H; different weights, outputs and time order). A launch of one
+// direction has B = its grid. The kernels read io[direction()] in place (__grid_constant__
+// parameters: indexed loads from the constant bank, no copy). IO: what one direction's kernel
+// reads and writes (PersistentForwardIO, PersistentBackwardIO).
+constexpr int kMaxDirections = 2;  // nn.GRU's D
+
+template <typename IO>
+struct DirectionsLaunch {
+  IO io[kMaxDirections];
+  unsigned int dir_blocks;
+  __device__ __forceinline__ int direction() const { return blockIdx.x < dir_blocks ? 0 : 1; }
+  // This block's index in its direction's grid.
+  __device__ __forceinline__ int block() const {
+    return static_cast<int>(blockIdx.x < dir_blocks ? blockIdx.x : blockIdx.x - dir_blocks);
+  }
+};
+
+// The launch of `directions` directions (io[d]: direction d's), blocks_per_direction each.
+template <typename IO>
+DirectionsLaunch<IO> directions_launch(const IO* io, int directions,
+                                       unsigned int blocks_per_direction) {
+  DirectionsLaunch<IO> q{};
+  for (int d = 0; d < directions; ++d) q.io[d] = io[d];
+  q.dir_blocks = blocks_per_direction;
+  return q;
+}
+
+using PersistentForwardLaunch = DirectionsLaunch<PersistentForwardIO>;
+
+struct GruPersistentParams : PersistentForwardLaunch {
   int J, KS;  // units per block, slice width (kPThreads / J slices)
 };
 
-// grid: ceil(H / J) blocks, cooperative. smem: N * H scalar_t (rounded up to 16 bytes), then
-// kPWarps * 3 * kPBatch * J acc_t.
+// grid: ceil(H / J) blocks per direction, cooperative. smem: N * H scalar_t (rounded up to 16
+// bytes), then kPWarps * 3 * kPBatch * J acc_t.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kPThreads, 1)
-    gru_persistent_forward_kernel(GruPersistentParams p) {
+    gru_persistent_forward_kernel(const __grid_constant__ GruPersistentParams prm) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int kMaxSlice = persistent_max_slice<acc_t>();
-  const int N = p.N, H = p.H, J = p.J, KS = p.KS;
+  const PersistentForwardIO& p = prm.io[prm.direction()];
+  const int block = prm.block();
+  const int N = p.N, H = p.H, J = prm.J, KS = prm.KS;
   const int j = threadIdx.x % J, k0 = (threadIdx.x / J) * KS;
-  const int unit = blockIdx.x * J + j;
+  const int unit = block * J + j;
   acc_t w[3][kMaxSlice];
   const auto* w_hh = static_cast<const scalar_t*>(p.w_hh);
 #pragma unroll
@@ -123,7 +157,7 @@ __global__ void __launch_bounds__(kPThreads, 1)
       __syncthreads();
       if (threadIdx.x < kPBatch * J) {
         const int b = threadIdx.x / J, jj = threadIdx.x % J;
-        const int n = nb + b, u = blockIdx.x * J + jj;
+        const int n = nb + b, u = block * J + jj;
         if (n < N && u < H) {
           acc_t gh[3] = {acc_t(0), acc_t(0), acc_t(0)};
           for (int v = 0; v < kPWarps; ++v) {
@@ -180,20 +214,24 @@ struct PersistentBackwardIO {
   int N, H;
 };
 
-struct GruPersistentBackwardParams : PersistentBackwardIO {
+using PersistentBackwardLaunch = DirectionsLaunch<PersistentBackwardIO>;
+
+struct GruPersistentBackwardParams : PersistentBackwardLaunch {
   int J, KS;
 };
 
-// grid: ceil(H / J) blocks, cooperative. smem: N * 3H scalar_t (rounded up to 16 bytes), then
-// kPWarps * kPBatch * J acc_t.
+// grid: ceil(H / J) blocks per direction, cooperative. smem: N * 3H scalar_t (rounded up to 16
+// bytes), then kPWarps * kPBatch * J acc_t.
 template <typename scalar_t, bool kHprev, bool kGradWs>
 __global__ void __launch_bounds__(kPThreads, 1)
-    gru_persistent_backward_kernel(GruPersistentBackwardParams p) {
+    gru_persistent_backward_kernel(const __grid_constant__ GruPersistentBackwardParams prm) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int kMaxSlice = 3 * persistent_max_slice<acc_t>();
-  const int N = p.N, H = p.H, J = p.J, KS = p.KS, G = 3 * H;
+  const PersistentBackwardIO& p = prm.io[prm.direction()];
+  const int block = prm.block();
+  const int N = p.N, H = p.H, J = prm.J, KS = prm.KS, G = 3 * H;
   const int j = threadIdx.x % J, k0 = (threadIdx.x / J) * KS;
-  const int unit = blockIdx.x * J + j;
+  const int unit = block * J + j;
   acc_t w[kMaxSlice];
   const auto* w_hh = static_cast<const scalar_t*>(p.w_hh);
 #pragma unroll
@@ -217,7 +255,7 @@ __global__ void __launch_bounds__(kPThreads, 1)
     q.dgin = static_cast<scalar_t*>(p.base.dgin) + t * p.dgin_st;
     q.hprev = kHprev ? static_cast<scalar_t*>(p.base.hprev) + t * p.hp_st : nullptr;
     for (int e = threadIdx.x; e < N * J; e += kPThreads) {
-      const int u = blockIdx.x * J + e % J;
+      const int u = block * J + e % J;
       if (u < H) gru_backward_unit<scalar_t, kHprev, kGradWs>(q, e / J, u);
     }
     grid_sync();
@@ -250,7 +288,7 @@ __global__ void __launch_bounds__(kPThreads, 1)
       __syncthreads();
       if (threadIdx.x < kPBatch * J) {
         const int b = threadIdx.x / J, jj = threadIdx.x % J;
-        const int n = nb + b, u = blockIdx.x * J + jj;
+        const int n = nb + b, u = block * J + jj;
         if (n < N && u < H) {
           acc_t sum = acc_t(dh[n * H + u]);
           for (int v = 0; v < kPWarps; ++v) sum += red[(v * kPBatch + b) * J + jj];
@@ -287,7 +325,7 @@ struct PersistentPlan {
 constexpr int64_t kMaxPersistentStates = int64_t{1} << 24;
 
 template <typename scalar_t, typename Launch, typename... KernelArgs>
-PersistentPlan persistent_plan(int64_t T, int64_t N, int64_t H, bool backward,
+PersistentPlan persistent_plan(int64_t T, int64_t N, int64_t H, bool backward, int directions,
                                void (*kernel)(KernelArgs...), const Launch& launch) {
   using acc_t = at::opmath_type<scalar_t>;
   if (T < 1 || N < 1 || N * H > kMaxPersistentStates) return {};
@@ -302,22 +340,27 @@ PersistentPlan persistent_plan(int64_t T, int64_t N, int64_t H, bool backward,
     const int64_t smem =
         staged + kPWarps * partials * kPBatch * J * static_cast<int64_t>(sizeof(acc_t));
     if (smem > static_cast<int64_t>(launch.max_smem())) return {};
-    if (blocks <= launch.coresident_blocks(kernel, dim3(kPThreads), static_cast<size_t>(smem))) {
+    if (directions * blocks <=
+        launch.coresident_blocks(kernel, dim3(kPThreads), static_cast<size_t>(smem))) {
       return {J, static_cast<int>(KS), static_cast<unsigned int>(blocks), smem};
     }
   }
   return {};
 }
 
+// directions: 2 plans both directions of a bidirectional layer in one grid (blocks stays the
+// count per direction).
 template <typename scalar_t, typename Launch>
-PersistentPlan persistent_forward_plan(int64_t T, int64_t N, int64_t H, const Launch& launch) {
-  return persistent_plan<scalar_t>(T, N, H, false, gru_persistent_forward_kernel<scalar_t>, launch);
+PersistentPlan persistent_forward_plan(int64_t T, int64_t N, int64_t H, const Launch& launch,
+                                       int directions = 1) {
+  return persistent_plan<scalar_t>(T, N, H, false, directions,
+                                   gru_persistent_forward_kernel<scalar_t>, launch);
 }
 
 template <typename scalar_t, typename Launch>
 PersistentPlan persistent_backward_plan(int64_t T, int64_t N, int64_t H, bool hprev, bool grad_ws,
-                                        const Launch& launch) {
-  return persistent_plan<scalar_t>(T, N, H, true,
+                                        const Launch& launch, int directions = 1) {
+  return persistent_plan<scalar_t>(T, N, H, true, directions,
                                    persistent_backward_kernel<scalar_t>(hprev, grad_ws), launch);
 }
 
@@ -346,11 +389,10 @@ inline PersistentForwardIO persistent_forward_io(const GruForwardState& st, cons
   return q;
 }
 
-inline GruPersistentParams persistent_forward_params(const GruForwardState& st,
-                                                     const at::Tensor& w_hh, at::Tensor& hbuf,
-                                                     const PersistentPlan& plan, bool reverse) {
+inline GruPersistentParams persistent_forward_params(const PersistentForwardIO* io, int directions,
+                                                     const PersistentPlan& plan) {
   GruPersistentParams q{};
-  static_cast<PersistentForwardIO&>(q) = persistent_forward_io(st, w_hh, hbuf, reverse);
+  static_cast<PersistentForwardLaunch&>(q) = directions_launch(io, directions, plan.blocks);
   q.J = plan.J;
   q.KS = plan.KS;
   return q;
@@ -374,11 +416,11 @@ inline PersistentBackwardIO persistent_backward_io(const GruBackwardState& st,
   return q;
 }
 
-inline GruPersistentBackwardParams persistent_backward_params(const GruBackwardState& st,
-                                                              const at::Tensor& w_hh,
+inline GruPersistentBackwardParams persistent_backward_params(const PersistentBackwardIO* io,
+                                                              int directions,
                                                               const PersistentPlan& plan) {
   GruPersistentBackwardParams q{};
-  static_cast<PersistentBackwardIO&>(q) = persistent_backward_io(st, w_hh);
+  static_cast<PersistentBackwardLaunch&>(q) = directions_launch(io, directions, plan.blocks);
   q.J = plan.J;
   q.KS = plan.KS;
   return q;

@@ -1,5 +1,6 @@
 // The persistent GRU forward on tensor cores (bf16, fp16; fp32 in TF32 when the RNN's fp32
-// precision allows it, as nn.GRU): ONE cooperative launch runs all T steps of a layer direction,
+// precision allows it, as nn.GRU): ONE cooperative launch runs all T steps of a layer direction
+// (or of both directions of a bidirectional layer, DirectionsLaunch in gru_persistent.cuh),
 // with W_hh resident in registers as mma.sync A fragments (mma.cuh) and one grid barrier per
 // step; and its planner. Shape legend: ../fusedgru.h. The FMA kernel (gru_persistent.cuh) keeps
 // fp64 and strict fp32, and any shape this one does not plan.
@@ -57,7 +58,8 @@ struct TcLayout {
   int Kp, J, RT, KS, KTW, hs_ld, rows;
 };
 
-struct GruTcForwardParams : PersistentForwardIO, TcLayout {};  // hbuf: [2, N, Kp], zero padding
+// One direction or both (PersistentForwardLaunch); each direction's hbuf: [2, N, Kp], zero padding.
+struct GruTcForwardParams : PersistentForwardLaunch, TcLayout {};
 
 // A 32-bit word of shared memory holding two 16-bit elements.
 __device__ __forceinline__ uint32_t load_u32(const void* p) {
@@ -70,10 +72,10 @@ __device__ __forceinline__ uint32_t load_u32(const void* p) {
 #endif
 }
 
-// W_hh's row for the block's local gate row rho (gate rho / J of unit b J + rho % J), or -1
-// for a padding row.
-__device__ __forceinline__ int64_t tc_weight_row(int rho, int J, int H) {
-  const int unit = static_cast<int>(blockIdx.x) * J + rho % J;
+// W_hh's row for block b's local gate row rho (gate rho / J of unit b J + rho % J), or -1 for
+// a padding row.
+__device__ __forceinline__ int64_t tc_weight_row(int b, int rho, int J, int H) {
+  const int unit = b * J + rho % J;
   return rho < 3 * J && unit < H ? static_cast<int64_t>(rho / J) * H + unit : -1;
 }
 
@@ -156,19 +158,21 @@ __device__ __forceinline__ float* partials_after(scalar_t* hs, int rows, int hs_
 // (rounded up to 16 bytes), then KS x 8 kNT x (16 RT + 4) float partials.
 template <typename scalar_t, int kNT>
 __global__ void __launch_bounds__(kTcMaxThreads, 1)
-    gru_persistent_tc_forward_kernel(GruTcForwardParams p) {
+    gru_persistent_tc_forward_kernel(const __grid_constant__ GruTcForwardParams p) {
+  const PersistentForwardIO& io = p.io[p.direction()];
+  const int block = p.block();
   using M = MmaOf<scalar_t>;
   constexpr int K = M::kK, kChunk = kNT * kTcTileBatch, kVec = kVecElems<scalar_t>;
-  const int N = p.N, H = p.H, J = p.J, tid = threadIdx.x, threads = blockDim.x;
+  const int N = io.N, H = io.H, J = p.J, tid = threadIdx.x, threads = blockDim.x;
   const int warp = tid / 32, rt = warp % p.RT, ks = warp / p.RT;
   const int kt0 = ks * p.KTW, ktiles = min(p.KTW, p.Kp / K - kt0);
 
   // This warp's A fragments: local gate rows of W_hh, k = hidden units.
   uint32_t a[kTcMaxKTiles][4];
   {
-    const auto* w = static_cast<const scalar_t*>(p.w_hh);
+    const auto* w = static_cast<const scalar_t*>(io.w_hh);
     load_a_fragments<scalar_t>(a, rt, kt0, [&](int rho, int k) {
-      const int64_t row = tc_weight_row(rho, J, H);
+      const int64_t row = tc_weight_row(block, rho, J, H);
       return row >= 0 && k < H ? w[row * H + k] : scalar_t(0);
     });
   }
@@ -181,26 +185,26 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1)
 
   // The gate pass: item i of this thread is e = tid + i threads of a chunk: batch row e / J of
   // the chunk, unit b J + e % J (the same units every chunk and step).
-  const auto* b_hh = static_cast<const scalar_t*>(p.b_hh);  // read-only: L1 keeps it
+  const auto* b_hh = static_cast<const scalar_t*>(io.b_hh);  // read-only: L1 keeps it
   float gin[kTcItems][3];
   bool live[kTcItems];
   // gi of the chunk at batch row nb of step t for this thread's items, and which are active.
   const auto fetch = [&](int64_t t, int nb) {
 #pragma unroll
     for (int i = 0; i < kTcItems; ++i) {
-      const int e = tid + i * threads, n = nb + e / J, u = static_cast<int>(blockIdx.x) * J + e % J;
-      live[i] = e < kChunk * J && n < N && u < H && t < clamped_length(p.lengths, n, p.T);
-      const auto* gi = static_cast<const scalar_t*>(p.gi) + t * p.gi_st + n * p.gi_sn + u;
+      const int e = tid + i * threads, n = nb + e / J, u = block * J + e % J;
+      live[i] = e < kChunk * J && n < N && u < H && t < clamped_length(io.lengths, n, io.T);
+      const auto* gi = static_cast<const scalar_t*>(io.gi) + t * io.gi_st + n * io.gi_sn + u;
 #pragma unroll
       for (int gate = 0; gate < 3; ++gate) gin[i][gate] = live[i] ? float(gi[gate * H]) : 0.f;
     }
   };
 
-  auto* hbuf = static_cast<scalar_t*>(p.hbuf);
+  auto* hbuf = static_cast<scalar_t*>(io.hbuf);
   const int64_t plane = static_cast<int64_t>(N) * p.Kp;
-  fetch(p.reverse ? p.T - 1 : 0, 0);
-  for (int64_t step = 0; step < p.T; ++step) {
-    const int64_t t = p.reverse ? p.T - 1 - step : step;
+  fetch(io.reverse ? io.T - 1 : 0, 0);
+  for (int64_t step = 0; step < io.T; ++step) {
+    const int64_t t = io.reverse ? io.T - 1 - step : step;
     const scalar_t* h_in = hbuf + (step % 2) * plane;
     scalar_t* h_out = hbuf + ((step + 1) % 2) * plane;
     const int vecs = p.Kp / kVec;
@@ -218,7 +222,7 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1)
 #pragma unroll
       for (int i = 0; i < kTcItems; ++i) {
         const int e = tid + i * threads, nl = e / J, j = e % J, n = nb + nl;
-        const int u = static_cast<int>(blockIdx.x) * J + j;
+        const int u = block * J + j;
         if (e >= kChunk * J || n >= N || u >= H) continue;
         float gh[3] = {0.f, 0.f, 0.f};
         for (int s = 0; s < p.KS; ++s) {
@@ -227,9 +231,10 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1)
             gh[gate] += part[(s * kChunk + nl) * R16p + gate * J + j];
         }
         const scalar_t h0 = hs[n * p.hs_ld + u];
-        auto* out = static_cast<scalar_t*>(p.out) + t * p.out_st + n * p.out_sn + u;
-        auto* ws = p.ws != nullptr ? static_cast<scalar_t*>(p.ws) + t * p.ws_st + n * p.ws_sn + u
-                                   : nullptr;
+        auto* out = static_cast<scalar_t*>(io.out) + t * io.out_st + n * io.out_sn + u;
+        auto* ws = io.ws != nullptr
+                       ? static_cast<scalar_t*>(io.ws) + t * io.ws_st + n * io.ws_sn + u
+                       : nullptr;
         if (!live[i]) {
           h_out[n * p.Kp + u] = h0;
           *out = scalar_t(0);
@@ -255,7 +260,7 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1)
       }
       if (nb + kChunk < N) __syncthreads();  // part is rewritten by the next chunk
     }
-    if (step + 1 < p.T) fetch(p.reverse ? t - 1 : t + 1, 0);
+    if (step + 1 < io.T) fetch(io.reverse ? t - 1 : t + 1, 0);
     grid_sync();
   }
 }
@@ -277,26 +282,27 @@ void (*tc_forward_kernel(int nt))(GruTcForwardParams) {
 // when its rows are 16-byte aligned), the k splits' partials summed in a fixed order and added to
 // dh, which only this block touches for its units. Double backward (grad of the saved
 // activations) stays on the FMA kernel.
-struct GruTcBackwardParams : PersistentBackwardIO, TcLayout {
-  bool vec_stage;  // dgh rows 16-byte aligned: staged with 16-byte loads
+struct GruTcBackwardParams : PersistentBackwardLaunch, TcLayout {
+  bool vec_stage;  // every direction's dgh rows 16-byte aligned: staged with 16-byte loads
 };
 
 // grid: ceil(H / J) blocks of 32 RT KS threads, cooperative. smem: rows x hs_ld scalar_t
 // (rounded up to 16 bytes), then KS x 8 kNT x (16 RT + 4) float partials.
 template <typename scalar_t, int kNT, bool kHprev>
 __global__ void __launch_bounds__(kTcMaxThreads, 1)
-    gru_persistent_tc_backward_kernel(GruTcBackwardParams p) {
+    gru_persistent_tc_backward_kernel(const __grid_constant__ GruTcBackwardParams p) {
+  const PersistentBackwardIO& io = p.io[p.direction()];
   using M = MmaOf<scalar_t>;
   constexpr int K = M::kK, kChunk = kNT * kTcTileBatch, kVec = kVecElems<scalar_t>;
-  const int N = p.N, H = p.H, G = 3 * H, J = p.J, tid = threadIdx.x, threads = blockDim.x;
+  const int N = io.N, H = io.H, G = 3 * H, J = p.J, tid = threadIdx.x, threads = blockDim.x;
   const int warp = tid / 32, rt = warp % p.RT, ks = warp / p.RT;
   const int kt0 = ks * p.KTW, ktiles = min(p.KTW, p.Kp / K - kt0);
-  const int u0 = static_cast<int>(blockIdx.x) * J;
+  const int u0 = p.block() * J;
 
   // A fragments of W_hh^T: local rows = the block's units, k = gate rows.
   uint32_t a[kTcMaxKTiles][4];
   {
-    const auto* w = static_cast<const scalar_t*>(p.w_hh);
+    const auto* w = static_cast<const scalar_t*>(io.w_hh);
     load_a_fragments<scalar_t>(a, rt, kt0, [&](int rho, int k) {
       const int u = u0 + rho;
       return rho < J && u < H && k < G ? w[static_cast<int64_t>(k) * H + u] : scalar_t(0);
@@ -309,17 +315,17 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1)
   for (int e = tid; e < p.rows * p.hs_ld; e += threads) {
     if (e / p.hs_ld >= N || e % p.hs_ld >= G) hs[e] = scalar_t(0);
   }
-  auto* dh = static_cast<scalar_t*>(p.base.dh);
-  for (int64_t step = 0; step < p.base.T; ++step) {
-    const int64_t t = p.base.reverse ? step : p.base.T - 1 - step;
-    GruBackwardPointwise q = p.base;
+  auto* dh = static_cast<scalar_t*>(io.base.dh);
+  for (int64_t step = 0; step < io.base.T; ++step) {
+    const int64_t t = io.base.reverse ? step : io.base.T - 1 - step;
+    GruBackwardPointwise q = io.base;
     q.t = t;
-    q.grad_out = static_cast<const scalar_t*>(p.base.grad_out) + t * p.go_st;
+    q.grad_out = static_cast<const scalar_t*>(io.base.grad_out) + t * io.go_st;
     q.grad_ws = nullptr;
-    q.ws = static_cast<const scalar_t*>(p.base.ws) + t * p.ws_st;
-    q.dgh = static_cast<scalar_t*>(p.base.dgh) + t * p.dgh_st;
-    q.dgin = static_cast<scalar_t*>(p.base.dgin) + t * p.dgin_st;
-    q.hprev = kHprev ? static_cast<scalar_t*>(p.base.hprev) + t * p.hp_st : nullptr;
+    q.ws = static_cast<const scalar_t*>(io.base.ws) + t * io.ws_st;
+    q.dgh = static_cast<scalar_t*>(io.base.dgh) + t * io.dgh_st;
+    q.dgin = static_cast<scalar_t*>(io.base.dgin) + t * io.dgin_st;
+    q.hprev = kHprev ? static_cast<scalar_t*>(io.base.hprev) + t * io.hp_st : nullptr;
     for (int e = tid; e < N * J; e += threads) {
       const int u = u0 + e % J;
       if (u < H) gru_backward_unit<scalar_t, kHprev, false>(q, e / J, u);
@@ -386,7 +392,8 @@ struct TcPlan : TcLayout {  // J == 0: no tensor-core plan
 constexpr int kTcTargetWarps = 8;
 
 template <typename scalar_t, typename Launch>
-TcPlan tc_plan(int64_t T, int64_t N, int64_t H, bool backward, bool hprev, const Launch& launch) {
+TcPlan tc_plan(int64_t T, int64_t N, int64_t H, bool backward, bool hprev, int directions,
+               const Launch& launch) {
   if constexpr (!kHasMma<scalar_t>) {
     return {};
   } else {
@@ -426,7 +433,7 @@ TcPlan tc_plan(int64_t T, int64_t N, int64_t H, bool backward, bool hprev, const
                                          block, static_cast<size_t>(smem))
               : launch.coresident_blocks(tc_forward_kernel<scalar_t>(static_cast<int>(NT)), block,
                                          static_cast<size_t>(smem));
-      if (blocks <= fit) {
+      if (directions * blocks <= fit) {
         TcPlan plan{};
         plan.J = static_cast<int>(J);
         plan.RT = static_cast<int>(RT);
@@ -446,36 +453,46 @@ TcPlan tc_plan(int64_t T, int64_t N, int64_t H, bool backward, bool hprev, const
   }
 }
 
+// directions: 2 plans both directions of a bidirectional layer in one grid (blocks stays the
+// count per direction).
 template <typename scalar_t, typename Launch>
-TcPlan tc_forward_plan(int64_t T, int64_t N, int64_t H, const Launch& launch) {
-  return tc_plan<scalar_t>(T, N, H, false, false, launch);
+TcPlan tc_forward_plan(int64_t T, int64_t N, int64_t H, const Launch& launch, int directions = 1) {
+  return tc_plan<scalar_t>(T, N, H, false, false, directions, launch);
 }
 
 // grad_ws (double backward): the FMA kernel's; no tensor-core plan.
 template <typename scalar_t, typename Launch>
 TcPlan tc_backward_plan(int64_t T, int64_t N, int64_t H, bool hprev, bool grad_ws,
-                        const Launch& launch) {
-  return grad_ws ? TcPlan{} : tc_plan<scalar_t>(T, N, H, true, hprev, launch);
+                        const Launch& launch, int directions = 1) {
+  return grad_ws ? TcPlan{} : tc_plan<scalar_t>(T, N, H, true, hprev, directions, launch);
 }
 
-// The tensor-core kernels' parameters: the persistent kernels' inputs and outputs, the plan.
-inline GruTcForwardParams tc_forward_params(const GruForwardState& st, const at::Tensor& w_hh,
-                                            at::Tensor& hbuf, const TcPlan& plan, bool reverse) {
+// The tensor-core kernels' parameters: the persistent kernels' inputs and outputs (io[d] of
+// direction d), the plan.
+inline GruTcForwardParams tc_forward_params(const PersistentForwardIO* io, int directions,
+                                            const TcPlan& plan) {
   GruTcForwardParams q{};
-  static_cast<PersistentForwardIO&>(q) = persistent_forward_io(st, w_hh, hbuf, reverse);
+  static_cast<PersistentForwardLaunch&>(q) = directions_launch(io, directions, plan.blocks);
   static_cast<TcLayout&>(q) = plan;
   return q;
 }
 
-inline GruTcBackwardParams tc_backward_params(const GruBackwardState& st, const at::Tensor& w_hh,
+// st[d], io[d]: direction d's backward state and kernel inputs.
+inline GruTcBackwardParams tc_backward_params(const GruBackwardState* const* st,
+                                              const PersistentBackwardIO* io, int directions,
                                               const TcPlan& plan) {
   GruTcBackwardParams q{};
-  static_cast<PersistentBackwardIO&>(q) = persistent_backward_io(st, w_hh);
+  static_cast<PersistentBackwardLaunch&>(q) = directions_launch(io, directions, plan.blocks);
   static_cast<TcLayout&>(q) = plan;
-  const int64_t bytes = static_cast<int64_t>(at::elementSize(st.dgh.scalar_type()));
-  q.vec_stage = reinterpret_cast<uintptr_t>(st.dgh.data_ptr()) % kVecBytes == 0 &&
-                st.dgh.stride(1) * bytes % kVecBytes == 0 &&
-                st.dgh.stride(0) * bytes % kVecBytes == 0 && 3 * st.base.H * bytes % kVecBytes == 0;
+  q.vec_stage = true;
+  for (int d = 0; d < directions; ++d) {
+    const at::Tensor& dgh = st[d]->dgh;
+    const int64_t bytes = static_cast<int64_t>(at::elementSize(dgh.scalar_type()));
+    q.vec_stage = q.vec_stage && reinterpret_cast<uintptr_t>(dgh.data_ptr()) % kVecBytes == 0 &&
+                  dgh.stride(1) * bytes % kVecBytes == 0 &&
+                  dgh.stride(0) * bytes % kVecBytes == 0 &&
+                  3 * st[d]->base.H * bytes % kVecBytes == 0;
+  }
   return q;
 }
 

@@ -79,6 +79,7 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+#define __grid_constant__
 #define __align__(n) alignas(n)
 #define __shared__ \
   static_assert(false, "emu: __shared__ other than `__shared__ T name[dims];` (emu_build.py)");

@@ -132,6 +132,11 @@ void define_runtime_hooks(pybind11::module_& m) {
     emu::runtime().refuse_cooperative = n;
     return pending;
   });
+  // The grid sizes (blocks) of the cooperative launches run since the last call, oldest first.
+  m.def("cooperative_grids", [] {
+    std::lock_guard<std::mutex> lock(emu::runtime().mutex);
+    return std::exchange(emu::runtime().cooperative_grids, {});
+  });
   // Arms (or disarms) a check inside every emulated cublasGemmEx that the precision flags still
   // read as they do now.
   m.def("snapshot_flags", [](bool arm) {
@@ -256,6 +261,49 @@ void define_gru_forward(pybind11::module_& m, const char* name) {
 }
 
 template <typename Launch>
+void define_gru_forward_bidirectional(pybind11::module_& m, const char* name) {
+  def_op(
+      m, name,
+      +[](const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+          const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+          const std::optional<at::Tensor>& b_hh, const at::Tensor& w_ih_r, const at::Tensor& w_hh_r,
+          const std::optional<at::Tensor>& b_ih_r, const std::optional<at::Tensor>& b_hh_r,
+          const std::optional<at::Tensor>& lengths, bool need_workspace) {
+        return fusedgru::cuda::gru::forward_bidirectional_impl(
+            input, hx, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, lengths,
+            need_workspace, launcher<Launch>());
+      });
+}
+
+fusedgru::GruBidirectionalGrads gru_backward_bidirectional(
+    const StreamLauncher& launch, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+    const std::optional<at::Tensor>& grad_ws, const std::optional<at::Tensor>& grad_ws_r,
+    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const at::Tensor& w_ih_r, const at::Tensor& w_hh_r, const std::optional<at::Tensor>& lengths,
+    const at::Tensor& output, const at::Tensor& ws, const at::Tensor& ws_r, bool has_bias,
+    bool need_input_grad, bool need_weight_grad) {
+  return fusedgru::cuda::gru::backward_bidirectional_impl(
+      grad_output, grad_h_n, grad_ws, grad_ws_r, input, hx, w_ih, w_hh, w_ih_r, w_hh_r, lengths,
+      output, ws, ws_r, has_bias, need_input_grad, need_weight_grad, launch);
+}
+
+template <typename Launch>
+void define_gru_backward_bidirectional(pybind11::module_& m, const char* name) {
+  def_op(
+      m, name,
+      +[](const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+          const std::optional<at::Tensor>& grad_ws, const std::optional<at::Tensor>& grad_ws_r,
+          const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+          const at::Tensor& w_hh, const at::Tensor& w_ih_r, const at::Tensor& w_hh_r,
+          const std::optional<at::Tensor>& lengths, const at::Tensor& output, const at::Tensor& ws,
+          const at::Tensor& ws_r, bool has_bias, bool need_input_grad, bool need_weight_grad) {
+        return gru_backward_bidirectional(
+            launcher<Launch>(), grad_output, grad_h_n, grad_ws, grad_ws_r, input, hx, w_ih, w_hh,
+            w_ih_r, w_hh_r, lengths, output, ws, ws_r, has_bias, need_input_grad, need_weight_grad);
+      });
+}
+
+template <typename Launch>
 void define_gru_backward(pybind11::module_& m, const char* name) {
   def_op(
       m, name,
@@ -278,6 +326,8 @@ void define_gru(pybind11::module_& m) {
   // versions never do; the *_on versions run on the emulated device given first (devices()).
   define_gru_forward<OnH100>(m, "gru_forward");
   define_gru_forward<NoCooperative>(m, "gru_forward_per_step");
+  define_gru_forward_bidirectional<OnH100>(m, "gru_forward_bidirectional");
+  define_gru_forward_bidirectional<NoCooperative>(m, "gru_forward_bidirectional_per_step");
   def_op(
       m, "gru_forward_on",
       +[](int64_t device, const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
@@ -286,6 +336,17 @@ void define_gru(pybind11::module_& m) {
           bool reverse, bool need_workspace) {
         return gru_forward(launcher_on(static_cast<int>(device)), input, hx, w_ih, w_hh, b_ih, b_hh,
                            lengths, reverse, need_workspace);
+      });
+  def_op(
+      m, "gru_forward_bidirectional_on",
+      +[](int64_t device, const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+          const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+          const std::optional<at::Tensor>& b_hh, const at::Tensor& w_ih_r, const at::Tensor& w_hh_r,
+          const std::optional<at::Tensor>& b_ih_r, const std::optional<at::Tensor>& b_hh_r,
+          const std::optional<at::Tensor>& lengths, bool need_workspace) {
+        return cuda::gru::forward_bidirectional_impl(
+            input, hx, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, lengths,
+            need_workspace, launcher_on(static_cast<int>(device)));
       });
   m.def("gru_persistent_blocks", [](int64_t T, int64_t N, int64_t H, bool fp64) {
     const auto plan = fp64 ? cuda::gru::persistent_forward_plan<double>(T, N, H, launcher<OnH100>())
@@ -317,9 +378,9 @@ void define_gru(pybind11::module_& m) {
                           bool backward) {
     const StreamLauncher launch = launcher_on(static_cast<int>(device));
     const cuda::gru::TcPlan plan =
-        dtype == "bf16"   ? cuda::gru::tc_plan<at::BFloat16>(T, N, H, backward, true, launch)
-        : dtype == "fp16" ? cuda::gru::tc_plan<at::Half>(T, N, H, backward, true, launch)
-                          : cuda::gru::tc_plan<float>(T, N, H, backward, true, launch);
+        dtype == "bf16"   ? cuda::gru::tc_plan<at::BFloat16>(T, N, H, backward, true, 1, launch)
+        : dtype == "fp16" ? cuda::gru::tc_plan<at::Half>(T, N, H, backward, true, 1, launch)
+                          : cuda::gru::tc_plan<float>(T, N, H, backward, true, 1, launch);
     return std::make_tuple(plan.J, plan.RT, plan.KS, plan.KTW, plan.NT, plan.threads,
                            static_cast<int64_t>(plan.blocks), plan.smem);
   };
@@ -334,24 +395,46 @@ void define_gru(pybind11::module_& m) {
   // The path gru_forward / gru_backward (with hprev, without grad_workspace) take on an emulated
   // device for "bf16", "fp16", "fp32" or "fp64": (kernel "tc", "fma" or "" where no persistent
   // plan fits, predicted persistent us, predicted per-step us, whether the persistent kernel
-  // is taken), under FUSEDGRU_PERSISTENT as it is set.
-  m.def("gru_path", [](int64_t device, int64_t T, int64_t N, int64_t H, const std::string& dtype,
-                       bool backward) {
-    const StreamLauncher launch = launcher_on(static_cast<int>(device));
-    const auto run = [&](auto zero) {
-      using scalar_t = decltype(zero);
-      return backward ? cuda::gru::backward_path<scalar_t>(T, N, H, true, false, launch)
-                      : cuda::gru::forward_path<scalar_t>(T, N, H, launch);
-    };
-    const cuda::gru::PathPlan path = dtype == "bf16"   ? run(at::BFloat16())
-                                     : dtype == "fp16" ? run(at::Half())
-                                     : dtype == "fp32" ? run(float())
-                                                       : run(double());
-    const std::string kernel = path.tc.J != 0 ? "tc" : path.fma.J != 0 ? "fma" : "";
-    return std::make_tuple(kernel, path.cost.persistent_us, path.cost.per_step_us, path.persistent);
-  });
+  // is taken), under FUSEDGRU_PERSISTENT as it is set; directions = 2: both directions of a
+  // bidirectional layer in one launch (per-step: both directions' time).
+  m.def(
+      "gru_path",
+      [](int64_t device, int64_t T, int64_t N, int64_t H, const std::string& dtype, bool backward,
+         int directions) {
+        const StreamLauncher launch = launcher_on(static_cast<int>(device));
+        const auto run = [&](auto zero) {
+          using scalar_t = decltype(zero);
+          return backward
+                     ? cuda::gru::backward_path<scalar_t>(T, N, H, true, false, launch, directions)
+                     : cuda::gru::forward_path<scalar_t>(T, N, H, launch, directions);
+        };
+        const cuda::gru::PathPlan path = dtype == "bf16"   ? run(at::BFloat16())
+                                         : dtype == "fp16" ? run(at::Half())
+                                         : dtype == "fp32" ? run(float())
+                                                           : run(double());
+        const std::string kernel = path.tc.J != 0 ? "tc" : path.fma.J != 0 ? "fma" : "";
+        return std::make_tuple(kernel, path.cost.persistent_us, path.cost.per_step_us,
+                               path.persistent);
+      },
+      pybind11::arg("device"), pybind11::arg("T"), pybind11::arg("N"), pybind11::arg("H"),
+      pybind11::arg("dtype"), pybind11::arg("backward"), pybind11::arg("directions") = 1);
   define_gru_backward<OnH100>(m, "gru_backward");
   define_gru_backward<NoCooperative>(m, "gru_backward_per_step");
+  define_gru_backward_bidirectional<OnH100>(m, "gru_backward_bidirectional");
+  define_gru_backward_bidirectional<NoCooperative>(m, "gru_backward_bidirectional_per_step");
+  def_op(
+      m, "gru_backward_bidirectional_on",
+      +[](int64_t device, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+          const std::optional<at::Tensor>& grad_ws, const std::optional<at::Tensor>& grad_ws_r,
+          const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+          const at::Tensor& w_hh, const at::Tensor& w_ih_r, const at::Tensor& w_hh_r,
+          const std::optional<at::Tensor>& lengths, const at::Tensor& output, const at::Tensor& ws,
+          const at::Tensor& ws_r, bool has_bias, bool need_input_grad, bool need_weight_grad) {
+        return gru_backward_bidirectional(launcher_on(static_cast<int>(device)), grad_output,
+                                          grad_h_n, grad_ws, grad_ws_r, input, hx, w_ih, w_hh,
+                                          w_ih_r, w_hh_r, lengths, output, ws, ws_r, has_bias,
+                                          need_input_grad, need_weight_grad);
+      });
   def_op(
       m, "gru_backward_on",
       +[](int64_t device, const at::Tensor& grad_output, const at::Tensor& grad_h_n,

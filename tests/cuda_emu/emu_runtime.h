@@ -151,6 +151,7 @@ struct Runtime {
   std::vector<std::tuple<int, const void*, int>> smem_sets;     // (device, kernel, bytes)
   bool fail_next_launch = false;                                // test hook
   int refuse_cooperative = 0;  // test hook: refuse this many cooperative launches (as MPS may)
+  std::vector<int64_t> cooperative_grids;          // the blocks of every cooperative launch run
   std::optional<std::vector<int>> flags_at_start;  // snapshot_flags()
 };
 
@@ -449,6 +450,11 @@ cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(
     const long long fit =
         1ll * emu::occupancy(d, k, static_cast<int>(threads), config->dynamicSmemBytes) * d.sms;
     if (1ll * g.x * g.y * g.z > fit) return emu::fail(cudaErrorCooperativeLaunchTooLarge);
+    {
+      emu::Runtime& r = emu::runtime();
+      std::lock_guard<std::mutex> lock(r.mutex);
+      r.cooperative_grids.push_back(1ll * g.x * g.y * g.z);
+    }
     emu::launch_cooperative(kernel, g, b, config->dynamicSmemBytes, std::forward<Args>(args)...);
   } else {
     emu::launch(kernel, g, b, config->dynamicSmemBytes, std::forward<Args>(args)...);
