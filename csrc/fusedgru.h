@@ -237,15 +237,34 @@ GruForwardState gru_forward_state(const at::Tensor& input, const at::Tensor& hx,
 
 // ---- Both directions of a layer in one call (gru_forward_bidirectional) ----
 // nn.GRU's output of a bidirectional layer, [T, N, 2H] (forward | reverse), allocated in the
-// input's storage order after checking hx [2, N, H] (everything else is checked per direction);
-// each direction's forward writes its half, direction_half(output, d).
+// input's storage order after checking hx [2, N, H] and the reverse direction's weights against
+// the forward's (check_like_forward; everything else is checked per direction); each
+// direction's forward writes its half, direction_half(output, d).
 at::Tensor bidirectional_output(const at::Tensor& input, const at::Tensor& hx,
-                                const at::Tensor& weight_hh);
+                                const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                                const std::optional<at::Tensor>& bias_ih,
+                                const std::optional<at::Tensor>& bias_hh,
+                                const at::Tensor& weight_ih_reverse,
+                                const at::Tensor& weight_hh_reverse,
+                                const std::optional<at::Tensor>& bias_ih_reverse,
+                                const std::optional<at::Tensor>& bias_hh_reverse);
+// A reverse direction's tensor against its forward counterpart (same shape, dtype and device,
+// when both are given), so that an error names the `name` (*_reverse) argument; each direction's
+// own checks (gru_forward_state, gru_backward_state) name the forward direction's arguments.
+void check_like_forward(const std::optional<at::Tensor>& reverse,
+                        const std::optional<at::Tensor>& forward, const char* name);
 // The bidirectional backward's own shapes (each direction's are checked by its backward):
-// grad_output and output [T, N, 2H], grad_h_n and hx [2, N, H].
+// grad_output and output [T, N, 2H], grad_h_n and hx [2, N, H]; the reverse direction's
+// weights, workspace and grad_workspace against the forward's.
 void check_bidirectional_backward_args(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+                                       const std::optional<at::Tensor>& grad_workspace,
+                                       const std::optional<at::Tensor>& grad_workspace_reverse,
                                        const at::Tensor& input, const at::Tensor& hx,
-                                       const at::Tensor& weight_hh, const at::Tensor& output);
+                                       const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                                       const at::Tensor& weight_ih_reverse,
+                                       const at::Tensor& weight_hh_reverse,
+                                       const at::Tensor& output, const at::Tensor& workspace,
+                                       const at::Tensor& workspace_reverse);
 // gru_backward_bidirectional's result from each direction's gru_backward result: grad_input
 // summed, grad_hx stacked, then each direction's parameter gradients.
 using GruGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;

@@ -196,18 +196,44 @@ GruForwardState gru_forward_state(const Tensor& input, const Tensor& hx, const T
   return st;
 }
 
-Tensor bidirectional_output(const Tensor& input, const Tensor& hx, const Tensor& weight_hh) {
+void check_like_forward(const std::optional<Tensor>& reverse, const std::optional<Tensor>& forward,
+                        const char* name) {
+  if (!reverse.has_value() || !forward.has_value()) return;
+  TORCH_CHECK(reverse->sizes() == forward->sizes(), name, " must have the shape of its forward ",
+              "direction's counterpart, ", forward->sizes(), ", got ", reverse->sizes());
+  TORCH_CHECK(
+      reverse->scalar_type() == forward->scalar_type() && reverse->device() == forward->device(),
+      name, " must be ", forward->scalar_type(), " on ", forward->device(),
+      " as its forward direction's counterpart, got ", reverse->scalar_type(), " on ",
+      reverse->device());
+}
+
+Tensor bidirectional_output(const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
+                            const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
+                            const std::optional<Tensor>& bias_hh, const Tensor& weight_ih_reverse,
+                            const Tensor& weight_hh_reverse,
+                            const std::optional<Tensor>& bias_ih_reverse,
+                            const std::optional<Tensor>& bias_hh_reverse) {
   FUSEDGRU_CHECK_DIM(input, 3);
   FUSEDGRU_CHECK_DIM(weight_hh, 2);
   const int64_t N = input.size(1), H = weight_hh.size(1);
   FUSEDGRU_CHECK_SHAPE(hx, 2, N, H);
+  check_like_forward(weight_ih_reverse, weight_ih, "weight_ih_reverse");
+  check_like_forward(weight_hh_reverse, weight_hh, "weight_hh_reverse");
+  check_like_forward(bias_ih_reverse, bias_ih, "bias_ih_reverse");
+  check_like_forward(bias_hh_reverse, bias_hh, "bias_hh_reverse");
   const Tensor x = steps_layout(input);
   return alloc_steps(is_batch_major(x), x.size(0), x.size(1), 2 * H, input.options());
 }
 
 void check_bidirectional_backward_args(const Tensor& grad_output, const Tensor& grad_h_n,
+                                       const std::optional<Tensor>& grad_workspace,
+                                       const std::optional<Tensor>& grad_workspace_reverse,
                                        const Tensor& input, const Tensor& hx,
-                                       const Tensor& weight_hh, const Tensor& output) {
+                                       const Tensor& weight_ih, const Tensor& weight_hh,
+                                       const Tensor& weight_ih_reverse,
+                                       const Tensor& weight_hh_reverse, const Tensor& output,
+                                       const Tensor& workspace, const Tensor& workspace_reverse) {
   FUSEDGRU_CHECK_DIM(input, 3);
   FUSEDGRU_CHECK_DIM(weight_hh, 2);
   const int64_t T = input.size(0), N = input.size(1), H = weight_hh.size(1);
@@ -215,6 +241,10 @@ void check_bidirectional_backward_args(const Tensor& grad_output, const Tensor& 
   FUSEDGRU_CHECK_SHAPE(output, T, N, 2 * H);
   FUSEDGRU_CHECK_SHAPE(grad_h_n, 2, N, H);
   FUSEDGRU_CHECK_SHAPE(hx, 2, N, H);
+  check_like_forward(weight_ih_reverse, weight_ih, "weight_ih_reverse");
+  check_like_forward(weight_hh_reverse, weight_hh, "weight_hh_reverse");
+  check_like_forward(workspace_reverse, workspace, "workspace_reverse");
+  check_like_forward(grad_workspace_reverse, grad_workspace, "grad_workspace_reverse");
 }
 
 GruBidirectionalGrads bidirectional_grads(GruGrads forward, GruGrads reverse,

@@ -108,11 +108,15 @@ def gru_forward_bidirectional(
     """``fusedgru::gru_forward_bidirectional``: both directions of a GRU layer in one call.
 
     input ``[T, N, C]``, hx ``[2, N, H]``; weights and reverse_weights: each direction's
-    ``(weight_ih, weight_hh, bias_ih, bias_hh)`` as in :func:`gru_forward` (biases may be None).
-    Returns output ``[T, N, 2H]`` (forward | reverse, nn.GRU's layout), h_n ``[2, N, H]`` and
-    each direction's workspace."""
-    w_ih, w_hh, b_ih, b_hh = weights
-    w_ih_r, w_hh_r, b_ih_r, b_hh_r = reverse_weights
+    ``(weight_ih, weight_hh[, bias_ih, bias_hh])`` as in :func:`gru_forward` (biases may be
+    left out or None). Returns output ``[T, N, 2H]`` (forward | reverse, nn.GRU's layout), h_n
+    ``[2, N, H]`` and each direction's workspace."""
+    for name, w in (("weights", weights), ("reverse_weights", reverse_weights)):
+        if len(w) not in (2, 4):
+            raise ValueError(f"{name} must be (weight_ih, weight_hh) or (weight_ih, weight_hh, "
+                             f"bias_ih, bias_hh), got {len(w)} tensors")
+    w_ih, w_hh, b_ih, b_hh = (*weights, None, None)[:4]
+    w_ih_r, w_hh_r, b_ih_r, b_hh_r = (*reverse_weights, None, None)[:4]
     return torch.ops.fusedgru.gru_forward_bidirectional(
         input=input, hx=hx, weight_ih=w_ih, weight_hh=w_hh, bias_ih=b_ih, bias_hh=b_hh,
         weight_ih_reverse=w_ih_r, weight_hh_reverse=w_hh_r, bias_ih_reverse=b_ih_r,

@@ -711,6 +711,35 @@ def test_both_directions_share_one_persistent_launch(emu, monkeypatch, restore_t
                                         d == 1, bias, False)
 
 
+@pytest.mark.parametrize("both", [True, False], ids=["both", "one-sided"])
+def test_double_backward_of_both_directions(emu, monkeypatch, both):
+    """The bidirectional backward given the saved activations' gradients (double backward; the
+    FMA kernel's grad_workspace variant): for both directions, one launch of 2B blocks, each
+    direction's gradients bitwise those of its backward alone; for one direction only, the two
+    directions read different things, so each runs alone (two launches), same results."""
+    monkeypatch.setenv("FUSEDGRU_PERSISTENT", "1")
+    dev, half_device = emu.devices()["sms8"], emu.devices()["h100"]
+    T, N, C, H = 5, 3, 7, 17
+    x, hx, fwd, rev, lengths = bidirectional_case(T, N, C, H, torch.float64, False, True, True)
+    out, h, ws, ws_r = emu.gru_forward_bidirectional_on(dev, x, hx, *fwd, *rev, lengths, True)
+    go, gh = torch.randn_like(out), torch.randn_like(h)
+    gws = [torch.randn_like(ws), torch.randn_like(ws_r) if both else None]
+    emu.cooperative_grids()
+    grads = emu.gru_backward_bidirectional_on(dev, go, gh, *gws, x, hx, *fwd[:2], *rev[:2],
+                                              lengths, out, ws, ws_r, True, True, True)
+    grids = emu.cooperative_grids()
+    assert len(grids) == (1 if both else 2), grids
+    alone = [emu.gru_backward_on(half_device if both else dev, go[..., d * H:(d + 1) * H], gh[d],
+                                 gws[d], x, hx[d], *w[:2], lengths, out[..., d * H:(d + 1) * H],
+                                 (ws, ws_r)[d], d == 1, True, True, True)
+             for d, w in enumerate((fwd, rev))]
+    assert emu.cooperative_grids() == ([grids[0] // 2] * 2 if both else grids)
+    want = [alone[0][0] + alone[1][0], torch.stack([alone[0][1], alone[1][1]]), *alone[0][2:],
+            *alone[1][2:]]
+    for i, (g, w) in enumerate(zip(grads, want)):
+        assert torch.equal(g, w), i
+
+
 def test_the_cost_model_chooses_the_path_and_the_environment_overrides_it(emu, monkeypatch):
     """gru_cost.cuh: a persistent plan that fits runs only where the model predicts it faster
     than the per-step path (here strict fp32, N = 256, H = 64 on the 4-SM device: 32 chunks of

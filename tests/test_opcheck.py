@@ -104,10 +104,33 @@ def test_opcheck_gru_backward_bidirectional(device, case, with_grad_ws):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_bidirectional_op_refuses_a_one_direction_hx(device):
+def test_bidirectional_ops_name_the_bad_argument(device):
+    """Errors name the argument: a one-direction hx, a reverse-direction tensor that does not
+    match its forward counterpart (not the forward argument's name), a short weights tuple."""
     x, hx, *w, lens = gru_args(device, requires_grad=False)
+    hx2 = torch.stack([hx, hx])
     with pytest.raises(RuntimeError, match=r"hx must have shape \(2, N, H\)"):
         torch.ops.fusedgru.gru_forward_bidirectional(x, hx, *w, *w, lens, False)
+    w_hh_bad = torch.randn(w[1].shape[0] + 3, w[1].shape[1], device=device)
+    for i, name in ((1, "weight_hh_reverse"), (2, "bias_ih_reverse")):
+        bad = list(w)
+        bad[i] = w_hh_bad if i == 1 else torch.randn(5, device=device)
+        with pytest.raises(RuntimeError, match=f"{name} must have the shape of its forward"):
+            torch.ops.fusedgru.gru_forward_bidirectional(x, hx2, *w, *bad, lens, False)
+    with pytest.raises(RuntimeError, match="weight_ih_reverse must be Float"):
+        torch.ops.fusedgru.gru_forward_bidirectional(x, hx2, *w, w[0].double(), *w[1:], lens,
+                                                     False)
+    out, h, ws, ws_r = torch.ops.fusedgru.gru_forward_bidirectional(x, hx2, *w, *w, lens, True)
+    args = [torch.randn_like(out), torch.randn_like(h), None, None, x, hx2, *w[:2], *w[:2], lens,
+            out, ws, ws_r[:-1], True, True, True]
+    with pytest.raises(RuntimeError, match="workspace_reverse must have the shape"):
+        torch.ops.fusedgru.gru_backward_bidirectional(*args)
+    with pytest.raises(ValueError, match="reverse_weights must be"):
+        fusedgru._ops.gru_forward_bidirectional(x, hx2, w, w[:3])
+    ours = fusedgru._ops.gru_forward_bidirectional(x, hx2, w[:2], w[:2])  # no biases
+    want = torch.ops.fusedgru.gru_forward_bidirectional(x, hx2, *w[:2], None, None, *w[:2], None,
+                                                        None, None, False)
+    assert all(torch.equal(a, b) for a, b in zip(ours, want))
 
 
 @pytest.mark.parametrize("device", DEVICES)

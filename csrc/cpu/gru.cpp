@@ -398,7 +398,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_bidirectional(
     const Tensor& weight_ih_reverse, const Tensor& weight_hh_reverse,
     const std::optional<Tensor>& bias_ih_reverse, const std::optional<Tensor>& bias_hh_reverse,
     const std::optional<Tensor>& lengths, bool need_workspace) {
-  const Tensor output = bidirectional_output(input, hx, weight_hh);
+  const Tensor output =
+      bidirectional_output(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_ih_reverse,
+                           weight_hh_reverse, bias_ih_reverse, bias_hh_reverse);
   auto [out0, h0, ws0] =
       forward_into(input, hx.select(0, 0), weight_ih, weight_hh, bias_ih, bias_hh, lengths, false,
                    need_workspace, direction_half(output, 0));
@@ -454,7 +456,9 @@ GruBidirectionalGrads gru_backward_bidirectional(
     const Tensor& weight_hh_reverse, const std::optional<Tensor>& lengths, const Tensor& output,
     const Tensor& workspace, const Tensor& workspace_reverse, bool has_bias, bool need_input_grad,
     bool need_weight_grad) {
-  check_bidirectional_backward_args(grad_output, grad_h_n, input, hx, weight_hh, output);
+  check_bidirectional_backward_args(grad_output, grad_h_n, grad_workspace, grad_workspace_reverse,
+                                    input, hx, weight_ih, weight_hh, weight_ih_reverse,
+                                    weight_hh_reverse, output, workspace, workspace_reverse);
   return bidirectional_grads(
       gru_backward(direction_half(grad_output, 0), grad_h_n.select(0, 0), grad_workspace, input,
                    hx.select(0, 0), weight_ih, weight_hh, lengths, direction_half(output, 0),

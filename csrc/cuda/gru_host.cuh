@@ -150,7 +150,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_bidirectional_impl(
     const std::optional<Tensor>& bias_ih_reverse, const std::optional<Tensor>& bias_hh_reverse,
     const std::optional<Tensor>& lengths, bool need_workspace, const Launch& launch) {
   const Matmul mm = matmul_for(launch, input.scalar_type());
-  const Tensor output = bidirectional_output(input, hx, weight_hh);
+  const Tensor output =
+      bidirectional_output(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_ih_reverse,
+                           weight_hh_reverse, bias_ih_reverse, bias_hh_reverse);
   const GruForwardState st[kMaxDirections] = {
       gru_forward_state(input, hx.select(0, 0), weight_ih, weight_hh, bias_ih, bias_hh, lengths,
                         need_workspace, mm, direction_half(output, 0)),
@@ -254,7 +256,9 @@ GruBidirectionalGrads backward_bidirectional_impl(
     const Tensor& weight_hh_reverse, const std::optional<Tensor>& lengths, const Tensor& output,
     const Tensor& workspace, const Tensor& workspace_reverse, bool has_bias, bool need_input_grad,
     bool need_weight_grad, const Launch& launch) {
-  check_bidirectional_backward_args(grad_output, grad_h_n, input, hx, weight_hh, output);
+  check_bidirectional_backward_args(grad_output, grad_h_n, grad_workspace, grad_workspace_reverse,
+                                    input, hx, weight_ih, weight_hh, weight_ih_reverse,
+                                    weight_hh_reverse, output, workspace, workspace_reverse);
   const Matmul mm = matmul_for(launch, input.scalar_type());
   GruBackwardState st[kMaxDirections] = {
       gru_backward_state(direction_half(grad_output, 0), grad_h_n.select(0, 0), grad_workspace,
