@@ -289,11 +289,9 @@ def gru(
         return out, h
 
     def fused_both(x, h0, w, lengths, need_workspace):
-        per = len(w) // 2
-        directions = [tuple(w[d * per:(d + 1) * per]) + (None, None) * (not has_biases)
-                      for d in range(2)]
+        per = len(w) // 2  # each direction's (w_ih, w_hh[, b_ih, b_hh])
         out, h, _, _ = _ops.gru_forward_bidirectional(
-            x, h0, *directions, lengths=lengths, need_workspace=need_workspace)
+            x, h0, w[:per], w[per:], lengths=lengths, need_workspace=need_workspace)
         return out, h
 
     def reference_layer(x, h0, w, lengths, reverse, need_workspace):
