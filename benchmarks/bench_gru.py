@@ -228,6 +228,11 @@ def timed_point(args, T, N, I, H, L, dtype_name, tf32, path):
                                    f"I={I} H={H}): not timed")
             peer_fns[peer] = lambda runner=runner: runner(x_np)
 
+    # Agreement before timing: ||ours - nn.GRU|| / ||nn.GRU|| on the forward output, so a row's
+    # speed never stands without its correctness (the tests hold the tolerances).
+    with torch.no_grad():
+        want, got = run[ref](ref, x).double(), run[ours](ours, x).double()
+        err = ((got - want).norm() / want.norm().clamp_min(1e-30)).item()
     timer = common.Timer(device)
     rows = []
     for mode in args.modes:
@@ -242,7 +247,7 @@ def timed_point(args, T, N, I, H, L, dtype_name, tf32, path):
                          bidirectional=args.bidirectional,
                          dtype=dtype_name, tf32=tf32 if dtype_name == "fp32" else None,
                          path=path, mode=mode, ref_ms=t_ref, fusedgru_ms=t_ours,
-                         speedup=t_ref / t_ours,
+                         speedup=t_ref / t_ours, rel_err_vs_ref=err,
                          fusedgru_tokens_per_s=T * N / (t_ours / 1e3),
                          fusedgru_us_per_step=1e3 * t_ours / (T * L),
                          ref_us_per_step=1e3 * t_ref / (T * L), peers_ms=peer_ms,
@@ -290,7 +295,7 @@ def print_table(rows, device):
     cols = [("dtype", 5), ("tf32", 4), ("path", 10), ("T", 5), ("N", 5), ("I", 5), ("H", 5),
             ("L", 2), ("mode", 7), (f"{ref} [ms]", 12), ("fusedgru [ms]", 13),
             ("speedup [x]", 11), ("fusedgru [tokens/s]", 19), ("fusedgru [us/step]", 18),
-            (f"{ref} [us/step]", 17)]
+            (f"{ref} [us/step]", 17), ("rel err", 8)]
     peer_names = sorted({p for r in rows for p in r["peers_ms"]})
     cols += [(f"{p} [ms]", 12) for p in peer_names]
     if peer_names:
@@ -303,7 +308,8 @@ def print_table(rows, device):
         cells = [r["dtype"], r["tf32"] or "-", r["path"], r["T"], r["N"], r["I"], r["H"],
                  r["layers"], r["mode"], f"{r['ref_ms']:.3f}", f"{r['fusedgru_ms']:.3f}",
                  f"{r['speedup']:.2f}x", f"{r['fusedgru_tokens_per_s']:.3g}",
-                 f"{r['fusedgru_us_per_step']:.1f}", f"{r['ref_us_per_step']:.1f}"]
+                 f"{r['fusedgru_us_per_step']:.1f}", f"{r['ref_us_per_step']:.1f}",
+                 f"{r['rel_err_vs_ref']:.1e}"]
         cells += [f"{r['peers_ms'][p]:.3f}" if p in r["peers_ms"] else "-" for p in peer_names]
         if peer_names:
             cells.append(f"{r['vs_fastest_peer']:.2f}x" if r["vs_fastest_peer"] else "-")
@@ -311,7 +317,7 @@ def print_table(rows, device):
     common.legend(f"speedup = {ref} time / fusedgru time (> 1: fusedgru is faster); tokens/s = "
                   f"T*N per second; us/step = time / (T * layers); fwd = forward under no_grad, "
                   f"fwdbwd = forward + backward to the input and all weights. Medians of --reps "
-                  f"calls." +
+                  f"calls. rel err = ||fusedgru - {ref}|| / ||{ref}|| on the forward output." +
                   (" vs fastest peer = the fastest peer's time / fusedgru time (peers: forward "
                    "only, same weights and threads)." if peer_names else ""))
     for r in rows:

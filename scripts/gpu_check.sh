@@ -1,32 +1,40 @@
 #!/usr/bin/env bash
 # Everything a GPU session verifies, in ONE device call of at most 8 minutes: versions, the build,
-# the cuda-marked tests (fastest files first, each under a timeout, never stopping at the first
-# failure), then the benchmark grid against cuDNN. Each stage has a time budget; a stage that
-# outruns it is cut and reported as such, never left hanging. Progress goes to stdout; logs and
-# JSON go to $OUT (the device tool's output folder; default /tmp/fusedgru-gpu) as at most 8
-# files, the device tool's limit:
+# the cuda-marked tests (each file under a timeout, never stopping at the first failure), the
+# benchmark grid against cuDNN, and compute-sanitizer over every kernel family. Stages run most
+# valuable first (the build, the GRU's tests, the main benchmark, memcheck, the other test files,
+# the other benchmarks, racecheck and synccheck). Each stage has a time budget, and the whole call
+# has one (GPU_CHECK_BUDGET seconds): a stage is cut to what is left of it and skipped when too
+# little is, so the summary and the logs are always written before the device tool's own limit.
+# Progress goes to stdout; logs and JSON go to $OUT (the device tool's output folder; default
+# /tmp/fusedgru-gpu) as at most 8 files, the device tool's limit:
 #   gpu_check.json     versions, per-stage status and seconds, per-file test summaries
 #   bench_gru.json     fusedgru.GRU vs nn.GRU (cuDNN): T=256, N 1/16/64/256, H 128/256/1024,
 #                      bf16 and fp32 with TF32 on/off, fwd and fwd+bwd, persistent and per-step
 #   bench_cell.json    GRUCell streaming vs nn.GRUCell
 #   bench_bidir.json   bidirectional layers (both directions in one persistent launch) vs cuDNN
 #   bench_conv.json    causal conv vs F.conv1d (cuDNN), and a copy of the same bytes
-#   logs.tar.gz        the build log, every test file's log, the benchmarks' logs
+#   logs.tar.gz        the build log, every test file's log, the benchmarks' and sanitizers' logs
 #
-#   bash scripts/gpu_check.sh              # the whole check (about 6-8 minutes on an H100/H200)
+#   bash scripts/gpu_check.sh              # the whole check (at most 8 minutes on an H100/H200)
 #   bash scripts/gpu_check.sh --quick      # build, the GRU test files, 4 benchmark points (<3 min)
 #   bash scripts/gpu_check.sh --dry-run    # on a CPU machine (CI): the same stages, on the CPU,
 #                                          # at toy sizes; the cuda-marked tests skip
-# Environment: OUT, MAX_JOBS (default: all cores), TORCH_CUDA_ARCH_LIST (default 9.0).
+#   bash scripts/gpu_check.sh --only=test_gru,bench_gru   # the build and the stages named (a
+#                                          # rerun after a fix); names as gpu_check.json's
+# Environment: OUT, MAX_JOBS (default: all cores), TORCH_CUDA_ARCH_LIST (default 9.0),
+# GPU_CHECK_BUDGET (seconds for the whole call; default 470, --quick 170, --dry-run 900).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 mode=full
+only=""
 for arg in "$@"; do
   case "$arg" in
     --quick) mode=quick ;;
     --dry-run) mode=dry ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    --only=*) only=",${arg#--only=}," ;;
+    -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -38,13 +46,29 @@ export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 PY=.venv/bin/python
 t_start=$(date +%s)
+case "$mode" in full) default_budget=470 ;; quick) default_budget=170 ;; *) default_budget=900 ;; esac
+# Every stage ends by this time; RESERVE seconds are kept for timeout's kill grace, the summary and
+# the archive, and a stage with under MIN_STAGE seconds left is skipped.
+RESERVE=20 MIN_STAGE=15
+deadline=$(( t_start + ${GPU_CHECK_BUDGET:-$default_budget} - RESERVE ))
 STAGES=()  # name:status:seconds
+
+# selected NAME: whether --only (if given) names the stage.
+selected() { [ -z "$only" ] || [[ "$only" == *",$1,"* ]]; }
 
 # run_stage NAME BUDGET_SECONDS LOG COMMAND...: runs under a timeout, logs, records the outcome.
 run_stage() {
   local name=$1 budget=$2 log=$3; shift 3
-  local t0 rc status
+  local t0 rc status left
   t0=$(date +%s)
+  left=$(( deadline - t0 ))
+  if [ "$left" -lt "$MIN_STAGE" ]; then
+    STAGES+=("$name:skipped (out of time):0")
+    echo "[gpu_check] $name: skipped, ${left} s left of the call's budget"
+    echo "skipped: out of time" > "$log"
+    return 1
+  fi
+  [ "$budget" -gt "$left" ] && budget=$left
   timeout --kill-after=15 "$budget" "$@" > "$log" 2>&1
   rc=$?
   if [ $rc -eq 0 ]; then status=ok
@@ -90,34 +114,56 @@ print(json.dumps(info))
 EOF
 echo "[gpu_check] versions: $(cat "$LOGS/versions.json")"
 
-# ---- cuda-marked tests, fastest stages first; a stage is NAME:FILES (one pytest run) ----
-# test_gru: the GRU module's files, what tests/test_gru.py held before it was split by subject
-# (its conversion tests, tests/test_convert.py, have no cuda-marked test).
-gru_files="tests/test_cuda.py tests/test_gru_parity.py tests/test_gru_interface.py \
-tests/test_gru_cell.py tests/test_lengths.py"
-stages=("test_gru:$gru_files")
-if [ "$mode" != quick ]; then
-  for f in tests/test_ln_gru.py tests/test_conv.py tests/test_models.py \
-           tests/test_beyond_cudnn.py tests/test_transforms.py tests/test_gradcheck.py \
-           tests/test_opcheck.py tests/test_compile.py; do
-    stages+=("$(basename "$f" .py):$f")
-  done
-fi
+# ---- stage helpers ----
 per_test=()
 "$PY" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout=90)
 : > "$LOGS/tests-summary.txt"
-for stage in "${stages[@]}"; do
-  name=${stage%%:*}
-  read -r -a paths <<< "${stage#*:}"
-  budget=$([ "$mode" = full ] && echo 150 || echo 120)
-  run_stage "$name" "$budget" "$LOGS/$name.log" \
-    "$PY" -m pytest "${paths[@]}" -q -m cuda -p no:cacheprovider "${per_test[@]}"
+test_budget=$([ "$mode" = full ] && echo 150 || echo 120)
+# run_tests NAME FILES...: the cuda-marked tests of FILES in one pytest run.
+run_tests() {
+  local name=$1 line; shift
+  selected "$name" || return 0
+  run_stage "$name" "$test_budget" "$LOGS/$name.log" \
+    "$PY" -m pytest "$@" -q -m cuda -p no:cacheprovider "${per_test[@]}"
   line=$(grep -E "[0-9]+ (passed|failed|skipped|error|deselected)" "$LOGS/$name.log" | tail -1)
   echo "$name: ${line:-no summary line}" | tee -a "$LOGS/tests-summary.txt"
   grep -E "^(FAILED|ERROR) " "$LOGS/$name.log" | head -15
-done
+}
+# run_bench NAME BUDGET SCRIPT ARGS...: one benchmark, JSON to $OUT/NAME.json, its table shown.
+run_bench() {
+  local name=$1 budget=$2 script=$3; shift 3
+  [ $# -gt 0 ] && selected "$name" || return 0
+  run_stage "$name" "$budget" "$LOGS/$name.log" \
+    "$PY" "benchmarks/$script" "$@" --out "$OUT/$name.json"
+  grep -vE "(it|config)/s\]|s/(it|config)\]" "$LOGS/$name.log" | tail -80
+}
+# run_sanitizer TOOL BUDGET: scripts/gpu_sanitize.py (every kernel family, small odd sizes, each
+# result checked) under compute-sanitizer's TOOL; on the CPU (dry run) the script alone.
+run_sanitizer() {
+  local tool=$1 budget=$2
+  selected "sanitize_$tool" || return 0
+  if [ "$mode" = dry ]; then
+    run_stage "sanitize_$tool" "$budget" "$LOGS/sanitize_$tool.log" \
+      "$PY" scripts/gpu_sanitize.py --device cpu
+  else
+    run_stage "sanitize_$tool" "$budget" "$LOGS/sanitize_$tool.log" \
+      "$SANITIZER" --tool "$tool" --error-exitcode 1 --print-limit 20 \
+      "$PY" scripts/gpu_sanitize.py
+  fi
+  tail -25 "$LOGS/sanitize_$tool.log"
+}
+SANITIZER=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
 
-# ---- benchmarks ----
+# ---- what each stage runs ----
+# test_gru: the GRU module's files, what tests/test_gru.py held before it was split by subject
+# (its conversion tests, tests/test_convert.py, have no cuda-marked test).
+gru_files=(tests/test_cuda.py tests/test_gru_parity.py tests/test_gru_interface.py
+           tests/test_gru_cell.py tests/test_lengths.py)
+other_files=()
+[ "$mode" != quick ] && other_files=(tests/test_ln_gru.py tests/test_conv.py tests/test_models.py
+  tests/test_beyond_cudnn.py tests/test_transforms.py tests/test_gradcheck.py
+  tests/test_opcheck.py tests/test_compile.py)
+cell=() bidir=() conv=()
 if [ "$mode" = dry ]; then
   grid=(--device cpu --T 4 --N 1 2 --H 8 --reps 2 --warmup 1)
   cell=(--device cpu --variant cell --T 3 --N 1 --H 8 --reps 2 --warmup 1)
@@ -125,9 +171,6 @@ if [ "$mode" = dry ]; then
   conv=(--device cpu --N 1 --C 8 --L 32 --reps 2 --warmup 1)
 elif [ "$mode" = quick ]; then
   grid=(--device cuda --T 256 --N 1 64 --H 256 1024 --dtype bf16 --reps 10 --warmup 2)
-  cell=()
-  bidir=()
-  conv=()
 else
   grid=(--device cuda --T 256 --N 1 16 64 256 --H 128 256 1024 --dtype bf16 fp32
         --tf32 on off --paths auto per-step --reps 10 --warmup 2)
@@ -137,25 +180,21 @@ else
          --paths auto per-step --reps 10 --warmup 2)
   conv=(--device cuda --reps 20 --warmup 3)
 fi
-run_stage bench_gru 200 "$LOGS/bench_gru.log" \
-  "$PY" benchmarks/bench_gru.py "${grid[@]}" --out "$OUT/bench_gru.json"
-grep -vE "(it|config)/s\]|s/(it|config)\]" "$LOGS/bench_gru.log" | tail -80
-if [ ${#cell[@]} -gt 0 ]; then
-  run_stage bench_cell 60 "$LOGS/bench_cell.log" \
-    "$PY" benchmarks/bench_gru.py "${cell[@]}" --out "$OUT/bench_cell.json"
-  grep -vE "(it|config)/s\]|s/(it|config)\]" "$LOGS/bench_cell.log" | tail -20
-fi
-if [ ${#bidir[@]} -gt 0 ]; then
-  run_stage bench_bidir 45 "$LOGS/bench_bidir.log" \
-    "$PY" benchmarks/bench_gru.py "${bidir[@]}" --out "$OUT/bench_bidir.json"
-  grep -vE "(it|config)/s\]|s/(it|config)\]" "$LOGS/bench_bidir.log" | tail -20
-fi
-if [ ${#conv[@]} -gt 0 ]; then
-  run_stage bench_conv 60 "$LOGS/bench_conv.log" \
-    "$PY" benchmarks/bench_conv.py "${conv[@]}" --out "$OUT/bench_conv.json"
-  grep -vE "(it|config)/s\]|s/(it|config)\]" "$LOGS/bench_conv.log" | tail -20
-fi
 
+# ---- the stages, most valuable first ----
+run_tests test_gru "${gru_files[@]}"
+run_bench bench_gru 200 bench_gru.py "${grid[@]}"
+[ "$mode" != quick ] && run_sanitizer memcheck 90
+for f in "${other_files[@]}"; do
+  run_tests "$(basename "$f" .py)" "$f"
+done
+run_bench bench_bidir 45 bench_gru.py "${bidir[@]}"
+run_bench bench_cell 60 bench_gru.py "${cell[@]}"
+run_bench bench_conv 60 bench_conv.py "${conv[@]}"
+if [ "$mode" != quick ]; then
+  run_sanitizer racecheck 90
+  run_sanitizer synccheck 60
+fi
 # ---- summary ----
 "$PY" - "$mode" "$LOGS" "$OUT/gpu_check.json" "$(( $(date +%s) - t_start ))" "${STAGES[@]}" <<'EOF'
 import json, os, sys
