@@ -41,9 +41,11 @@ def _check_devices_and_dtypes(input: Tensor, hx: Tensor, params: Sequence[Tensor
 
 
 def autocast_enabled(device_type: str) -> bool:
-    """torch.is_autocast_enabled for any device type: False where autocast does not exist (the
-    meta device, where torch.is_autocast_enabled raises "unknown device type for autocast")."""
-    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    """torch.is_autocast_enabled, and False on the meta device, where autocast does not exist
+    (torch.is_autocast_enabled raises "unknown device type for autocast"). Not through
+    torch.amp.is_autocast_available: Dynamo cannot trace that builtin (torch 2.11 on CUDA), and a
+    fullgraph torch.compile of the module then fails."""
+    return device_type != "meta" and torch.is_autocast_enabled(device_type)
 
 
 def no_autocast(device_type: str):

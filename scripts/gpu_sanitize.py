@@ -40,7 +40,9 @@ def path(value):
 
 
 def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+    """||a - b|| / ||b|| in float64 on the CPU (b may be a CPU reference)."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def check(name, got, want, dtype):

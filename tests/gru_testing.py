@@ -30,9 +30,12 @@ def pair(device, dtype, *args, **kwargs):
 
 
 def max_err(a, b):
+    """max |a - b| / max(1, max |b|), in float64 on the CPU (a and b may be on different
+    devices: a GPU result against a CPU reference)."""
     if b.numel() == 0:
         return 0.0
-    return ((a.double() - b.double()).abs().max() / max(1.0, b.double().abs().max().item())).item()
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return ((a - b).abs().max() / max(1.0, b.abs().max().item())).item()
 
 
 def assert_close(ours, ref, tol, what=""):
@@ -53,7 +56,9 @@ def run_with_grads(module, x, hx, grad_out, grad_h):
 
 
 def rel_err(a, ref):
-    return ((a.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
+    """||a - ref|| / ||ref||, in float64 on the CPU (a and ref may be on different devices)."""
+    a, ref = a.detach().double().cpu(), ref.detach().double().cpu()
+    return ((a - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
 # ---- parity with nn.GRU ----
