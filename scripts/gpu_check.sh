@@ -2,8 +2,10 @@
 # Everything a GPU session verifies, in ONE device call of at most 8 minutes: versions, the build,
 # the cuda-marked tests (each file under a timeout, never stopping at the first failure), the
 # benchmark grid against cuDNN, and compute-sanitizer over every kernel family. Stages run most
-# valuable first (the build, the GRU's tests, the main benchmark, memcheck, the other test files,
-# the other benchmarks, racecheck and synccheck). Each stage has a time budget, and the whole call
+# valuable first (the build, whether C++ errors raise, the GRU's tests, the main benchmark,
+# memcheck, the other test files, the other benchmarks, racecheck and synccheck; the 2026-12-04
+# H200 run took 129 s to build and about 470 s for all but the last 8 of them). Each stage has a
+# time budget, and the whole call
 # has one (GPU_CHECK_BUDGET seconds): a stage is cut to what is left of it and skipped when too
 # little is, so the summary and the logs are always written before the device tool's own limit.
 # Progress goes to stdout; logs and JSON go to $OUT (the device tool's output folder; default
@@ -182,6 +184,13 @@ else
 fi
 
 # ---- the stages, most valuable first ----
+# cxx_errors: does a C++ argument check raise, or crash the process (it crashed on the GPU
+# machine on 2026-12-04; scripts/check_cxx_errors.py)?
+if selected cxx_errors; then
+  run_stage cxx_errors 60 "$LOGS/cxx_errors.log" "$PY" scripts/check_cxx_errors.py --device \
+    $([ "$mode" = dry ] && echo cpu || echo cpu cuda)
+  cat "$LOGS/cxx_errors.log"
+fi
 run_tests test_gru "${gru_files[@]}"
 run_bench bench_gru 200 bench_gru.py "${grid[@]}"
 [ "$mode" != quick ] && run_sanitizer memcheck 90
