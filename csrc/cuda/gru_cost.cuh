@@ -6,10 +6,11 @@
 // Predicted time of a layer direction, in microseconds (H100 / H200 figures; on other GPUs the
 // absolute numbers move, the choice between the two far less):
 //   persistent: kCooperativeLaunchUs + T * (kGridBarrierUs + staging + chunks * (gate pass +
-//               products)), staging = max(one L2 round trip, the bytes every block stages /
-//               L2 bandwidth);
+//               products)), staging = max(the step's fixed latency, the bytes every block
+//               stages / L2 bandwidth);
 //   per-step:   T * (kKernelUs + max(kGemmStepUs, W_hh bytes / a thin GEMM's streaming rate,
 //               GEMM flops / peak)).
+// The latencies are fitted to the first GPU measurements (below), not derived.
 // FUSEDGRU_PERSISTENT=1 takes a persistent kernel wherever one fits and =0 never (benchmarks and
 // the kernel tests force either); unset, the cheaper prediction wins.
 #pragma once
@@ -29,29 +30,43 @@ namespace cuda {
 namespace gru {
 
 // Measured on an H100 (../shared/BASELINES.md): one grid-wide barrier; a step of tiny dependent
-// kernels replayed from a CUDA graph (a launch's floor); cuDNN's per-step algorithm, 10 us per
-// step at its fastest (B = 1..16), of which kKernelUs its pointwise kernel, the rest its GEMM;
-// the per-step GEMM at N = 16, H = 1024 ([16, 1024] x [1024, 3072]) in cuBLAS, 8.8 us bf16 and
-// 24.3 us fp32, i.e. W_hh (6.3 MB, 12.6 MB) streamed at 0.715 and 0.518 bytes per ps; GEMM
-// peaks, bf16 741 and strict fp32 52 TFLOP/s (TF32 taken as half of bf16's, fp64 as fp32's).
+// kernels replayed from a CUDA graph (a launch's floor); the per-step GEMM at N = 16, H = 1024
+// ([16, 1024] x [1024, 3072]) in cuBLAS, 8.8 us bf16 and 24.3 us fp32, i.e. W_hh (6.3 MB,
+// 12.6 MB) streamed at 0.715 and 0.518 bytes per ps; GEMM peaks, bf16 741 and strict fp32 52
+// TFLOP/s (TF32 taken as half of bf16's, fp64 as fp32's).
 constexpr double kGridBarrierUs = 1.18;
 constexpr double kKernelUs = 1.33;
-constexpr double kGemmStepUs = 10.0 - kKernelUs;
 constexpr double kThinGemmBytesPerUs16 = 0.715e6;
 constexpr double kThinGemmBytesPerUs32 = 0.518e6;
 constexpr double kPeakMflopPerUs16 = 741.0;
 constexpr double kPeakMflopPerUsTf32 = kPeakMflopPerUs16 / 2;
 constexpr double kPeakMflopPerUs32 = 52.0;
-// Estimates (NOTES.md, to be measured on the first GPU): a cooperative launch; an L2 round trip;
-// L2 bandwidth; one gate pass with its two __syncthreads; the SM clock (cycles per us); a
-// dependent mma.sync's latency.
+// Fitted to the first GPU measurements (H200, 2026-12-04: benchmarks/results/2026-12-04-h200.json,
+// T = 256 forward, both paths timed in one process; benchmarks/NOTES.md "GPU bring-up"), where
+// the estimates these replace were 2-20x low:
+//   - a step of the per-step path costs 24 us where W_hh's streaming and the flops do not bound
+//     it (the median of 19-37 us measured at N <= 64 for every H and dtype: host-bound, the
+//     GEMM and pointwise launches; cuDNN's per-step algorithm took 17-26 us there). The
+//     estimate was cuDNN's best step on an H100, 10 us;
+//   - a persistent step's fixed latency beyond the barrier (staging's L2 round trip and the
+//     rest): 1.2 us; and a gate pass with its two __syncthreads, per batch chunk: 2.5 us. Fitted
+//     to the tensor-core kernel: 4.6-5.0 us a step with one chunk (N <= 16, H <= 256), 7.7 with
+//     two (N = 64, H = 128), 23.7 with eight (N = 256). Estimated: 0.5 and 0.4 us;
+//   - the FMA kernel's products: 0.8 us per batch row of a chunk (a chunk of 8 rows took about
+//     8.8 us with its gate pass at N = 16 and 64, for any H; one row ~3.3 us at N = 1). The
+//     cycle count of its multiply-adds predicted 15-20x less; the cause is not known yet (no
+//     profiler run);
+constexpr double kPerStepUs = 24.0;
+constexpr double kGemmStepUs = kPerStepUs - kKernelUs;
+constexpr double kStepLatencyUs = 1.2;
+constexpr double kGatePassUs = 2.5;
+constexpr double kFmaRowUs = 0.8;
+constexpr double kL2BytesPerUs = 2.4e6;
+// Estimates (NOTES.md): a cooperative launch; the SM clock (cycles per us); a dependent
+// mma.sync's latency.
 constexpr double kCooperativeLaunchUs = 5.0;
-constexpr double kL2TripUs = 0.5;
-constexpr double kL2BytesPerUs = 5.5e6;
-constexpr double kGatePassUs = 0.4;
 constexpr double kCyclesPerUs = 1755.0;
 constexpr double kMmaLatencyCycles = 33.0;
-constexpr int kWarpSchedulers = 4;  // per SM: a warp instruction per scheduler per cycle
 
 struct PathCost {
   double persistent_us, per_step_us;
@@ -78,19 +93,18 @@ inline double per_step_path_us(int64_t T, int64_t N, int64_t H, int64_t elem, Ge
 inline double persistent_step_us(int64_t blocks, int64_t N, int64_t K, int64_t elem, int64_t chunks,
                                  double products_per_chunk_us) {
   const double staged = static_cast<double>(blocks) * N * K * elem;
-  return kGridBarrierUs + std::max(kL2TripUs, staged / kL2BytesPerUs) +
+  return kGridBarrierUs + std::max(kStepLatencyUs, staged / kL2BytesPerUs) +
          static_cast<double>(chunks) * (kGatePassUs + products_per_chunk_us);
 }
 
-// The FMA kernels (gru_persistent.cuh): per chunk of kPBatch rows each thread forms
-// partials x KS x kPBatch multiply-adds; kPWarps warps share kWarpSchedulers schedulers.
-// directions: 2 when both directions of a layer share the launch (twice the blocks staging).
+// The FMA kernels (gru_persistent.cuh): chunks of up to kPBatch rows, each costing kFmaRowUs
+// per row (measured; the forward's, taken for the backward too). directions: 2 when both
+// directions of a layer share the launch (twice the blocks staging).
 template <typename scalar_t>
 double persistent_cost_us(const PersistentPlan& plan, int64_t T, int64_t N, int64_t H,
                           bool backward, int directions = 1) {
-  const int64_t partials = backward ? 1 : 3, K = backward ? 3 * H : H;
-  const double products =
-      static_cast<double>(kPWarps) / kWarpSchedulers * partials * plan.KS * kPBatch / kCyclesPerUs;
+  const int64_t K = backward ? 3 * H : H;
+  const double products = kFmaRowUs * static_cast<double>(std::min<int64_t>(N, kPBatch));
   const int64_t chunks = (N + kPBatch - 1) / kPBatch;
   return kCooperativeLaunchUs +
          static_cast<double>(T) * persistent_step_us(directions * plan.blocks, N, K,
