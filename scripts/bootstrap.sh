@@ -126,7 +126,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sources_hash" ] \
   fi
   say "building the C++ extension ($eta): pip install --no-build-isolation -e ." \
     "(log: $VENV/build.log)..."
-  if ! "$VPY" -m pip install --no-build-isolation --no-deps -e . \
+  # -v: the log keeps every compile and link command (the flags a machine's toolchain added)
+  if ! "$VPY" -m pip install -v --no-build-isolation --no-deps -e . \
       --config-settings editable_mode=$EDITABLE_MODE > "$VENV/build.log" 2>&1; then
     tail -40 "$VENV/build.log"
     echo "[bootstrap] the build failed; full log: $VENV/build.log" >&2

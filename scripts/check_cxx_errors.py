@@ -51,11 +51,22 @@ def report_libraries():
         print("extension: not found")
         return
     r = subprocess.run(["nm", "-C", "--defined-only", so], capture_output=True, text=True)
-    std = [line for line in r.stdout.splitlines()
+    lines = r.stdout.splitlines()
+    std = [line for line in lines
            if " std::" in line and any(k in line for k in ("basic_ostream", "locale", "num_put"))]
     print(f"{so}: defines {len(std)} std:: stream/locale symbols itself")
     for line in std[:12]:
         print("  ", line)
+    # Pieces of the C++ runtime itself (not template instantiations): present only when
+    # libstdc++ was linked in statically, in part or whole.
+    runtime = [line for line in lines if any(k in line for k in (
+        "std::codecvt<char16_t", "std::ios_base::Init::Init", "__cxa_throw", "std::locale::_Impl"))]
+    print(f"C++ runtime symbols defined in it (static libstdc++?): {len(runtime)}")
+    for line in runtime[:6]:
+        print("  ", line)
+    r = subprocess.run(["readelf", "-d", so], capture_output=True, text=True)
+    print("NEEDED:", ", ".join(line.split("[")[-1].rstrip("]") for line in r.stdout.splitlines()
+                               if "(NEEDED)" in line))
 
 
 def main():

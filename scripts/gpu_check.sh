@@ -97,6 +97,7 @@ echo "[gpu_check] build: scripts/bootstrap.sh (MAX_JOBS=$MAX_JOBS, TORCH_CUDA_AR
 if ! run_stage build 240 "$LOGS/build.log" bash scripts/bootstrap.sh; then
   tail -40 "$LOGS/build.log"
 fi
+cp .venv/build.log "$LOGS/pip-build.log" 2>/dev/null  # pip's own log of the extension build
 "$PY" - "$device" > "$LOGS/versions.json" <<'EOF'
 import json, platform, sys
 info = {"python": platform.python_version()}
