@@ -423,7 +423,10 @@ class GRUCell(nn.RNNCellBase):
     inputs, outputs and errors) on the fused ``fusedgru::gru_cell`` op: one launch per step on
     CUDA for batches up to 32, and on the CPU, up to 8 rows, one parallel pass with no GEMM call.
     In training a step runs one step of ``fusedgru::gru_forward``, which saves what backward
-    needs.
+    needs. In float32 on CUDA, beyond 32 rows and in training, a step is ``torch.gru_cell``,
+    nn.GRUCell's own arithmetic: its GEMMs follow the matmul TF32 flag, where the fused GRU ops
+    follow the cuDNN RNN flag as nn.GRU does (PyTorch's defaults differ: TF32 for RNNs, strict for
+    matmuls); the one-launch kernel up to 32 rows is strict fp32 under any flags.
 
     .. math::
         r = \sigma(W_{ir} x + b_{ir} + W_{hr} h + b_{hr}), \quad
@@ -508,9 +511,19 @@ class GRUCell(nn.RNNCellBase):
         return out if is_batched else out.squeeze(0)
 
 
+# Rows up to which GRUCell's CUDA forward is one strict-fp32 launch (kCellMaxBatch,
+# csrc/cuda/gru_cell.cuh); beyond, the op runs the GRU layer's GEMM path.
+CUDA_CELL_MAX_BATCH = 32
+
+
 def _fused_cell_step(input, hx, w_ih, w_hh, b_ih, b_hh):
-    if torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (input, hx, w_ih, w_hh, b_ih, b_hh)):
+    training = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (input, hx, w_ih, w_hh, b_ih, b_hh))
+    if input.is_cuda and input.dtype == torch.float32 and (
+            training or input.shape[0] > CUDA_CELL_MAX_BATCH):
+        # nn.GRUCell's GEMMs follow the matmul TF32 flag; the GRU ops' follow the RNN flag.
+        return torch.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
+    if training:
         # Training: one step of gru_forward saves the activations its backward needs
         # (gru_cell's backward would recompute the step).
         _, h_n, _ = _ops.gru_forward(input.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh,

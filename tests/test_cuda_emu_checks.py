@@ -533,12 +533,12 @@ def test_the_cost_model_reproduces_the_h200_measurements(emu, restore_rnn_precis
                                                            monkeypatch):
     """Planner only, on the grid measured on an H200 (N 1/16/64/256, H 128/256/1024, bf16 and
     fp32 with TF32 on and off, T = 256 forward): each persistent prediction within 35% of the
-    measured persistent step, the per-step path's within [0.5, 1.3] of its measured step (19-27
+    measured persistent step; the per-step path's within [0.5, 1.3] of its measured step (19-27
     us a step, one outlier of 37 at strict fp32 N = 16, H = 128; fp32 at H = 1024, N = 1: W_hh
-    streamed at the H100's N = 16 cuBLAS rate, 25.6 us predicted, 20-21 measured), and wherever the two paths measured more than 15% apart the planner takes
-    the faster. The planner of that run took the persistent kernel wherever one fit, except strict
-    fp32 at N = 256, H = 128; there the "auto" row is the per-step path. FUSEDGRU_PERSISTENT
-    forces either."""
+    streamed at the H100's N = 16 cuBLAS rate, 25.6 us predicted, 20-21 measured); and wherever
+    the two paths measured more than 15% apart, the planner takes the faster. The planner of
+    that run took the persistent kernel wherever one fit, except strict fp32 at N = 256,
+    H = 128; there the "auto" row is the per-step path. FUSEDGRU_PERSISTENT forces either."""
     import json
 
     monkeypatch.delenv("FUSEDGRU_PERSISTENT", raising=False)

@@ -35,6 +35,33 @@ def test_gru_cell_matches_nn_gru_cell(device, dtype, N, C, H, bias):
         assert_close(ours(x[0]), ref(x[0]), TOL[dtype], "unbatched")
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("N", [8, 40])
+def test_gru_cell_takes_tf32_as_nn_gru_cell_does(monkeypatch, N):
+    """float32 on CUDA under PyTorch's default precision flags (cuDNN RNN: TF32, matmul:
+    strict): nn.GRUCell's GEMMs are strict there, and so is every step of ours, forward and
+    backward, up to 32 rows (one launch) and beyond (the first GPU run found TF32-sized errors,
+    ~2e-4, beyond 32 rows and in training)."""
+    monkeypatch.setattr(torch.backends.cudnn.rnn, "fp32_precision", "tf32")
+    monkeypatch.setattr(torch.backends.cuda.matmul, "fp32_precision", "ieee")
+    ref = nn.GRUCell(130, 257).cuda()
+    ours = fusedgru.GRUCell(130, 257).cuda()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(N, 130, device="cuda", requires_grad=True)
+    hx = torch.randn(N, 257, device="cuda", requires_grad=True)
+    g = torch.randn(N, 257, device="cuda")
+    with torch.no_grad():
+        assert_close(ours(x, hx), ref(x, hx), TOL[torch.float32], "h' (inference)")
+    results = []
+    for m in (ref, ours):
+        out = m(x, hx)
+        results.append((out, torch.autograd.grad((out * g).sum(), [x, hx, *m.parameters()])))
+    (o_r, g_r), (o_o, g_o) = results
+    assert_close(o_o, o_r, TOL[torch.float32], "h' (training)")
+    for a, b in zip(g_o, g_r, strict=True):
+        assert_close(a, b, TOL[torch.float32], "gradient")
+
+
 @pytest.mark.parametrize("device, dtype", [
     ("cpu", torch.bfloat16),
     pytest.param("cuda", torch.bfloat16, marks=pytest.mark.cuda),
