@@ -517,13 +517,13 @@ CUDA_CELL_MAX_BATCH = 32
 
 
 def _fused_cell_step(input, hx, w_ih, w_hh, b_ih, b_hh):
-    training = torch.is_grad_enabled() and any(
+    needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (input, hx, w_ih, w_hh, b_ih, b_hh))
     if input.is_cuda and input.dtype == torch.float32 and (
-            training or input.shape[0] > CUDA_CELL_MAX_BATCH):
+            needs_grad or input.shape[0] > CUDA_CELL_MAX_BATCH):
         # nn.GRUCell's GEMMs follow the matmul TF32 flag; the GRU ops' follow the RNN flag.
         return torch.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
-    if training:
+    if needs_grad:
         # Training: one step of gru_forward saves the activations its backward needs
         # (gru_cell's backward would recompute the step).
         _, h_n, _ = _ops.gru_forward(input.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh,

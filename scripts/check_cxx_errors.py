@@ -11,8 +11,6 @@ alike (2026-12-04, benchmarks/NOTES.md "GPU bring-up"); on the CPU CI machine it
 """
 
 import argparse
-import glob
-import os
 import subprocess
 import sys
 
@@ -33,23 +31,14 @@ def run_bad_call(device):
     return ok
 
 
-def extension_path():
-    import fusedgru
-    found = glob.glob(os.path.join(os.path.dirname(fusedgru.__file__), "_C*.so"))
-    return found[0] if found else None
-
-
 def report_libraries():
     import torch  # noqa: F401  (maps the C++ runtime the way a user's process does)
 
-    import fusedgru  # noqa: F401
+    import fusedgru._C
     with open("/proc/self/maps") as f:
         libs = sorted({line.split()[-1] for line in f if "libstdc++" in line})
     print("libstdc++ mapped:", ", ".join(libs) or "none")
-    so = extension_path()
-    if so is None:
-        print("extension: not found")
-        return
+    so = fusedgru._C.__file__
     r = subprocess.run(["nm", "-C", "--defined-only", so], capture_output=True, text=True)
     lines = r.stdout.splitlines()
     std = [line for line in lines

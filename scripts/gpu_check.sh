@@ -3,11 +3,11 @@
 # the cuda-marked tests (each file under a timeout, never stopping at the first failure), the
 # benchmark grid against cuDNN, and compute-sanitizer over every kernel family. Stages run most
 # valuable first (the build, whether C++ errors raise, the GRU's tests, the main benchmark,
-# memcheck, the other test files, the other benchmarks, racecheck and synccheck; the 2026-12-04
-# H200 run took 129 s to build and about 470 s for all but the last 8 of them). Each stage has a
-# time budget, and the whole call
-# has one (GPU_CHECK_BUDGET seconds): a stage is cut to what is left of it and skipped when too
-# little is, so the summary and the logs are always written before the device tool's own limit.
+# memcheck, the other test files, the other benchmarks, racecheck and synccheck). Each stage has a
+# time budget, and so has the whole call (GPU_CHECK_BUDGET seconds): a stage is cut to what is
+# left of it and skipped when too little is, so the summary and the logs are always written
+# before the device tool's own limit. On the 2026-12-04 H200 run the budget ran out after
+# test_gradcheck (build 129 s); --only reruns the stages it cut.
 # Progress goes to stdout; logs and JSON go to $OUT (the device tool's output folder; default
 # /tmp/fusedgru-gpu) as at most 8 files, the device tool's limit:
 #   gpu_check.json     versions, per-stage status and seconds, per-file test summaries
@@ -143,16 +143,14 @@ run_bench() {
 # run_sanitizer TOOL BUDGET: scripts/gpu_sanitize.py (every kernel family, small odd sizes, each
 # result checked) under compute-sanitizer's TOOL; on the CPU (dry run) the script alone.
 run_sanitizer() {
-  local tool=$1 budget=$2
+  local tool=$1 budget=$2 cmd=("$PY" scripts/gpu_sanitize.py)
   selected "sanitize_$tool" || return 0
   if [ "$mode" = dry ]; then
-    run_stage "sanitize_$tool" "$budget" "$LOGS/sanitize_$tool.log" \
-      "$PY" scripts/gpu_sanitize.py --device cpu
+    cmd+=(--device cpu)
   else
-    run_stage "sanitize_$tool" "$budget" "$LOGS/sanitize_$tool.log" \
-      "$SANITIZER" --tool "$tool" --error-exitcode 1 --print-limit 20 \
-      "$PY" scripts/gpu_sanitize.py
+    cmd=("$SANITIZER" --tool "$tool" --error-exitcode 1 --print-limit 20 "${cmd[@]}")
   fi
+  run_stage "sanitize_$tool" "$budget" "$LOGS/sanitize_$tool.log" "${cmd[@]}"
   tail -25 "$LOGS/sanitize_$tool.log"
 }
 SANITIZER=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")

@@ -2,6 +2,8 @@
 CPU autocast, the meta device, and the fusedgru::gru_cell op's gradcheck and opcheck."""
 
 import copy
+import os
+import re
 
 import pytest
 import torch
@@ -33,6 +35,15 @@ def test_gru_cell_matches_nn_gru_cell(device, dtype, N, C, H, bias):
         assert_close(a, b, TOL[dtype], "gradient")
     if N:
         assert_close(ours(x[0]), ref(x[0]), TOL[dtype], "unbatched")
+
+
+def test_the_python_cell_batch_limit_is_the_kernels():
+    """fusedgru.rnn.CUDA_CELL_MAX_BATCH repeats kCellMaxBatch of csrc/cuda/gru_cell.cuh (above
+    it, float32 steps leave the strict one-launch kernel): the two may not drift apart."""
+    header = os.path.join(os.path.dirname(__file__), "..", "csrc", "cuda", "gru_cell.cuh")
+    with open(header) as f:
+        limit = re.search(r"constexpr int64_t kCellMaxBatch = (\d+);", f.read())
+    assert limit and int(limit.group(1)) == fusedgru.rnn.CUDA_CELL_MAX_BATCH
 
 
 @pytest.mark.cuda
