@@ -29,6 +29,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <tuple>
+#include <type_traits>
+#include <utility>
 
 #include "../fusedgru.h"
 #include "device_helpers.cuh"
@@ -45,11 +48,17 @@ namespace gru {
 constexpr int kTcTileRows = 16;    // gate rows per MMA tile (its M)
 constexpr int kTcTileBatch = 8;    // batch rows per MMA tile (its N)
 constexpr int kTcMaxWarps = 16;    // per block: row tiles x k splits
-constexpr int kTcMaxKTiles = 12;   // A fragments a warp keeps: 4 registers each
+constexpr int kTcKTiles = 12;      // A fragments a warp keeps by preference: 4 registers each
 constexpr int kTcItems = 2;        // gate-pass items (batch row, unit) per thread and chunk
 constexpr int kTcRowPad = 4;       // words between the partials' batch rows, mod 32
 constexpr int kTcStageWords = 32;  // staged rows: a multiple of this many words, plus 4
 constexpr int kTcMaxThreads = kTcMaxWarps * 32;
+// The most A fragments a warp can keep: kTcKTiles for 16-bit types; 16 for TF32, whose k-tiles
+// hold half as many k (8): W_hh of H = 1024 in TF32 (3 M values) then fits 128 blocks of 16
+// warps (J = 8: 2 row tiles x 8 k splits x 16 k-tiles), 64 of the 128 registers a thread has
+// at 512 threads (__launch_bounds__ below; ptxas: no spills, tests/test_cuda_build.py).
+template <typename scalar_t>
+constexpr int kTcMaxKTiles = std::is_same_v<scalar_t, float> ? 16 : kTcKTiles;
 
 // A tensor-core kernel's layout (the planner's choice below): the reduction length padded to the
 // MMA's K, units per block, row tiles, k splits (warps = RT KS), k-tiles per warp (<=
@@ -82,13 +91,13 @@ __device__ __forceinline__ int64_t tc_weight_row(int b, int rho, int J, int H) {
 // This warp's A fragments: local rows rt 16 + g and rt 16 + g + 8 of its row tile, k-tiles
 // kt0, kt0 + 1, ... (kTcMaxKTiles of them); at(row, k) gives the element (zero when padding).
 template <typename scalar_t, typename At>
-__device__ __forceinline__ void load_a_fragments(uint32_t (&a)[kTcMaxKTiles][4], int rt, int kt0,
-                                                 const At& at) {
+__device__ __forceinline__ void load_a_fragments(uint32_t (&a)[kTcMaxKTiles<scalar_t>][4], int rt,
+                                                 int kt0, const At& at) {
   using M = MmaOf<scalar_t>;
   const int lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
   const int r0 = rt * kTcTileRows + g, r1 = r0 + 8;
 #pragma unroll
-  for (int kt = 0; kt < kTcMaxKTiles; ++kt) {
+  for (int kt = 0; kt < kTcMaxKTiles<scalar_t>; ++kt) {
     const int k0 = (kt0 + kt) * M::kK;
     if constexpr (M::kPerReg == 2) {  // k pairs (2q, 2q + 1) and (2q + 8, 2q + 9)
       a[kt][0] = M::reg(at(r0, k0 + 2 * q), at(r0, k0 + 2 * q + 1));
@@ -108,7 +117,7 @@ __device__ __forceinline__ void load_a_fragments(uint32_t (&a)[kTcMaxKTiles][4],
 // the staged vectors (B: staged row = batch column, k along the row), then written to
 // part[ks][batch row][local row] (rows R16p apart).
 template <typename scalar_t, int kNT>
-__device__ __forceinline__ void tc_partials(const uint32_t (&a)[kTcMaxKTiles][4],
+__device__ __forceinline__ void tc_partials(const uint32_t (&a)[kTcMaxKTiles<scalar_t>][4],
                                             const scalar_t* hs, int hs_ld, int nb, int kt0,
                                             int ktiles, float* part, int ks, int rt, int R16p) {
   using M = MmaOf<scalar_t>;
@@ -118,7 +127,7 @@ __device__ __forceinline__ void tc_partials(const uint32_t (&a)[kTcMaxKTiles][4]
 #pragma unroll
   for (int nt = 0; nt < kNT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
 #pragma unroll
-  for (int kt = 0; kt < kTcMaxKTiles; ++kt) {
+  for (int kt = 0; kt < kTcMaxKTiles<scalar_t>; ++kt) {
     if (kt < ktiles) {  // warp-uniform
       const int k0 = (kt0 + kt) * M::kK;
 #pragma unroll
@@ -168,7 +177,7 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1)
   const int kt0 = ks * p.KTW, ktiles = min(p.KTW, p.Kp / K - kt0);
 
   // This warp's A fragments: local gate rows of W_hh, k = hidden units.
-  uint32_t a[kTcMaxKTiles][4];
+  uint32_t a[kTcMaxKTiles<scalar_t>][4];
   {
     const auto* w = static_cast<const scalar_t*>(io.w_hh);
     load_a_fragments<scalar_t>(a, rt, kt0, [&](int rho, int k) {
@@ -300,7 +309,7 @@ __global__ void __launch_bounds__(kTcMaxThreads, 1)
   const int u0 = p.block() * J;
 
   // A fragments of W_hh^T: local rows = the block's units, k = gate rows.
-  uint32_t a[kTcMaxKTiles][4];
+  uint32_t a[kTcMaxKTiles<scalar_t>][4];
   {
     const auto* w = static_cast<const scalar_t*>(io.w_hh);
     load_a_fragments<scalar_t>(a, rt, kt0, [&](int rho, int k) {
@@ -378,11 +387,12 @@ void (*tc_backward_kernel(int nt, bool hprev))(GruTcBackwardParams) {
 // (forward) or 3H (backward) rounded up to the MMA's K, KT = Kp / K k-tiles; a block's rows are
 // the 3 J gate rows of its units (forward) or its J units (backward), RT = ceil(rows / 16) row
 // tiles. For J = 8, 16, 32, 64 units per block (most blocks first: each block's share of the
-// per-step work is smallest): KS k splits so that each warp keeps at most kTcMaxKTiles k-tiles,
-// and so that a block has about kTcTargetWarps warps (shorter dependent MMA chains); the batch
-// chunk 8 kNT for the smallest kNT in {1, 2, 4} covering N (the forward: fewer if its gate pass
-// would need more than kTcItems items per thread). The first J whose grid is co-resident and
-// whose shared memory fits wins; none: the FMA kernel's planner decides.
+// per-step work is smallest): KS k splits so that each warp keeps at most kTcKTiles k-tiles
+// (kTcMaxKTiles where that would need more than kTcMaxWarps warps), and so that a block has about
+// kTcTargetWarps warps (shorter dependent MMA chains); the batch chunk 8 kNT for the smallest kNT
+// in {1, 2, 4} covering N (the forward: fewer if its gate pass would need more than kTcItems items
+// per thread). The first J whose grid is co-resident and whose shared memory fits wins; none: the
+// FMA kernel's planner decides.
 struct TcPlan : TcLayout {  // J == 0: no tensor-core plan
   int NT = 0, threads = 0;
   unsigned int blocks = 0;
@@ -410,11 +420,16 @@ TcPlan tc_plan(int64_t T, int64_t N, int64_t H, bool backward, bool hprev, int d
         (round_up(words, kTcStageWords) + kTcRowPad) * 4 / static_cast<int64_t>(sizeof(scalar_t));
     for (int64_t J = 8; J <= 64; J *= 2) {
       const int64_t RT = ((backward ? 1 : 3) * J + kTcTileRows - 1) / kTcTileRows;
-      int64_t KS = std::max<int64_t>((KT + kTcMaxKTiles - 1) / kTcMaxKTiles,
-                                     std::max<int64_t>(1, kTcTargetWarps / RT));
-      KS = std::min(KS, KT);
-      const int64_t KTW = (KT + KS - 1) / KS;
-      KS = (KT + KTW - 1) / KTW;  // no empty split
+      // k splits of at most kTcKTiles k-tiles per warp, or, where that needs more than
+      // kTcMaxWarps warps, of up to kTcMaxKTiles (TF32 at large H).
+      const auto splits = [&](int64_t ktiles) {
+        const int64_t ks = std::max<int64_t>((KT + ktiles - 1) / ktiles,
+                                             std::max<int64_t>(1, kTcTargetWarps / RT));
+        const int64_t ktw = (KT + std::min(ks, KT) - 1) / std::min(ks, KT);
+        return std::make_pair((KT + ktw - 1) / ktw, ktw);  // no empty split
+      };
+      auto [KS, KTW] = splits(kTcKTiles);
+      if (32 * RT * KS > kTcMaxThreads) std::tie(KS, KTW) = splits(kTcMaxKTiles<scalar_t>);
       const int64_t threads = 32 * RT * KS;
       if (threads > kTcMaxThreads) continue;
       int64_t NT = N <= 8 ? 1 : (N <= 16 ? 2 : 4);
