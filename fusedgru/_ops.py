@@ -86,6 +86,20 @@ def activation_code(activation: str | None) -> int:
 
 # ---- typed wrappers: one per op, flags by keyword ----
 
+def _call(op, **kwargs):
+    """``op(**kwargs)``, dispatched below autograd when nothing could be recorded (grad mode
+    off: inference, and the ops' own backward passes), so the op's Python autograd kernel
+    (torch.library.register_autograd below) is not entered only to pass the call on: that
+    costs ~5-7 us a call, more than a streaming step of a small GRU (benchmarks/NOTES.md). Not
+    while torch.compile traces (it records the op itself), under forward-mode AD or a torch.func
+    transform (their dispatch must see the op), or with grad mode on."""
+    if (torch.is_grad_enabled() or torch.compiler.is_compiling() or fwAD._current_level >= 0
+            or torch._C._functorch.peek_interpreter_stack() is not None):
+        return op(**kwargs)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(**kwargs)
+
+
 def gru_forward(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
                 bias_ih: Tensor | None = None, bias_hh: Tensor | None = None, *,
                 lengths: Tensor | None = None, reverse: bool = False,
@@ -96,7 +110,8 @@ def gru_forward(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
     ``[3H, H]``, biases ``[3H]`` or None, lengths ``[N]`` int64 on input's device or None.
     Returns output ``[T, N, H]``, h_n ``[N, H]`` and the workspace ``[T, N, SAVED_GATES * H]``
     that backward reads (``[0]`` without ``need_workspace``)."""
-    return torch.ops.fusedgru.gru_forward(
+    return _call(
+        torch.ops.fusedgru.gru_forward,
         input=input, hx=hx, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih,
         bias_hh=bias_hh, lengths=lengths, reverse=reverse, need_workspace=need_workspace)
 
@@ -117,7 +132,8 @@ def gru_forward_bidirectional(
                              f"bias_ih, bias_hh), got {len(w)} tensors")
     w_ih, w_hh, b_ih, b_hh = (*weights, None, None)[:4]
     w_ih_r, w_hh_r, b_ih_r, b_hh_r = (*reverse_weights, None, None)[:4]
-    return torch.ops.fusedgru.gru_forward_bidirectional(
+    return _call(
+        torch.ops.fusedgru.gru_forward_bidirectional,
         input=input, hx=hx, weight_ih=w_ih, weight_hh=w_hh, bias_ih=b_ih, bias_hh=b_hh,
         weight_ih_reverse=w_ih_r, weight_hh_reverse=w_hh_r, bias_ih_reverse=b_ih_r,
         bias_hh_reverse=b_hh_r, lengths=lengths, need_workspace=need_workspace)
@@ -132,7 +148,8 @@ def gru_backward(grad_output: Tensor, grad_h_n: Tensor, *, grad_workspace: Tenso
     outputs (``grad_workspace`` only when differentiating twice). Returns (grad_input,
     grad_hx, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh); what was not asked
     for is an empty ``[0]``."""
-    return torch.ops.fusedgru.gru_backward(
+    return _call(
+        torch.ops.fusedgru.gru_backward,
         grad_output=grad_output, grad_h_n=grad_h_n, grad_workspace=grad_workspace, input=input,
         hx=hx, weight_ih=weight_ih, weight_hh=weight_hh, lengths=lengths, output=output,
         workspace=workspace, reverse=reverse, has_bias=has_bias,
@@ -151,7 +168,8 @@ def gru_backward_bidirectional(
     direction's. Returns (grad_input, grad_hx ``[2, N, H]``, then each direction's
     grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh); what was not asked for is an
     empty ``[0]``."""
-    return torch.ops.fusedgru.gru_backward_bidirectional(
+    return _call(
+        torch.ops.fusedgru.gru_backward_bidirectional,
         grad_output=grad_output, grad_h_n=grad_h_n, grad_workspace=grad_workspaces[0],
         grad_workspace_reverse=grad_workspaces[1], input=input, hx=hx, weight_ih=weights[0],
         weight_hh=weights[1], weight_ih_reverse=reverse_weights[0],
@@ -163,8 +181,8 @@ def gru_backward_bidirectional(
 def gru_cell(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
              bias_ih: Tensor | None = None, bias_hh: Tensor | None = None) -> Tensor:
     """``fusedgru::gru_cell``: one GRU step, input ``[N, C]``, hx ``[N, H]`` -> h' ``[N, H]``."""
-    return torch.ops.fusedgru.gru_cell(input=input, hx=hx, weight_ih=weight_ih,
-                                       weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
+    return _call(torch.ops.fusedgru.gru_cell, input=input, hx=hx, weight_ih=weight_ih,
+                 weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
 
 
 def ln_gru_forward(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
@@ -174,7 +192,8 @@ def ln_gru_forward(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tens
     """``fusedgru::ln_gru_forward``: one layer-normalized GRU layer in one direction (LN gains
     and biases ``[3H]``). Returns output ``[T, N, H]``, h_n ``[N, H]`` and the workspace
     ``[T, N, ln_gru_saved_width(H)]`` (``[0]`` without ``need_workspace``)."""
-    return torch.ops.fusedgru.ln_gru_forward(
+    return _call(
+        torch.ops.fusedgru.ln_gru_forward,
         input=input, hx=hx, weight_ih=weight_ih, weight_hh=weight_hh, ln_ih_weight=ln_ih_weight,
         ln_ih_bias=ln_ih_bias, ln_hh_weight=ln_hh_weight, ln_hh_bias=ln_hh_bias, lengths=lengths,
         reverse=reverse, eps=eps, need_workspace=need_workspace)
@@ -187,7 +206,8 @@ def ln_gru_backward(grad_output: Tensor, grad_h_n: Tensor, *, input: Tensor, hx:
                     need_weight_grad: bool) -> tuple[Tensor, ...]:
     """``fusedgru::ln_gru_backward``: the gradients of :func:`ln_gru_forward`, in the order
     (input, hx, weight_ih, weight_hh, ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias)."""
-    return torch.ops.fusedgru.ln_gru_backward(
+    return _call(
+        torch.ops.fusedgru.ln_gru_backward,
         grad_output=grad_output, grad_h_n=grad_h_n, input=input, hx=hx, weight_ih=weight_ih,
         weight_hh=weight_hh, ln_ih_weight=ln_ih_weight, ln_hh_weight=ln_hh_weight,
         ln_hh_bias=ln_hh_bias, lengths=lengths, output=output, workspace=workspace,
@@ -199,7 +219,8 @@ def causal_conv1d_fwd(x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
                       activation: str | None = None) -> Tensor:
     """``fusedgru::causal_conv1d_fwd``: x ``[N, C, L]``, weight ``[C, W]``, bias ``[C]``,
     initial_state ``[N, C, (W-1)*dilation]`` -> y ``[N, C, L]`` in the layout of x."""
-    return torch.ops.fusedgru.causal_conv1d_fwd(
+    return _call(
+        torch.ops.fusedgru.causal_conv1d_fwd,
         x=x, weight=weight, bias=bias, initial_state=initial_state, dilation=dilation,
         activation=activation_code(activation))
 
@@ -209,7 +230,8 @@ def causal_conv1d_bwd(grad_y: Tensor, x: Tensor, weight: Tensor, bias: Tensor | 
                       activation: str | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``fusedgru::causal_conv1d_bwd``: (grad_x, grad_weight ``[C, W]``, grad_bias ``[C]`` or
     ``[0]``, grad_initial_state or ``[0]``)."""
-    return torch.ops.fusedgru.causal_conv1d_bwd(
+    return _call(
+        torch.ops.fusedgru.causal_conv1d_bwd,
         grad_y=grad_y, x=x, weight=weight, bias=bias, initial_state=initial_state,
         dilation=dilation, activation=activation_code(activation))
 

@@ -3,6 +3,9 @@
 path and nn.GRU, nn.GRU's errors for every bad input, and the full path wherever the lean one
 does not apply."""
 
+import os
+import sys
+
 import pytest
 import torch
 from gru_testing import TOL, assert_close, pair
@@ -12,6 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fusedgru
 from fusedgru import functional
+from fusedgru.models import CausalConvGRU
 
 
 @pytest.fixture
@@ -123,3 +127,48 @@ def test_the_full_path_where_the_lean_one_does_not_apply():
     with torch.no_grad(), _Recorder() as rec:  # dispatch modes still see the kernels
         m(x, hx)
     assert rec.ops.count("fusedgru.gru_forward.default") == 2
+
+
+def _autograd_kernel_calls(fn):
+    """How many Python frames of torch.library's generated autograd kernels
+    (torch/_library/autograd.py, what register_autograd installs) ``fn()`` entered."""
+    calls = []
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename.replace(os.sep, "/").endswith(
+                "torch/_library/autograd.py"):
+            calls.append(frame.f_code.co_name)
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return len(calls)
+
+
+def test_inference_skips_the_ops_python_autograd_kernel():
+    """Without grad mode the op wrappers dispatch below autograd (fusedgru._ops._call): the
+    ops' Python autograd kernel, ~5-7 us a call of pure pass-through, is not entered by the
+    streaming calls (GRUCell, CausalConvGRU.step) nor by the GRU's full path. With grad mode on
+    it is (the detector works), and the results are the same either way."""
+    torch.manual_seed(0)
+    cell = fusedgru.GRUCell(5, 7)
+    x, h = torch.randn(3, 5), torch.randn(3, 7)
+    model = CausalConvGRU(5, 7, num_layers=2).eval()
+    gru = fusedgru.GRU(5, 7)
+    seq, lengths = torch.randn(4, 3, 5), torch.tensor([4, 2, 3])
+    with torch.no_grad():
+        state = model.init_state(3)
+        assert _autograd_kernel_calls(lambda: cell(x, h)) == 0
+        assert _autograd_kernel_calls(lambda: model.step(x, state)) == 0
+        assert _autograd_kernel_calls(lambda: gru(seq, lengths=lengths)) == 0
+        out = gru(seq, lengths=lengths)
+        step = torch.ops.fusedgru.gru_cell(x, h, cell.weight_ih, cell.weight_hh, cell.bias_ih,
+                                           cell.bias_hh)
+        assert torch.equal(cell(x, h), step) and not step.requires_grad
+    assert _autograd_kernel_calls(lambda: gru(seq, lengths=lengths)) > 0
+    trained = gru(seq, lengths=lengths)
+    assert trained[0].requires_grad
+    for a, b in zip(out, trained):
+        assert torch.equal(a, b.detach())
