@@ -86,15 +86,21 @@ def activation_code(activation: str | None) -> int:
 
 # ---- typed wrappers: one per op, flags by keyword ----
 
+def below_autograd_ok() -> bool:
+    """Whether op calls may dispatch below autograd: nothing could be recorded (grad mode off:
+    inference, and the ops' own backward passes), and not while torch.compile traces (it
+    records the op itself), under forward-mode AD or a torch.func transform (their dispatch
+    must see the op). The ops' Python autograd kernel (torch.library.register_autograd below)
+    would otherwise be entered only to pass the call on: ~10 us a call, more than a streaming
+    step of a small GRU (benchmarks/NOTES.md)."""
+    return not (torch.is_grad_enabled() or torch.compiler.is_compiling()
+                or fwAD._current_level >= 0
+                or torch._C._functorch.peek_interpreter_stack() is not None)
+
+
 def _call(op, **kwargs):
-    """``op(**kwargs)``, dispatched below autograd when nothing could be recorded (grad mode
-    off: inference, and the ops' own backward passes), so the op's Python autograd kernel
-    (torch.library.register_autograd below) is not entered only to pass the call on: that
-    costs ~5-7 us a call, more than a streaming step of a small GRU (benchmarks/NOTES.md). Not
-    while torch.compile traces (it records the op itself), under forward-mode AD or a torch.func
-    transform (their dispatch must see the op), or with grad mode on."""
-    if (torch.is_grad_enabled() or torch.compiler.is_compiling() or fwAD._current_level >= 0
-            or torch._C._functorch.peek_interpreter_stack() is not None):
+    """``op(**kwargs)``, below autograd where :func:`below_autograd_ok`."""
+    if not below_autograd_ok():
         return op(**kwargs)
     with torch._C._AutoDispatchBelowAutograd():
         return op(**kwargs)

@@ -14,7 +14,6 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
@@ -255,14 +254,12 @@ class GRU(_GRUInterface, nn.RNNBase):
         """The common inference call (streaming: one call per step carrying ``hx``) straight to
         the CPU kernels: plain CPU tensors, ``hx`` given, no gradient wanted (grad mode off), no
         ``lengths``, no dropout to apply, not under torch.compile, autocast, forward-mode AD or
-        a torch.func transform (see :func:`fusedgru._ops.needs_reference`). It returns None
+        a torch.func transform (:func:`fusedgru._ops.below_autograd_ok`). It returns None
         unless every one of nn.GRU's checks would pass, and the full path then runs and raises
         nn.GRU's error, so errors are the same; what it skips is the full path's general
         machinery (PackedSequence, lengths, autocast, autograd, the reference fallback)."""
-        if (torch.is_grad_enabled() or type(input) is not Tensor or type(hx) is not Tensor
-                or not input.is_cpu or not hx.is_cpu or torch.compiler.is_compiling()
-                or torch.is_autocast_enabled("cpu") or fwAD._current_level >= 0
-                or torch._C._functorch.peek_interpreter_stack() is not None
+        if (not _ops.below_autograd_ok() or type(input) is not Tensor or type(hx) is not Tensor
+                or not input.is_cpu or not hx.is_cpu or torch.is_autocast_enabled("cpu")
                 or (self.training and self.dropout > 0 and self.num_layers > 1)):
             return None
         unbatched = input.dim() == 2
