@@ -97,6 +97,53 @@ def test_short_filters_on_channel_last_input_match_the_ncl_kernel(dtype, W, d, C
             assert rel_err(y, ref) <= tol, (init, act, rel_err(y, ref))
 
 
+# Lengths around the CPU sliding-window kernel's vectors (16 floats) and chunks (512 outputs
+# after the kW - 1 head steps): empty span, partial first vector, whole vectors, chunk edges.
+SLIDE_LENGTHS = [1, 2, 3, 4, 5, 16, 18, 19, 20, 34, 514, 515, 516, 530, 1027, 1033]
+
+
+@pytest.mark.parametrize("W", [2, 3, 4])
+@pytest.mark.parametrize("act", [None, "silu", "relu"])
+def test_float_short_filters_at_dilation_one_every_length(W, act):
+    """CPU, float32, W <= 4, dilation 1: the sliding-window kernel (one load per 16 outputs,
+    the taps' inputs by lane shifts, masked at both ends of a row, activation per chunk). Each
+    output within fp32 summation error of the float64 reference, measured against the sum of
+    its terms' magnitudes (not a norm over the tensor, which would hide one wrong element),
+    with and without an initial state, on rows that follow one another in memory."""
+    N, C = 2, 3
+    for L in SLIDE_LENGTHS:
+        x = torch.randn(N, C, L)
+        w, b = torch.randn(C, W), torch.randn(C)
+        for init in (None, torch.randn(N, C, W - 1)):
+            y = fusedgru.causal_conv1d(x, w, b, activation=act, initial_state=init)
+            y64 = reference.causal_conv1d(x.double(), w.double(), b.double(), 1, act,
+                                          None if init is None else init.double())
+            # Sum of |terms| per output: the bound on fp32 rounding of W + 1 addends.
+            mag = reference.causal_conv1d(x.double().abs(), w.double().abs(), b.double().abs(),
+                                          1, None, None if init is None else init.double().abs())
+            err = (y.double() - y64).abs()
+            assert (err <= 4 * (W + 1) * 2.0 ** -24 * mag + 1e-30).all(), \
+                (L, init is not None, err.max().item())
+
+
+@pytest.mark.parametrize("W", [2, 4])
+@pytest.mark.parametrize("act", [None, "relu"])
+def test_float_short_filters_nan_reaches_exactly_the_outputs_that_read_it(W, act):
+    """A NaN at time p must reach outputs p, ..., p + W - 1 of its own row and nothing else:
+    the sliding-window kernel's lane shifts carry inputs across vectors and chunks, its masked
+    loads must not pull in the previous row; relu keeps NaN (as torch.relu)."""
+    C, L = 2, 1040
+    for p in (0, 1, 2, 3, 14, 15, 16, 17, 18, 511, 512, 513, 514, 515, 516, 517, 530, L - 1):
+        x = torch.randn(1, C, L)
+        x[0, 0, p] = float("nan")  # row 0 ends right before row 1 starts in memory
+        x[0, 1, L - 1] = float("inf")  # the end of the last row
+        y = fusedgru.causal_conv1d(x, torch.rand(C, W) + 0.5, torch.randn(C), activation=act)
+        nan = torch.zeros(C, L, dtype=torch.bool)
+        nan[0, p:p + W] = True
+        assert torch.equal(y[0].isnan(), nan), p
+        assert y[0, 1, L - 1] == float("inf") and y[0, 1, :L - 1].isfinite().all(), p
+
+
 @pytest.mark.parametrize("device, dtype", [
     ("cpu", torch.float32), ("cpu", torch.bfloat16),
     pytest.param("cuda", torch.float32, marks=pytest.mark.cuda),

@@ -1,4 +1,4 @@
-// Helpers shared by the CPU GRU kernels: function multiversioning, the split of hidden units
+// Helpers shared by the CPU GRU kernels: the split of hidden units
 // into per-thread blocks that each thread keeps for a whole sequence, and each block's step
 // products (GateBlocks forward, ColumnBlocks backward: packed GEMM or ATen).
 #pragma once
@@ -11,15 +11,8 @@
 #include <vector>
 
 #include "../align.h"
+#include "isa.h"
 #include "packed_gemm.h"
-
-// On x86, clone a hot loop for AVX-512, AVX2 and the baseline; the loader picks one.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FUSEDGRU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define FUSEDGRU_CLONES
-#endif
-#define FUSEDGRU_INLINE inline __attribute__((always_inline))
 
 namespace fusedgru {
 namespace cpu {

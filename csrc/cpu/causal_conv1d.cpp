@@ -20,7 +20,12 @@
 
 #include "../causal_conv1d.h"
 #include "blocks.h"
+#include "isa.h"
 #include "vec_math.h"
+
+#ifdef FUSEDGRU_X86_AVX512
+#include <immintrin.h>
+#endif
 
 namespace fusedgru {
 namespace cpu {
@@ -131,8 +136,75 @@ FUSEDGRU_INLINE void conv_span(T* __restrict y, const T* __restrict x, const T* 
   }
 }
 
+#ifdef FUSEDGRU_X86_AVX512
+// conv_span at dilation 1 for float, with AVX-512F intrinsics: one load per 16 outputs. The
+// taps' shifted inputs x[t - o, t - o + 16) come from the vector just loaded and the one before
+// it by a lane shift (valignd) instead of W - 1 more loads that straddle cache lines (the
+// auto-vectorized conv_span issues W unaligned loads per vector, and ran at 60-70% of a copy of
+// the same bytes; benchmarks/NOTES.md). The sums are conv_span's: bias, then one FMA per tap
+// k = 0, ..., W - 1, in every lane (the row's ends are masked, not left to a scalar loop). The
+// activation runs over each chunk of kSlideChunk outputs while it is in L1, through activate.
+constexpr int64_t kSlideChunk = 512;
+
+// x[t - kOff, t - kOff + 16) from cur = x[t, t + 16) and prev = x[t - 16, t).
+template <int kOff>
+FUSEDGRU_AVX512 FUSEDGRU_INLINE __m512 shifted(__m512 cur, __m512 prev) {
+  if constexpr (kOff == 0) {
+    return cur;
+  } else {
+    return _mm512_castsi512_ps(
+        _mm512_alignr_epi32(_mm512_castps_si512(cur), _mm512_castps_si512(prev), 16 - kOff));
+  }
+}
+
+// bias + sum over taps k, ..., kW - 1 of w[k] x[t - (kW - 1 - k)], one FMA per tap in order.
+template <int kW, int k = 0>
+FUSEDGRU_AVX512 FUSEDGRU_INLINE __m512 tap_sums(const __m512* wk, __m512 cur, __m512 prev,
+                                                __m512 acc) {
+  if constexpr (k == kW) {
+    return acc;
+  } else {
+    acc = _mm512_fmadd_ps(wk[k], shifted<kW - 1 - k>(cur, prev), acc);
+    return tap_sums<kW, k + 1>(wk, cur, prev, acc);
+  }
+}
+
+// Outputs [t0, L) of a row (t0 = kW - 1 <= 15: the steps before it reach back before t = 0 and
+// are the caller's): vectors at multiples of 16 from the row's start, so that rows whose start
+// is 64-byte aligned (L a multiple of 16) load and store whole cache lines; the first vector is
+// stored from lane t0 on, the last masked at L (nothing past the row is read).
+template <int kW, int64_t kAct>
+FUSEDGRU_AVX512 void conv_row_slide(float* __restrict y, const float* __restrict x,
+                                    const float* __restrict w, float b, int64_t t0, int64_t L) {
+  static_assert(kW >= 2 && kW <= 16, "taps reach into one previous vector, at least one of them");
+  __m512 wk[kW];
+  for (int k = 0; k < kW; ++k) wk[k] = _mm512_set1_ps(w[k]);
+  const __m512 bv = _mm512_set1_ps(b);
+  __m512 prev = _mm512_setzero_ps();  // read only by lanes below t0 of the first vector
+  for (int64_t c0 = 0; c0 < L; c0 += kSlideChunk) {
+    const int64_t c1 = std::min(L, c0 + kSlideChunk);
+    for (int64_t t = c0; t < c1; t += 16) {
+      const int64_t lanes = std::min<int64_t>(16, c1 - t);
+      const auto in = static_cast<__mmask16>((1u << lanes) - 1u);
+      const __m512 cur = lanes == 16 ? _mm512_loadu_ps(x + t) : _mm512_maskz_loadu_ps(in, x + t);
+      const __m512 z = tap_sums<kW>(wk, cur, prev, bv);
+      if (lanes == 16 && t >= t0) {
+        _mm512_storeu_ps(y + t, z);
+      } else {
+        const auto out = static_cast<__mmask16>(t >= t0 ? in : in & (0xFFFFu << (t0 - t)));
+        _mm512_mask_storeu_ps(y + t, out, z);
+      }
+      prev = cur;
+    }
+    if constexpr (kAct != kActNone) {
+      for (int64_t i = std::max(c0, t0); i < c1; ++i) y[i] = activate(y[i], kAct);
+    }
+  }
+}
+#endif
+
 template <int kW, int64_t kAct, typename T>
-FUSEDGRU_CLONES void conv_row_fused(const CausalConvParams& p, int64_t n, int64_t c) {
+FUSEDGRU_CLONES void conv_row_fused(const CausalConvParams& p, int64_t n, int64_t c, bool slide) {
   const int64_t L = p.L, d = p.dilation, S = (kW - 1) * d;
   const auto* x = static_cast<const T*>(p.x) + n * p.x_sn + c * p.x_sc;
   const auto* init =
@@ -146,13 +218,20 @@ FUSEDGRU_CLONES void conv_row_fused(const CausalConvParams& p, int64_t n, int64_
     for (int64_t k = 0; k < kW; ++k) acc += w[k] * tap(p, x, init, t - (kW - 1 - k) * d, S);
     y[t] = activate(acc, kAct);
   }
+#ifdef FUSEDGRU_X86_AVX512
+  if constexpr (std::is_same_v<T, float> && kW >= 2) {
+    if (slide) return conv_row_slide<kW, kAct>(y, x, w, b, head, L);
+  }
+#endif
   conv_span<kW, kAct>(y + head, x + head, w, b, d, L - head);
 }
 
 template <int kW, int64_t kAct, typename T>
 void forward_rows_fused(const CausalConvParams& p, int64_t grain) {
+  // The sliding window needs a previous input per tap (kW >= 2) at dilation 1.
+  const bool slide = std::is_same_v<T, float> && kW >= 2 && p.dilation == 1 && cpu_has_avx512f();
   at::parallel_for(0, p.N * p.C, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) conv_row_fused<kW, kAct, T>(p, r / p.C, r % p.C);
+    for (int64_t r = begin; r < end; ++r) conv_row_fused<kW, kAct, T>(p, r / p.C, r % p.C, slide);
   });
 }
 

@@ -10,11 +10,10 @@
 
 #include "../align.h"
 #include "../fusedgru.h"
+#include "isa.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef FUSEDGRU_X86_AVX512
 #include <immintrin.h>
-#define FUSEDGRU_PACKED_GEMM_X86 1
-#define FUSEDGRU_AVX512 __attribute__((target("avx512f")))
 #endif
 
 namespace fusedgru {
@@ -39,16 +38,11 @@ PackedB::PackedB(int64_t K_, int64_t panels_) : K(K_), panels(panels_) {
 }
 
 bool packed_gemm_enabled() {
-#ifdef FUSEDGRU_PACKED_GEMM_X86
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
   const char* env = std::getenv("FUSEDGRU_PACKED_GEMM");
-  return avx512 && !(env != nullptr && std::strcmp(env, "0") == 0);
-#else
-  return false;
-#endif
+  return cpu_has_avx512f() && !(env != nullptr && std::strcmp(env, "0") == 0);
 }
 
-#ifdef FUSEDGRU_PACKED_GEMM_X86
+#ifdef FUSEDGRU_X86_AVX512
 namespace {
 
 // C[MR rows, NR panels] (+)= A[MR, K] B[K, NR panels]; b: the first panel, the next at + K * 16.
@@ -135,7 +129,7 @@ FUSEDGRU_AVX512 void gemm_packed_avx512(const float* a, int64_t sam, int64_t sak
 
 void gemm_packed(const float* a, int64_t sam, int64_t sak, int64_t M, const PackedB& b, int64_t p0,
                  int64_t p1, int64_t ncols, float* c, int64_t ldc, bool accumulate) {
-#ifdef FUSEDGRU_PACKED_GEMM_X86
+#ifdef FUSEDGRU_X86_AVX512
   gemm_packed_avx512(a, sam, sak, M, b, p0, p1, ncols, c, ldc, accumulate);
 #else
   TORCH_CHECK(false, "fusedgru: the packed GEMM needs x86-64 with AVX-512F");
