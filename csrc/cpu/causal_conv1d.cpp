@@ -1,8 +1,11 @@
 // CPU kernels of the causal depthwise conv1d ops: one fused pass over x.
-//   (N, C, L) layout: one task per (n, c) row; the W taps accumulate over the whole row in an
-//     fp32 buffer (vectorized over time), then bias + activation on the way out.
-//   channel-last layout: one task per (n, time chunk); each step accumulates the W taps over a
-//     channel-contiguous fp32 buffer (vectorized over channels).
+//   (N, C, L) layout: one task per (n, c) row. Filters of up to 4 taps in float / double sum
+//     each output's taps in registers (fp32 at dilation 1 on AVX-512F: a sliding window, one
+//     load per 16 outputs); longer filters and the 16-bit types accumulate the W taps over the
+//     row in an fp32 buffer (vectorized over time), then bias + activation on the way out.
+//   channel-last layout: up to 4 taps in float / double, one task per (n, vector of channels)
+//     walking all steps; otherwise one task per (n, time chunk), each step accumulating the W
+//     taps over a channel-contiguous fp32 buffer (vectorized over channels).
 // Backward, (N, C, L): one task per channel c: per batch row, the activation gradient, grad_x
 //   (the taps mirrored in time), grad_initial_state and the weight/bias sums.
 // Backward, channel-last: one task per (n, time chunk), vectorized over channels: gz for the
