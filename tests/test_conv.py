@@ -102,17 +102,20 @@ def test_short_filters_on_channel_last_input_match_the_ncl_kernel(dtype, W, d, C
 SLIDE_LENGTHS = [1, 2, 3, 4, 5, 16, 18, 19, 20, 34, 514, 515, 516, 530, 1027, 1033]
 
 
+@pytest.mark.parametrize("layout", ["ncl", "channels_last"])
 @pytest.mark.parametrize("W", [2, 3, 4])
 @pytest.mark.parametrize("act", [None, "silu", "relu"])
-def test_float_short_filters_at_dilation_one_every_length(W, act):
-    """CPU, float32, W <= 4, dilation 1: the sliding-window kernel (one load per 16 outputs,
-    the taps' inputs by lane shifts, masked at both ends of a row, activation per chunk). Each
+def test_float_short_filters_at_dilation_one_every_length(layout, W, act):
+    """CPU, float32, W <= 4, dilation 1, the AVX-512F kernels: (N, C, L) rows by a sliding
+    window (one load per 16 outputs, the taps' inputs by lane shifts, masked at both ends of a
+    row, activation per chunk); channel-last slabs of up to 4 vectors of channels (the previous
+    steps' inputs kept in registers; C = 70: a whole slab and one of a 6-lane vector). Each
     output within fp32 summation error of the float64 reference, measured against the sum of
     its terms' magnitudes (not a norm over the tensor, which would hide one wrong element),
     with and without an initial state, on rows that follow one another in memory."""
-    N, C = 2, 3
+    N, C = (2, 3) if layout == "ncl" else (2, 70)
     for L in SLIDE_LENGTHS:
-        x = torch.randn(N, C, L)
+        x = make_x(layout, N, C, L, "cpu", torch.float32)
         w, b = torch.randn(C, W), torch.randn(C)
         for init in (None, torch.randn(N, C, W - 1)):
             y = fusedgru.causal_conv1d(x, w, b, activation=act, initial_state=init)
@@ -126,22 +129,29 @@ def test_float_short_filters_at_dilation_one_every_length(W, act):
                 (L, init is not None, err.max().item())
 
 
+@pytest.mark.parametrize("layout", ["ncl", "channels_last"])
 @pytest.mark.parametrize("W", [2, 4])
 @pytest.mark.parametrize("act", [None, "relu"])
-def test_float_short_filters_nan_reaches_exactly_the_outputs_that_read_it(W, act):
-    """A NaN at time p must reach outputs p, ..., p + W - 1 of its own row and nothing else:
-    the sliding-window kernel's lane shifts carry inputs across vectors and chunks, its masked
-    loads must not pull in the previous row; relu keeps NaN (as torch.relu)."""
-    C, L = 2, 1040
-    for p in (0, 1, 2, 3, 14, 15, 16, 17, 18, 511, 512, 513, 514, 515, 516, 517, 530, L - 1):
-        x = torch.randn(1, C, L)
-        x[0, 0, p] = float("nan")  # row 0 ends right before row 1 starts in memory
-        x[0, 1, L - 1] = float("inf")  # the end of the last row
+def test_float_short_filters_nan_reaches_exactly_the_outputs_that_read_it(layout, W, act):
+    """A NaN at time p of channel c must reach outputs p, ..., p + W - 1 of channel c and
+    nothing else: the (N, C, L) sliding window's lane shifts carry inputs across vectors and
+    chunks and its masked loads must not pull in the previous row; the channel-last slabs carry
+    them across steps in registers, lane by lane, and mask a partial vector. relu keeps NaN (as
+    torch.relu)."""
+    C, L = (2, 1040) if layout == "ncl" else (70, 530)
+    for c, p in itertools.product((0, 15, 16, 65) if layout == "channels_last" else (0,),
+                                  (0, 1, 2, 3, 14, 15, 16, 17, 18, 511, 512, 513, 514, 515, 516,
+                                   517, 529)):
+        x = make_x(layout, 1, C, L, "cpu", torch.float32)
+        x[0, c, p] = float("nan")  # (N, C, L): row 0 ends right before row 1 starts in memory
+        x[0, C - 1, L - 1] = float("inf")  # the end of the last row
         y = fusedgru.causal_conv1d(x, torch.rand(C, W) + 0.5, torch.randn(C), activation=act)
         nan = torch.zeros(C, L, dtype=torch.bool)
-        nan[0, p:p + W] = True
-        assert torch.equal(y[0].isnan(), nan), p
-        assert y[0, 1, L - 1] == float("inf") and y[0, 1, :L - 1].isfinite().all(), p
+        nan[c, p:p + W] = True
+        inf = torch.zeros(C, L, dtype=torch.bool)
+        inf[C - 1, L - 1] = True  # weights > 0: +inf
+        assert torch.equal(y[0].isnan(), nan), (c, p)
+        assert torch.equal(y[0].isinf(), inf) and y[0, C - 1, L - 1] > 0, (c, p)
 
 
 @pytest.mark.parametrize("device, dtype", [

@@ -334,6 +334,28 @@ void channels_last_taps(const CausalConvParams& p, std::vector<at::opmath_type<s
   }
 }
 
+// The steps t < min(S, L) of channels [c0, c0 + cw) of batch row n (they reach back before
+// t = 0, into the initial state), summed in conv_row_fused's order and stored activated.
+template <int kW, int64_t kAct, typename T>
+FUSEDGRU_INLINE void channels_last_head(const CausalConvParams& p, const T* wt, const T* bias,
+                                        int64_t n, int64_t c0, int64_t cw) {
+  const int64_t C = p.C, S = (kW - 1) * p.dilation;
+  const T* x = static_cast<const T*>(p.x) + n * p.x_sn + c0;
+  const T* init =
+      p.init != nullptr ? static_cast<const T*>(p.init) + n * p.i_sn + c0 * p.i_sc : nullptr;
+  T* y = static_cast<T*>(p.y) + n * p.y_sn + c0;
+  for (int64_t t = 0; t < std::min(S, p.L); ++t) {
+    for (int64_t l = 0; l < cw; ++l) {
+      const T* init_l = init != nullptr ? init + l * p.i_sc : nullptr;
+      T acc = bias[c0 + l];
+      for (int k = 0; k < kW; ++k) {
+        acc += wt[k * C + c0 + l] * tap(p, x + l, init_l, t - (kW - 1 - k) * p.dilation, S);
+      }
+      y[t * p.y_sl + l] = activate(acc, kAct);
+    }
+  }
+}
+
 // A short filter (W <= kMaxFusedTaps) on channel-last float / double rows: each task takes one
 // batch row and a block of kLanes channels (one AVX-512 vector) and walks all L steps, the
 // block's taps and bias in registers, each output's W taps summed in registers in the order of
@@ -354,19 +376,9 @@ FUSEDGRU_INLINE void channels_last_block(const CausalConvParams& p, const T* __r
     for (int64_t l = 0; l < lanes; ++l) w[k][l] = wt[k * C + c0 + l];
   for (int64_t l = 0; l < lanes; ++l) b[l] = bias[c0 + l];
   const T* x = static_cast<const T*>(p.x) + n * p.x_sn + c0;
-  const T* init =
-      p.init != nullptr ? static_cast<const T*>(p.init) + n * p.i_sn + c0 * p.i_sc : nullptr;
   T* y = static_cast<T*>(p.y) + n * p.y_sn + c0;
-  const int64_t head = std::min(S, L);  // steps that reach back before t = 0
-  for (int64_t t = 0; t < head; ++t) {
-    for (int64_t l = 0; l < lanes; ++l) {
-      const T* init_l = init != nullptr ? init + l * p.i_sc : nullptr;
-      T acc = b[l];
-      for (int k = 0; k < kW; ++k) acc += w[k][l] * tap(p, x + l, init_l, t - (kW - 1 - k) * d, S);
-      y[t * p.y_sl + l] = activate(acc, kAct);
-    }
-  }
-  for (int64_t t = head; t < L; ++t) {
+  channels_last_head<kW, kAct>(p, wt, bias, n, c0, lanes);
+  for (int64_t t = std::min(S, L); t < L; ++t) {
     T acc[kLanes];
     for (int64_t l = 0; l < lanes; ++l) acc[l] = b[l];
     for (int k = 0; k < kW; ++k) {
@@ -389,8 +401,107 @@ FUSEDGRU_CLONES void channels_last_fused(const CausalConvParams& p, const T* wt,
   }
 }
 
+#ifdef FUSEDGRU_X86_AVX512
+// Channel-last rows in fp32 at dilation 1 with 2-4 taps, on AVX-512F: a task takes one batch
+// row and a slab of up to kSlabVectors vectors of channels (256 bytes of each step's row, four
+// cache lines side by side) and walks all steps with the taps, the bias and the kW - 1 previous
+// steps' inputs in registers: one load and one store per vector and step. (One vector per task,
+// channels_last_block, reads 64 bytes of every C-float row and reloads the earlier steps' inputs
+// from L1: 30-55% of a copy of the same bytes at C = 256, benchmarks/NOTES.md.) Sums in
+// conv_row_fused's order; a partial last vector is masked; the activation runs over the slab's
+// outputs of each step.
+constexpr int kSlabVectors = 4;
+
+// Vector g of a slab of kG: masked (m) when it is the last and kPartial.
+template <int kG, bool kPartial>
+FUSEDGRU_AVX512 FUSEDGRU_INLINE __m512 slab_load(int g, __mmask16 m, const float* src) {
+  return kPartial && g == kG - 1 ? _mm512_maskz_loadu_ps(m, src) : _mm512_loadu_ps(src);
+}
+
+// kG vectors of channels from c0; with kPartial the last one holds C - c0 - 16 (kG - 1) < 16.
+template <int kW, int64_t kAct, int kG, bool kPartial>
+FUSEDGRU_AVX512 void channels_last_slab(const CausalConvParams& p, const float* wt,
+                                        const float* bias, int64_t n, int64_t c0) {
+  static_assert(kW >= 2 && kG >= 1 && kG <= kSlabVectors, "");
+  const int64_t C = p.C, L = p.L, S = kW - 1, xs = p.x_sl, ys = p.y_sl;
+  const int64_t cw = std::min<int64_t>(C - c0, 16 * kG);
+  channels_last_head<kW, kAct>(p, wt, bias, n, c0, cw);
+  if (L <= S) return;
+  // The last vector's lanes (all of them unless kPartial).
+  const auto m = static_cast<__mmask16>(kPartial ? (1u << (cw - 16 * (kG - 1))) - 1u : 0xFFFFu);
+  __m512 w[kW][kG], b[kG], xr[kW][kG];
+  const float* x = static_cast<const float*>(p.x) + n * p.x_sn + c0;
+  float* y = static_cast<float*>(p.y) + n * p.y_sn + c0;
+  for (int g = 0; g < kG; ++g) {
+    for (int k = 0; k < kW; ++k) w[k][g] = slab_load<kG, kPartial>(g, m, wt + k * C + c0 + 16 * g);
+    b[g] = slab_load<kG, kPartial>(g, m, bias + c0 + 16 * g);
+    for (int k = 0; k < kW - 1; ++k) xr[k][g] = slab_load<kG, kPartial>(g, m, x + k * xs + 16 * g);
+  }
+  for (int64_t t = S; t < L; ++t) {
+    float* yt = y + t * ys;
+    for (int g = 0; g < kG; ++g) {
+      xr[kW - 1][g] = slab_load<kG, kPartial>(g, m, x + t * xs + 16 * g);
+      __m512 acc = b[g];
+      for (int k = 0; k < kW; ++k) acc = _mm512_fmadd_ps(w[k][g], xr[k][g], acc);
+      if (kPartial && g == kG - 1) {
+        _mm512_mask_storeu_ps(yt + 16 * g, m, acc);
+      } else {
+        _mm512_storeu_ps(yt + 16 * g, acc);
+      }
+      for (int k = 0; k < kW - 1; ++k) xr[k][g] = xr[k + 1][g];
+    }
+    if constexpr (kAct != kActNone) {
+      for (int64_t i = 0; i < cw; ++i) yt[i] = activate(yt[i], kAct);
+    }
+  }
+}
+
+// A slab of kG vectors, its last one partial or not.
+template <int kW, int64_t kAct, int kG>
+FUSEDGRU_AVX512 void channels_last_slab(const CausalConvParams& p, const float* wt,
+                                        const float* bias, int64_t n, int64_t c0) {
+  if (p.C - c0 < 16 * kG) {
+    channels_last_slab<kW, kAct, kG, true>(p, wt, bias, n, c0);
+  } else {
+    channels_last_slab<kW, kAct, kG, false>(p, wt, bias, n, c0);
+  }
+}
+
+template <int kW, int64_t kAct>
+void forward_channels_last_slabs(const CausalConvParams& p, const float* wt, const float* bias) {
+  constexpr int64_t kSlab = 16 * kSlabVectors;
+  const int64_t slabs = (p.C + kSlab - 1) / kSlab;
+  const int64_t grain = std::max<int64_t>(1, kTaskGrain / std::max<int64_t>(1, kW * kSlab * p.L));
+  at::parallel_for(0, p.N * slabs, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / slabs, c0 = (r % slabs) * kSlab;
+      static_assert(kSlabVectors == 4, "the switch below spells the slab widths");
+      switch (std::min<int64_t>(kSlabVectors, (p.C - c0 + 15) / 16)) {
+        case 4:
+          channels_last_slab<kW, kAct, 4>(p, wt, bias, n, c0);
+          break;
+        case 3:
+          channels_last_slab<kW, kAct, 3>(p, wt, bias, n, c0);
+          break;
+        case 2:
+          channels_last_slab<kW, kAct, 2>(p, wt, bias, n, c0);
+          break;
+        default:
+          channels_last_slab<kW, kAct, 1>(p, wt, bias, n, c0);
+      }
+    }
+  });
+}
+#endif
+
 template <int kW, int64_t kAct, typename T>
 void forward_channels_last_fused(const CausalConvParams& p, const T* wt, const T* bias) {
+#ifdef FUSEDGRU_X86_AVX512
+  if constexpr (std::is_same_v<T, float> && kW >= 2) {
+    if (p.dilation == 1 && cpu_has_avx512f())
+      return forward_channels_last_slabs<kW, kAct>(p, wt, bias);
+  }
+#endif
   constexpr int64_t kLanes = 64 / sizeof(T);
   const int64_t blocks = (p.C + kLanes - 1) / kLanes;
   const int64_t grain = std::max<int64_t>(1, kTaskGrain / std::max<int64_t>(1, kW * kLanes * p.L));
