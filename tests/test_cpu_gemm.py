@@ -1,10 +1,12 @@
 """The CPU's packed fp32 GEMM (csrc/cpu/packed_gemm.h): the GRU's step products, its input
 projection and the backward's GEMMs take it for fp32 when at least 32 rows reuse the packed
-operand (and K <= 4096 for a one-off product); FUSEDGRU_PACKED_GEMM=0 switches it off (ATen).
-Both paths against float64 nn.GRU, outputs and every gradient, on shapes that reach every tile
-remainder (rows mod 8, columns mod 16 and mod 48, one or two thread blocks, both sides of the
-thresholds); the packed path's claims of bitwise independence of the thread count and of the
-weights' strides."""
+operand (and K <= 4096 for a one-off product); FUSEDGRU_PACKED_GEMM=0 switches it off (ATen),
+=avx2 takes the AVX2 tiles on an AVX-512 CPU too. Every path against float64 nn.GRU, outputs and
+every gradient, on shapes that reach every tile remainder (rows mod 8 and mod 6, columns mod 16
+and mod 48, one or two thread blocks, both sides of the thresholds); the packed path's claims of
+bitwise independence of the thread count, of the weights' strides and of the instruction set.
+(On a CPU without AVX-512 "packed" and "packed-avx2" run the same tiles; without AVX2 both run
+ATen.)"""
 
 import pytest
 import torch
@@ -29,9 +31,12 @@ def shape_id(s):
     return "T{}-N{}-C{}-H{}".format(*s)
 
 
-@pytest.fixture(params=["packed", "aten"])
+GEMM_ENV = {"packed": "1", "packed-avx2": "avx2", "aten": "0"}
+
+
+@pytest.fixture(params=list(GEMM_ENV))
 def gemm(request, monkeypatch):
-    monkeypatch.setenv("FUSEDGRU_PACKED_GEMM", "1" if request.param == "packed" else "0")
+    monkeypatch.setenv("FUSEDGRU_PACKED_GEMM", GEMM_ENV[request.param])
     return request.param
 
 
@@ -96,6 +101,21 @@ def forward_backward(module, x, go):
     out, h = module(x)
     grads = torch.autograd.grad((out * go).sum() + h.sum(), [x, *module.parameters()])
     return [out, h, *grads]
+
+
+@pytest.mark.parametrize("shape", SHAPES + [(5, 2, 9, 40), (4, 3, 40, 9)], ids=shape_id)
+def test_avx512_and_avx2_tiles_are_bitwise_equal(monkeypatch, shape):
+    """Both tile sets run one FMA chain over k per output element: the same bits (the AVX2
+    tiles' row remainders 1-5 take 3, 3, 2, 1, 1 panels at a time)."""
+    T, N, C, H = shape
+    m = fusedgru.GRU(C, H, bidirectional=True)
+    x, go = torch.randn(T, N, C), torch.randn(T, N, 2 * H)
+    runs = {}
+    for env in ("1", "avx2"):
+        monkeypatch.setenv("FUSEDGRU_PACKED_GEMM", env)
+        runs[env] = forward_backward(m, x, go)
+    for i, (a, b) in enumerate(zip(runs["1"], runs["avx2"])):
+        assert torch.equal(a, b), f"tensor {i} differs between the AVX-512 and AVX2 tiles"
 
 
 @pytest.mark.parametrize("shape", [(40, 1, 5, 130), (12, 19, 70, 200)], ids=shape_id)

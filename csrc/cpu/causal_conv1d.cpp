@@ -26,7 +26,7 @@
 #include "isa.h"
 #include "vec_math.h"
 
-#ifdef FUSEDGRU_X86_AVX512
+#ifdef FUSEDGRU_X86
 #include <immintrin.h>
 #endif
 
@@ -145,7 +145,7 @@ FUSEDGRU_INLINE void conv_span(T* __restrict y, const T* __restrict x, const T* 
   }
 }
 
-#ifdef FUSEDGRU_X86_AVX512
+#ifdef FUSEDGRU_X86
 // conv_span at dilation 1 for float, with AVX-512F intrinsics: one load per 16 outputs. The
 // taps' shifted inputs x[t - o, t - o + 16) come from the vector just loaded and the one before
 // it by a lane shift (valignd) instead of W - 1 more loads that straddle cache lines (the
@@ -227,7 +227,7 @@ FUSEDGRU_CLONES void conv_row_fused(const CausalConvParams& p, int64_t n, int64_
     for (int64_t k = 0; k < kW; ++k) acc += w[k] * tap(p, x, init, t - (kW - 1 - k) * d, S);
     y[t] = activate(acc, kAct);
   }
-#ifdef FUSEDGRU_X86_AVX512
+#ifdef FUSEDGRU_X86
   if constexpr (std::is_same_v<T, float> && kW >= 2) {
     if (slide) return conv_row_slide<kW, kAct>(y, x, w, b, head, L);
   }
@@ -422,7 +422,7 @@ FUSEDGRU_CLONES void channels_last_fused(const CausalConvParams& p, const T* wt,
   }
 }
 
-#ifdef FUSEDGRU_X86_AVX512
+#ifdef FUSEDGRU_X86
 // Channel-last rows in fp32 at dilation 1 with 2-4 taps, on AVX-512F: a task takes one batch
 // row and a slab of up to kSlabVectors vectors of channels (256 bytes of each step's row, four
 // cache lines side by side) and walks all steps with the taps, the bias and the kW - 1 previous
@@ -517,7 +517,7 @@ void forward_channels_last_slabs(const CausalConvParams& p, const float* wt, con
 
 template <int kW, int64_t kAct, typename T>
 void forward_channels_last_fused(const CausalConvParams& p, const T* wt, const T* bias) {
-#ifdef FUSEDGRU_X86_AVX512
+#ifdef FUSEDGRU_X86
   if constexpr (std::is_same_v<T, float> && kW >= 2) {
     if (p.dilation == 1 && cpu_has_avx512f())
       return forward_channels_last_slabs<kW, kAct>(p, wt, bias);

@@ -1,7 +1,7 @@
 // Instruction-set helpers of the CPU kernels, one home for them: function multiversioning for
-// the auto-vectorized loops (FUSEDGRU_CLONES), and the target attribute plus run-time check of
-// the kernels written with AVX-512F intrinsics (the packed GEMM, the causal conv's sliding
-// window), which run only where cpu_has_avx512f() says so.
+// the auto-vectorized loops (FUSEDGRU_CLONES), and the target attributes plus run-time checks of
+// the kernels written with intrinsics: the packed GEMM (AVX-512F, or AVX2 + FMA) and the causal
+// conv's sliding windows (AVX-512F).
 #pragma once
 
 // On x86, clone a hot loop for AVX-512, AVX2 and the baseline; the loader picks one.
@@ -12,11 +12,12 @@
 #endif
 #define FUSEDGRU_INLINE inline __attribute__((always_inline))
 
-// Kernels with AVX-512F intrinsics: compiled for x86-64 with GCC or Clang, run after
-// cpu_has_avx512f().
+// Kernels with intrinsics (AVX-512F; AVX2 + FMA): compiled for x86-64 with GCC or Clang, each
+// run only after its check below says the CPU has the instructions.
 #if defined(__x86_64__) && defined(__GNUC__)
-#define FUSEDGRU_X86_AVX512 1
+#define FUSEDGRU_X86 1
 #define FUSEDGRU_AVX512 __attribute__((target("avx512f")))
+#define FUSEDGRU_AVX2 __attribute__((target("avx2,fma")))
 #endif
 
 namespace fusedgru {
@@ -24,8 +25,18 @@ namespace cpu {
 
 // Whether this CPU runs AVX-512F (false where the intrinsic kernels are not compiled).
 inline bool cpu_has_avx512f() {
-#ifdef FUSEDGRU_X86_AVX512
+#ifdef FUSEDGRU_X86
   static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+#else
+  return false;
+#endif
+}
+
+// Whether this CPU runs AVX2 and FMA (false where the intrinsic kernels are not compiled).
+inline bool cpu_has_avx2_fma() {
+#ifdef FUSEDGRU_X86
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return has;
 #else
   return false;

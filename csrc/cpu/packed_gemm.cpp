@@ -1,5 +1,5 @@
-// The packed fp32 GEMM of packed_gemm.h: packing, the AVX-512 micro-tiles, and the CPU Matmul
-// that uses them for the GRU's large products.
+// The packed fp32 GEMM of packed_gemm.h: packing, the micro-tiles (AVX-512F; AVX2 + FMA), and
+// the CPU Matmul that uses them for the GRU's large products.
 #include "packed_gemm.h"
 
 #include <ATen/Parallel.h>
@@ -12,7 +12,7 @@
 #include "../fusedgru.h"
 #include "isa.h"
 
-#ifdef FUSEDGRU_X86_AVX512
+#ifdef FUSEDGRU_X86
 #include <immintrin.h>
 #endif
 
@@ -32,17 +32,24 @@ constexpr int64_t kMaxPackedK = 4096;
 // cpu_matmul's tasks: blocks of this many rows of A (x K floats: 256 KB at K = 1024, in L2).
 constexpr int64_t kRowBlock = 64;
 
-PackedB::PackedB(int64_t K_, int64_t panels_) : K(K_), panels(panels_) {
+PackedB::PackedB(int64_t K_, int64_t panels_) : K(K_), panels(panels_), isa(packed_isa()) {
   // Not zero-filled: pack() writes every column it is given and zeroes a last panel's padding.
   buf = at::empty({panels * K * kPanel}, at::TensorOptions().dtype(at::kFloat));
 }
 
 bool packed_gemm_enabled() {
   const char* env = std::getenv("FUSEDGRU_PACKED_GEMM");
-  return cpu_has_avx512f() && !(env != nullptr && std::strcmp(env, "0") == 0);
+  return (cpu_has_avx512f() || cpu_has_avx2_fma()) &&
+         !(env != nullptr && std::strcmp(env, "0") == 0);
 }
 
-#ifdef FUSEDGRU_X86_AVX512
+PackedIsa packed_isa() {
+  const char* env = std::getenv("FUSEDGRU_PACKED_GEMM");
+  const bool avx2 = env != nullptr && std::strcmp(env, "avx2") == 0 && cpu_has_avx2_fma();
+  return cpu_has_avx512f() && !avx2 ? PackedIsa::kAvx512 : PackedIsa::kAvx2;
+}
+
+#ifdef FUSEDGRU_X86
 namespace {
 
 // C[MR rows, NR panels] (+)= A[MR, K] B[K, NR panels]; b: the first panel, the next at + K * 16.
@@ -124,15 +131,130 @@ FUSEDGRU_AVX512 void gemm_packed_avx512(const float* a, int64_t sam, int64_t sak
   }
 }
 
+// AVX2 + FMA: a panel is two 8-float vectors. Micro-tiles of MR rows x NR panels hold
+// 2 MR NR <= 12 of the 16 vector registers as accumulators (the rest: B and the broadcast of A):
+// 6 x 1 for full row tiles (the shape of BLIS's Haswell kernel), and for the last rows fewer
+// rows over more panels (1 x 3, 2 x 3, 3 x 2), so at least 6 independent FMA chains hide the
+// FMA latency even for a one-row product.
+constexpr int kTileRowsAvx2 = 6;
+
+template <int MR, int NR>
+FUSEDGRU_AVX2 inline void tile_avx2(const float* a, int64_t sam, int64_t sak, const float* b,
+                                    int64_t K, float* c, int64_t ldc, int64_t ncols,
+                                    bool accumulate) {
+  constexpr int kV = 2 * NR;  // vectors per row
+  __m256 acc[MR][kV];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < kV; ++v) acc[i][v] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    __m256 bv[kV];
+    for (int v = 0; v < kV; ++v)
+      bv[v] = _mm256_loadu_ps(b + ((v / 2) * K + k) * kPanel + (v % 2) * 8);
+    for (int i = 0; i < MR; ++i) {
+      // set1 of a loaded value, not _mm256_broadcast_ss(pointer): the pointer form kept acc in
+      // memory, every FMA's result stored back in the k loop (GCC 12).
+      const __m256 av = _mm256_set1_ps(a[i * sam + k * sak]);
+      for (int v = 0; v < kV; ++v) acc[i][v] = _mm256_fmadd_ps(av, bv[v], acc[i][v]);
+    }
+  }
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int v = 0; v < kV; ++v) {
+    const int64_t w = std::min<int64_t>(8, ncols - v * 8);
+    if (w <= 0) break;
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(w)), lane);
+    for (int i = 0; i < MR; ++i) {
+      float* ci = c + i * ldc + v * 8;
+      __m256 r = acc[i][v];
+      if (w == 8) {
+        if (accumulate) r = _mm256_add_ps(_mm256_loadu_ps(ci), r);
+        _mm256_storeu_ps(ci, r);
+      } else {
+        if (accumulate) r = _mm256_add_ps(_mm256_maskload_ps(ci, m), r);
+        _mm256_maskstore_ps(ci, m, r);
+      }
+    }
+  }
+}
+
+// MR rows over np <= kTilePanels panels, NR at a time (2 MR NR <= 12 accumulators).
+template <int MR>
+FUSEDGRU_AVX2 inline void tile_panels_avx2(int64_t np, const float* a, int64_t sam, int64_t sak,
+                                           const float* b, int64_t K, float* c, int64_t ldc,
+                                           int64_t ncols, bool acc) {
+  constexpr int NR = MR <= 2 ? 3 : MR == 3 ? 2 : 1;
+  static_assert(2 * MR * NR <= 12 && NR <= kTilePanels, "accumulators beyond the registers");
+  for (int64_t q = 0; q < np; q += NR) {
+    const float* bq = b + q * K * kPanel;
+    float* cq = c + q * kPanel;
+    const int64_t wq = ncols - q * kPanel;
+    if (wq <= 0) break;
+    if (np - q >= NR) {
+      tile_avx2<MR, NR>(a, sam, sak, bq, K, cq, ldc, wq, acc);
+    } else if constexpr (NR >= 3) {
+      if (np - q == 2) {
+        tile_avx2<MR, 2>(a, sam, sak, bq, K, cq, ldc, wq, acc);
+      } else {
+        tile_avx2<MR, 1>(a, sam, sak, bq, K, cq, ldc, wq, acc);
+      }
+    } else {
+      tile_avx2<MR, 1>(a, sam, sak, bq, K, cq, ldc, wq, acc);
+    }
+  }
+}
+
+// As gemm_packed_avx512: panel groups of kTilePanels outermost, full 6-row tiles, then the rest.
+FUSEDGRU_AVX2 void gemm_packed_avx2(const float* a, int64_t sam, int64_t sak, int64_t M,
+                                    const PackedB& b, int64_t p0, int64_t p1, int64_t ncols,
+                                    float* c, int64_t ldc, bool accumulate) {
+  const int64_t K = b.K;
+  for (int64_t p = p0; p < p1; p += kTilePanels) {
+    const int64_t np = std::min<int64_t>(kTilePanels, p1 - p);
+    const int64_t c0 = (p - p0) * kPanel, w = std::min(np * kPanel, ncols - c0);
+    if (w <= 0) break;
+    const float* bp = b.data() + p * K * kPanel;
+    int64_t i = 0;
+    for (; i + kTileRowsAvx2 <= M; i += kTileRowsAvx2) {
+      tile_panels_avx2<kTileRowsAvx2>(np, a + i * sam, sam, sak, bp, K, c + i * ldc + c0, ldc, w,
+                                      accumulate);
+    }
+    const float* ai = a + i * sam;
+    float* ci = c + i * ldc + c0;
+    static_assert(kTileRowsAvx2 == 6, "the switch below spells the remainders");
+    switch (M - i) {
+      case 5:
+        tile_panels_avx2<5>(np, ai, sam, sak, bp, K, ci, ldc, w, accumulate);
+        break;
+      case 4:
+        tile_panels_avx2<4>(np, ai, sam, sak, bp, K, ci, ldc, w, accumulate);
+        break;
+      case 3:
+        tile_panels_avx2<3>(np, ai, sam, sak, bp, K, ci, ldc, w, accumulate);
+        break;
+      case 2:
+        tile_panels_avx2<2>(np, ai, sam, sak, bp, K, ci, ldc, w, accumulate);
+        break;
+      case 1:
+        tile_panels_avx2<1>(np, ai, sam, sak, bp, K, ci, ldc, w, accumulate);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
 }  // namespace
 #endif
 
 void gemm_packed(const float* a, int64_t sam, int64_t sak, int64_t M, const PackedB& b, int64_t p0,
                  int64_t p1, int64_t ncols, float* c, int64_t ldc, bool accumulate) {
-#ifdef FUSEDGRU_X86_AVX512
-  gemm_packed_avx512(a, sam, sak, M, b, p0, p1, ncols, c, ldc, accumulate);
+#ifdef FUSEDGRU_X86
+  if (b.isa == PackedIsa::kAvx512) {
+    gemm_packed_avx512(a, sam, sak, M, b, p0, p1, ncols, c, ldc, accumulate);
+  } else {
+    gemm_packed_avx2(a, sam, sak, M, b, p0, p1, ncols, c, ldc, accumulate);
+  }
 #else
-  TORCH_CHECK(false, "fusedgru: the packed GEMM needs x86-64 with AVX-512F");
+  TORCH_CHECK(false, "fusedgru: the packed GEMM needs x86-64 with AVX-512F or AVX2 + FMA");
 #endif
 }
 

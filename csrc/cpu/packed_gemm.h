@@ -3,16 +3,18 @@
 // MKL, which ATen calls for fp32 products, reaches about half of an AVX-512 core's FMA rate on
 // the GRU's small-M step products (M = N rows: 56-60 GFLOP/s of ~117 on one Zen 4 core, see
 // benchmarks/NOTES.md) and ~165 GFLOP/s of ~234 on two cores on the input projection. Here B is
-// copied once per call into panels of kPanel = 16 columns (one AVX-512 vector of floats),
-// stored [panel][K][16] so a panel streams sequentially, and a micro-tile of up to kTileRows
-// rows x kTilePanels panels keeps its 8 x 3 = 24 vector accumulators in registers: per k,
-// 3 vector loads of B and 8 broadcasts of A feed 24 FMAs.
+// copied once per call into panels of kPanel = 16 columns (one AVX-512 vector of floats, two
+// AVX2 vectors), stored [panel][K][16] so a panel streams sequentially, and a micro-tile keeps
+// its accumulators in registers: with AVX-512F up to 8 rows x 3 panels (per k, 3 vector loads
+// of B and 8 broadcasts of A feed 24 FMAs); with AVX2 + FMA up to 6 rows x 1 panel (2 loads of
+// B and 6 broadcasts feed 12 FMAs; fewer rows take more panels).
 // Every output element is one chain over k = 0, 1, ..., K - 1 with one FMA per term, so the
-// result does not depend on the tiling, on M, on the split over threads or on the thread
-// count (run to run and thread count to thread count bitwise equal).
-// x86-64 with AVX-512F only (checked at run time); elsewhere, and when FUSEDGRU_PACKED_GEMM=0
-// (read at every call: tests and benchmarks compare both paths in one process), callers use
-// ATen. Shape legend: M rows, K the reduction, cols output columns.
+// result does not depend on the tiling, on M, on the split over threads, on the thread count
+// or on which of the two instruction sets ran (bitwise equal).
+// x86-64 with AVX-512F or AVX2 + FMA only (checked at run time); elsewhere, and when
+// FUSEDGRU_PACKED_GEMM=0, callers use ATen. FUSEDGRU_PACKED_GEMM=avx2 takes the AVX2 tiles on
+// an AVX-512 CPU too (so tests there cover them). Read at every call: tests and benchmarks
+// compare the paths in one process. Shape legend: M rows, K the reduction, cols output columns.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -23,14 +25,19 @@
 namespace fusedgru {
 namespace cpu {
 
-// One AVX-512 vector of floats: the width of a panel.
+// One AVX-512 vector of floats (two AVX2 vectors): the width of a panel.
 constexpr int64_t kPanel = 16;
 
+// The micro-tiles a product runs on.
+enum class PackedIsa { kAvx512, kAvx2 };
+
 // B [K, cols] in panels [panel][K][kPanel] (64-byte aligned); a partial last panel's padding
-// columns are zero. Every panel must be packed before use.
+// columns are zero. Every panel must be packed before use. isa: the tiles gemm_packed runs on
+// it, chosen when it is made (packed_isa).
 struct PackedB {
   at::Tensor buf;
   int64_t K = 0, panels = 0;
+  PackedIsa isa = PackedIsa::kAvx512;
   PackedB() = default;
   PackedB(int64_t K, int64_t panels);
   // Columns [0, cols) from panel p0 on: element (k, c) at col(c)[k sk], the columns past cols
@@ -51,9 +58,11 @@ struct PackedB {
   const float* data() const { return buf.const_data_ptr<float>(); }
 };
 
-// Whether gemm_packed can run here (x86-64 with AVX-512F) and is not switched off by
+// Whether gemm_packed can run here (x86-64 with AVX-512F or AVX2 + FMA) and is not switched off by
 // FUSEDGRU_PACKED_GEMM=0.
 bool packed_gemm_enabled();
+// The tiles for a new PackedB: AVX-512F where the CPU has it, unless FUSEDGRU_PACKED_GEMM=avx2.
+PackedIsa packed_isa();
 
 // Packing B costs about as much as computing a few rows of C: worth it for fp32 when the packed
 // panels serve at least this many rows of A (over all the calls that reuse them).
