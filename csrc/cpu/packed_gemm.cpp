@@ -202,7 +202,7 @@ FUSEDGRU_AVX2 inline void tile_panels_avx2(int64_t np, const float* a, int64_t s
   }
 }
 
-// As gemm_packed_avx512: panel groups of kTilePanels outermost, full 6-row tiles, then the rest.
+// Panel groups of kTilePanels outermost, as gemm_packed_avx512; full 6-row tiles, then the rest.
 FUSEDGRU_AVX2 void gemm_packed_avx2(const float* a, int64_t sam, int64_t sak, int64_t M,
                                     const PackedB& b, int64_t p0, int64_t p1, int64_t ncols,
                                     float* c, int64_t ldc, bool accumulate) {
@@ -212,11 +212,17 @@ FUSEDGRU_AVX2 void gemm_packed_avx2(const float* a, int64_t sam, int64_t sak, in
     const int64_t c0 = (p - p0) * kPanel, w = std::min(np * kPanel, ncols - c0);
     if (w <= 0) break;
     const float* bp = b.data() + p * K * kPanel;
-    int64_t i = 0;
-    for (; i + kTileRowsAvx2 <= M; i += kTileRowsAvx2) {
-      tile_panels_avx2<kTileRowsAvx2>(np, a + i * sam, sam, sak, bp, K, c + i * ldc + c0, ldc, w,
-                                      accumulate);
+    // Full row tiles one panel at a time, so a panel (K x 64 bytes: 192 KB at K = 3072) stays
+    // in L2 across them; a group of three would not in Zen 2's 512 KB.
+    const int64_t full = M - M % kTileRowsAvx2;
+    for (int64_t q = 0; q < np; ++q) {
+      for (int64_t i = 0; i < full; i += kTileRowsAvx2) {
+        tile_avx2<kTileRowsAvx2, 1>(a + i * sam, sam, sak, bp + q * K * kPanel, K,
+                                    c + i * ldc + c0 + q * kPanel, ldc, w - q * kPanel,
+                                    accumulate);
+      }
     }
+    const int64_t i = full;
     const float* ai = a + i * sam;
     float* ci = c + i * ldc + c0;
     static_assert(kTileRowsAvx2 == 6, "the switch below spells the remainders");
@@ -258,13 +264,17 @@ void gemm_packed(const float* a, int64_t sam, int64_t sak, int64_t M, const Pack
 #endif
 }
 
-void cpu_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double beta) {
-  const int64_t M = a.size(0), K = a.size(1), cols = b.size(1);
+void cpu_matmul(at::Tensor& out, const at::Tensor& a_in, const at::Tensor& b, double beta) {
+  const int64_t M = a_in.size(0), K = a_in.size(1), cols = b.size(1);
   if (!packing_pays(out.scalar_type(), M) || (beta != 0 && beta != 1) || K > kMaxPackedK ||
       K == 0 || cols == 0 || out.stride(1) != 1) {
-    aten_matmul(out, a, b, beta);
+    aten_matmul(out, a_in, b, beta);
     return;
   }
+  // A transposed (the weight gradients' dG^T, rows of stride 1): each k of a tile would read a
+  // new cache line and page of A, over again for every panel; one copy to rows costs less (T=128
+  // N=16 H=1024 forward + backward on AVX2: 1084 -> 648 ms, benchmarks/NOTES.md).
+  const at::Tensor a = a_in.stride(1) == 1 ? a_in : a_in.contiguous();
   const int64_t panels = (cols + kPanel - 1) / kPanel;
   PackedB pb(K, panels);
   const float* bsrc = b.const_data_ptr<float>();
