@@ -218,8 +218,7 @@ FUSEDGRU_AVX2 void gemm_packed_avx2(const float* a, int64_t sam, int64_t sak, in
     for (int64_t q = 0; q < np; ++q) {
       for (int64_t i = 0; i < full; i += kTileRowsAvx2) {
         tile_avx2<kTileRowsAvx2, 1>(a + i * sam, sam, sak, bp + q * K * kPanel, K,
-                                    c + i * ldc + c0 + q * kPanel, ldc, w - q * kPanel,
-                                    accumulate);
+                                    c + i * ldc + c0 + q * kPanel, ldc, w - q * kPanel, accumulate);
       }
     }
     const int64_t i = full;
