@@ -176,7 +176,8 @@ FUSEDGRU_AVX2 inline void tile_avx2(const float* a, int64_t sam, int64_t sak, co
   }
 }
 
-// MR rows over np <= kTilePanels panels, NR at a time (2 MR NR <= 12 accumulators).
+// MR rows over np <= kTilePanels panels, NR at a time (2 MR NR <= 12 accumulators); each panel
+// holds some of the ncols columns.
 template <int MR>
 FUSEDGRU_AVX2 inline void tile_panels_avx2(int64_t np, const float* a, int64_t sam, int64_t sak,
                                            const float* b, int64_t K, float* c, int64_t ldc,
@@ -187,7 +188,6 @@ FUSEDGRU_AVX2 inline void tile_panels_avx2(int64_t np, const float* a, int64_t s
     const float* bq = b + q * K * kPanel;
     float* cq = c + q * kPanel;
     const int64_t wq = ncols - q * kPanel;
-    if (wq <= 0) break;
     if (np - q >= NR) {
       tile_avx2<MR, NR>(a, sam, sak, bq, K, cq, ldc, wq, acc);
     } else if constexpr (NR >= 3) {
@@ -208,9 +208,10 @@ FUSEDGRU_AVX2 void gemm_packed_avx2(const float* a, int64_t sam, int64_t sak, in
                                     float* c, int64_t ldc, bool accumulate) {
   const int64_t K = b.K;
   for (int64_t p = p0; p < p1; p += kTilePanels) {
-    const int64_t np = std::min<int64_t>(kTilePanels, p1 - p);
-    const int64_t c0 = (p - p0) * kPanel, w = std::min(np * kPanel, ncols - c0);
+    const int64_t c0 = (p - p0) * kPanel;
+    const int64_t w = std::min(std::min<int64_t>(kTilePanels, p1 - p) * kPanel, ncols - c0);
     if (w <= 0) break;
+    const int64_t np = (w + kPanel - 1) / kPanel;  // the group's panels that hold columns
     const float* bp = b.data() + p * K * kPanel;
     // Full row tiles one panel at a time, so a panel (K x 64 bytes: 192 KB at K = 3072) stays
     // in L2 across them; a group of three would not in Zen 2's 512 KB.
