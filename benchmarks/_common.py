@@ -65,11 +65,22 @@ class Timer:
 
 
 
+# Pause before each block on the CPU (not timed), so that the thread pool of the implementation
+# timed just before has gone idle: ONNX Runtime's workers spin for 50-100 ms after a run (its
+# default, session.intra_op.allow_spinning), libgomp's (PyTorch's) and OpenVINO's for a few ms,
+# and on a 2-core machine a spinning pool takes the cores from whoever runs next. Measured on the
+# 2-core VM (benchmarks/NOTES.md, 2026-12-05): fusedgru T=128 N=16 H=256 15.6 ms after itself,
+# 38.3 ms right after ONNX Runtime, 31.8 ms 50 ms after it, 16.4-16.8 ms 100-200 ms after it;
+# OpenVINO 17.9 ms after itself, 24.1 ms right after fusedgru, 18.3 ms 10 ms after it.
+CPU_SETTLE_S = 0.2
+
+
 def median_times(fns, warmup, reps, timer, rounds=3):
     """Median time of each callable in `fns` (a dict). Each round times every callable in a block
     of consecutive calls, in alternating order, so slow drifts hit all alike while one
     implementation's allocations (page faults of freshly mapped buffers on the CPU) do not leak
-    into another's timings."""
+    into another's timings. On the CPU each block starts after CPU_SETTLE_S of quiet, so that
+    no other implementation's spinning threads are still on the cores."""
     import statistics
 
     keys = list(fns)
@@ -77,6 +88,8 @@ def median_times(fns, warmup, reps, timer, rounds=3):
     per_round = max(1, reps // rounds)
     for r in range(rounds):
         for k in (keys if r % 2 == 0 else keys[::-1]):
+            if not timer.cuda:
+                time.sleep(CPU_SETTLE_S)
             for _ in range(warmup):
                 fns[k]()
             for _ in range(per_round):

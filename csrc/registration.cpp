@@ -32,6 +32,13 @@ TORCH_LIBRARY(fusedgru, m) {
       "Tensor? bias_ih, Tensor? bias_hh, Tensor weight_ih_reverse, Tensor weight_hh_reverse, "
       "Tensor? bias_ih_reverse, Tensor? bias_hh_reverse, Tensor? lengths, bool need_workspace) "
       "-> (Tensor output, Tensor h_n, Tensor workspace, Tensor workspace_reverse)");
+  // A whole GRU, layers and directions (nn.GRU's forward without dropout or lengths), composed
+  // of the two ops above (gru_layers.cpp). input [T, N, C] ([N, T, C] when batch_first) or
+  // unbatched [T, C]; hx [L D, N, H] ([L D, H]); params per layer and direction (weight_ih,
+  // weight_hh[, bias_ih, bias_hh]) -> output [T, N, D H] (in input's layout), h_n like hx.
+  m.def(
+      "gru(Tensor input, Tensor hx, Tensor[] params, bool has_biases, int num_layers, "
+      "bool bidirectional, bool batch_first) -> (Tensor output, Tensor h_n)");
   // Gradients of gru_forward_bidirectional (on CUDA one persistent launch for both directions
   // where both fit): grad_output/output [T, N, 2H], grad_h_n/hx [2, N, H]; grad_input is the sum
   // of both directions', grad_hx [2, N, H], then each direction's weight and bias gradients as

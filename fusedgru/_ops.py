@@ -145,6 +145,24 @@ def gru_forward_bidirectional(
         bias_hh_reverse=b_hh_r, lengths=lengths, need_workspace=need_workspace)
 
 
+_GRU = torch.ops.fusedgru.gru.default
+
+
+def gru(input: Tensor, hx: Tensor, params: Sequence[Tensor], has_biases: bool, num_layers: int,
+        bidirectional: bool, batch_first: bool) -> tuple[Tensor, Tensor]:
+    """``fusedgru::gru``: a whole GRU (nn.GRU's forward without dropout or lengths) in one call,
+    composed in C++ of :func:`gru_forward` / :func:`gru_forward_bidirectional` per layer.
+
+    input ``[T, N, C]`` (``[N, T, C]`` when batch_first) or unbatched ``[T, C]``; hx
+    ``[L D, N, H]`` (``[L D, H]``); params: per layer and direction ``(weight_ih, weight_hh[,
+    bias_ih, bias_hh])``, nn.GRU's ``_flat_weights`` order. Returns (output, h_n). Arguments
+    are positional: it serves the streaming path, where a call's Python is the cost."""
+    if not below_autograd_ok():
+        return _GRU(input, hx, params, has_biases, num_layers, bidirectional, batch_first)
+    with torch._C._AutoDispatchBelowAutograd():
+        return _GRU(input, hx, params, has_biases, num_layers, bidirectional, batch_first)
+
+
 def gru_backward(grad_output: Tensor, grad_h_n: Tensor, *, grad_workspace: Tensor | None = None,
                  input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
                  lengths: Tensor | None = None, output: Tensor, workspace: Tensor,

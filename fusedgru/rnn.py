@@ -28,7 +28,6 @@ from .functional import (
     gru,
     ln_gru,
     no_autocast,
-    stack_layers,
 )
 
 
@@ -262,48 +261,30 @@ class GRU(_GRUInterface, nn.RNNBase):
                 or not input.is_cpu or not hx.is_cpu or torch.is_autocast_enabled("cpu")
                 or (self.training and self.dropout > 0 and self.num_layers > 1)):
             return None
-        unbatched = input.dim() == 2
-        if unbatched:
-            if hx.dim() != 2:
-                return None
-            input, hx = input.unsqueeze(1), hx.unsqueeze(1)
-        elif input.dim() != 3:
-            return None
-        x = input.transpose(0, 1) if self.batch_first else input
-        T, N, C = x.shape
         D = 2 if self.bidirectional else 1
-        H, L = self.hidden_size, self.num_layers
-        dtype = x.dtype
-        if (T == 0 or C != self.input_size or hx.dtype != dtype
-                or tuple(hx.shape) != (L * D, N, H)):
+        H, L, C = self.hidden_size, self.num_layers, self.input_size
+        dtype = input.dtype
+        if input.dim() == 3:
+            T, N, c = input.shape
+            if self.batch_first:
+                T, N = N, T
+            hx_shape = (L * D, N, H)
+        elif input.dim() == 2:
+            T, c = input.shape
+            hx_shape = (L * D, H)
+        else:
+            return None
+        if T == 0 or c != C or hx.dtype != dtype or hx.shape != hx_shape:
             return None
         weights = self._weights()
         per = 4 if self.bias else 2
+        first = ((3 * H, C), (3 * H, H), (3 * H,), (3 * H,))
+        later = ((3 * H, D * H),) + first[1:]
         for i, p in enumerate(weights):
-            k, kind = divmod(i, per)
-            cols = (C if k < D else D * H) if kind == 0 else H if kind == 1 else None
             if (type(p) is not nn.Parameter and type(p) is not Tensor) or p.dtype != dtype \
-                    or not p.is_cpu or p.shape != ((3 * H, cols) if cols else (3 * H,)):
+                    or not p.is_cpu or p.shape != (first if i < per * D else later)[i % per]:
                 return None
-        op = torch.ops.fusedgru.gru_forward.default
-        both = torch.ops.fusedgru.gru_forward_bidirectional.default
-        no_bias = (None, None) * (per == 2)
-
-        def run_layer(x, h0, w, reverse):
-            b_ih, b_hh = (w[2], w[3]) if per == 4 else (None, None)
-            return op(x, h0, w[0], w[1], b_ih, b_hh, None, reverse, False)[:2]
-
-        def run_both(x, h0, w):
-            return both(x, h0, *w[:per], *no_bias, *w[per:], *no_bias, None, False)[:2]
-
-        # Grad mode is off: nothing for autograd to record, so dispatch below it (its Python
-        # kernel costs more than a small step); dispatch modes and tracing still see the op.
-        with torch._C._AutoDispatchBelowAutograd():
-            x, h_n = stack_layers(x, hx, weights, per, L, D, run_layer, run_both=run_both)
-        output = x.transpose(0, 1) if self.batch_first else x
-        if unbatched:
-            output, h_n = output.squeeze(1), h_n.squeeze(1)
-        return output, h_n
+        return _ops.gru(input, hx, weights, per == 4, L, D == 2, self.batch_first)
 
     def _weights(self) -> list[Tensor]:
         # The live weights (not the cached _flat_weights) so torch.func.functional_call and

@@ -31,6 +31,29 @@ def _keep_threads():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def _no_settling(monkeypatch):
+    # The pause between timed blocks matters for the numbers, not for the interface tested here.
+    monkeypatch.setattr(bench_common, "CPU_SETTLE_S", 0.0)
+
+
+def test_each_cpu_block_starts_after_the_settling_pause(monkeypatch):
+    """median_times pauses before every block on the CPU (a thread pool that spins after its
+    work, ONNX Runtime's, must not slow whoever is timed next), never on CUDA."""
+    pauses = []
+    monkeypatch.setattr(bench_common, "CPU_SETTLE_S", 0.125)
+    monkeypatch.setattr(bench_common.time, "sleep", pauses.append)
+    fns = {"a": lambda: None, "b": lambda: None}
+    bench_common.median_times(fns, 0, 6, bench_common.Timer("cpu"), rounds=3)
+    assert pauses == [0.125] * 6
+    pauses.clear()
+    timer = bench_common.Timer("cpu")
+    timer.cuda = True
+    monkeypatch.setattr(bench_common.Timer, "__call__", lambda self, fn: 1.0)
+    bench_common.median_times(fns, 0, 6, timer, rounds=3)
+    assert pauses == []
+
+
 @pytest.mark.skipif(any(bench_gru.peers.missing(p) for p in bench_gru.peers.PEERS),
                     reason="onnx, onnxruntime, openvino not installed: make examples-deps")
 def test_peers_run_on_the_same_weights_and_are_reported(tmp_path):

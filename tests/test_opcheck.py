@@ -179,3 +179,90 @@ def test_no_workspace_without_grad():
     o2, ws = torch.ops.fusedgru.gru_forward(x, torch.zeros(4, 16), m.weight_ih_l0, m.weight_hh_l0,
                                             m.bias_ih_l0, m.bias_hh_l0, None, False, False)[::2]
     assert ws.numel() == 0
+
+
+# fusedgru::gru, a whole GRU in one op (csrc/gru_layers.cpp): (num_layers, bidirectional,
+# batch_first, bias, unbatched, T, N).
+STACK_CASES = {
+    "one layer": (1, False, False, True, False, 5, 3),
+    "two layers, bidirectional": (2, True, False, True, False, 4, 17),
+    "three layers, batch_first, no bias": (3, False, True, False, False, 3, 2),
+    "unbatched, bidirectional": (2, True, True, True, True, 6, None),
+    "one step, one row": (1, False, False, True, False, 1, 1),
+}
+
+
+def stack_args(device, dtype, case, requires_grad):
+    L, bidirectional, batch_first, bias, unbatched, T, N = STACK_CASES[case]
+    C, H = 7, 5
+    ref = torch.nn.GRU(C, H, L, bias=bias, batch_first=batch_first,
+                       bidirectional=bidirectional).to(device, dtype)
+    D = 2 if bidirectional else 1
+    shape = (T, C) if unbatched else (N, T, C) if batch_first else (T, N, C)
+    x = torch.randn(*shape, device=device, dtype=dtype)
+    hx = torch.randn(L * D, *(() if unbatched else (N,)), H, device=device, dtype=dtype)
+    x.requires_grad_(requires_grad)
+    hx.requires_grad_(requires_grad)
+    params = [p.detach().clone().requires_grad_(requires_grad) for p in ref._flat_weights]
+    return ref, (x, hx, params, bias, L, bidirectional, batch_first)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", list(STACK_CASES))
+@pytest.mark.parametrize("requires_grad", [True, False], ids=["train", "inference"])
+def test_opcheck_gru_stack(device, case, requires_grad):
+    _, args = stack_args(device, torch.float32, case, requires_grad)
+    torch.library.opcheck(torch.ops.fusedgru.gru.default, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", list(STACK_CASES))
+def test_gru_stack_equals_nn_gru_with_every_gradient(device, case):
+    """Outputs and the gradients of input, hx and every weight against nn.GRU (weights copied,
+    float64), through the op's composition of the per-layer ops."""
+    ref, args = stack_args(device, torch.float64, case, True)
+    x, hx, params = args[:3]
+    out, h_n = torch.ops.fusedgru.gru(*args)
+    with torch.no_grad():
+        for p, q in zip(ref._flat_weights, params):
+            p.copy_(q)
+    want = ref(x, hx)
+    go, gh = torch.randn_like(out), torch.randn_like(h_n)
+    ours = torch.autograd.grad((out, h_n), [x, hx, *params], (go, gh))
+    theirs = torch.autograd.grad(want, [x, hx, *ref._flat_weights], (go, gh))
+    for a, b, what in zip((out, h_n, *ours), (*want, *theirs),
+                          ("output", "h_n", "x", "hx", *ref._flat_weights_names)):
+        assert a.shape == b.shape, what
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=what)
+
+
+@pytest.mark.parametrize("case", ["two layers, bidirectional", "unbatched, bidirectional"])
+def test_gru_stack_gradcheck(case):
+    _, (x, hx, params, *flags) = stack_args("cpu", torch.float64, case, True)
+    assert torch.autograd.gradcheck(
+        lambda x, hx, *p: torch.ops.fusedgru.gru(x, hx, list(p), *flags), (x, hx, *params))
+
+
+def test_gru_stack_compiles_fullgraph():
+    _, args = stack_args("cpu", torch.float32, "two layers, bidirectional", False)
+    compiled = torch.compile(torch.ops.fusedgru.gru.default, fullgraph=True, backend="aot_eager")
+    for a, b in zip(compiled(*args), torch.ops.fusedgru.gru(*args)):
+        assert torch.equal(a, b)
+
+
+def test_gru_stack_names_the_bad_argument():
+    _, (x, hx, params, bias, L, bidirectional, batch_first) = stack_args(
+        "cpu", torch.float32, "two layers, bidirectional", False)
+    op = torch.ops.fusedgru.gru
+    with pytest.raises(RuntimeError, match="expected 16 parameters for num_layers=2"):
+        op(x, hx, params[:-1], bias, L, bidirectional, batch_first)
+    with pytest.raises(RuntimeError, match=r"hx must have shape \(num_layers \* D, N, H\)"):
+        op(x, hx[:3], params, bias, L, bidirectional, batch_first)
+    with pytest.raises(RuntimeError, match="hx must have 3 dimensions"):
+        op(x, hx[0], params, bias, L, bidirectional, batch_first)
+    with pytest.raises(RuntimeError, match="input must have 3 dimensions"):
+        op(x[None], hx, params, bias, L, bidirectional, batch_first)
+    with pytest.raises(RuntimeError, match="num_layers must be at least 1"):
+        op(x, hx, [], bias, 0, bidirectional, batch_first)
+    with pytest.raises(RuntimeError, match="weight_ih must have shape"):
+        op(x[..., :3], hx, params, bias, L, bidirectional, batch_first)
