@@ -4,8 +4,12 @@
 // conv's sliding windows (AVX-512F).
 #pragma once
 
-// On x86, clone a hot loop for AVX-512, AVX2 and the baseline; the loader picks one.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// On x86, clone a hot loop for AVX-512, AVX2 and the baseline; the loader picks one. The AVX2
+// clone targets x86-64-v3 (AVX2 with FMA, GCC >= 12): a plain "avx2" clone has no FMA, so its
+// multiply-adds stay separate multiplies and adds.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+#define FUSEDGRU_CLONES __attribute__((target_clones("avx512f", "arch=x86-64-v3", "default")))
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define FUSEDGRU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define FUSEDGRU_CLONES
