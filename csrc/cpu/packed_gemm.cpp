@@ -32,6 +32,65 @@ constexpr int64_t kMaxPackedK = 4096;
 // cpu_matmul's tasks: blocks of this many rows of A (x K floats: 256 KB at K = 1024, in L2).
 constexpr int64_t kRowBlock = 64;
 
+#ifdef FUSEDGRU_X86
+namespace {
+
+// A full panel of a transposed operand: columns l = 0..15 are 16 rows of stride 1 in memory.
+// Per 8 k and each half of the panel, 8 row loads, an 8 x 8 transpose in registers, 8 stores
+// (the element loop this replaces took ~20% of T=128 N=1 H=1024 on Zen 2, benchmarks/NOTES.md).
+FUSEDGRU_AVX2 void pack_panel_transposed_avx2(const float* const* src, int64_t K, float* dst) {
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    for (int half = 0; half < 2; ++half) {
+      const float* const* s = src + 8 * half;
+      __m256 r[8], t[8];
+      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(s[i] + k);
+      for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);  // (i, i+1) at k 0, 1 | 4, 5
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);  // k 2, 3 | 6, 7
+      }
+      for (int i = 0; i < 8; i += 4) {
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));  // k 0 | 4
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));  // k 1 | 5
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));  // k 2 | 6
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));  // k 3 | 7
+      }
+      float* d = dst + k * kPanel + 8 * half;
+      for (int i = 0; i < 4; ++i) {
+        _mm256_storeu_ps(d + i * kPanel, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+        _mm256_storeu_ps(d + (i + 4) * kPanel, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+      }
+    }
+  }
+  for (; k < K; ++k)
+    for (int64_t l = 0; l < kPanel; ++l) dst[k * kPanel + l] = src[l][k];
+}
+
+}  // namespace
+#endif
+
+void pack_panel(const float* const* src, int64_t w, int64_t K, int64_t sk, float* dst) {
+  if (w == kPanel) {
+#ifdef FUSEDGRU_X86
+    if (sk == 1 && cpu_has_avx2_fma()) {
+      pack_panel_transposed_avx2(src, K, dst);
+      return;
+    }
+#endif
+    bool consecutive = true;
+    for (int64_t l = 1; l < kPanel; ++l) consecutive = consecutive && src[l] == src[0] + l;
+    if (consecutive) {
+      for (int64_t k = 0; k < K; ++k)
+        std::memcpy(dst + k * kPanel, src[0] + k * sk, kPanel * sizeof(float));
+      return;
+    }
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t l = 0; l < w; ++l) dst[k * kPanel + l] = src[l][k * sk];
+    for (int64_t l = w; l < kPanel; ++l) dst[k * kPanel + l] = 0.0f;
+  }
+}
+
 PackedB::PackedB(int64_t K_, int64_t panels_) : K(K_), panels(panels_), isa(packed_isa()) {
   // Not zero-filled: pack() writes every column it is given and zeroes a last panel's padding.
   buf = at::empty({panels * K * kPanel}, at::TensorOptions().dtype(at::kFloat));

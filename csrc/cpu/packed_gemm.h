@@ -28,6 +28,12 @@ namespace cpu {
 // One AVX-512 vector of floats (two AVX2 vectors): the width of a panel.
 constexpr int64_t kPanel = 16;
 
+// One panel: dst[k kPanel + l] = src[l][k sk] for k < K, l < w <= kPanel; columns l >= w zero.
+// The panels of the GRU's weights are a transpose (sk = 1: each column is a row of W, read 8
+// floats at a time and transposed in registers where the CPU has AVX2) or rows of 16
+// consecutive floats (copied per k); anything else element by element.
+void pack_panel(const float* const* src, int64_t w, int64_t K, int64_t sk, float* dst);
+
 // The micro-tiles a product runs on.
 enum class PackedIsa { kAvx512, kAvx2 };
 
@@ -49,10 +55,7 @@ struct PackedB {
       const float* src[kPanel];
       const int64_t w = std::min(kPanel, cols - c0);
       for (int64_t l = 0; l < w; ++l) src[l] = col(c0 + l);
-      for (int64_t k = 0; k < K; ++k) {
-        for (int64_t l = 0; l < w; ++l) dst[k * kPanel + l] = src[l][k * sk];
-        for (int64_t l = w; l < kPanel; ++l) dst[k * kPanel + l] = 0.0f;
-      }
+      pack_panel(src, w, K, sk, dst);
     }
   }
   const float* data() const { return buf.const_data_ptr<float>(); }
