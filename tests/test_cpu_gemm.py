@@ -121,7 +121,8 @@ def test_avx512_and_avx2_tiles_are_bitwise_equal(monkeypatch, shape):
 @pytest.mark.parametrize("shape", [(40, 1, 5, 130), (12, 19, 70, 200)], ids=shape_id)
 def test_packed_path_is_bitwise_independent_of_threads_and_strides(monkeypatch, shape):
     """One chain over k per output element: the same bits whatever the thread count (1 or 2
-    thread blocks) and however the weights are laid out in memory."""
+    thread blocks) and however the weights are laid out in memory (row-major weights' panels
+    are packed by register transposes, column-major ones by row copies: pack_panel)."""
     monkeypatch.setenv("FUSEDGRU_PACKED_GEMM", "1")
     T, N, C, H = shape
     m = fusedgru.GRU(C, H)

@@ -46,12 +46,12 @@ FUSEDGRU_AVX2 void pack_panel_transposed_avx2(const float* const* src, int64_t K
       __m256 r[8], t[8];
       for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(s[i] + k);
       for (int i = 0; i < 8; i += 2) {
-        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);  // (i, i+1) at k 0, 1 | 4, 5
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);      // (i, i+1) at k 0, 1 | 4, 5
         t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);  // k 2, 3 | 6, 7
       }
       for (int i = 0; i < 8; i += 4) {
-        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));  // k 0 | 4
-        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));  // k 1 | 5
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));          // k 0 | 4
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));      // k 1 | 5
         r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));  // k 2 | 6
         r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));  // k 3 | 7
       }
@@ -196,6 +196,12 @@ FUSEDGRU_AVX512 void gemm_packed_avx512(const float* a, int64_t sam, int64_t sak
 // rows over more panels (1 x 3, 2 x 3, 3 x 2), so at least 6 independent FMA chains hide the
 // FMA latency even for a one-row product.
 constexpr int kTileRowsAvx2 = 6;
+// How far ahead (in k) an AVX2 tile prefetches its panels' rows into L1. At K = 1024 a panel
+// (64 KB) streams through Zen 2's 32 KB L1 past the tile's rows of A, and without the prefetch
+// the 6 x 16 tile ran at ~57% of a core's FMA rate (T=128 N=16 H=1024, one thread: ~420 -> ~370
+// ms with it; 16 and 32 measured alike; benchmarks/NOTES.md). Not added to the AVX-512 tiles,
+// which no machine of this session could time.
+constexpr int64_t kPrefetchK = 16;
 
 template <int MR, int NR>
 FUSEDGRU_AVX2 inline void tile_avx2(const float* a, int64_t sam, int64_t sak, const float* b,
@@ -206,6 +212,11 @@ FUSEDGRU_AVX2 inline void tile_avx2(const float* a, int64_t sam, int64_t sak, co
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < kV; ++v) acc[i][v] = _mm256_setzero_ps();
   for (int64_t k = 0; k < K; ++k) {
+    if (k + kPrefetchK < K) {
+      for (int j = 0; j < NR; ++j)
+        _mm_prefetch(reinterpret_cast<const char*>(b + (j * K + k + kPrefetchK) * kPanel),
+                     _MM_HINT_T0);
+    }
     __m256 bv[kV];
     for (int v = 0; v < kV; ++v)
       bv[v] = _mm256_loadu_ps(b + ((v / 2) * K + k) * kPanel + (v % 2) * 8);
