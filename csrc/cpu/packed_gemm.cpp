@@ -32,12 +32,22 @@ constexpr int64_t kMaxPackedK = 4096;
 // cpu_matmul's tasks: blocks of this many rows of A (x K floats: 256 KB at K = 1024, in L2).
 constexpr int64_t kRowBlock = 64;
 
-#ifdef FUSEDGRU_X86
 namespace {
 
+// Rows [k0, K) of a panel element by element (pack_panel's contract).
+void pack_elements(const float* const* src, int64_t w, int64_t k0, int64_t K, int64_t sk,
+                   float* dst) {
+  for (int64_t k = k0; k < K; ++k) {
+    for (int64_t l = 0; l < w; ++l) dst[k * kPanel + l] = src[l][k * sk];
+    for (int64_t l = w; l < kPanel; ++l) dst[k * kPanel + l] = 0.0f;
+  }
+}
+
+#ifdef FUSEDGRU_X86
 // A full panel of a transposed operand: columns l = 0..15 are 16 rows of stride 1 in memory.
 // Per 8 k and each half of the panel, 8 row loads, an 8 x 8 transpose in registers, 8 stores
-// (the element loop this replaces took ~20% of T=128 N=1 H=1024 on Zen 2, benchmarks/NOTES.md).
+// (element by element, packing took ~20% of T=128 N=1 H=1024 on Zen 2, benchmarks/NOTES.md);
+// the last K mod 8 rows element by element.
 FUSEDGRU_AVX2 void pack_panel_transposed_avx2(const float* const* src, int64_t K, float* dst) {
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
@@ -62,12 +72,11 @@ FUSEDGRU_AVX2 void pack_panel_transposed_avx2(const float* const* src, int64_t K
       }
     }
   }
-  for (; k < K; ++k)
-    for (int64_t l = 0; l < kPanel; ++l) dst[k * kPanel + l] = src[l][k];
+  pack_elements(src, kPanel, k, K, 1, dst);
 }
+#endif
 
 }  // namespace
-#endif
 
 void pack_panel(const float* const* src, int64_t w, int64_t K, int64_t sk, float* dst) {
   if (w == kPanel) {
@@ -85,10 +94,7 @@ void pack_panel(const float* const* src, int64_t w, int64_t K, int64_t sk, float
       return;
     }
   }
-  for (int64_t k = 0; k < K; ++k) {
-    for (int64_t l = 0; l < w; ++l) dst[k * kPanel + l] = src[l][k * sk];
-    for (int64_t l = w; l < kPanel; ++l) dst[k * kPanel + l] = 0.0f;
-  }
+  pack_elements(src, w, 0, K, sk, dst);
 }
 
 PackedB::PackedB(int64_t K_, int64_t panels_) : K(K_), panels(panels_), isa(packed_isa()) {
