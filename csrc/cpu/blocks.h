@@ -8,6 +8,8 @@
 #include <ATen/TensorIterator.h>
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
 #include <vector>
 
 #include "../align.h"
@@ -72,6 +74,50 @@ void for_blocks(int64_t nb, const F& f) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     for (int64_t b = b0; b < b1; ++b) f(b);
   });
+}
+
+// Run f(b, s) for every block b < nb and step s < steps, all blocks of step s before any of step
+// s + 1. Where ATen's threads are OpenMP's, one parallel region runs the whole loop with a
+// barrier between steps: a region per step (for_blocks) pays OpenMP's fork and join each step,
+// ~1.0 us against ~0.43 us for a barrier on two Zen 2 cores (benchmarks/NOTES.md). Like
+// at::parallel_for the region takes all of ATen's threads (no num_threads clause: GOMP's pool
+// misbehaves when it varies, pytorch#32008); thread i runs blocks i, i + team, ..., the same
+// ones every step, so a team of one (nested parallelism) runs them all. An exception stops
+// every thread after the barrier of the step that raised it and is rethrown here.
+template <typename F>
+void for_steps(int64_t nb, int64_t steps, const F& f) {
+  if (nb == 1) {
+    for (int64_t s = 0; s < steps; ++s) f(0, s);
+    return;
+  }
+#if AT_PARALLEL_OPENMP && defined(_OPENMP)
+  std::exception_ptr error;
+  std::atomic<int64_t> failed_at{steps};  // the first step that raised; steps when none did
+#pragma omp parallel
+  {
+    const int64_t team = omp_get_num_threads(), tid = omp_get_thread_num();
+    at::internal::ThreadIdGuard tid_guard(static_cast<int>(tid));
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    for (int64_t s = 0; s < steps; ++s) {
+      try {
+        for (int64_t b = tid; b < nb; b += team) f(b, s);
+      } catch (...) {
+#pragma omp critical(fusedgru_for_steps)
+        if (s < failed_at.load()) {
+          error = std::current_exception();
+          failed_at.store(s);
+        }
+      }
+#pragma omp barrier
+      // Every thread reads failed_at after the same barrier; a later step's failure (> s)
+      // cannot make one thread stop while another goes on to wait at the next barrier.
+      if (failed_at.load() <= s) break;
+    }
+  }
+  if (error) std::rethrow_exception(error);
+#else
+  for (int64_t s = 0; s < steps; ++s) for_blocks(nb, [&](int64_t b) { f(b, s); });
+#endif
 }
 
 inline at::Tensor rows_of(const at::Tensor& x, int64_t rows) {

@@ -357,26 +357,29 @@ std::tuple<Tensor, Tensor, Tensor> forward_into(const Tensor& input, const Tenso
   const int64_t nb = static_cast<int64_t>(blocks.size());
 
   const GateBlocks gates(weight_hh, blocks, N, packing_pays(input.scalar_type(), T * N));
-  // Threads read all of h_{t-1} while writing their units of h_t: double-buffered.
-  Tensor h_next = at::empty_like(st.h);
+  // Threads read all of h_{t-1} while writing their units of h_t: double-buffered, step s
+  // reading h[s % 2]. Each step's parameters are made here, before the threads start.
+  const Tensor h[2] = {st.h, at::empty_like(st.h)};
+  std::vector<GruForwardPointwise> steps(T);
+  std::vector<int64_t> rows(T);
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
-    const int64_t rows = prefix.empty() ? N : prefix[t];
-    GruForwardPointwise p = st.at_step(t);
-    p.h_in = st.h.data_ptr();
-    p.h_out = h_next.data_ptr();
-    for_blocks(nb, [&](int64_t b) {
-      if (rows > 0) gates.product(b, st.h, rows);
-      GruForwardPointwise q = p;
-      q.j0 = blocks[b].j0;
-      q.j1 = blocks[b].j1;
-      q.gh = gates.gh[b].data_ptr();
-      q.gh_sn = gates.gh[b].stride(0);
-      q.gh_sg = q.j1 - q.j0;
-      forward_pointwise(q);
-    });
-    std::swap(st.h, h_next);
+    rows[s] = prefix.empty() ? N : prefix[t];
+    steps[s] = st.at_step(t);
+    steps[s].h_in = h[s % 2].data_ptr();
+    steps[s].h_out = h[(s + 1) % 2].data_ptr();
   }
+  for_steps(nb, T, [&](int64_t b, int64_t s) {
+    if (rows[s] > 0) gates.product(b, h[s % 2], rows[s]);
+    GruForwardPointwise q = steps[s];
+    q.j0 = blocks[b].j0;
+    q.j1 = blocks[b].j1;
+    q.gh = gates.gh[b].data_ptr();
+    q.gh_sn = gates.gh[b].stride(0);
+    q.gh_sg = q.j1 - q.j0;
+    forward_pointwise(q);
+  });
+  st.h = h[T % 2];
   return st.result();
 }
 
@@ -424,24 +427,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const std::vector<Block> blocks = plan_blocks(N, H, weight_hh.element_size());
     const int64_t nb = static_cast<int64_t>(blocks.size());
     const ColumnBlocks cols(weight_hh, st.dh, blocks, packing_pays(input.scalar_type(), T * N));
-    // Region s: dh += dgh_{t(s-1)} W_hh for the thread's columns, then the gate gradients of
-    // step t(s) for the same units. The extra region s = T finishes dL/dh_{-1} = grad_hx.
-    int64_t t_prev = -1, rows_prev = 0;
+    // Step s: dh += dgh_{t(s-1)} W_hh for the thread's columns, then the gate gradients of
+    // step t(s) for the same units. The extra step s = T finishes dL/dh_{-1} = grad_hx.
+    std::vector<int64_t> ts(T + 1), rows(T + 1);
+    std::vector<GruBackwardPointwise> steps(T + 1);
     for (int64_t s = 0; s <= T; ++s) {
-      const int64_t t = s == T ? -1 : (reverse ? s : T - 1 - s);
-      const GruBackwardPointwise p = t >= 0 ? st.at_step(t) : st.base;
-      for_blocks(nb, [&](int64_t b) {
-        if (rows_prev > 0) cols.accumulate(b, st.dgh.select(0, t_prev), rows_prev);
-        if (t >= 0) {
-          GruBackwardPointwise q = p;
-          q.j0 = blocks[b].j0;
-          q.j1 = blocks[b].j1;
-          backward_pointwise(q);
-        }
-      });
-      t_prev = t;
-      rows_prev = t >= 0 ? (prefix.empty() ? N : prefix[t]) : 0;
+      ts[s] = s == T ? -1 : (reverse ? s : T - 1 - s);
+      rows[s] = ts[s] >= 0 ? (prefix.empty() ? N : prefix[ts[s]]) : 0;
+      steps[s] = ts[s] >= 0 ? st.at_step(ts[s]) : st.base;
     }
+    for_steps(nb, T + 1, [&](int64_t b, int64_t s) {
+      if (s > 0 && rows[s - 1] > 0) cols.accumulate(b, st.dgh.select(0, ts[s - 1]), rows[s - 1]);
+      if (ts[s] >= 0) {
+        GruBackwardPointwise q = steps[s];
+        q.j0 = blocks[b].j0;
+        q.j1 = blocks[b].j1;
+        backward_pointwise(q);
+      }
+    });
   }
   auto [grad_input, gw_ih, gw_hh, gb_ih, gb_hh] =
       gru_backward_gemms(st.x, st.batch_major, weight_ih, st.dgh, st.dgin, st.hprev, has_bias,

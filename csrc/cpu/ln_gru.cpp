@@ -155,14 +155,24 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_forward(
   const int64_t nb = static_cast<int64_t>(blocks.size());
   const GateBlocks gates(weight_hh, blocks, N, packing_pays(input.scalar_type(), T * N));
   std::vector<double> part(nb * N * 3, 0.0);
-  Tensor h_next = at::empty_like(st.h);
+  // Double-buffered h as in the GRU's forward; step s in two phases, 2 s and 2 s + 1.
+  const Tensor h[2] = {st.h, at::empty_like(st.h)};
+  std::vector<LnGruForwardPointwise> steps(T);
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
-    const int64_t rows = prefix.empty() ? N : prefix[t];
-    // (1) each block: its gate rows of W_hh h and their per-row statistics
-    for_blocks(nb, [&](int64_t b) {
+    steps[s] = st.at_step(t);
+    steps[s].part = part.data();
+    steps[s].nb = nb;
+    steps[s].rows = prefix.empty() ? N : prefix[t];
+    steps[s].h_in = h[s % 2].data_ptr();
+    steps[s].h_out = h[(s + 1) % 2].data_ptr();
+  }
+  for_steps(nb, 2 * T, [&](int64_t b, int64_t phase) {
+    const int64_t s = phase / 2, rows = steps[s].rows;
+    if (phase % 2 == 0) {
+      // (1) each block: its gate rows of W_hh h and their per-row statistics
       if (rows == 0) return;
-      gates.product(b, st.h, rows);
+      gates.product(b, h[s % 2], rows);
       const Tensor gh_rows = rows_of(gates.gh[b], rows);
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "ln_gru_p",
                                       [&] {
@@ -172,30 +182,22 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_forward(
                                           lane_stats(gh + i * width, width, &part[(b * N + i) * 3]);
                                         }
                                       });
-    });
+      return;
+    }
     // (2) each block: statistics from all partials, then the fused gates of its units
-    LnGruForwardPointwise p = st.at_step(t);
-    p.part = part.data();
-    p.nb = nb;
-    p.rows = rows;
-    p.h_in = st.h.data_ptr();
-    p.h_out = h_next.data_ptr();
-    for_blocks(nb, [&](int64_t b) {
-      LnGruForwardPointwise q = p;
-      q.j0 = blocks[b].j0;
-      q.j1 = blocks[b].j1;
-      q.gh = gates.gh[b].data_ptr();
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "ln_gru_f",
-                                      [&] {
-                                        if (q.ws != nullptr) {
-                                          ln_forward_units<scalar_t, true>(q, b);
-                                        } else {
-                                          ln_forward_units<scalar_t, false>(q, b);
-                                        }
-                                      });
+    LnGruForwardPointwise q = steps[s];
+    q.j0 = blocks[b].j0;
+    q.j1 = blocks[b].j1;
+    q.gh = gates.gh[b].data_ptr();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "ln_gru_f", [&] {
+      if (q.ws != nullptr) {
+        ln_forward_units<scalar_t, true>(q, b);
+      } else {
+        ln_forward_units<scalar_t, false>(q, b);
+      }
     });
-    std::swap(st.h, h_next);
-  }
+  });
+  st.h = h[T % 2];
   return st.result();
 }
 
@@ -410,35 +412,39 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gr
     const int64_t nb = static_cast<int64_t>(blocks.size());
     std::vector<double> part(nb * N * 2, 0.0);
     const ColumnBlocks cols(weight_hh, st.dh, blocks, packing_pays(input.scalar_type(), T * N));
-    int64_t t_prev = -1, rows_prev = 0;
+    // Step s in two phases, 2 s and 2 s + 1; the extra step s = T finishes grad_hx.
+    std::vector<int64_t> ts(T + 1), rows(T + 1);
+    std::vector<LnGruBackwardPointwise> steps(T + 1);
     for (int64_t s = 0; s <= T; ++s) {
-      const int64_t t = s == T ? -1 : (reverse ? s : T - 1 - s);
-      LnGruBackwardPointwise p = t >= 0 ? st.at_step(t) : st.base;
-      p.part = part.data();
-      p.nb = nb;
-      // (1) dh += dg_raw_{t_prev} W_hh for the block's columns; gate gradients of step t
-      for_blocks(nb, [&](int64_t b) {
-        if (rows_prev > 0) cols.accumulate(b, st.dg_raw.select(0, t_prev), rows_prev);
-        if (t < 0) return;
-        LnGruBackwardPointwise q = p;
+      ts[s] = s == T ? -1 : (reverse ? s : T - 1 - s);
+      rows[s] = ts[s] >= 0 ? (prefix.empty() ? N : prefix[ts[s]]) : 0;
+      steps[s] = ts[s] >= 0 ? st.at_step(ts[s]) : st.base;
+      steps[s].part = part.data();
+      steps[s].nb = nb;
+    }
+    for_steps(nb, 2 * (T + 1), [&](int64_t b, int64_t phase) {
+      const int64_t s = phase / 2;
+      if (phase % 2 == 0) {
+        // (1) dh += dg_raw_{t(s-1)} W_hh for the block's columns; gate gradients of step t(s)
+        if (s > 0 && rows[s - 1] > 0) {
+          cols.accumulate(b, st.dg_raw.select(0, ts[s - 1]), rows[s - 1]);
+        }
+        if (ts[s] < 0) return;
+        LnGruBackwardPointwise q = steps[s];
         q.j0 = blocks[b].j0;
         q.j1 = blocks[b].j1;
         AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "ln_gru_bg",
                                         [&] { ln_backward_gates<scalar_t>(q, b); });
-      });
-      // (2) through the recurrent normalization, with the row sums of all blocks
-      if (t >= 0) {
-        for_blocks(nb, [&](int64_t b) {
-          LnGruBackwardPointwise q = p;
-          q.j0 = blocks[b].j0;
-          q.j1 = blocks[b].j1;
-          AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                          "ln_gru_bn", [&] { ln_backward_norm<scalar_t>(q); });
-        });
+        return;
       }
-      t_prev = t;
-      rows_prev = t >= 0 ? (prefix.empty() ? N : prefix[t]) : 0;
-    }
+      // (2) through the recurrent normalization, with the row sums of all blocks
+      if (ts[s] < 0) return;
+      LnGruBackwardPointwise q = steps[s];
+      q.j0 = blocks[b].j0;
+      q.j1 = blocks[b].j1;
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "ln_gru_bn",
+                                      [&] { ln_backward_norm<scalar_t>(q); });
+    });
   }
   auto [d_gi, g_gi, g_bi, g_gh, g_bh] =
       input_backward(st.batch_major, ln_ih_weight, st.ws, st.da_i, st.da_h, need_weight_grad);
