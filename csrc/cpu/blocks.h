@@ -93,10 +93,12 @@ void for_steps(int64_t nb, int64_t steps, const F& f) {
 #if AT_PARALLEL_OPENMP && defined(_OPENMP)
   std::exception_ptr error;
   std::atomic<int64_t> failed_at{steps};  // the first step that raised; steps when none did
+  at::internal::lazy_init_num_threads();  // as at::parallel_for: torch's thread count applies
 #pragma omp parallel
   {
     const int64_t team = omp_get_num_threads(), tid = omp_get_thread_num();
     at::internal::ThreadIdGuard tid_guard(static_cast<int>(tid));
+    c10::ParallelGuard parallel_guard(true);
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     for (int64_t s = 0; s < steps; ++s) {
       try {
