@@ -81,13 +81,17 @@ void for_blocks(int64_t nb, const F& f) {
 // barrier between steps: a region per step (for_blocks) pays OpenMP's fork and join each step,
 // ~1.0 us against ~0.43 us for a barrier on two Zen 2 cores (benchmarks/NOTES.md). Like
 // at::parallel_for the region takes all of ATen's threads (no num_threads clause: GOMP's pool
-// misbehaves when it varies, pytorch#32008); thread i runs blocks i, i + team, ..., the same
-// ones every step, so a team of one (nested parallelism) runs them all. An exception stops
-// every thread after the barrier of the step that raised it and is rethrown here.
+// misbehaves when it varies, pytorch#32008), splits the blocks into the same contiguous chunks
+// (so each thread multiplies by the blocks it packed in pack_blocks, every step) and runs on the
+// caller's thread alone inside another parallel region. An exception stops every thread after
+// the barrier of the step that raised it and is rethrown here.
 template <typename F>
 void for_steps(int64_t nb, int64_t steps, const F& f) {
-  if (nb == 1) {
-    for (int64_t s = 0; s < steps; ++s) f(0, s);
+  if (steps <= 0) return;
+  if (nb == 1 || at::in_parallel_region()) {
+    for (int64_t s = 0; s < steps; ++s) {
+      for (int64_t b = 0; b < nb; ++b) f(b, s);
+    }
     return;
   }
 #if AT_PARALLEL_OPENMP && defined(_OPENMP)
@@ -96,13 +100,16 @@ void for_steps(int64_t nb, int64_t steps, const F& f) {
   at::internal::lazy_init_num_threads();  // as at::parallel_for: torch's thread count applies
 #pragma omp parallel
   {
-    const int64_t team = omp_get_num_threads(), tid = omp_get_thread_num();
+    const int64_t tid = omp_get_thread_num();
+    const int64_t workers = std::min<int64_t>(omp_get_num_threads(), nb);
+    const int64_t chunk = (nb + workers - 1) / workers;
+    const int64_t b0 = tid * chunk, b1 = std::min(nb, b0 + chunk);
     at::internal::ThreadIdGuard tid_guard(static_cast<int>(tid));
     c10::ParallelGuard parallel_guard(true);
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     for (int64_t s = 0; s < steps; ++s) {
       try {
-        for (int64_t b = tid; b < nb; b += team) f(b, s);
+        for (int64_t b = b0; b < b1; ++b) f(b, s);
       } catch (...) {
 #pragma omp critical(fusedgru_for_steps)
         if (s < failed_at.load()) {

@@ -1,12 +1,13 @@
 // CPU implementation of the fused GRU ops.
 //
-// Forward, per layer and direction: the input projection of all steps as one GEMM, then per
-// step one parallel region in which each thread owns a block of hidden units [j0, j1): it runs
-// the recurrent GEMM for the gate rows (r, z, n) of its units (its slice of W_hh stays in its
-// core's cache for the whole sequence) and then the fused pointwise pass over those units:
-// gates, hidden update, output and saved activations. h is double-buffered across steps.
-// Backward: the same blocks, one region per step: the dh GEMM of the step just finished for the
-// thread's columns of dh, then the fused gate-gradient pass of the next step for the same units;
+// Forward, per layer and direction: the input projection of all steps as one GEMM, then one
+// parallel region for all steps (for_steps, a barrier between steps) in which each thread owns a
+// block of hidden units [j0, j1): per step it runs the recurrent GEMM for the gate rows (r, z, n)
+// of its units (its slice of W_hh stays in its core's cache for the whole sequence) and then the
+// fused pointwise pass over those units: gates, hidden update, output and saved activations. h
+// is double-buffered across steps. Backward: the same blocks and region, per step: the dh GEMM
+// of the step just finished for the thread's columns of dh, then the fused gate-gradient pass
+// of the next step for the same units;
 // then the weight and input gradients as GEMMs over all steps (gru_common.cpp).
 // A single inference step of at most kCellRows rows (gru_cell, streaming with T = 1) skips the
 // GEMMs: each thread takes a block of units and forms their six dot products per row straight

@@ -1,9 +1,9 @@
 // CPU implementation of the layer-normalized GRU ops (equations: ../fusedgru.h). Threads own
 // blocks of hidden units as in gru.cpp; a row's normalization spans all blocks, so each step runs
-// two parallel regions: (1) GEMM of the thread's gate rows and its partial row sums, (2) the
-// statistics from all partials (summed in a fixed order) and the fused gates. The backward
-// mirrors it: (1) dh GEMM of the previous step + gate gradients + partial sums of the
-// normalization's gradient, (2) the gradient through the normalization.
+// in two phases with a thread barrier between them (for_steps): (1) GEMM of the thread's gate rows
+// and its partial row sums, (2) the statistics from all partials (summed in a fixed order) and the
+// fused gates. The backward mirrors it: (1) dh GEMM of the previous step + gate gradients + partial
+// sums of the normalization's gradient, (2) the gradient through the normalization.
 //
 // Saved per (t, n), 9H + 2 values: r, z, n [3H] | LN(W_hh h) [3H] | LN(W_ih x) [3H] |
 // rstd_h, rstd_i (zeros where inactive). Shape legend: ../fusedgru.h.
