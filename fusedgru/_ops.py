@@ -202,6 +202,17 @@ def gru_backward_bidirectional(
         need_input_grad=need_input_grad, need_weight_grad=need_weight_grad)
 
 
+_GRU_CELL_OP = torch.ops.fusedgru.gru_cell.default
+
+
+def gru_cell_below_autograd(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+                            bias_ih: Tensor | None, bias_hh: Tensor | None) -> Tensor:
+    """:func:`gru_cell` for a caller that has checked :func:`below_autograd_ok`: positional
+    arguments, no keyword parsing (GRUCell's inference step, where a call's Python is the cost)."""
+    with torch._C._AutoDispatchBelowAutograd():
+        return _GRU_CELL_OP(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+
+
 def gru_cell(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
              bias_ih: Tensor | None = None, bias_hh: Tensor | None = None) -> Tensor:
     """``fusedgru::gru_cell``: one GRU step, input ``[N, C]``, hx ``[N, H]`` -> h' ``[N, H]``."""

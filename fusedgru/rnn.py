@@ -478,6 +478,10 @@ class GRUCell(nn.RNNCellBase):
                                f"expected {self.hidden_size}")
         params = [self.weight_ih, self.weight_hh] + (
             [self.bias_ih, self.bias_hh] if self.bias else [])
+        if self._lean_ok(input, hx, params):
+            out = _ops.gru_cell_below_autograd(input, hx, params[0], params[1],
+                                               *(params[2:] if self.bias else (None, None)))
+            return out if is_batched else out.squeeze(0)
         # Under autocast, nn.GRUCell's h' takes hx's dtype (see functional._autocast).
         input, hx, params = _autocast(input, hx, params)
         _check_devices_and_dtypes(input, hx, params)
@@ -487,6 +491,21 @@ class GRUCell(nn.RNNCellBase):
         with no_autocast(input.device.type):  # cast already; the references must not recast
             out = step(input, hx, w_ih, w_hh, b_ih, b_hh)
         return out if is_batched else out.squeeze(0)
+
+    @staticmethod
+    def _lean_ok(input: Tensor, hx: Tensor, params: Sequence[Tensor]) -> bool:
+        """Whether the step may go straight to the op below autograd (the inference step on
+        the CPU, as GRU._lean_forward): grad mode off and no transform or trace
+        (:func:`fusedgru._ops.below_autograd_ok`, which also rules out the references), no
+        autocast, plain CPU tensors of one dtype, so every device and dtype check of the full
+        path would pass and none of its casts apply."""
+        if (not _ops.below_autograd_ok() or type(input) is not Tensor or type(hx) is not Tensor
+                or not input.is_cpu or not hx.is_cpu or hx.dtype != input.dtype
+                or torch.is_autocast_enabled("cpu")):
+            return False
+        dtype = input.dtype
+        return all((type(p) is nn.Parameter or type(p) is Tensor) and p.is_cpu
+                   and p.dtype == dtype for p in params)
 
 
 # Rows up to which GRUCell's CUDA forward is one strict-fp32 launch (kCellMaxBatch,

@@ -172,3 +172,63 @@ def test_inference_skips_the_ops_python_autograd_kernel():
     assert trained[0].requires_grad
     for a, b in zip(out, trained):
         assert torch.equal(a, b.detach())
+
+
+# ---- GRUCell's inference step (GRUCell._lean_ok): the op below autograd, positional ----
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("N, C, H, bias", [(1, 1, 1, True), (3, 17, 130, False), (8, 5, 17, True),
+                                           (17, 3, 9, True), (0, 3, 4, True)])
+def test_gru_cell_lean_step_equals_nn_gru_cell_and_the_full_path(monkeypatch, dtype, N, C, H,
+                                                                 bias):
+    """Batches up to kCellRows (8) take the cell kernel, 17 the GEMM path, 0 the empty one."""
+    ref = nn.GRUCell(C, H, bias=bias).to(dtype)
+    ours = fusedgru.GRUCell(C, H, bias=bias).to(dtype)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(C, N, dtype=dtype).t()  # strided
+    hx = torch.randn(N, H, dtype=dtype)
+    with torch.no_grad():
+        assert ours._lean_ok(x, hx, list(ours.parameters()))
+        want = ref(x, hx)
+        with monkeypatch.context() as m:  # the full path refused: the lean one runs
+            m.setattr(fusedgru.rnn, "_check_devices_and_dtypes", _refuse)
+            lean = ours(x, hx)
+            lean_unbatched = ours(x[0], hx[0]) if N else None
+        with monkeypatch.context() as m:  # the lean path refused: the full one runs
+            m.setattr(fusedgru.GRUCell, "_lean_ok", staticmethod(lambda *a: False))
+            full = ours(x, hx)
+            full_unbatched = ours(x[0], hx[0]) if N else None
+    assert torch.equal(lean, full)
+    assert_close(lean, want, TOL[dtype], "h'")
+    if N:
+        assert torch.equal(lean_unbatched, full_unbatched) and lean_unbatched.shape == (H,)
+        assert_close(lean_unbatched, ref(x[0], hx[0]).detach(), TOL[dtype], "unbatched")
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("the full path ran")
+
+
+def test_gru_cell_full_path_where_the_lean_one_does_not_apply():
+    cell = fusedgru.GRUCell(4, 6)
+    params = list(cell.parameters())
+    x, hx = torch.randn(3, 4), torch.randn(3, 6)
+    assert not cell._lean_ok(x, hx, params)  # grad mode on
+    with torch.no_grad():
+        assert cell._lean_ok(x, hx, params)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not cell._lean_ok(x, hx, params)
+        assert not cell._lean_ok(x, hx.double(), params)
+        assert not cell._lean_ok(x.double(), hx.double(), params)
+        assert not cell._lean_ok(x, hx, [params[0].double(), *params[1:]])
+        assert not cell._lean_ok(x, hx, [params[0].to("meta"), *params[1:]])
+        assert not cell._lean_ok(x.to("meta"), hx.to("meta"), params)
+        # and the full path then raises its error (a RuntimeError, as nn.GRUCell's)
+        for args in ((x, hx.double()), (x.double(), hx)):
+            with pytest.raises(RuntimeError, match="not the same dtype"):
+                cell(*args)
+            with pytest.raises(RuntimeError):
+                nn.GRUCell(4, 6)(*args)
+        with _Recorder() as rec:  # dispatch modes still see the op
+            cell(x, hx)
+        assert rec.ops == ["fusedgru.gru_cell.default"]
