@@ -124,9 +124,13 @@ __global__ void shuffle_without_own_lane_kernel(double* out) {
   out[threadIdx.x] = __shfl_xor_sync(mask, static_cast<double>(threadIdx.x), 1);
 }
 
-// The low half shuffles over its half, the high half over the whole warp.
+// Lanes 0..15 shuffle over lanes 0..16, lanes 16..31 over the whole warp. Neither shuffle can
+// complete (lane 16 is in both masks and calls with the full one), so in every order of arrival
+// the emulator meets two masks at one call site. (With the low half over only its own half, it
+// could complete and exit first; the full mask then named exited lanes, a different report that
+// made the test depend on the threads' schedule.)
 __global__ void shuffle_mask_mismatch_kernel(double* out) {
-  const unsigned int mask = threadIdx.x < 16 ? kLowHalf : kFull;
+  const unsigned int mask = threadIdx.x < 16 ? (kLowHalf | 1u << 16) : kFull;
   out[threadIdx.x] = __shfl_xor_sync(mask, static_cast<double>(threadIdx.x), 1);
 }
 
