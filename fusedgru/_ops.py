@@ -205,19 +205,15 @@ def gru_backward_bidirectional(
 _GRU_CELL_OP = torch.ops.fusedgru.gru_cell.default
 
 
-def gru_cell_below_autograd(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
-                            bias_ih: Tensor | None, bias_hh: Tensor | None) -> Tensor:
-    """:func:`gru_cell` for a caller that has checked :func:`below_autograd_ok`: positional
-    arguments, no keyword parsing (GRUCell's inference step, where a call's Python is the cost)."""
-    with torch._C._AutoDispatchBelowAutograd():
-        return _GRU_CELL_OP(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
-
-
 def gru_cell(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
              bias_ih: Tensor | None = None, bias_hh: Tensor | None = None) -> Tensor:
-    """``fusedgru::gru_cell``: one GRU step, input ``[N, C]``, hx ``[N, H]`` -> h' ``[N, H]``."""
-    return _call(torch.ops.fusedgru.gru_cell, input=input, hx=hx, weight_ih=weight_ih,
-                 weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
+    """``fusedgru::gru_cell``: one GRU step, input ``[N, C]``, hx ``[N, H]`` -> h' ``[N, H]``.
+    Arguments are passed on positionally, as :func:`gru`'s: it serves streaming steps, where a
+    call's Python is the cost."""
+    if not below_autograd_ok():
+        return _GRU_CELL_OP(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+    with torch._C._AutoDispatchBelowAutograd():
+        return _GRU_CELL_OP(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
 
 
 def ln_gru_forward(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,

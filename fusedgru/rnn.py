@@ -479,8 +479,7 @@ class GRUCell(nn.RNNCellBase):
         params = [self.weight_ih, self.weight_hh] + (
             [self.bias_ih, self.bias_hh] if self.bias else [])
         if self._lean_ok(input, hx, params):
-            out = _ops.gru_cell_below_autograd(input, hx, params[0], params[1],
-                                               *(params[2:] if self.bias else (None, None)))
+            out = _ops.gru_cell(input, hx, *params)
             return out if is_batched else out.squeeze(0)
         # Under autocast, nn.GRUCell's h' takes hx's dtype (see functional._autocast).
         input, hx, params = _autocast(input, hx, params)

@@ -18,12 +18,14 @@ from fusedgru import functional
 from fusedgru.models import CausalConvGRU
 
 
+def _refuse(*args, **kwargs):
+    raise AssertionError("the full path ran")
+
+
 @pytest.fixture
 def full_path_refused(monkeypatch):
     """The full path raises: a call that still works went the lean way."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("the full path ran")
-    monkeypatch.setattr(functional, "_layers", refuse)
+    monkeypatch.setattr(functional, "_layers", _refuse)
 
 
 CASES = [
@@ -203,10 +205,6 @@ def test_gru_cell_lean_step_equals_nn_gru_cell_and_the_full_path(monkeypatch, dt
     if N:
         assert torch.equal(lean_unbatched, full_unbatched) and lean_unbatched.shape == (H,)
         assert_close(lean_unbatched, ref(x[0], hx[0]).detach(), TOL[dtype], "unbatched")
-
-
-def _refuse(*args, **kwargs):
-    raise AssertionError("the full path ran")
 
 
 def test_gru_cell_full_path_where_the_lean_one_does_not_apply():
