@@ -379,6 +379,14 @@ FUSEDGRU_HOST_DEVICE LnGruGateGrads<acc_t> ln_gru_gate_grads(acc_t g, acc_t r, a
   return {d_r, d_z, d_n};
 }
 
+// fusedgru::gru composed of the per-layer ops through the dispatcher (gru_layers.cpp): input
+// [T, N, C] ([N, T, C] when batch_first; unbatched [T, C]), hx [L D, N, H] ([L D, H]), params
+// per layer and direction (weight_ih, weight_hh[, bias_ih, bias_hh]) -> (output, h_n).
+std::tuple<at::Tensor, at::Tensor> gru_layers(const at::Tensor& input, const at::Tensor& hx,
+                                              at::TensorList params, bool has_biases,
+                                              int64_t num_layers, bool bidirectional,
+                                              bool batch_first);
+
 // The device-independent part of a LayerNormGRU backward (cf. GruBackwardState).
 struct LnGruBackwardState : BackwardSteps {
   at::Tensor g_h, b_h;            // [3H] contiguous

@@ -3,6 +3,8 @@
 // every device that implements those ops runs it, autograd and torch.compile see the per-layer
 // ops). What it saves against calling those ops from Python is the per-layer Python: on a
 // streaming step (T = 1) of a small GRU that is more than the step itself (benchmarks/NOTES.md).
+// Below autograd the CPU runs its own kernel for the op (cpu/gru.cpp), which takes a single step
+// itself and passes every other call here.
 // Shape legend: fusedgru.h; L layers, D directions.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -10,7 +12,6 @@
 #include "checks.h"
 
 namespace fusedgru {
-namespace {
 
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
@@ -86,8 +87,10 @@ std::tuple<Tensor, Tensor> gru_layers(const Tensor& input, const Tensor& hx, at:
   return {batch_first ? x.transpose(0, 1) : x, h_last};
 }
 
-}  // namespace
-
+// Every device runs the composition; the CPU's kernel (cpu/gru.cpp) takes single inference steps
+// itself and passes the rest here. A backend kernel stops the dispatcher from using the
+// composite for that backend's autograd key, so it is registered for autograd explicitly too.
 TORCH_LIBRARY_IMPL(fusedgru, CompositeImplicitAutograd, m) { m.impl("gru", &gru_layers); }
+TORCH_LIBRARY_IMPL(fusedgru, Autograd, m) { m.impl("gru", &gru_layers); }
 
 }  // namespace fusedgru

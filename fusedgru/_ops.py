@@ -151,7 +151,8 @@ _GRU = torch.ops.fusedgru.gru.default
 def gru(input: Tensor, hx: Tensor, params: Sequence[Tensor], has_biases: bool, num_layers: int,
         bidirectional: bool, batch_first: bool) -> tuple[Tensor, Tensor]:
     """``fusedgru::gru``: a whole GRU (nn.GRU's forward without dropout or lengths) in one call,
-    composed in C++ of :func:`gru_forward` / :func:`gru_forward_bidirectional` per layer.
+    composed in C++ of :func:`gru_forward` / :func:`gru_forward_bidirectional` per layer; below
+    autograd on the CPU a single step of at most 8 rows runs in one kernel, layer by layer.
 
     input ``[T, N, C]`` (``[N, T, C]`` when batch_first) or unbatched ``[T, C]``; hx
     ``[L D, N, H]`` (``[L D, H]``); params: per layer and direction ``(weight_ih, weight_hh[,

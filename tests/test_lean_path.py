@@ -131,6 +131,77 @@ def test_the_full_path_where_the_lean_one_does_not_apply():
     assert rec.ops == ["fusedgru.gru.default"]  # the whole stack, one call
 
 
+STACK_STEPS = {  # (num_layers, bidirectional, has_biases, batch_first, unbatched, N)
+    "one layer, N=1": (1, False, True, False, False, 1),
+    "three layers, bidirectional, N=3": (3, True, True, False, False, 3),
+    "two layers, no biases, batch_first, N=8": (2, False, False, True, False, 8),
+    "two layers, bidirectional, unbatched": (2, True, True, False, True, 1),
+}
+
+
+def _gru_op_and_per_layer_ops(*args):
+    """``torch.ops.fusedgru.gru(*args)`` and the per-layer ops it dispatched (profiler events)."""
+    with torch.autograd.profiler.profile() as prof:
+        result = torch.ops.fusedgru.gru(*args)
+    names = {e.name for e in prof.function_events}
+    return result, {n for n in names if n.startswith("fusedgru::gru_forward")}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
+                         ids=["fp32", "fp64", "bf16", "fp16"])
+@pytest.mark.parametrize("case", list(STACK_STEPS))
+def test_the_cpu_gru_op_runs_a_single_step_without_the_per_layer_ops(dtype, case):
+    """Below autograd the gru op's CPU kernel takes a step (T = 1, N <= 8) itself, layer by
+    layer on the caller's tensors; its results are bitwise those of the composition of the
+    per-layer ops (what the autograd key runs) and within the dtype's tolerance of nn.GRU."""
+    L, bidirectional, bias, batch_first, unbatched, N = STACK_STEPS[case]
+    D = 2 if bidirectional else 1
+    torch.manual_seed(0)
+    ref = nn.GRU(5, 17, L, bias=bias, batch_first=batch_first, bidirectional=bidirectional)
+    params = [p.detach().to(dtype) for p in ref._flat_weights]
+    x = torch.randn(*((1, 5) if unbatched else (N, 1, 5) if batch_first else (1, N, 5)))
+    hx = torch.randn(*((L * D, 17) if unbatched else (L * D, N, 17)))
+    x, hx = x.to(dtype), hx.to(dtype)
+    args = (x, hx, params, bias, L, bidirectional, batch_first)
+    with torch.no_grad():
+        composed, composed_ops = _gru_op_and_per_layer_ops(*args)
+        with torch._C._AutoDispatchBelowAutograd():
+            step, step_ops = _gru_op_and_per_layer_ops(*args)
+        want = ref.double()(x.double(), hx.double())
+    assert composed_ops and not step_ops
+    for a, b, w, what in zip(step, composed, want, ("output", "h_n")):
+        assert a.dtype == dtype and a.shape == w.shape, what
+        assert torch.equal(a, b), what
+        tol = TOL.get(dtype, 2e-2)  # bf16 / fp16: each layer's h' is rounded
+        assert_close(a.double(), w, tol, what)
+
+
+def test_the_cpu_gru_op_composes_the_layers_for_every_other_call():
+    """Steps of more than 8 rows, several steps, a non-contiguous hx or input rows, weights that
+    are not row-contiguous: the per-layer ops run, and a bad argument raises their error."""
+    ref = nn.GRU(5, 6, 2)
+    params = [p.detach() for p in ref._flat_weights]
+    x, hx = torch.randn(1, 3, 5), torch.randn(2, 3, 6)
+    calls = {
+        "N=9": (torch.randn(1, 9, 5), torch.randn(2, 9, 6), params),
+        "T=2": (torch.randn(2, 3, 5), hx, params),
+        "strided hx": (x, torch.randn(2, 6, 3).transpose(1, 2), params),
+        "strided rows": (torch.randn(1, 3, 10)[..., ::2], hx, params),
+        "column-major weight": (x, hx, [params[0].t().contiguous().t(), *params[1:]]),
+    }
+    with torch.no_grad(), torch._C._AutoDispatchBelowAutograd():
+        for what, (x_, hx_, p) in calls.items():
+            (out, h_n), ops = _gru_op_and_per_layer_ops(x_, hx_, p, True, 2, False, False)
+            assert ops, what
+            want = ref(x_, hx_)
+            assert_close(out, want[0], TOL[torch.float32], what)
+            assert_close(h_n, want[1], TOL[torch.float32], what)
+        with pytest.raises(RuntimeError, match="weight_ih must have shape"):
+            torch.ops.fusedgru.gru(x, hx, [params[0][:, :4], *params[1:]], True, 2, False, False)
+        with pytest.raises(RuntimeError, match="hx must have shape"):
+            torch.ops.fusedgru.gru(x, hx[:, :2], params, True, 2, False, False)
+
+
 def _autograd_kernel_calls(fn):
     """How many Python frames of torch.library's generated autograd kernels
     (torch/_library/autograd.py, what register_autograd installs) ``fn()`` entered."""

@@ -11,7 +11,8 @@
 // then the weight and input gradients as GEMMs over all steps (gru_common.cpp).
 // A single inference step of at most kCellRows rows (gru_cell, streaming with T = 1) skips the
 // GEMMs: each thread takes a block of units and forms their six dot products per row straight
-// off the weight rows (read once, no copy), then the gates of 16 units in one vectorized pass.
+// off the weight rows (read once, no copy), then the gates of 16 units in one vectorized pass;
+// the whole-GRU op (gru) runs such a step layer by layer on pointers into its arguments.
 // Other single steps run one GEMM over all units instead of copying W_hh into per-thread blocks
 // that no later step would reuse. The inner loops are branch-free so the compiler vectorizes them;
 // on x86 each is cloned for AVX-512, AVX2 and the baseline and picked at load time. Shape legend:
@@ -301,6 +302,24 @@ bool is_cell_step(const Tensor& input, const Tensor& weight_ih, const Tensor& we
          weight_hh.dim() == 2 && weight_hh.stride(1) == 1;
 }
 
+// One step of rows [0, N), N <= kCellRows (CellParams: contiguous x, h and h_out): each
+// thread takes whole groups of kCellUnits units, ~6 (C + H) N multiply-adds per unit, at least
+// kTaskGrain of them per task.
+void run_cell(const CellParams& p, at::ScalarType dtype) {
+  const int64_t groups = (p.H + kCellUnits - 1) / kCellUnits;
+  const int64_t grain =
+      std::max<int64_t>(1, kTaskGrain / std::max<int64_t>(1, 6 * (p.C + p.H) * p.N * kCellUnits));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "gru_cell_cpu", [&] {
+    at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
+      cell_units<scalar_t>(p, g0 * kCellUnits, std::min(p.H, g1 * kCellUnits));
+    });
+  });
+}
+
+const void* data_or_null(const std::optional<Tensor>& t) {
+  return t.has_value() ? t->data_ptr() : nullptr;
+}
+
 // One step of rows [0, N), N <= kCellRows, row-contiguous weights (is_cell_step):
 // input [1, N, C], hx [N, H] -> h_out, contiguous with N H elements (the caller's [1, N, H]
 // output or [N, H] state: no view or copy made here, each costs ~1 us of a ~10 us step).
@@ -312,29 +331,10 @@ void cell_step(const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
       bias_ih.has_value() ? std::optional<Tensor>(bias_ih->contiguous()) : std::nullopt;
   const std::optional<Tensor> b_hh =
       bias_hh.has_value() ? std::optional<Tensor>(bias_hh->contiguous()) : std::nullopt;
-  const int64_t N = x.size(1), H = weight_hh.size(1);
-  const CellParams p{x.data_ptr(),
-                     h.data_ptr(),
-                     weight_ih.data_ptr(),
-                     weight_hh.data_ptr(),
-                     b_ih.has_value() ? b_ih->data_ptr() : nullptr,
-                     b_hh.has_value() ? b_hh->data_ptr() : nullptr,
-                     h_out.data_ptr(),
-                     N,
-                     x.size(2),
-                     H,
-                     weight_ih.stride(0),
-                     weight_hh.stride(0)};
-  // Tasks are whole groups of kCellUnits units, ~6 (C + H) N multiply-adds per unit: at least
-  // kTaskGrain of them per task.
-  const int64_t groups = (H + kCellUnits - 1) / kCellUnits;
-  const int64_t grain =
-      std::max<int64_t>(1, kTaskGrain / std::max<int64_t>(1, 6 * (p.C + H) * N * kCellUnits));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gru_cell_cpu", [&] {
-    at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
-      cell_units<scalar_t>(p, g0 * kCellUnits, std::min(H, g1 * kCellUnits));
-    });
-  });
+  run_cell(CellParams{x.data_ptr(), h.data_ptr(), weight_ih.data_ptr(), weight_hh.data_ptr(),
+                      data_or_null(b_ih), data_or_null(b_hh), h_out.data_ptr(), x.size(1),
+                      x.size(2), weight_hh.size(1), weight_ih.stride(0), weight_hh.stride(0)},
+           x.scalar_type());
 }
 
 // One layer direction; output: where to write its output [T, N, H] (half of a bidirectional
@@ -504,10 +504,103 @@ Tensor gru_cell(const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
       gru_forward(x, hx, weight_ih, weight_hh, bias_ih, bias_hh, std::nullopt, false, false));
 }
 
+// Whether a whole GRU call (the gru op) is one inference step that run_cell can take layer by
+// layer straight off the caller's tensors: T = 1, 1 <= N <= kCellRows, input rows contiguous,
+// hx contiguous, every weight row-contiguous and of nn.GRU's shape, contiguous biases, one
+// floating dtype, all on the CPU. Every other call, argument errors included, takes
+// gru_layers, which checks and composes the per-layer ops.
+bool is_stack_step(const Tensor& input, const Tensor& hx, at::TensorList params, bool has_biases,
+                   int64_t num_layers, bool bidirectional, bool batch_first) {
+  const int64_t D = bidirectional ? 2 : 1, per = has_biases ? 4 : 2;
+  const int64_t dim = input.dim();
+  if ((dim != 2 && dim != 3) || hx.dim() != dim || num_layers < 1 ||
+      static_cast<int64_t>(params.size()) != num_layers * D * per || !input.is_floating_point() ||
+      !input.device().is_cpu() || params[1].dim() != 2) {
+    return false;
+  }
+  const bool time_major = dim == 2 || !batch_first;
+  const int64_t T = input.size(time_major ? 0 : 1), N = dim == 2 ? 1 : input.size(time_major);
+  const int64_t C = input.size(-1), H = params[1].size(1);
+  if (T != 1 || N < 1 || N > kCellRows || H < 1 || input.stride(-1) != 1 ||
+      (N > 1 && input.stride(time_major ? 1 : 0) != C) || !hx.is_contiguous()) {
+    return false;
+  }
+  const auto fits = [&](const Tensor& t, std::initializer_list<int64_t> shape) {
+    return t.sizes() == at::IntArrayRef(shape) && t.scalar_type() == input.scalar_type() &&
+           t.device().is_cpu() && t.stride(-1) == 1;
+  };
+  if (!(dim == 3 ? fits(hx, {num_layers * D, N, H}) : fits(hx, {num_layers * D, H}))) return false;
+  for (int64_t i = 0; i < num_layers * D * per; ++i) {
+    const Tensor& p = params[i];
+    const int64_t c = i < D * per ? C : D * H;  // the layer's input width
+    const bool ok = i % per == 0   ? fits(p, {3 * H, c})
+                    : i % per == 1 ? fits(p, {3 * H, H})
+                                   : fits(p, {3 * H});
+    if (!ok) return false;
+  }
+  return true;
+}
+
+// fusedgru::gru on the CPU: a single inference step (is_stack_step) runs each layer and direction
+// as run_cell on pointers into the caller's tensors, writing h' straight into h_n (a layer's
+// output is its h_n rows, or both directions' side by side), with no per-layer op call, view,
+// or workspace: on a streaming step of a small GRU those are most of the call (NOTES.md). The
+// results are those of the per-layer path (the same run_cell per layer and direction). Every
+// other call is gru_layers.
+std::tuple<Tensor, Tensor> gru(const Tensor& input, const Tensor& hx, at::TensorList params,
+                               bool has_biases, int64_t num_layers, bool bidirectional,
+                               bool batch_first) {
+  if (!is_stack_step(input, hx, params, has_biases, num_layers, bidirectional, batch_first)) {
+    return gru_layers(input, hx, params, has_biases, num_layers, bidirectional, batch_first);
+  }
+  const int64_t D = bidirectional ? 2 : 1, per = has_biases ? 4 : 2;
+  const bool unbatched = input.dim() == 2;
+  const int64_t N = unbatched ? 1 : input.size(batch_first ? 0 : 1);
+  const int64_t H = params[1].size(1), es = input.element_size();
+  std::vector<int64_t> out_shape = input.sizes().vec();
+  out_shape.back() = D * H;
+  const Tensor output = at::empty(out_shape, input.options());
+  const Tensor h_n = at::empty(hx.sizes(), hx.options());
+  // A bidirectional layer's output [N, 2H] (the next layer's input): the last layer's is output.
+  const Tensor between =
+      D == 2 && num_layers > 1 ? at::empty({N, 2 * H}, input.options()) : Tensor();
+  const auto* h0 = static_cast<const char*>(hx.data_ptr());
+  auto* h1 = static_cast<char*>(h_n.data_ptr());
+  const int64_t slice = N * H * es;  // bytes of one layer direction's state
+  const void* x = input.data_ptr();
+  int64_t c = input.size(-1);
+  for (int64_t layer = 0; layer < num_layers; ++layer) {
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t k = layer * D + d;
+      const Tensor* w = &params[k * per];
+      run_cell(
+          CellParams{x, h0 + k * slice, w[0].data_ptr(), w[1].data_ptr(),
+                     has_biases ? w[2].data_ptr() : nullptr, has_biases ? w[3].data_ptr() : nullptr,
+                     h1 + k * slice, N, c, H, w[0].stride(0), w[1].stride(0)},
+          input.scalar_type());
+    }
+    const char* layer_h = h1 + layer * D * slice;
+    if (D == 1) {
+      x = layer_h;
+    } else {
+      auto* dst = static_cast<char*>((layer + 1 == num_layers ? output : between).data_ptr());
+      for (int64_t n = 0; n < N; ++n) {
+        std::memcpy(dst + 2 * n * H * es, layer_h + n * H * es, H * es);
+        std::memcpy(dst + (2 * n + 1) * H * es, layer_h + slice + n * H * es, H * es);
+      }
+      x = dst;
+    }
+    c = D * H;
+  }
+  if (D == 1) std::memcpy(output.data_ptr(), x, slice);
+  return {output, h_n};
+}
+
 }  // namespace
 }  // namespace cpu
 
 TORCH_LIBRARY_IMPL(fusedgru, CPU, m) {
+  m.impl("gru", &cpu::gru);
   m.impl("gru_forward", &cpu::gru_forward);
   m.impl("gru_forward_bidirectional", &cpu::gru_forward_bidirectional);
   m.impl("gru_backward_bidirectional", &cpu::gru_backward_bidirectional);
