@@ -190,22 +190,43 @@ struct CellParams {
 // all of them in one loop the compiler vectorizes (16 floats: one AVX-512 vector).
 constexpr int64_t kCellUnits = 16;
 
-// out[g][r] = a_g . v_r (g < 3, r < R; v_r = v + r * vs) over n elements: 3R independent chains
-// of kLanes partial sums (vectorizes without reassociating a scalar sum; each weight vector is
-// loaded once for R rows), the lanes then added pairwise in a fixed order (a shuffle tree in
-// registers). Pointers to storage_t<scalar_t>.
-template <int R, typename scalar_t, typename S = storage_t<scalar_t>>
-FUSEDGRU_INLINE void dot3(const S* __restrict a0, const S* __restrict a1, const S* __restrict a2,
-                          const S* __restrict v, int64_t vs, int64_t n,
-                          at::opmath_type<scalar_t> (*out)[R]) {
-  using acc_t = at::opmath_type<scalar_t>;
+// Lanes of the dot products' partial sums: one AVX-512 vector (two AVX2 vectors) per chain.
+template <typename acc_t>
+constexpr int kLanes = 64 / sizeof(acc_t);
+
+// Partial sums of a_g . v_r (g < 3, r < R; v_r = v + r * vs) over n elements: lane l sums
+// elements l, l + kLanes, ... in order, one chain per lane (vectorizes without reassociating a
+// scalar sum; each weight vector is loaded once for R rows) -> part[g][r][l]. The first kLanes
+// elements start the chains, so nothing is zeroed first when n >= kLanes. Pointers to
+// storage_t<scalar_t>.
+template <int R, typename scalar_t, typename S = storage_t<scalar_t>,
+          typename acc_t = at::opmath_type<scalar_t>, int L = kLanes<acc_t>>
+FUSEDGRU_INLINE void dot3_lanes(const S* __restrict a0, const S* __restrict a1,
+                                const S* __restrict a2, const S* __restrict v, int64_t vs,
+                                int64_t n, acc_t (*__restrict part)[R][L]) {
   using E = Elem<scalar_t>;
-  constexpr int kLanes = 64 / sizeof(acc_t);  // one AVX-512 vector per chain
-  acc_t s[3][R][kLanes] = {};
+  acc_t s[3][R][L];
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
+  if (n >= L) {
     for (int r = 0; r < R; ++r) {
-      for (int l = 0; l < kLanes; ++l) {
+      for (int l = 0; l < L; ++l) {
+        const acc_t vi = E::load(v[r * vs + l]);
+        s[0][r][l] = acc_t(E::load(a0[l])) * vi;
+        s[1][r][l] = acc_t(E::load(a1[l])) * vi;
+        s[2][r][l] = acc_t(E::load(a2[l])) * vi;
+      }
+    }
+    i = L;
+  } else {
+    for (int g = 0; g < 3; ++g) {
+      for (int r = 0; r < R; ++r) {
+        for (int l = 0; l < L; ++l) s[g][r][l] = acc_t(0);
+      }
+    }
+  }
+  for (; i + L <= n; i += L) {
+    for (int r = 0; r < R; ++r) {
+      for (int l = 0; l < L; ++l) {
         const acc_t vi = E::load(v[r * vs + i + l]);
         s[0][r][l] += acc_t(E::load(a0[i + l])) * vi;
         s[1][r][l] += acc_t(E::load(a1[i + l])) * vi;
@@ -213,59 +234,87 @@ FUSEDGRU_INLINE void dot3(const S* __restrict a0, const S* __restrict a1, const 
       }
     }
   }
-  for (int l = 0; i < n; ++i, ++l) {
-    for (int r = 0; r < R; ++r) {
-      const acc_t vi = E::load(v[r * vs + i]);
-      s[0][r][l] += acc_t(E::load(a0[i])) * vi;
-      s[1][r][l] += acc_t(E::load(a1[i])) * vi;
-      s[2][r][l] += acc_t(E::load(a2[i])) * vi;
+  // The last n % L elements, lane l taking element i + l: a lane index fixed at compile time
+  // keeps the sums in registers.
+  for (int l = 0; l < L; ++l) {
+    if (i + l < n) {
+      for (int r = 0; r < R; ++r) {
+        const acc_t vi = E::load(v[r * vs + i + l]);
+        s[0][r][l] += acc_t(E::load(a0[i + l])) * vi;
+        s[1][r][l] += acc_t(E::load(a1[i + l])) * vi;
+        s[2][r][l] += acc_t(E::load(a2[i + l])) * vi;
+      }
     }
   }
   for (int g = 0; g < 3; ++g) {
     for (int r = 0; r < R; ++r) {
-      for (int half = kLanes / 2; half > 0; half /= 2) {
-        for (int l = 0; l < half; ++l) s[g][r][l] += s[g][r][l + half];
-      }
-      out[g][r] = s[g][r][0];
+      for (int l = 0; l < L; ++l) part[g][r][l] = s[g][r][l];
     }
   }
 }
 
-// Units [j, j + w) (w <= kCellUnits) of rows [n0, n0 + R): the six dot products of each unit,
-// then the gates of all w units. b_i, b_h: the biases of those units (gate g at [g]).
+// out[g][r][u] = the lanes of part[u][g][r] added pairwise (lane l + half into lane l, halving
+// to one), for kCellUnits units at once: vectorized across the units. Reducing each unit's lanes
+// in place instead (zeroed sums, a tree per unit) kept the sums in memory: a step at H = 128
+// took 1.2x as long (NOTES.md).
+template <int R, typename acc_t, int L = kLanes<acc_t>>
+FUSEDGRU_INLINE void add_lanes(const acc_t (*__restrict part)[3][R][L],
+                               acc_t (*__restrict out)[R][kCellUnits]) {
+  for (int g = 0; g < 3; ++g) {
+    for (int r = 0; r < R; ++r) {
+      acc_t t[L][kCellUnits];
+      for (int l = 0; l < L; ++l) {
+        for (int u = 0; u < kCellUnits; ++u) t[l][u] = part[u][g][r][l];
+      }
+      for (int half = L / 2; half > 0; half /= 2) {
+        for (int l = 0; l < half; ++l) {
+          for (int u = 0; u < kCellUnits; ++u) t[l][u] += t[l + half][u];
+        }
+      }
+      for (int u = 0; u < kCellUnits; ++u) out[g][r][u] = t[0][u];
+    }
+  }
+}
+
+// Units [j, j + w) (w <= kCellUnits) of rows [n0, n0 + R): the three dot products of each unit
+// with x, then the three with h, then the gates of all w units. b_i, b_h: the biases of those
+// units (gate g at [g]).
 template <int R, typename scalar_t>
 FUSEDGRU_INLINE void cell_rows(const CellParams& p, int64_t j, int64_t w, int64_t n0,
                                const at::opmath_type<scalar_t> (*b_i)[kCellUnits],
                                const at::opmath_type<scalar_t> (*b_h)[kCellUnits]) {
   using acc_t = at::opmath_type<scalar_t>;
   using E = Elem<scalar_t>;
+  constexpr int L = kLanes<acc_t>;
   const int64_t H = p.H, C = p.C;
   const auto* x = raw(static_cast<const scalar_t*>(p.x) + n0 * C);
   const auto* h = raw(static_cast<const scalar_t*>(p.h) + n0 * H);
   const auto* wi = raw(static_cast<const scalar_t*>(p.w_ih));
   const auto* wh = raw(static_cast<const scalar_t*>(p.w_hh));
-  acc_t gi[R][3][kCellUnits], gh[R][3][kCellUnits];
+  alignas(64) acc_t part[kCellUnits][3][R][L];
+  alignas(64) acc_t gi[3][R][kCellUnits], gh[3][R][kCellUnits];
+  // The units past w of a last, partial group are added up with the others and never read:
+  // zeros, not uninitialized memory.
+  for (int64_t u = w; u < kCellUnits; ++u) std::memset(part[u], 0, sizeof(part[u]));
   for (int64_t u = 0; u < w; ++u) {
     const int64_t k = j + u;
-    acc_t a[3][R], b[3][R];
-    dot3<R, scalar_t>(wi + k * p.wi_s, wi + (H + k) * p.wi_s, wi + (2 * H + k) * p.wi_s, x, C, C,
-                      a);
-    dot3<R, scalar_t>(wh + k * p.wh_s, wh + (H + k) * p.wh_s, wh + (2 * H + k) * p.wh_s, h, H, H,
-                      b);
-    for (int g = 0; g < 3; ++g) {
-      for (int r = 0; r < R; ++r) {
-        gi[r][g][u] = a[g][r];
-        gh[r][g][u] = b[g][r];
-      }
-    }
+    dot3_lanes<R, scalar_t>(wi + k * p.wi_s, wi + (H + k) * p.wi_s, wi + (2 * H + k) * p.wi_s, x, C,
+                            C, part[u]);
   }
+  add_lanes<R>(part, gi);
+  for (int64_t u = 0; u < w; ++u) {
+    const int64_t k = j + u;
+    dot3_lanes<R, scalar_t>(wh + k * p.wh_s, wh + (H + k) * p.wh_s, wh + (2 * H + k) * p.wh_s, h, H,
+                            H, part[u]);
+  }
+  add_lanes<R>(part, gh);
   auto* h_out = raw(static_cast<scalar_t*>(p.h_out) + n0 * H + j);
   h += j;
   for (int r = 0; r < R; ++r) {
     for (int64_t u = 0; u < w; ++u) {
-      const acc_t rg = sigmoid(gi[r][0][u] + b_i[0][u] + gh[r][0][u] + b_h[0][u]);
-      const acc_t z = sigmoid(gi[r][1][u] + b_i[1][u] + gh[r][1][u] + b_h[1][u]);
-      const acc_t nn = tanh(gi[r][2][u] + b_i[2][u] + rg * (gh[r][2][u] + b_h[2][u]));
+      const acc_t rg = sigmoid(gi[0][r][u] + b_i[0][u] + gh[0][r][u] + b_h[0][u]);
+      const acc_t z = sigmoid(gi[1][r][u] + b_i[1][u] + gh[1][r][u] + b_h[1][u]);
+      const acc_t nn = tanh(gi[2][r][u] + b_i[2][u] + rg * (gh[2][r][u] + b_h[2][u]));
       const acc_t h0 = E::load(h[r * H + u]);
       h_out[r * H + u] = E::store(nn + z * (h0 - nn));
     }
