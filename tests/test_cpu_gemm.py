@@ -5,13 +5,15 @@ operand (and K <= 4096 for a one-off product); FUSEDGRU_PACKED_GEMM=0 switches i
 every gradient, on shapes that reach every tile remainder (rows mod 8 and mod 6, columns mod 16
 and mod 48, one or two thread blocks, both sides of the thresholds); the packed path's claims of
 bitwise independence of the thread count, of the weights' strides and of the instruction set.
-(On a CPU without AVX-512 "packed" and "packed-avx2" run the same tiles; without AVX2 both run
-ATen.)"""
+bf16/fp16 forwards of at most 8 rows per step run their recurrent products on the same panels
+in fp32 (the weights widened once per call). (On a CPU without AVX-512 "packed" and
+"packed-avx2" run the same tiles; without AVX2 both run ATen.)"""
 
 import pytest
 import torch
-from gru_testing import TOL, assert_close, run_with_grads
+from gru_testing import TOL, assert_close, rel_err, run_with_grads
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 import fusedgru
 
@@ -94,6 +96,59 @@ def test_lengths_and_layer_norm_against_float64(gemm, shape):
         torch.autograd.grad((out64 * go).sum(), [xl64, *ln64.parameters()])
     for i, (a, b) in enumerate(zip(g, g64)):
         assert_close(a.double(), b, 10 * TOL[torch.float32], f"{gemm} LayerNormGRU grad {i}")
+
+
+# (T, N, C, H) of bf16/fp16 forwards, and whether their steps take the packed panels: at most
+# kMaxReducedPackedStepRows = 8 rows per step and T N >= 32 (csrc/cpu/packed_gemm.h).
+REDUCED_SHAPES = [
+    ((40, 1, 5, 130), True),    # one row per step, 2 thread blocks
+    ((12, 3, 20, 33), True),    # T N = 36
+    ((6, 8, 17, 17), True),     # 8 rows: the limit
+    ((6, 9, 17, 17), False),    # 9 rows: ATen's product
+    ((9, 1, 5, 130), False),    # T N = 9 < 32: ATen's product
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", REDUCED_SHAPES, ids=lambda c: shape_id(c[0]))
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_reduced_precision_steps_against_float64(gemm, dtype, case, bidirectional):
+    """A bf16/fp16 forward (2 layers, with lengths) is as close to float64 nn.GRU as nn.GRU in
+    that dtype is, on every path; the steps' products leave ATen exactly where they should (the
+    profiler sees one aten::mm per step on the calling thread otherwise)."""
+    (T, N, C, H), packs = case
+    ref, ours = fp64_pair(C, H, num_layers=2, bidirectional=bidirectional)
+    low = nn.GRU(C, H, num_layers=2, bidirectional=bidirectional).to(dtype)
+    low.load_state_dict(ours.state_dict())
+    ours.to(dtype)
+    D = 2 if bidirectional else 1
+    x = torch.randn(T, N, C, dtype=dtype)
+    hx = torch.randn(2 * D, N, H, dtype=dtype)
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        got = ours(x, hx)
+    want = ref(x.double(), hx.double())
+    with torch.no_grad():
+        peer = low(x, hx)
+    eps = 1e-3 if dtype == torch.bfloat16 else 1e-4
+    for what, o, w, t in zip(("output", "h_n"), got, want, peer):
+        assert o.dtype == dtype
+        assert rel_err(o, w) <= 2 * rel_err(t, w) + eps, (what, rel_err(o, w), rel_err(t, w))
+    step_mms = sum(e.count for e in prof.key_averages() if e.key == "aten::mm")
+    if packs and gemm != "aten":
+        assert step_mms == 0, f"{step_mms} aten::mm calls: the steps did not take the panels"
+    else:
+        assert step_mms >= T, f"{step_mms} aten::mm calls for {T} steps"
+    lengths = torch.randint(1, T + 1, (N,))
+    mask = (torch.arange(T)[:, None] < lengths[None, :])[:, :, None]
+    seq = nn.utils.rnn.pack_padded_sequence(x.double(), lengths, enforce_sorted=False)
+    w_out = nn.utils.rnn.pad_packed_sequence(ref(seq, hx.double())[0], total_length=T)[0]
+    with torch.no_grad():
+        o_out = ours(x, hx, lengths=lengths)[0]
+        t_out = nn.utils.rnn.pad_packed_sequence(
+            low(nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False), hx)[0],
+            total_length=T)[0]
+    assert (o_out * ~mask == 0).all()
+    assert rel_err(o_out, w_out) <= 2 * rel_err(t_out, w_out) + eps
 
 
 def forward_backward(module, x, go):

@@ -15,6 +15,7 @@
 #include "../align.h"
 #include "isa.h"
 #include "packed_gemm.h"
+#include "vec_math.h"
 
 namespace fusedgru {
 namespace cpu {
@@ -150,23 +151,36 @@ std::vector<PackedB> pack_blocks(const std::vector<Block>& blocks, int64_t K, in
 
 // Per block, the forward step's recurrent product gh_b [N, 3w] = h_{t-1} W_b, where W_b [H, 3w]
 // holds the W_hh rows (r, z, n) of the block's units (gate g at column g w). With `packed`
-// (packing_pays: fp32, enough rows over the call) W_b is packed once per call, by the thread
-// that owns the block, for gemm_packed; otherwise it is an ATen operand (a copy per block, or
-// W_hh^T itself for a single block) for at::mm.
+// (step_packing_pays) W_b is packed once per call, by the thread that owns the block, for
+// gemm_packed; otherwise it is an ATen operand (a copy per block, or W_hh^T itself for a single
+// block) for at::mm. bf16/fp16 weights are packed as the fp32 values they hold (exact); each
+// step widens the block's rows of h_{t-1} the same way, multiplies in fp32 and rounds gh_b once
+// to the dtype: ATen's contract for a reduced-precision product (fp32 accumulation, one
+// rounding), with the fp32 path's order of the sum.
 struct GateBlocks {
   std::vector<at::Tensor> w, gh;
   std::vector<PackedB> packed;
+  // Per block, for bf16/fp16 packed: h_{t-1} widened [N, H] and gh_b before rounding [N, 3w].
+  std::vector<at::Tensor> h32, gh32;
   GateBlocks(const at::Tensor& weight_hh, const std::vector<Block>& blocks, int64_t N, bool pack) {
     const int64_t H = weight_hh.size(1);
     for (const Block& blk : blocks)
       gh.push_back(at::empty({N, 3 * (blk.j1 - blk.j0)}, weight_hh.options()));
     if (pack) {
-      const float* wh = weight_hh.const_data_ptr<float>();
-      const int64_t s0 = weight_hh.stride(0);
-      packed =
-          pack_blocks(blocks, H, 3, weight_hh.stride(1), [&](int64_t j0, int64_t width, int64_t c) {
-            return wh + ((c / width) * H + j0 + c % width) * s0;  // gate c / width, unit c % width
-          });
+      const bool widen = weight_hh.scalar_type() != at::kFloat;
+      const at::Tensor w32 = widen ? weight_hh.to(at::kFloat) : weight_hh;
+      const float* wh = w32.const_data_ptr<float>();
+      const int64_t s0 = w32.stride(0);
+      packed = pack_blocks(blocks, H, 3, w32.stride(1), [&](int64_t j0, int64_t width, int64_t c) {
+        return wh + ((c / width) * H + j0 + c % width) * s0;  // gate c / width, unit c % width
+      });
+      if (widen) {
+        const auto f32 = weight_hh.options().dtype(at::kFloat);
+        for (const at::Tensor& g : gh) {
+          h32.push_back(at::empty({N, H}, f32));
+          gh32.push_back(at::empty(g.sizes(), f32));
+        }
+      }
       return;
     }
     for (const Block& blk : blocks) {
@@ -183,11 +197,29 @@ struct GateBlocks {
     at::Tensor out = rows_of(gh[b], rows);
     if (packed.empty()) {
       at::mm_out(out, rows_of(h, rows), w[b]);
-    } else {
+    } else if (h32.empty()) {
       gemm_packed(h.const_data_ptr<float>(), h.stride(0), h.stride(1), rows, packed[b], 0,
                   packed[b].panels, out.size(1), out.mutable_data_ptr<float>(), out.stride(0),
                   false);
+    } else if (h.scalar_type() == at::kBFloat16) {
+      reduced_product<c10::BFloat16>(b, h, rows);
+    } else {
+      reduced_product<c10::Half>(b, h, rows);
     }
+  }
+
+ private:
+  template <typename T>
+  void reduced_product(int64_t b, const at::Tensor& h, int64_t rows) const {
+    const int64_t n_in = rows * h.size(1), n_out = rows * gh[b].size(1);
+    const storage_t<T>* __restrict src = raw(h.const_data_ptr<T>());
+    float* __restrict a = h32[b].mutable_data_ptr<float>();
+    for (int64_t i = 0; i < n_in; ++i) a[i] = Elem<T>::load(src[i]);
+    float* __restrict c = gh32[b].mutable_data_ptr<float>();
+    gemm_packed(a, h.size(1), 1, rows, packed[b], 0, packed[b].panels, gh32[b].size(1), c,
+                gh32[b].size(1), false);
+    storage_t<T>* __restrict dst = raw(gh[b].mutable_data_ptr<T>());
+    for (int64_t i = 0; i < n_out; ++i) dst[i] = Elem<T>::store(c[i]);
   }
 };
 

@@ -417,11 +417,13 @@ std::tuple<Tensor, Tensor, Tensor> forward_into(const Tensor& input, const Tenso
   // One step reuses nothing: one GEMM over all units on W_hh^T in place (ATen's threads) rather
   // than copying W_hh into per-thread blocks or packing it (packed, the single block's product
   // ran on one thread after a one-thread copy of W_hh: GRUCell N=32 H=256 0.7x nn.GRUCell).
-  const std::vector<Block> blocks =
-      T == 1 ? std::vector<Block>{{0, H}} : plan_blocks(N, H, weight_hh.element_size());
+  const bool pack = T > 1 && step_packing_pays(input.scalar_type(), T, N);
+  const std::vector<Block> blocks =  // packed panels are fp32 whatever the dtype
+      T == 1 ? std::vector<Block>{{0, H}}
+             : plan_blocks(N, H, pack ? int64_t{sizeof(float)} : weight_hh.element_size());
   const int64_t nb = static_cast<int64_t>(blocks.size());
 
-  const GateBlocks gates(weight_hh, blocks, N, T > 1 && packing_pays(input.scalar_type(), T * N));
+  const GateBlocks gates(weight_hh, blocks, N, pack);
   // Threads read all of h_{t-1} while writing their units of h_t: double-buffered, step s
   // reading h[s % 2]. Each step's parameters are made here, before the threads start.
   const Tensor h[2] = {st.h, at::empty_like(st.h)};

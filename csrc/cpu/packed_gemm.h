@@ -74,6 +74,19 @@ inline bool packing_pays(at::ScalarType dtype, int64_t rows) {
   return dtype == at::kFloat && rows >= kMinPackedRows && packed_gemm_enabled();
 }
 
+// Rows per step up to which a bf16/fp16 GRU's forward runs its recurrent products in fp32 on
+// packed panels (W_hh widened once per call, exactly) instead of through ATen. ATen's
+// reduced-precision product (oneDNN; AMX tiles where the CPU has them) costs tens of us per call
+// at N = 1 on a 2-core Xeon with AMX, 4.5x our fp32 step at H = 256, and wins from N = 16 on
+// (benchmarks/NOTES.md, "bf16 recurrent products on packed panels", 2026-12-06).
+constexpr int64_t kMaxReducedPackedStepRows = 8;
+// Whether a GRU forward of T steps of N rows packs W_hh for its recurrent products.
+inline bool step_packing_pays(at::ScalarType dtype, int64_t T, int64_t N) {
+  if (dtype == at::kBFloat16 || dtype == at::kHalf)
+    return N <= kMaxReducedPackedStepRows && T * N >= kMinPackedRows && packed_gemm_enabled();
+  return packing_pays(dtype, T * N);
+}
+
 // On the calling thread, rows [0, M) and panels [p0, p1) of B:
 //   C[i, c] (+)= sum_k A[i sam + k sak] B(k, 16 p0 + c),  c < ncols <= 16 (p1 - p0)
 // (columns c >= ncols of the last panel are not written).
