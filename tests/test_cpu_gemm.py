@@ -9,6 +9,8 @@ bf16/fp16 forwards of at most 8 rows per step run their recurrent products on th
 in fp32 (the weights widened once per call). (On a CPU without AVX-512 "packed" and
 "packed-avx2" run the same tiles; without AVX2 both run ATen.)"""
 
+import os
+
 import pytest
 import torch
 from gru_testing import TOL, assert_close, rel_err, run_with_grads
@@ -98,10 +100,26 @@ def test_lengths_and_layer_norm_against_float64(gemm, shape):
         assert_close(a.double(), b, 10 * TOL[torch.float32], f"{gemm} LayerNormGRU grad {i}")
 
 
+# Where the CPU has AVX512-BF16 (Linux's name for the flag), "packed" multiplies bf16 weights in
+# bf16 pairs where that pays (bf16_dot_pays, csrc/cpu/packed_gemm.h) and "packed-fp32" keeps
+# them on fp32 panels; elsewhere both run the fp32 panels.
+REDUCED_GEMM_ENV = {"packed": "1", "packed-fp32": "fp32", "packed-avx2": "avx2", "aten": "0"}
+HAS_AVX512_BF16 = os.path.exists("/proc/cpuinfo") and any(
+    "avx512_bf16" in line.split() for line in open("/proc/cpuinfo") if line.startswith("flags"))
+
+
+@pytest.fixture(params=list(REDUCED_GEMM_ENV))
+def reduced_gemm(request, monkeypatch):
+    monkeypatch.setenv("FUSEDGRU_PACKED_GEMM", REDUCED_GEMM_ENV[request.param])
+    return request.param
+
+
 # (T, N, C, H) of bf16/fp16 forwards, and whether their steps take the packed panels: at most
 # kMaxReducedPackedStepRows = 8 rows per step and T N >= 32 (csrc/cpu/packed_gemm.h).
 REDUCED_SHAPES = [
     ((40, 1, 5, 130), True),    # one row per step, 2 thread blocks
+    ((33, 2, 7, 17), True),     # K = 17 odd: the last pair of k is one term; a partial panel
+    ((8, 4, 3, 513), True),     # 4 rows at H >= 512 (bf16 pairs where the CPU has them), K odd
     ((12, 3, 20, 33), True),    # T N = 36
     ((6, 8, 17, 17), True),     # 8 rows: the limit
     ((6, 9, 17, 17), False),    # 9 rows: ATen's product
@@ -112,7 +130,7 @@ REDUCED_SHAPES = [
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("case", REDUCED_SHAPES, ids=lambda c: shape_id(c[0]))
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-def test_reduced_precision_steps_against_float64(gemm, dtype, case, bidirectional):
+def test_reduced_precision_steps_against_float64(reduced_gemm, dtype, case, bidirectional):
     """A bf16/fp16 forward (2 layers, with lengths) is as close to float64 nn.GRU as nn.GRU in
     that dtype is, on every path; the steps' products leave ATen exactly where they should (the
     profiler sees one aten::mm per step on the calling thread otherwise)."""
@@ -134,7 +152,7 @@ def test_reduced_precision_steps_against_float64(gemm, dtype, case, bidirectiona
         assert o.dtype == dtype
         assert rel_err(o, w) <= 2 * rel_err(t, w) + eps, (what, rel_err(o, w), rel_err(t, w))
     step_mms = sum(e.count for e in prof.key_averages() if e.key == "aten::mm")
-    if packs and gemm != "aten":
+    if packs and reduced_gemm != "aten":
         assert step_mms == 0, f"{step_mms} aten::mm calls: the steps did not take the panels"
     else:
         assert step_mms >= T, f"{step_mms} aten::mm calls for {T} steps"
@@ -149,6 +167,34 @@ def test_reduced_precision_steps_against_float64(gemm, dtype, case, bidirectiona
             total_length=T)[0]
     assert (o_out * ~mask == 0).all()
     assert rel_err(o_out, w_out) <= 2 * rel_err(t_out, w_out) + eps
+
+
+@pytest.mark.parametrize("case", [((40, 1, 5, 130), True), ((8, 4, 3, 513), True),
+                                  ((12, 4, 20, 256), False), ((12, 8, 20, 130), False)],
+                         ids=lambda c: shape_id(c[0]))
+def test_bf16_pairs_run_exactly_where_they_pay(monkeypatch, case):
+    """Which tiles multiplied, made visible: vdpbf16ps reads a denormal bf16 as zero, so an h0
+    of denormals (5e-39) times weights of 1e37 adds ~0.05 per term to step 0's gate products
+    on fp32 panels and nothing on bf16 pairs. Where the pairs do not pay (or the CPU lacks
+    AVX512-BF16) both settings run the same code: the same bits. (Summing the same products
+    in another order alone would rarely show: a bf16 rounding flips for ~2^-16 of them.)"""
+    (T, N, C, H), pays = case
+    m = fusedgru.GRU(C, H).to(torch.bfloat16)
+    with torch.no_grad():
+        m.weight_hh_l0.fill_(1e37)
+        m.bias_hh_l0.zero_()
+    x = torch.randn(T, N, C, dtype=torch.bfloat16)
+    hx = torch.full((1, N, H), 5e-39, dtype=torch.bfloat16)
+    assert 0 < hx[0, 0, 0].item() < torch.finfo(torch.bfloat16).tiny  # a denormal
+    step0 = {}
+    for env in ("1", "fp32"):
+        monkeypatch.setenv("FUSEDGRU_PACKED_GEMM", env)
+        with torch.no_grad():
+            step0[env] = m(x, hx)[0][0]
+    if pays and HAS_AVX512_BF16:
+        assert (step0["1"] - step0["fp32"]).abs().max() > 1e-2, "the bf16 pairs did not run"
+    else:
+        assert torch.equal(step0["1"], step0["fp32"])
 
 
 def forward_backward(module, x, go):

@@ -137,13 +137,13 @@ inline at::Tensor rows_of(const at::Tensor& x, int64_t rows) {
 // Pack each block's columns of a GEMM's B operand for gemm_packed, on the thread that owns the
 // block (the one that multiplies by it): K rows, `per_unit` columns per hidden unit of the block,
 // sk the stride between rows; col(j0, width, c) points at the block's column c.
-template <typename ColFn>
-std::vector<PackedB> pack_blocks(const std::vector<Block>& blocks, int64_t K, int64_t per_unit,
-                                 int64_t sk, const ColFn& col) {
-  std::vector<PackedB> packed(blocks.size());
+template <typename Packed = PackedB, typename ColFn>
+std::vector<Packed> pack_blocks(const std::vector<Block>& blocks, int64_t K, int64_t per_unit,
+                                int64_t sk, const ColFn& col) {
+  std::vector<Packed> packed(blocks.size());
   for_blocks(static_cast<int64_t>(blocks.size()), [&](int64_t b) {
     const int64_t j0 = blocks[b].j0, width = blocks[b].j1 - j0, cols = per_unit * width;
-    packed[b] = PackedB(K, (cols + kPanel - 1) / kPanel);
+    packed[b] = Packed(K, (cols + kPanel - 1) / kPanel);
     packed[b].pack(0, cols, sk, [&](int64_t c) { return col(j0, width, c); });
   });
   return packed;
@@ -153,34 +153,44 @@ std::vector<PackedB> pack_blocks(const std::vector<Block>& blocks, int64_t K, in
 // holds the W_hh rows (r, z, n) of the block's units (gate g at column g w). With `packed`
 // (step_packing_pays) W_b is packed once per call, by the thread that owns the block, for
 // gemm_packed; otherwise it is an ATen operand (a copy per block, or W_hh^T itself for a single
-// block) for at::mm. bf16/fp16 weights are packed as the fp32 values they hold (exact); each
-// step widens the block's rows of h_{t-1} the same way, multiplies in fp32 and rounds gh_b once
-// to the dtype: ATen's contract for a reduced-precision product (fp32 accumulation, one
-// rounding), with the fp32 path's order of the sum.
+// block) for at::mm. Packed bf16/fp16 products accumulate in fp32 and round gh_b once to the
+// dtype, ATen's contract for a reduced-precision product: bf16 weights where the CPU has
+// AVX512-BF16 are packed as bf16 pairs for its dot products where they pay (bf16_dot_pays: half
+// the bytes per step), otherwise bf16 and fp16 weights as the fp32 values they hold (exact), each
+// step widening the block's rows of h_{t-1} the same way, with the fp32 path's order of the sum.
 struct GateBlocks {
   std::vector<at::Tensor> w, gh;
   std::vector<PackedB> packed;
-  // Per block, for bf16/fp16 packed: h_{t-1} widened [N, H] and gh_b before rounding [N, 3w].
-  std::vector<at::Tensor> h32, gh32;
+  std::vector<PackedBf16> packed_bf16;
+  // Per block, for bf16/fp16 packed: gh_b before rounding [N, 3w]; h_{t-1} widened [N, H]
+  // for fp32 panels.
+  std::vector<at::Tensor> gh32, h32;
   GateBlocks(const at::Tensor& weight_hh, const std::vector<Block>& blocks, int64_t N, bool pack) {
     const int64_t H = weight_hh.size(1);
     for (const Block& blk : blocks)
       gh.push_back(at::empty({N, 3 * (blk.j1 - blk.j0)}, weight_hh.options()));
     if (pack) {
-      const bool widen = weight_hh.scalar_type() != at::kFloat;
-      const at::Tensor w32 = widen ? weight_hh.to(at::kFloat) : weight_hh;
+      const bool reduced = weight_hh.scalar_type() != at::kFloat;
+      const auto f32 = weight_hh.options().dtype(at::kFloat);
+      if (reduced)
+        for (const at::Tensor& g : gh) gh32.push_back(at::empty(g.sizes(), f32));
+      if (weight_hh.scalar_type() == at::kBFloat16 && bf16_dot_enabled() && bf16_dot_pays(N, H)) {
+        const uint16_t* wh = raw(weight_hh.const_data_ptr<c10::BFloat16>());
+        const int64_t s0 = weight_hh.stride(0);
+        packed_bf16 = pack_blocks<PackedBf16>(
+            blocks, H, 3, weight_hh.stride(1), [&](int64_t j0, int64_t width, int64_t c) {
+              return wh + ((c / width) * H + j0 + c % width) * s0;  // as below
+            });
+        return;
+      }
+      const at::Tensor w32 = reduced ? weight_hh.to(at::kFloat) : weight_hh;
       const float* wh = w32.const_data_ptr<float>();
       const int64_t s0 = w32.stride(0);
       packed = pack_blocks(blocks, H, 3, w32.stride(1), [&](int64_t j0, int64_t width, int64_t c) {
         return wh + ((c / width) * H + j0 + c % width) * s0;  // gate c / width, unit c % width
       });
-      if (widen) {
-        const auto f32 = weight_hh.options().dtype(at::kFloat);
-        for (const at::Tensor& g : gh) {
-          h32.push_back(at::empty({N, H}, f32));
-          gh32.push_back(at::empty(g.sizes(), f32));
-        }
-      }
+      if (reduced)
+        for (size_t b = 0; b < blocks.size(); ++b) h32.push_back(at::empty({N, H}, f32));
       return;
     }
     for (const Block& blk : blocks) {
@@ -195,31 +205,42 @@ struct GateBlocks {
   // gh_b[:rows] = h[:rows] W_b on the calling thread; h [N, H] contiguous.
   void product(int64_t b, const at::Tensor& h, int64_t rows) const {
     at::Tensor out = rows_of(gh[b], rows);
-    if (packed.empty()) {
+    if (!packed_bf16.empty()) {
+      float* c = gh32[b].mutable_data_ptr<float>();
+      gemm_packed_bf16(h.const_data_ptr<c10::BFloat16>(), h.size(1), rows, packed_bf16[b],
+                       gh32[b].size(1), c, gh32[b].size(1));
+      round_into<c10::BFloat16>(b, rows);
+    } else if (packed.empty()) {
       at::mm_out(out, rows_of(h, rows), w[b]);
-    } else if (h32.empty()) {
+    } else if (gh32.empty()) {
       gemm_packed(h.const_data_ptr<float>(), h.stride(0), h.stride(1), rows, packed[b], 0,
                   packed[b].panels, out.size(1), out.mutable_data_ptr<float>(), out.stride(0),
                   false);
     } else if (h.scalar_type() == at::kBFloat16) {
-      reduced_product<c10::BFloat16>(b, h, rows);
+      widened_product<c10::BFloat16>(b, h, rows);
     } else {
-      reduced_product<c10::Half>(b, h, rows);
+      widened_product<c10::Half>(b, h, rows);
     }
   }
 
  private:
   template <typename T>
-  void reduced_product(int64_t b, const at::Tensor& h, int64_t rows) const {
-    const int64_t n_in = rows * h.size(1), n_out = rows * gh[b].size(1);
+  void widened_product(int64_t b, const at::Tensor& h, int64_t rows) const {
+    const int64_t n = rows * h.size(1);
     const storage_t<T>* __restrict src = raw(h.const_data_ptr<T>());
     float* __restrict a = h32[b].mutable_data_ptr<float>();
-    for (int64_t i = 0; i < n_in; ++i) a[i] = Elem<T>::load(src[i]);
-    float* __restrict c = gh32[b].mutable_data_ptr<float>();
-    gemm_packed(a, h.size(1), 1, rows, packed[b], 0, packed[b].panels, gh32[b].size(1), c,
-                gh32[b].size(1), false);
+    for (int64_t i = 0; i < n; ++i) a[i] = Elem<T>::load(src[i]);
+    gemm_packed(a, h.size(1), 1, rows, packed[b], 0, packed[b].panels, gh32[b].size(1),
+                gh32[b].mutable_data_ptr<float>(), gh32[b].size(1), false);
+    round_into<T>(b, rows);
+  }
+  // gh_b[:rows] = gh32_b[:rows] rounded to T.
+  template <typename T>
+  void round_into(int64_t b, int64_t rows) const {
+    const int64_t n = rows * gh[b].size(1);
+    const float* __restrict c = gh32[b].const_data_ptr<float>();
     storage_t<T>* __restrict dst = raw(gh[b].mutable_data_ptr<T>());
-    for (int64_t i = 0; i < n_out; ++i) dst[i] = Elem<T>::store(c[i]);
+    for (int64_t i = 0; i < n; ++i) dst[i] = Elem<T>::store(c[i]);
   }
 };
 

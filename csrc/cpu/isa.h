@@ -1,6 +1,7 @@
 // Instruction-set helpers of the CPU kernels, one home for them: function multiversioning for
 // the auto-vectorized loops (FUSEDGRU_CLONES), and the target attributes plus run-time checks of
-// the kernels written with intrinsics: the packed GEMM (AVX-512F, or AVX2 + FMA) and the causal
+// the kernels written with intrinsics: the packed GEMM (AVX-512F, or AVX2 + FMA; AVX512-BF16 for
+// bf16 weights) and the causal
 // conv's sliding windows (AVX-512F).
 #pragma once
 
@@ -22,6 +23,7 @@
 #define FUSEDGRU_X86 1
 #define FUSEDGRU_AVX512 __attribute__((target("avx512f")))
 #define FUSEDGRU_AVX2 __attribute__((target("avx2,fma")))
+#define FUSEDGRU_AVX512BF16 __attribute__((target("avx512f,avx512bf16")))
 #endif
 
 namespace fusedgru {
@@ -31,6 +33,16 @@ namespace cpu {
 inline bool cpu_has_avx512f() {
 #ifdef FUSEDGRU_X86
   static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+#else
+  return false;
+#endif
+}
+
+// Whether this CPU runs AVX-512F and AVX512-BF16's dot products (vdpbf16ps).
+inline bool cpu_has_avx512bf16() {
+#ifdef FUSEDGRU_X86
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
   return has;
 #else
   return false;

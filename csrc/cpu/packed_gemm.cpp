@@ -102,6 +102,38 @@ PackedB::PackedB(int64_t K_, int64_t panels_) : K(K_), panels(panels_), isa(pack
   buf = at::empty({panels * K * kPanel}, at::TensorOptions().dtype(at::kFloat));
 }
 
+PackedBf16::PackedBf16(int64_t K_, int64_t panels_) : K(K_), pairs((K_ + 1) / 2), panels(panels_) {
+  buf = at::empty({panels * pairs * 2 * kPanel}, at::TensorOptions().dtype(at::kBFloat16));
+}
+
+void PackedBf16::pack_panel_bf16(const uint16_t* const* src, int64_t w, int64_t sk,
+                                 uint16_t* dst) const {
+  const int64_t full = K / 2;
+  if (sk == 1 && w == kPanel) {  // rows of W: each pair is one 32-bit word of a row
+    uint32_t* d = reinterpret_cast<uint32_t*>(dst);
+    for (int64_t p = 0; p < full; ++p)
+      for (int64_t l = 0; l < kPanel; ++l) std::memcpy(d + p * kPanel + l, src[l] + 2 * p, 4);
+  } else {
+    for (int64_t p = 0; p < full; ++p)
+      for (int64_t l = 0; l < kPanel; ++l) {
+        dst[(p * kPanel + l) * 2] = l < w ? src[l][2 * p * sk] : 0;
+        dst[(p * kPanel + l) * 2 + 1] = l < w ? src[l][(2 * p + 1) * sk] : 0;
+      }
+  }
+  if (full < pairs)
+    for (int64_t l = 0; l < kPanel; ++l) {
+      dst[(full * kPanel + l) * 2] = l < w ? src[l][(K - 1) * sk] : 0;
+      dst[(full * kPanel + l) * 2 + 1] = 0;
+    }
+}
+
+bool bf16_dot_enabled() {
+  const char* env = std::getenv("FUSEDGRU_PACKED_GEMM");
+  const bool fp32 =
+      env != nullptr && (std::strcmp(env, "fp32") == 0 || std::strcmp(env, "avx2") == 0);
+  return cpu_has_avx512bf16() && packed_gemm_enabled() && !fp32;
+}
+
 bool packed_gemm_enabled() {
   const char* env = std::getenv("FUSEDGRU_PACKED_GEMM");
   return (cpu_has_avx512f() || cpu_has_avx2_fma()) &&
@@ -191,6 +223,89 @@ FUSEDGRU_AVX512 void gemm_packed_avx512(const float* a, int64_t sam, int64_t sak
         tile_rows<2>(mr, ai, sam, sak, bp, K, ci, ldc, w, accumulate);
       } else {
         tile_rows<1>(mr, ai, sam, sak, bp, K, ci, ldc, w, accumulate);
+      }
+    }
+  }
+}
+
+// AVX512-BF16: C[MR rows, NR panels] = A[MR, K] B[K, NR panels] (bf16 A rows and pairs of B,
+// fp32 C); b: the first panel, the next at + pairs * 2 * 16. An odd K's last pair takes A's last
+// element alone (B's second element of that pair is zero; A's would be past the row).
+template <int MR, int NR>
+FUSEDGRU_AVX512BF16 inline void tile_bf16(const uint16_t* a, int64_t sam, const uint16_t* b,
+                                          int64_t K, float* c, int64_t ldc, int64_t ncols) {
+  const int64_t pairs = (K + 1) / 2, full = K / 2;
+  __m512 acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
+  __m512bh bv[NR];
+  for (int64_t p = 0; p < full; ++p) {
+    for (int j = 0; j < NR; ++j)
+      bv[j] = (__m512bh)_mm512_loadu_si512(b + (j * pairs + p) * 2 * kPanel);
+    for (int i = 0; i < MR; ++i) {
+      uint32_t word;  // k = 2p in the low half (memory order), 2p + 1 in the high half
+      std::memcpy(&word, a + i * sam + 2 * p, sizeof(word));
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(word));
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], av, bv[j]);
+    }
+  }
+  if (full < pairs) {
+    for (int j = 0; j < NR; ++j)
+      bv[j] = (__m512bh)_mm512_loadu_si512(b + (j * pairs + full) * 2 * kPanel);
+    for (int i = 0; i < MR; ++i) {
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(a[i * sam + K - 1]);
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], av, bv[j]);
+    }
+  }
+  for (int j = 0; j < NR; ++j) {
+    const int64_t w = std::min<int64_t>(kPanel, ncols - j * kPanel);
+    if (w <= 0) break;
+    const __mmask16 m = static_cast<__mmask16>((1u << w) - 1u);
+    for (int i = 0; i < MR; ++i) _mm512_mask_storeu_ps(c + i * ldc + j * kPanel, m, acc[i][j]);
+  }
+}
+
+template <int NR>
+FUSEDGRU_AVX512BF16 inline void tile_rows_bf16(int64_t mr, const uint16_t* a, int64_t sam,
+                                               const uint16_t* b, int64_t K, float* c, int64_t ldc,
+                                               int64_t ncols) {
+  switch (mr) {
+    case 8:
+      return tile_bf16<8, NR>(a, sam, b, K, c, ldc, ncols);
+    case 7:
+      return tile_bf16<7, NR>(a, sam, b, K, c, ldc, ncols);
+    case 6:
+      return tile_bf16<6, NR>(a, sam, b, K, c, ldc, ncols);
+    case 5:
+      return tile_bf16<5, NR>(a, sam, b, K, c, ldc, ncols);
+    case 4:
+      return tile_bf16<4, NR>(a, sam, b, K, c, ldc, ncols);
+    case 3:
+      return tile_bf16<3, NR>(a, sam, b, K, c, ldc, ncols);
+    case 2:
+      return tile_bf16<2, NR>(a, sam, b, K, c, ldc, ncols);
+    default:
+      return tile_bf16<1, NR>(a, sam, b, K, c, ldc, ncols);
+  }
+}
+
+FUSEDGRU_AVX512BF16 void gemm_packed_bf16_avx512(const uint16_t* a, int64_t sam, int64_t M,
+                                                 const PackedBf16& b, int64_t ncols, float* c,
+                                                 int64_t ldc) {
+  const int64_t K = b.K, panel = b.pairs * 2 * kPanel;
+  for (int64_t p = 0; p < b.panels; p += kTilePanels) {
+    const int64_t np = std::min<int64_t>(kTilePanels, b.panels - p);
+    const int64_t c0 = p * kPanel, w = std::min(np * kPanel, ncols - c0);
+    if (w <= 0) break;
+    const uint16_t* bp = b.data() + p * panel;
+    for (int64_t i = 0; i < M; i += kTileRows) {
+      const int64_t mr = std::min<int64_t>(kTileRows, M - i);
+      if (np == 3) {
+        tile_rows_bf16<3>(mr, a + i * sam, sam, bp, K, c + i * ldc + c0, ldc, w);
+      } else if (np == 2) {
+        tile_rows_bf16<2>(mr, a + i * sam, sam, bp, K, c + i * ldc + c0, ldc, w);
+      } else {
+        tile_rows_bf16<1>(mr, a + i * sam, sam, bp, K, c + i * ldc + c0, ldc, w);
       }
     }
   }
@@ -337,6 +452,15 @@ void gemm_packed(const float* a, int64_t sam, int64_t sak, int64_t M, const Pack
   }
 #else
   TORCH_CHECK(false, "fusedgru: the packed GEMM needs x86-64 with AVX-512F or AVX2 + FMA");
+#endif
+}
+
+void gemm_packed_bf16(const c10::BFloat16* a, int64_t sam, int64_t M, const PackedBf16& b,
+                      int64_t ncols, float* c, int64_t ldc) {
+#ifdef FUSEDGRU_X86
+  gemm_packed_bf16_avx512(reinterpret_cast<const uint16_t*>(a), sam, M, b, ncols, c, ldc);
+#else
+  TORCH_CHECK(false, "fusedgru: the bf16 packed GEMM needs x86-64 with AVX512-BF16");
 #endif
 }
 

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/util/BFloat16.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -60,6 +61,56 @@ struct PackedB {
   }
   const float* data() const { return buf.const_data_ptr<float>(); }
 };
+
+// bf16 B [K, cols] for AVX512-BF16's dot products, which multiply pairs of consecutive k: panels
+// of kPanel columns stored [panel][pair][kPanel][2] (one 64-byte vector per pair of k), an odd
+// K's last pair and a last panel's padding columns zero. Made only where bf16_dot_enabled().
+struct PackedBf16 {
+  at::Tensor buf;
+  int64_t K = 0, pairs = 0, panels = 0;
+  PackedBf16() = default;
+  PackedBf16(int64_t K, int64_t panels);
+  // Columns [0, cols): element (k, c) at col(c)[k sk], as PackedB::pack (p0 = 0 only).
+  template <typename ColFn>
+  void pack(int64_t p0, int64_t cols, int64_t sk, const ColFn& col) {
+    TORCH_CHECK(p0 == 0, "fusedgru: PackedBf16 packs from its first panel");
+    uint16_t* dst = reinterpret_cast<uint16_t*>(buf.mutable_data_ptr<c10::BFloat16>());
+    for (int64_t c0 = 0; c0 < cols; c0 += kPanel, dst += pairs * 2 * kPanel) {
+      const uint16_t* src[kPanel];
+      const int64_t w = std::min(kPanel, cols - c0);
+      for (int64_t l = 0; l < w; ++l) src[l] = col(c0 + l);
+      pack_panel_bf16(src, w, sk, dst);
+    }
+  }
+  const uint16_t* data() const {
+    return reinterpret_cast<const uint16_t*>(buf.const_data_ptr<c10::BFloat16>());
+  }
+
+ private:
+  void pack_panel_bf16(const uint16_t* const* src, int64_t w, int64_t sk, uint16_t* dst) const;
+};
+
+// Whether bf16 weights can be packed as bf16 pairs for AVX512-BF16 (the CPU has it and neither
+// FUSEDGRU_PACKED_GEMM=fp32 nor =avx2 asks for fp32 panels); otherwise bf16 and fp16 weights
+// are packed as the fp32 values they hold.
+bool bf16_dot_enabled();
+// Whether a step of N rows at hidden size H runs faster on bf16 pairs than on fp32 panels.
+// The pairs halve the bytes a step streams but, on the one CPU with AVX512-BF16 measured (a
+// 2-core Xeon with AMX, T = 128), multiply no faster than fp32 FMAs: they win while the step
+// streams its weights (N = 1: 1.25x at H = 256, 2.06x at H = 1024; N = 4: 1.10x at H = 512,
+// 1.44x at H = 1024) and lose once it computes (N = 4 at H = 256: 0.95x; N = 8: 0.84-0.90x;
+// benchmarks/NOTES.md, "bf16 recurrent products on packed panels").
+constexpr int64_t kMaxBf16DotRows = 2, kMaxBf16DotRowsFromH512 = 4;
+inline bool bf16_dot_pays(int64_t N, int64_t H) {
+  return N <= kMaxBf16DotRows || (N <= kMaxBf16DotRowsFromH512 && H >= 512);
+}
+
+// C[i, c] = sum_k A[i sam + k] B(k, c) on the calling thread, rows [0, M), columns c < ncols:
+// A bf16 rows (unit stride), C fp32. Each output is one chain of fp32 fused multiply-adds
+// over k in the order 1, 0, 3, 2, ... (vdpbf16ps takes a pair's odd term first), with the
+// instruction's flushing of denormal inputs and results (bf16 products are exact in fp32).
+void gemm_packed_bf16(const c10::BFloat16* a, int64_t sam, int64_t M, const PackedBf16& b,
+                      int64_t ncols, float* c, int64_t ldc);
 
 // Whether gemm_packed can run here (x86-64 with AVX-512F or AVX2 + FMA) and is not switched off by
 // FUSEDGRU_PACKED_GEMM=0.
