@@ -169,6 +169,27 @@ def test_reduced_precision_steps_against_float64(reduced_gemm, dtype, case, bidi
     assert rel_err(o_out, w_out) <= 2 * rel_err(t_out, w_out) + eps
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("shape", [c[0] for c in REDUCED_SHAPES if c[1]], ids=shape_id)
+def test_reduced_precision_layer_norm_steps_against_float64(monkeypatch, dtype, shape):
+    """LayerNormGRU's forward takes the same products: on the panels (and bf16 pairs) it is as
+    close to its float64 self as on ATen's per-step products."""
+    T, N, C, H = shape
+    ln64 = fusedgru.LayerNormGRU(C, H).double()
+    ln = fusedgru.LayerNormGRU(C, H).to(dtype)
+    ln.load_state_dict(ln64.state_dict())
+    x = torch.randn(T, N, C, dtype=torch.float64)
+    with torch.no_grad():
+        want = ln64(x)[0]
+        got = {}
+        for env in ("1", "fp32", "0"):
+            monkeypatch.setenv("FUSEDGRU_PACKED_GEMM", env)
+            got[env] = ln(x.to(dtype))[0]
+    eps = 1e-3 if dtype == torch.bfloat16 else 1e-4
+    for env in ("1", "fp32"):
+        assert rel_err(got[env], want) <= 2 * rel_err(got["0"], want) + eps, env
+
+
 @pytest.mark.parametrize("case", [((40, 1, 5, 130), True), ((8, 4, 3, 513), True),
                                   ((12, 4, 20, 256), False), ((12, 8, 20, 130), False)],
                          ids=lambda c: shape_id(c[0]))

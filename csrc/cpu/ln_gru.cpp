@@ -151,9 +151,11 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_forward(
   if (st.N == 0) return st.result();
   const int64_t T = st.T, N = st.N, H = st.H;
   const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
-  const std::vector<Block> blocks = plan_blocks(N, H, weight_hh.element_size());
+  const bool pack = step_packing_pays(input.scalar_type(), T, N);
+  const std::vector<Block> blocks =  // packed panels are fp32 whatever the dtype
+      plan_blocks(N, H, pack ? int64_t{sizeof(float)} : weight_hh.element_size());
   const int64_t nb = static_cast<int64_t>(blocks.size());
-  const GateBlocks gates(weight_hh, blocks, N, packing_pays(input.scalar_type(), T * N));
+  const GateBlocks gates(weight_hh, blocks, N, pack);
   std::vector<double> part(nb * N * 3, 0.0);
   // Double-buffered h as in the GRU's forward; step s in two phases, 2 s and 2 s + 1.
   const Tensor h[2] = {st.h, at::empty_like(st.h)};
