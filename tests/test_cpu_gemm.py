@@ -170,6 +170,47 @@ def test_reduced_precision_steps_against_float64(reduced_gemm, dtype, case, bidi
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", REDUCED_SHAPES, ids=lambda c: shape_id(c[0]))
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_reduced_precision_gradients_against_float64(reduced_gemm, dtype, case, bidirectional):
+    """The backward's products dh += dG W_hh take the panels where the forward's do (fp32
+    panels for bf16 too, no pairs): every gradient as close to float64 nn.GRU's as nn.GRU's own
+    in the dtype; the profiler sees no per-step aten::addmm_ there."""
+    (T, N, C, H), packs = case
+    ref, ours = fp64_pair(C, H, bidirectional=bidirectional)
+    low = nn.GRU(C, H, bidirectional=bidirectional).to(dtype)
+    low.load_state_dict(ours.state_dict())
+    ours.to(dtype)
+    D = 2 if bidirectional else 1
+    x = torch.randn(T, N, C, dtype=torch.float64)
+    hx = torch.randn(D, N, H, dtype=torch.float64)
+    go = torch.randn(T, N, D * H, dtype=torch.float64)
+    gh = torch.randn(D, N, H, dtype=torch.float64)
+
+    def grads(module, cast, profiled=False):
+        xi, hi = x.to(cast).requires_grad_(), hx.to(cast).requires_grad_()
+        out, h_n = module(xi, hi)
+        loss = (out * go.to(cast)).sum() + (h_n * gh.to(cast)).sum()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            g = torch.autograd.grad(loss, [xi, hi, *module.parameters()])
+        addmms = sum(e.count for e in prof.key_averages() if e.key == "aten::addmm_")
+        return g, addmms
+
+    want, _ = grads(ref, torch.float64)
+    peer, _ = grads(low, dtype)
+    got, addmms = grads(ours, dtype)
+    eps = 1e-3 if dtype == torch.bfloat16 else 1e-4
+    for i, (o, w, t) in enumerate(zip(got, want, peer, strict=True)):
+        assert o.dtype == dtype
+        assert rel_err(o, w) <= 2 * rel_err(t, w) + eps, (i, rel_err(o, w), rel_err(t, w))
+    # Besides the steps' products, one addmm_ per direction (grad_input's second product).
+    if packs and reduced_gemm != "aten":
+        assert addmms == D, f"{addmms} aten::addmm_ calls: the steps did not take the panels"
+    else:
+        assert addmms >= D * T, f"{addmms} aten::addmm_ calls for {T} steps"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("shape", [c[0] for c in REDUCED_SHAPES if c[1]], ids=shape_id)
 def test_reduced_precision_layer_norm_steps_against_float64(monkeypatch, dtype, shape):
     """LayerNormGRU's forward takes the same products: on the panels (and bf16 pairs) it is as

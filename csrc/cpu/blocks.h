@@ -246,18 +246,31 @@ struct GateBlocks {
 
 // Per block, the backward step's product dh[:, j0:j1] += dg[:rows] W_hh[:, j0:j1] (dg [N, 3H]
 // with a unit stride, dh [N, H] contiguous). Packed as GateBlocks, the thread that owns the
-// block packing its columns of W_hh; otherwise ATen's addmm on column views.
+// block packing its columns of W_hh; otherwise ATen's addmm on column views. bf16/fp16 packed
+// (step_packing_pays) as the fp32 values they hold: each step widens dg's rows, multiplies in
+// fp32 and rounds dh + dg W once to the dtype, as ATen's reduced-precision addmm does.
 struct ColumnBlocks {
   std::vector<at::Tensor> w, dh;
   std::vector<PackedB> packed;
+  // Per block, for bf16/fp16 packed: dg widened [N, 3H] and the product [N, w] before the sum.
+  std::vector<at::Tensor> dg32, prod32;
   ColumnBlocks(const at::Tensor& weight_hh, const at::Tensor& dh_all,
                const std::vector<Block>& blocks, bool pack) {
     for (const Block& blk : blocks) dh.push_back(dh_all.narrow(1, blk.j0, blk.j1 - blk.j0));
     if (pack) {
-      const float* wh = weight_hh.const_data_ptr<float>();
-      const int64_t s1 = weight_hh.stride(1);
-      packed = pack_blocks(blocks, weight_hh.size(0), 1, weight_hh.stride(0),
+      const bool reduced = weight_hh.scalar_type() != at::kFloat;
+      const at::Tensor w32 = reduced ? weight_hh.to(at::kFloat) : weight_hh;
+      const float* wh = w32.const_data_ptr<float>();
+      const int64_t s1 = w32.stride(1);
+      packed = pack_blocks(blocks, w32.size(0), 1, w32.stride(0),
                            [&](int64_t j0, int64_t, int64_t c) { return wh + (j0 + c) * s1; });
+      if (reduced) {
+        const auto f32 = weight_hh.options().dtype(at::kFloat);
+        for (const at::Tensor& d : dh) {
+          dg32.push_back(at::empty({d.size(0), weight_hh.size(0)}, f32));
+          prod32.push_back(at::empty(d.sizes(), f32));
+        }
+      }
       return;
     }
     for (const Block& blk : blocks) w.push_back(weight_hh.narrow(1, blk.j0, blk.j1 - blk.j0));
@@ -265,11 +278,31 @@ struct ColumnBlocks {
   void accumulate(int64_t b, const at::Tensor& dg, int64_t rows) const {
     if (packed.empty()) {
       rows_of(dh[b], rows).addmm_(rows_of(dg, rows), w[b]);
-    } else {
+    } else if (dg32.empty()) {
       gemm_packed(dg.const_data_ptr<float>(), dg.stride(0), dg.stride(1), rows, packed[b], 0,
                   packed[b].panels, dh[b].size(1), dh[b].mutable_data_ptr<float>(), dh[b].stride(0),
                   true);
+    } else if (dg.scalar_type() == at::kBFloat16) {
+      widened_accumulate<c10::BFloat16>(b, dg, rows);
+    } else {
+      widened_accumulate<c10::Half>(b, dg, rows);
     }
+  }
+
+ private:
+  template <typename T>
+  void widened_accumulate(int64_t b, const at::Tensor& dg, int64_t rows) const {
+    const int64_t G = dg32[b].size(1), w = dh[b].size(1), sd = dg.stride(0), sh = dh[b].stride(0);
+    const storage_t<T>* src = raw(dg.const_data_ptr<T>());
+    float* a = dg32[b].mutable_data_ptr<float>();
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t k = 0; k < G; ++k) a[i * G + k] = Elem<T>::load(src[i * sd + k]);
+    float* c = prod32[b].mutable_data_ptr<float>();
+    gemm_packed(a, G, 1, rows, packed[b], 0, packed[b].panels, w, c, w, false);
+    storage_t<T>* d = raw(dh[b].mutable_data_ptr<T>());
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < w; ++j)
+        d[i * sh + j] = Elem<T>::store(Elem<T>::load(d[i * sh + j]) + c[i * w + j]);
   }
 };
 

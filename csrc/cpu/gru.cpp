@@ -491,9 +491,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const int64_t T = st.T, N = st.N, H = st.H;
   if (N > 0) {
     const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
-    const std::vector<Block> blocks = plan_blocks(N, H, weight_hh.element_size());
+    const bool pack = step_packing_pays(input.scalar_type(), T, N);
+    const std::vector<Block> blocks =  // packed panels are fp32 whatever the dtype
+        plan_blocks(N, H, pack ? int64_t{sizeof(float)} : weight_hh.element_size());
     const int64_t nb = static_cast<int64_t>(blocks.size());
-    const ColumnBlocks cols(weight_hh, st.dh, blocks, packing_pays(input.scalar_type(), T * N));
+    const ColumnBlocks cols(weight_hh, st.dh, blocks, pack);
     // Step s: dh += dgh_{t(s-1)} W_hh for the thread's columns, then the gate gradients of
     // step t(s) for the same units. The extra step s = T finishes dL/dh_{-1} = grad_hx.
     std::vector<int64_t> ts(T + 1), rows(T + 1);
