@@ -156,8 +156,10 @@ std::vector<Packed> pack_blocks(const std::vector<Block>& blocks, int64_t K, int
 // block) for at::mm. Packed bf16/fp16 products accumulate in fp32 and round gh_b once to the
 // dtype, ATen's contract for a reduced-precision product: bf16 weights where the CPU has
 // AVX512-BF16 are packed as bf16 pairs for its dot products where they pay (bf16_dot_pays: half
-// the bytes per step), otherwise bf16 and fp16 weights as the fp32 values they hold (exact), each
-// step widening the block's rows of h_{t-1} the same way, with the fp32 path's order of the sum.
+// the bytes per step; sums in the order 1, 0, 3, 2, ... of k), otherwise bf16 and fp16 weights as
+// the fp32 values they hold (exact), each step widening the block's rows of h_{t-1} the same way
+// (the fp32 path's order of the sum). Which one runs depends on N and H, so a sequence's last bits
+// can differ between batch sizes, as they do between ATen's and the packed fp32 products.
 struct GateBlocks {
   std::vector<at::Tensor> w, gh;
   std::vector<PackedB> packed;
@@ -205,6 +207,7 @@ struct GateBlocks {
   // gh_b[:rows] = h[:rows] W_b on the calling thread; h [N, H] contiguous.
   void product(int64_t b, const at::Tensor& h, int64_t rows) const {
     at::Tensor out = rows_of(gh[b], rows);
+    TORCH_INTERNAL_ASSERT(gh32.empty() || h.is_contiguous());  // bf16/fp16 read flat rows
     if (!packed_bf16.empty()) {
       float* c = gh32[b].mutable_data_ptr<float>();
       gemm_packed_bf16(h.const_data_ptr<c10::BFloat16>(), h.size(1), rows, packed_bf16[b],
@@ -292,6 +295,7 @@ struct ColumnBlocks {
  private:
   template <typename T>
   void widened_accumulate(int64_t b, const at::Tensor& dg, int64_t rows) const {
+    TORCH_INTERNAL_ASSERT(dg.stride(1) == 1 && dh[b].stride(1) == 1);
     const int64_t G = dg32[b].size(1), w = dh[b].size(1), sd = dg.stride(0), sh = dh[b].stride(0);
     const storage_t<T>* src = raw(dg.const_data_ptr<T>());
     float* a = dg32[b].mutable_data_ptr<float>();

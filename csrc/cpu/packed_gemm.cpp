@@ -458,6 +458,7 @@ void gemm_packed(const float* a, int64_t sam, int64_t sak, int64_t M, const Pack
 void gemm_packed_bf16(const c10::BFloat16* a, int64_t sam, int64_t M, const PackedBf16& b,
                       int64_t ncols, float* c, int64_t ldc) {
 #ifdef FUSEDGRU_X86
+  TORCH_CHECK(cpu_has_avx512bf16(), "fusedgru: the bf16 packed GEMM needs AVX512-BF16");
   gemm_packed_bf16_avx512(reinterpret_cast<const uint16_t*>(a), sam, M, b, ncols, c, ldc);
 #else
   TORCH_CHECK(false, "fusedgru: the bf16 packed GEMM needs x86-64 with AVX512-BF16");
