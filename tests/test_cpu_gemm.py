@@ -314,3 +314,106 @@ def test_packed_path_is_bitwise_independent_of_threads_and_strides(monkeypatch, 
     strided = forward_backward(t, x, go)
     for i, (a, b) in enumerate(zip(runs[0][:3], strided[:3])):
         assert torch.equal(a, b), f"tensor {i} differs with column-major weights"
+
+
+@pytest.fixture
+def nan_filled_memory():
+    """Every torch.empty made while it is on comes back filled with NaN (PyTorch's deterministic
+    mode with fill_uninitialized_memory): the CPU's counterpart of the emulator's poisoned
+    allocations, so a product or kernel that reads memory nobody wrote turns it into NaN."""
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.utils.deterministic.fill_uninitialized_memory)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+
+    def switch(on):
+        torch.use_deterministic_algorithms(on)
+    try:
+        yield switch
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.utils.deterministic.fill_uninitialized_memory = before[2]
+
+
+def in_wider_rows(t, fill, gap=7):
+    """A copy of t as a view into rows `gap` elements longer, the rest of each row `fill`ed
+    (random numbers, or NaN)."""
+    rows = torch.randn(*t.shape[:-1], t.shape[-1] + gap).to(t.dtype)
+    if fill == "nan":
+        rows.fill_(float("nan"))
+    rows[..., :t.shape[-1]] = t
+    return rows[..., :t.shape[-1]]
+
+
+# (inputs, memory): inputs as tensors of their own, or as views into wider rows whose other
+# elements are random or NaN; fresh memory as it comes, or NaN. Runs compared bitwise in pairs:
+# the same strides, so the same kernels, only the contents nobody should read differ.
+NAN_RUN_PAIRS = [(("own", "plain"), ("own", "nan")), (("random", "plain"), ("nan", "nan"))]
+
+
+def as_run_input(t, inputs):
+    return t.clone() if inputs == "own" else in_wider_rows(t, inputs)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32],
+                         ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["timemajor", "batchfirst"])
+@pytest.mark.parametrize("cls", [fusedgru.GRU, fusedgru.LayerNormGRU], ids=lambda c: c.__name__)
+def test_nothing_reads_memory_it_did_not_write(reduced_gemm, nan_filled_memory, dtype,
+                                               batch_first, cls):
+    """Forward and every gradient, padded and packed, the same bits whether fresh memory holds
+    what it held before or NaN (NAN_RUN_PAIRS), with the input and h0 as tensors of their own
+    or as views into wider rows. Shapes: 33 rows per step (ATen's products, and oneDNN's AMX
+    tiling beyond 16 rows), 2 rows (the panels), H = 17 (odd K). On an Emerald Rapids Xeon it
+    caught oneDNN's AMX bf16 product reading past K in rows of a larger stride, the batch-first
+    backward's dG rows of a step, whose neighbours are steps not yet written (8 failures with
+    aten_matmul's copy taken out): aten_matmul now gives such an operand rows of its own."""
+    T, C, H = 6, 13, 17
+    for N in (33, 2):
+        kwargs = {"num_layers": 2, "bidirectional": True} if cls is fusedgru.GRU else {}
+        m = cls(C, H, batch_first=batch_first, **kwargs).to(dtype)
+        D = 2 if kwargs else 1
+        x = (torch.randn(N, T, C) if batch_first else torch.randn(T, N, C)).to(dtype)
+        h0 = torch.randn(D * kwargs.get("num_layers", 1), N, H).to(dtype)
+        lengths = torch.randint(1, T + 1, (N,))
+        lengths[0] = T
+        runs = {}
+        for inputs, memory in dict.fromkeys(r for pair in NAN_RUN_PAIRS for r in pair):
+            nan_filled_memory(memory == "nan")
+            run = []
+            for packed in (False, True):
+                xi = as_run_input(x, inputs).requires_grad_()
+                seq = nn.utils.rnn.pack_padded_sequence(xi, lengths, batch_first=batch_first,
+                                                        enforce_sorted=False) if packed else xi
+                y, hn = m(seq, as_run_input(h0, inputs))
+                y = y.data if packed else y
+                loss = (y.float().sin().sum() + hn.float().cos().sum())
+                run += [y, hn, *torch.autograd.grad(loss, [xi, *m.parameters()])]
+            runs[inputs, memory] = run
+            nan_filled_memory(False)
+        for a_run, b_run in NAN_RUN_PAIRS:
+            for i, (a, b) in enumerate(zip(runs[a_run], runs[b_run])):
+                assert torch.isfinite(a).all() and torch.equal(a, b), (
+                    f"N={N}: tensor {i} differs between {a_run} and {b_run}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32],
+                         ids=["bf16", "fp16", "fp32"])
+def test_cell_reads_nothing_beyond_its_views(nan_filled_memory, dtype):
+    """GRUCell, 33 and 2 rows, input and hx as views into NaN-padded rows and fresh memory
+    NaN: the same bits as on tensors of their own."""
+    C, H = 13, 17
+    m = fusedgru.GRUCell(C, H).to(dtype)
+    for N in (33, 2):
+        x, hx = torch.randn(N, C).to(dtype), torch.randn(N, H).to(dtype)
+        runs = {}
+        for inputs, memory in dict.fromkeys(r for pair in NAN_RUN_PAIRS for r in pair):
+            nan_filled_memory(memory == "nan")
+            xi = as_run_input(x, inputs).requires_grad_()
+            hi = as_run_input(hx, inputs).requires_grad_()
+            h = m(xi, hi)
+            runs[inputs, memory] = [
+                h, *torch.autograd.grad(h.float().sin().sum(), [xi, hi, *m.parameters()])]
+            nan_filled_memory(False)
+        for a_run, b_run in NAN_RUN_PAIRS:
+            for i, (a, b) in enumerate(zip(runs[a_run], runs[b_run])):
+                assert torch.isfinite(a).all() and torch.equal(a, b), (
+                    f"N={N}: tensor {i} differs between {a_run} and {b_run}")

@@ -36,17 +36,6 @@ def _block_order(emu, request):
     emu.seed_block_order(SEED, zlib.crc32(request.node.nodeid.encode()))
 
 
-@pytest.fixture(autouse=True)
-def _no_onednn():
-    """The emulated per-step path's bf16/fp16 GEMMs run on ATen's CPU matmul, standing in for
-    cuBLAS. On a Xeon with AMX (2026-12-06), oneDNN's AMX bf16 product made NaN in that path's
-    backward with lengths (T=5 N=33 H=17, every seed); ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 or
-    oneDNN off gave finite results, and on a GPU these GEMMs are cuBLAS's. These tests check our
-    kernels, so they run the CPU products without oneDNN (benchmarks/NOTES.md)."""
-    with torch.backends.mkldnn.flags(enabled=False):
-        yield
-
-
 def make_x(layout, N, C, L, dtype):
     if layout == "channels_last":
         return torch.randn(N, L, C, dtype=dtype).transpose(1, 2)

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../align.h"
+#include "../fusedgru.h"
 #include "isa.h"
 #include "packed_gemm.h"
 #include "vec_math.h"
@@ -214,7 +215,7 @@ struct GateBlocks {
                        gh32[b].size(1), c, gh32[b].size(1));
       round_into<c10::BFloat16>(b, rows);
     } else if (packed.empty()) {
-      at::mm_out(out, rows_of(h, rows), w[b]);
+      aten_matmul(out, rows_of(h, rows), w[b], 0.0);
     } else if (gh32.empty()) {
       gemm_packed(h.const_data_ptr<float>(), h.stride(0), h.stride(1), rows, packed[b], 0,
                   packed[b].panels, out.size(1), out.mutable_data_ptr<float>(), out.stride(0),
@@ -280,7 +281,8 @@ struct ColumnBlocks {
   }
   void accumulate(int64_t b, const at::Tensor& dg, int64_t rows) const {
     if (packed.empty()) {
-      rows_of(dh[b], rows).addmm_(rows_of(dg, rows), w[b]);
+      at::Tensor out = rows_of(dh[b], rows);
+      aten_matmul(out, rows_of(dg, rows), w[b], 1.0);
     } else if (dg32.empty()) {
       gemm_packed(dg.const_data_ptr<float>(), dg.stride(0), dg.stride(1), rows, packed[b], 0,
                   packed[b].panels, dh[b].size(1), dh[b].mutable_data_ptr<float>(), dh[b].stride(0),
