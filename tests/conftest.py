@@ -41,6 +41,25 @@ def _strict_fp32_on_cuda(monkeypatch):
                 monkeypatch.setattr(flags, "fp32_precision", "ieee")
 
 
+@pytest.fixture
+def nan_filled_memory():
+    """Every torch.empty made while it is on comes back filled with NaN (PyTorch's deterministic
+    mode with fill_uninitialized_memory): the CPU's counterpart of the emulator's poisoned
+    allocations, so a product or kernel that reads memory nobody wrote turns it into NaN."""
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.utils.deterministic.fill_uninitialized_memory)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+
+    def switch(on):
+        torch.use_deterministic_algorithms(on)
+    try:
+        yield switch
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.utils.deterministic.fill_uninitialized_memory = before[2]
+
+
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:

@@ -436,3 +436,52 @@ def test_absurd_dilation_is_refused(device, W, dilation, message):
     # a huge history that fits still runs: every tap but the last reads the zeros before t = 0
     y = fusedgru.causal_conv1d(x, w, b, dilation=2**40)
     assert torch.allclose(y, w[:, -1:] * x + b[:, None], atol=1e-6)
+
+
+def x_with_gaps(layout, x, fill):
+    """x (N, C, L) as a view into a larger tensor whose other elements are `fill`ed (random
+    numbers or NaN): every fourth of twice the channels, after 5 leading steps (NCL), or the
+    first C of C + 3 channels of (N, L, C + 3) rows (channel-last)."""
+    N, C, L = x.shape
+    if layout == "channels_last":
+        base = torch.randn(N, L, C + 3).to(x.dtype)
+        view = base[..., :C].transpose(1, 2)
+    else:
+        base = torch.randn(N, 2 * C, L + 5).to(x.dtype)
+        view = base[:, ::2, 5:]
+    if fill == "nan":
+        base.fill_(float("nan"))
+    view.copy_(x)
+    return view
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("layout", ["ncl", "channels_last"])
+@pytest.mark.parametrize("W, d", [(2, 1), (4, 1), (3, 2)])
+@pytest.mark.parametrize("act", [None, "silu"])
+def test_reads_nothing_it_did_not_write_or_beyond_its_views(nan_filled_memory, dtype, layout,
+                                                            W, d, act):
+    """Forward, final state and every gradient (x, weight, bias, initial state) the same bits
+    whether fresh memory holds what it held before or NaN (every torch.empty), and whether x and
+    the initial state are views into larger tensors holding random numbers or NaN around them.
+    L = 530 and C = 70 reach the kernels' vectors, chunks and partial slabs."""
+    N, C, L = 2, 70, 530
+    x = torch.randn(N, C, L).to(dtype)
+    w, b = torch.randn(C, W).to(dtype), torch.randn(C).to(dtype)
+    init = torch.randn(N, C, (W - 1) * d).to(dtype)
+    gy = torch.randn(N, C, L).to(dtype)
+    runs = {}
+    for fill, memory in (("random", False), ("random", True), ("nan", True)):
+        nan_filled_memory(memory)
+        xi = x_with_gaps(layout, x, fill).requires_grad_()
+        si = x_with_gaps("ncl", init, fill).requires_grad_()
+        wi, bi = w.clone().requires_grad_(), b.clone().requires_grad_()
+        y, final = fusedgru.causal_conv1d(xi, wi, bi, dilation=d, activation=act,
+                                          initial_state=si, return_final_state=True)
+        grads = torch.autograd.grad((y.float() * gy.float()).sum() + final.float().sum(),
+                                    [xi, wi, bi, si])
+        runs[fill, memory] = [y, final, *grads]
+        nan_filled_memory(False)
+    for run in (("random", True), ("nan", True)):
+        for i, (a, c) in enumerate(zip(runs["random", False], runs[run])):
+            assert torch.isfinite(a).all() and torch.equal(a, c), f"tensor {i} differs in {run}"

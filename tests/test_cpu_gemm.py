@@ -316,25 +316,6 @@ def test_packed_path_is_bitwise_independent_of_threads_and_strides(monkeypatch, 
         assert torch.equal(a, b), f"tensor {i} differs with column-major weights"
 
 
-@pytest.fixture
-def nan_filled_memory():
-    """Every torch.empty made while it is on comes back filled with NaN (PyTorch's deterministic
-    mode with fill_uninitialized_memory): the CPU's counterpart of the emulator's poisoned
-    allocations, so a product or kernel that reads memory nobody wrote turns it into NaN."""
-    before = (torch.are_deterministic_algorithms_enabled(),
-              torch.is_deterministic_algorithms_warn_only_enabled(),
-              torch.utils.deterministic.fill_uninitialized_memory)
-    torch.utils.deterministic.fill_uninitialized_memory = True
-
-    def switch(on):
-        torch.use_deterministic_algorithms(on)
-    try:
-        yield switch
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-        torch.utils.deterministic.fill_uninitialized_memory = before[2]
-
-
 def in_wider_rows(t, fill, gap=7):
     """A copy of t as a view into rows `gap` elements longer, the rest of each row `fill`ed
     (random numbers, or NaN)."""
