@@ -461,7 +461,8 @@ def x_with_gaps(layout, x, fill):
 @pytest.mark.parametrize("act", [None, "silu"])
 def test_reads_nothing_it_did_not_write_or_beyond_its_views(nan_filled_memory, dtype, layout,
                                                             W, d, act):
-    """Forward, final state and every gradient (x, weight, bias, initial state) the same bits
+    """Forward, final state and every gradient (x, weight, bias, initial state), then five
+    streaming steps (causal_conv1d_update on a state view, and the state after), the same bits
     whether fresh memory holds what it held before or NaN (every torch.empty), and whether x and
     the initial state are views into larger tensors holding random numbers or NaN around them.
     L = 530 and C = 70 reach the kernels' vectors, chunks and partial slabs."""
@@ -481,6 +482,13 @@ def test_reads_nothing_it_did_not_write_or_beyond_its_views(nan_filled_memory, d
         grads = torch.autograd.grad((y.float() * gy.float()).sum() + final.float().sum(),
                                     [xi, wi, bi, si])
         runs[fill, memory] = [y, final, *grads]
+        with torch.no_grad():  # streaming: a few steps of causal_conv1d_update on a state view
+            state = x_with_gaps("ncl", init, fill)
+            for t in range(5):
+                runs[fill, memory].append(fusedgru.causal_conv1d_update(
+                    x_with_gaps("ncl", x[:, :, t:t + 1], fill)[..., 0], state, w, b, dilation=d,
+                    activation=act))
+            runs[fill, memory].append(state.clone())
         nan_filled_memory(False)
     for run in (("random", True), ("nan", True)):
         for i, (a, c) in enumerate(zip(runs["random", False], runs[run])):

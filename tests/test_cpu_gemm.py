@@ -340,7 +340,8 @@ def as_run_input(t, inputs):
 @pytest.mark.parametrize("cls", [fusedgru.GRU, fusedgru.LayerNormGRU], ids=lambda c: c.__name__)
 def test_nothing_reads_memory_it_did_not_write(reduced_gemm, nan_filled_memory, dtype,
                                                batch_first, cls):
-    """Forward and every gradient, padded and packed, the same bits whether fresh memory holds
+    """Forward and every gradient, padded and packed, then inference (the whole sequence, and
+    one call per step carrying h: the lean paths), the same bits whether fresh memory holds
     what it held before or NaN (NAN_RUN_PAIRS), with the input and h0 as tensors of their own
     or as views into wider rows. Shapes: 33 rows per step (ATen's products, and oneDNN's AMX
     tiling beyond 16 rows), 2 rows (the panels), H = 17 (odd K). On an Emerald Rapids Xeon it
@@ -368,6 +369,13 @@ def test_nothing_reads_memory_it_did_not_write(reduced_gemm, nan_filled_memory, 
                 y = y.data if packed else y
                 loss = (y.float().sin().sum() + hn.float().cos().sum())
                 run += [y, hn, *torch.autograd.grad(loss, [xi, *m.parameters()])]
+            with torch.no_grad():  # inference: the whole sequence, then one call per step
+                run += list(m(as_run_input(x, inputs), as_run_input(h0, inputs)))
+                h = as_run_input(h0, inputs)
+                for t in range(T):
+                    xt = x[:, t:t + 1] if batch_first else x[t:t + 1]
+                    y, h = m(as_run_input(xt, inputs), h)
+                    run.append(y)
             runs[inputs, memory] = run
             nan_filled_memory(False)
         for a_run, b_run in NAN_RUN_PAIRS:
