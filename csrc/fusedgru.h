@@ -100,8 +100,8 @@ void check_gru_backward_args(const at::Tensor& grad_output, const at::Tensor& gr
 // through ATen; CUDA through cuBLAS with the TF32 policy of torch.nn.GRU).
 using Matmul =
     std::function<void(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double beta)>;
-// The ATen matmul (MKL/oneDNN on the CPU; a CPU bf16 `a` whose rows have gaps is copied to rows
-// first, as oneDNN's AMX kernels read into the gaps: gru_common.cpp).
+// The ATen matmul (MKL/oneDNN on the CPU; a CPU bf16/fp16 `a` whose rows have gaps is copied to
+// rows first, as oneDNN's AMX kernels read into the gaps: gru_common.cpp).
 void aten_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double beta);
 
 // gi [T, N, 3H] = x W_ih^T + b_ih for all steps: one GEMM, in x's storage order.

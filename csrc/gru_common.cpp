@@ -118,12 +118,12 @@ void aten_matmul(Tensor& out, const Tensor& a_in, const Tensor& b, double beta) 
   // odd K, up to the next multiple of 32 beyond 32, and multiplies what it finds by zero, so
   // NaN or inf there (another step's unwritten gates, a neighbouring gate's gradient) turns into
   // NaN in the product. Such an A is copied to rows of its own first (benchmarks/NOTES.md has
-  // the reproduction; tests/test_cpu_gemm.py runs every path on NaN-filled memory).
+  // the reproduction; tests/test_cpu_gemm.py runs every path on NaN-filled memory). fp16 too,
+  // as a precaution: oneDNN runs it on AMX where the CPU has AMX-FP16 (untested: none here).
   const bool gapped_rows =
       a_in.size(0) > 1 && a_in.stride(1) == 1 && a_in.stride(0) != a_in.size(1);
-  const Tensor a = a_in.is_cpu() && a_in.scalar_type() == at::kBFloat16 && gapped_rows
-                       ? a_in.contiguous()
-                       : a_in;
+  const bool reduced = a_in.scalar_type() == at::kBFloat16 || a_in.scalar_type() == at::kHalf;
+  const Tensor a = a_in.is_cpu() && reduced && gapped_rows ? a_in.contiguous() : a_in;
   if (beta == 0) {
     at::mm_out(out, a, b);
   } else {
