@@ -113,16 +113,21 @@ void check_gru_backward_args(const Tensor& grad_output, const Tensor& grad_h_n,
 }
 
 void aten_matmul(Tensor& out, const Tensor& a_in, const Tensor& b, double beta) {
-  // oneDNN's AMX bf16 matmul (ATen's CPU bf16 product on Sapphire/Emerald Rapids, torch 2.13)
-  // reads a row-major A's rows past its K columns when their stride is larger: up to K + 1 for
-  // odd K, up to the next multiple of 32 beyond 32, and multiplies what it finds by zero, so
-  // NaN or inf there (another step's unwritten gates, a neighbouring gate's gradient) turns into
-  // NaN in the product. Such an A is copied to rows of its own first (benchmarks/NOTES.md has
-  // the reproduction; tests/test_cpu_gemm.py runs every path on NaN-filled memory). fp16 too,
-  // as a precaution: oneDNN runs it on AMX where the CPU has AMX-FP16 (untested: none here).
+  // oneDNN's AMX bf16 matmul (ATen's CPU bf16 product; seen on Emerald Rapids, torch 2.13) reads
+  // a row-major A's rows past its K columns when their stride is larger: up to K + 1 for odd K,
+  // up to the next multiple of 32 beyond 32, and multiplies what it finds by zero, so NaN or inf
+  // there (another step's unwritten gates, a neighbouring gate's gradient) turns into NaN in the
+  // product. Such an A is copied to rows of its own first (benchmarks/NOTES.md has the
+  // reproduction; tests/test_cpu_gemm.py runs every path on NaN-filled memory). It was seen only
+  // beyond 16 rows; any A of 2 rows or more is copied, as that is oneDNN's choice, not ours.
+  // fp16 too, as a precaution: oneDNN runs it on AMX where the CPU has AMX-FP16 (untested: none
+  // here). A column-major out would make ATen compute out^T = b^T a^T and read b's columns so;
+  // no caller passes one.
+  const bool reduced = a_in.scalar_type() == at::kBFloat16 || a_in.scalar_type() == at::kHalf;
+  TORCH_INTERNAL_ASSERT(!(a_in.is_cpu() && reduced) || out.stride(1) == 1 || out.size(1) <= 1,
+                        "aten_matmul: a CPU bf16/fp16 product into a column-major out");
   const bool gapped_rows =
       a_in.size(0) > 1 && a_in.stride(1) == 1 && a_in.stride(0) != a_in.size(1);
-  const bool reduced = a_in.scalar_type() == at::kBFloat16 || a_in.scalar_type() == at::kHalf;
   const Tensor a = a_in.is_cpu() && reduced && gapped_rows ? a_in.contiguous() : a_in;
   if (beta == 0) {
     at::mm_out(out, a, b);

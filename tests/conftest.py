@@ -43,16 +43,18 @@ def _strict_fp32_on_cuda(monkeypatch):
 
 @pytest.fixture
 def nan_filled_memory():
-    """Every torch.empty made while it is on comes back filled with NaN (PyTorch's deterministic
-    mode with fill_uninitialized_memory): the CPU's counterpart of the emulator's poisoned
-    allocations, so a product or kernel that reads memory nobody wrote turns it into NaN."""
+    """A switch: while on, every torch.empty comes back filled with NaN (PyTorch's
+    fill_uninitialized_memory): the CPU's counterpart of the emulator's poisoned allocations, so
+    a product or kernel that reads memory nobody wrote turns it into NaN. Deterministic mode
+    (which the fill needs) is on for the whole test, warn-only, so the runs compared differ only
+    in the fill."""
     before = (torch.are_deterministic_algorithms_enabled(),
               torch.is_deterministic_algorithms_warn_only_enabled(),
               torch.utils.deterministic.fill_uninitialized_memory)
-    torch.utils.deterministic.fill_uninitialized_memory = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
     def switch(on):
-        torch.use_deterministic_algorithms(on)
+        torch.utils.deterministic.fill_uninitialized_memory = on
     try:
         yield switch
     finally:

@@ -334,6 +334,8 @@ NAN_RUN_PAIRS = [(("own", "plain"), ("own", "nan")), (("random", "plain"), ("nan
 
 def as_run_input(t, inputs):
     return t.clone() if inputs == "own" else in_wider_rows(t, inputs)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32],
                          ids=["bf16", "fp16", "fp32"])
 @pytest.mark.parametrize("batch_first", [False, True], ids=["timemajor", "batchfirst"])
@@ -343,13 +345,15 @@ def test_nothing_reads_memory_it_did_not_write(reduced_gemm, nan_filled_memory, 
     """Forward and every gradient, padded and packed, then inference (the whole sequence, and
     one call per step carrying h: the lean paths), the same bits whether fresh memory holds
     what it held before or NaN (NAN_RUN_PAIRS), with the input and h0 as tensors of their own
-    or as views into wider rows. Shapes: 33 rows per step (ATen's products, and oneDNN's AMX
-    tiling beyond 16 rows), 2 rows (the panels), H = 17 (odd K). On an Emerald Rapids Xeon it
+    or as views into wider rows. (N, H): 33 rows per step (ATen's products, and oneDNN's AMX
+    tiling beyond 16 rows), 2 rows (the panels: T N = 32 rows reach kMinPackedRows), H = 17 (odd
+    K, one thread block), and H = 80 (two thread blocks of W_hh on two threads: per-block
+    products into column views of dh). On an Emerald Rapids Xeon it
     caught oneDNN's AMX bf16 product reading past K in rows of a larger stride, the batch-first
     backward's dG rows of a step, whose neighbours are steps not yet written (8 failures with
     aten_matmul's copy taken out): aten_matmul now gives such an operand rows of its own."""
-    T, C, H = 6, 13, 17
-    for N in (33, 2):
+    T, C = 16, 13
+    for N, H in ((33, 17), (2, 17), (33, 80)):
         kwargs = {"num_layers": 2, "bidirectional": True} if cls is fusedgru.GRU else {}
         m = cls(C, H, batch_first=batch_first, **kwargs).to(dtype)
         D = 2 if kwargs else 1
@@ -381,14 +385,14 @@ def test_nothing_reads_memory_it_did_not_write(reduced_gemm, nan_filled_memory, 
         for a_run, b_run in NAN_RUN_PAIRS:
             for i, (a, b) in enumerate(zip(runs[a_run], runs[b_run])):
                 assert torch.isfinite(a).all() and torch.equal(a, b), (
-                    f"N={N}: tensor {i} differs between {a_run} and {b_run}")
+                    f"N={N} H={H}: tensor {i} differs between {a_run} and {b_run}")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32],
                          ids=["bf16", "fp16", "fp32"])
 def test_cell_reads_nothing_beyond_its_views(nan_filled_memory, dtype):
-    """GRUCell, 33 and 2 rows, input and hx as views into NaN-padded rows and fresh memory
-    NaN: the same bits as on tensors of their own."""
+    """GRUCell, 33 and 2 rows, training and inference, input and hx as views into NaN-padded
+    rows and fresh memory NaN: the same bits as on tensors of their own."""
     C, H = 13, 17
     m = fusedgru.GRUCell(C, H).to(dtype)
     for N in (33, 2):
@@ -401,6 +405,8 @@ def test_cell_reads_nothing_beyond_its_views(nan_filled_memory, dtype):
             h = m(xi, hi)
             runs[inputs, memory] = [
                 h, *torch.autograd.grad(h.float().sin().sum(), [xi, hi, *m.parameters()])]
+            with torch.no_grad():
+                runs[inputs, memory].append(m(as_run_input(x, inputs), as_run_input(hx, inputs)))
             nan_filled_memory(False)
         for a_run, b_run in NAN_RUN_PAIRS:
             for i, (a, b) in enumerate(zip(runs[a_run], runs[b_run])):
