@@ -30,6 +30,19 @@ def _active_mask(lengths: Tensor | None, T: int, N: int, like: Tensor) -> Tensor
     return (t < lengths.to(like.device).unsqueeze(0)).unsqueeze(2)
 
 
+def _rows_of_their_own(t: Tensor) -> Tensor:
+    """t, or a contiguous copy of a CPU bf16/fp16 t that is not contiguous, before it is the
+    left operand of a product: oneDNN's AMX kernels behind ATen's CPU bf16 products read a
+    row-major operand's rows past their end when the row stride is larger (a sliced input, an
+    hx view), and NaN or inf there reaches the result (benchmarks/NOTES.md, "oneDNN's AMX bf16
+    product reads past K"; torch.nn.GRU gives NaN on such an input on an AMX CPU). The fused
+    ops' own products go through aten_matmul in C++, which does the same."""
+    if t.device.type == "cpu" and t.dtype in (torch.bfloat16, torch.float16) \
+            and not t.is_contiguous():
+        return t.contiguous()
+    return t
+
+
 def gates(gi: Tensor, gh: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One step's gates from the input and recurrent pre-activations gi, gh [N, 3H] (gate order
     r, z, n, as nn.GRU) and h_{t-1} [N, H]: (r, z, n, h_t), with
@@ -71,9 +84,9 @@ def gru_layer(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
     """
     T, N, _ = input.shape
     H = hx.shape[1]
-    gi = torch.nn.functional.linear(input, weight_ih, bias_ih)
+    gi = torch.nn.functional.linear(_rows_of_their_own(input), weight_ih, bias_ih)
     active = _active_mask(lengths, T, N, input)
-    h = hx
+    h = _rows_of_their_own(hx)
     outs, saved = [None] * T, [None] * T
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
         gh = torch.nn.functional.linear(h, weight_hh, bias_hh)
@@ -283,9 +296,10 @@ def ln_gru_layer(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor
     T, N, _ = input.shape
     H = hx.shape[1]
     ln = torch.nn.functional.layer_norm
-    a_i = ln(input @ weight_ih.t(), (3 * H,), ln_ih_weight, ln_ih_bias, eps)
+    a_i = ln(_rows_of_their_own(input) @ weight_ih.t(), (3 * H,), ln_ih_weight, ln_ih_bias,
+             eps)
     active = _active_mask(lengths, T, N, input)
-    h = hx
+    h = _rows_of_their_own(hx)
     outs = [None] * T
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
         a_h = ln(h @ weight_hh.t(), (3 * H,), ln_hh_weight, ln_hh_bias, eps)

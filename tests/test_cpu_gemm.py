@@ -13,6 +13,7 @@ import os
 
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 from gru_testing import TOL, assert_close, rel_err, run_with_grads
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
@@ -386,6 +387,46 @@ def test_nothing_reads_memory_it_did_not_write(reduced_gemm, nan_filled_memory, 
             for i, (a, b) in enumerate(zip(runs[a_run], runs[b_run])):
                 assert torch.isfinite(a).all() and torch.equal(a, b), (
                     f"N={N} H={H}: tensor {i} differs between {a_run} and {b_run}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32],
+                         ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("cls, batch_first", [
+    (fusedgru.GRU, False), (fusedgru.GRU, True), (fusedgru.LayerNormGRU, False),
+    (fusedgru.LayerNormGRU, True), (fusedgru.GRUCell, False)],
+    ids=["GRU", "GRU-batchfirst", "LayerNormGRU", "LayerNormGRU-batchfirst", "GRUCell"])
+def test_the_references_read_nothing_beyond_their_views(dtype, cls, batch_first):
+    """Under forward-mode AD and torch.func.jvp the modules run the pure-PyTorch references
+    (fusedgru.reference), whose products are ATen's. The input and h0 as views into rows
+    padded with NaN give the same bits, primal and tangent, as views into rows padded with
+    random numbers (the same strides, so the same kernels): on an AMX CPU ATen's bf16 product
+    of such a view reads the padding (torch.nn.GRU returns NaN there), so the references give
+    their left operands rows of their own first. 33 rows per product (oneDNN's AMX tiling
+    beyond 16 rows); odd C and H."""
+    T, N, C, H = 5, 33, 13, 17
+    if cls is fusedgru.GRUCell:
+        m = cls(C, H).to(dtype)
+        x, h0 = torch.randn(N, C).to(dtype), torch.randn(N, H).to(dtype)
+    else:
+        kwargs = {"num_layers": 2, "bidirectional": True} if cls is fusedgru.GRU else {}
+        m = cls(C, H, batch_first=batch_first, **kwargs).to(dtype)
+        x = (torch.randn(N, T, C) if batch_first else torch.randn(T, N, C)).to(dtype)
+        h0 = torch.randn(2 * kwargs.get("num_layers", 1) if kwargs else 1, N, H).to(dtype)
+    tangent = torch.randn_like(x)
+
+    def run(xi, hi):
+        with fwAD.dual_level():
+            out = m(fwAD.make_dual(xi, tangent), hi)
+            outs = out if isinstance(out, tuple) else (out,)
+            got = [t for o in outs for t in fwAD.unpack_dual(o)[:2]]
+        first = (lambda o: o[0]) if cls is not fusedgru.GRUCell else (lambda o: o)
+        got += torch.func.jvp(lambda a: first(m(a, hi)), (xi,), (tangent,))
+        return got
+
+    padded = run(in_wider_rows(x, "random"), in_wider_rows(h0, "random"))
+    nan_padded = run(in_wider_rows(x, "nan"), in_wider_rows(h0, "nan"))
+    for i, (a, b) in enumerate(zip(padded, nan_padded)):
+        assert torch.isfinite(a).all() and torch.equal(a, b), f"tensor {i} differs"
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32],
