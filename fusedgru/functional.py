@@ -221,6 +221,11 @@ def _layers(input, hx, params, names, num_layers, dropout, train, bidirectional,
     if order is not None:
         inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel()))
         x, h_n = x.index_select(1, inverse), h_n.index_select(1, inverse)
+    elif need_workspace:
+        # The ops' backward reads the output they returned (h_{t-1} of each step). Give the
+        # caller a copy, so that in-place changes to it (a residual `out += x`, an in-place
+        # activation) are allowed, as on nn.GRU's CPU path, instead of failing the backward.
+        x = x.clone()
     output = x.transpose(0, 1) if batch_first else x
     return output, h_n
 

@@ -12,6 +12,7 @@ Example::
 
 import warnings
 from collections.abc import Callable, Sequence
+from typing import overload
 
 import torch
 from torch import Tensor, nn
@@ -215,26 +216,23 @@ class GRU(_GRUInterface, nn.RNNBase):
         0.0
     """
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        device=None,
-        dtype=None,
-        **kwargs,
-    ) -> None:
-        if "proj_size" in kwargs:
+    @overload
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None) -> None: ...
+
+    @overload
+    def __init__(self, *args, **kwargs) -> None: ...
+
+    def __init__(self, *args, **kwargs) -> None:
+        # As nn.GRU: the arguments go to nn.RNNBase as given, so positional ones land where they
+        # land there (the eighth is proj_size, then device and dtype) and every error is its.
+        # A positional proj_size other than 0 raises what the keyword raises (nn.GRU would
+        # build a GRU with a projection that its forward then rejects).
+        positional_proj = args[7] if len(args) > 7 else 0
+        if "proj_size" in kwargs or (type(positional_proj) is int and positional_proj != 0):
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
-        if kwargs:
-            raise TypeError(
-                f"GRU.__init__() got an unexpected keyword argument '{next(iter(kwargs))}'")
-        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, 0, device, dtype)
+        super().__init__("GRU", *args, **kwargs)
 
     def flatten_parameters(self) -> None:
         """No-op: the fused kernels read each weight where it is (nn.GRU packs them for cuDNN)."""

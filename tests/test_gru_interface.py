@@ -53,6 +53,35 @@ def test_constructor_errors_match_nn_gru(kwargs):
     assert str(got.value) == str(expected.value)
 
 
+@pytest.mark.parametrize("args, kwargs", [
+    ((5, 7, 1, True, False, 0.0, False, 0), {}),  # nn.RNNBase's order: the eighth is proj_size
+    ((5, 7, 2, False, True, 0.0, True, 0, "cpu", torch.float64), {}),
+    ((5, 7), {"foo": 1}),
+    ((5, 7, 1, True, False, 0.0, False, 0, "cpu", None, 5), {}),
+    ((5, 7, 1, True, False, 0.0, False, "cpu"), {}),
+])
+def test_positional_constructor_arguments_match_nn_gru(args, kwargs):
+    """The arguments reach nn.RNNBase as nn.GRU passes them: the same module or the same error."""
+    try:
+        ref = nn.GRU(*args, **kwargs)
+    except Exception as expected:
+        with pytest.raises(type(expected)) as got:
+            fusedgru.GRU(*args, **kwargs)
+        assert str(got.value) == str(expected)
+        return
+    ours = fusedgru.GRU(*args, **kwargs)
+    assert repr(ours) == repr(ref)
+    assert [(n, p.shape, p.dtype) for n, p in ours.named_parameters()] == \
+        [(n, p.shape, p.dtype) for n, p in ref.named_parameters()]
+
+
+def test_a_positional_projection_is_refused():
+    """nn.GRU builds a projection from a positional proj_size, which its forward then rejects
+    (`Expected hidden size (1, 2, 3), got [1, 2, 7]`); the keyword's error instead."""
+    with pytest.raises(ValueError, match="proj_size argument is only supported for LSTM"):
+        fusedgru.GRU(5, 7, 1, True, False, 0.0, False, 3)
+
+
 def test_dropout_warning_matches_nn_gru():
     with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
         fusedgru.GRU(3, 4, dropout=0.5)
@@ -202,3 +231,59 @@ def test_functional_gru_names_the_misshapen_weight():
     with pytest.raises(RuntimeError, match=r"weight_hh_l1 must have shape \(12, 4\), got "
                                            r"\(12, 5\)"):
         m(x)
+
+
+
+def change_output(op, out, x, time_dim, in_place):
+    """A residual, an in-place activation or the first step zeroed: in place or not."""
+    if op == "residual":
+        return out.add_(x) if in_place else out + x
+    if op == "relu":
+        return out.relu_() if in_place else out.relu()
+    if in_place:
+        out.select(time_dim, 0).zero_()
+        return out
+    first = out.narrow(time_dim, 0, 1)
+    return torch.cat([torch.zeros_like(first), out.narrow(time_dim, 1, out.shape[time_dim] - 1)],
+                     dim=time_dim)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", ["residual", "relu", "zero_first_step"])
+@pytest.mark.parametrize("config", [
+    dict(cls="GRU"), dict(cls="GRU", batch_first=True), dict(cls="GRU", unbatched=True),
+    dict(cls="GRU", num_layers=2, bidirectional=True), dict(cls="GRU", lengths=True),
+    dict(cls="LayerNormGRU", batch_first=True)],
+    ids=lambda c: "-".join(k if v is True else str(v) for k, v in c.items()))
+@pytest.mark.parametrize("leaf", ["all", "hx"])
+def test_in_place_changes_to_the_output_are_allowed(device, op, config, leaf):
+    """A residual `out += x`, an in-place activation or a zeroed step on the GRU's output, as
+    training code does after nn.GRU (its CPU path allows it): the gradients of the same change
+    made out of place, not an error in the forward or the backward (the ops' backward reads the
+    output they returned; the caller gets a copy)."""
+    config = dict(config)
+    cls = getattr(fusedgru, config.pop("cls"))
+    unbatched, lengths = config.pop("unbatched", False), config.pop("lengths", False)
+    batch_first = config.get("batch_first", False)
+    D = 2 if config.get("bidirectional") else 1
+    C, T, N = 6, 5, 3
+    torch.manual_seed(3)
+    m = cls(C, C // D, **config).to(device=device, dtype=torch.float64)  # output width C
+    shape = (T, C) if unbatched else ((N, T, C) if batch_first else (T, N, C))
+    x = torch.randn(shape, device=device, dtype=torch.float64)
+    hx = torch.randn((m.num_layers * D,) + (() if unbatched else (N,)) + (C // D,),
+                     device=device, dtype=torch.float64)
+    kwargs = {"lengths": torch.tensor([5, 2, 4])} if lengths else {}
+    time_dim = 1 if batch_first and not unbatched else 0
+    grads = []
+    for in_place in (True, False):
+        xi, hi = x.clone().requires_grad_(leaf == "all"), hx.clone().requires_grad_()
+        for p in m.parameters():
+            p.requires_grad_(leaf == "all")
+        out, h_n = m(xi, hi, **kwargs)
+        out = change_output(op, out, xi, time_dim, in_place)
+        loss = (out * out.detach().cos()).sum() + h_n.sum()
+        leaves = [hi] + ([xi, *m.parameters()] if leaf == "all" else [])
+        grads.append(torch.autograd.grad(loss, leaves))
+    for i, (a, b) in enumerate(zip(*grads, strict=True)):
+        assert torch.equal(a, b), f"gradient {i} differs"
