@@ -61,17 +61,19 @@ def _autocast(input: Tensor, hx: Tensor, params: Sequence[Tensor]):
 
     CUDA: cuDNN's RNN is on autocast's lower-precision list, so the layer runs in the autocast
     dtype. CPU: autocast leaves the RNN op alone and casts only its GEMMs (to its dtype); the gate
-    arithmetic then follows type promotion with hx, so nn.GRU's output and h_n (nn.GRUCell's h')
-    come back in hx's dtype: bfloat16 input with float32 hx gives float32, float32 input with
-    bfloat16 hx gives bfloat16, and hx defaults to zeros of input's dtype. We run the whole layer
-    in hx's dtype: the same result dtypes, with GEMMs at least as precise as nn.GRU's."""
+    arithmetic then follows type promotion of the GEMMs' results with hx, so nn.GRU's output
+    and h_n (nn.GRUCell's h') come back in ``promote_types(autocast dtype, hx's dtype)``:
+    bfloat16 input with float32 hx gives float32, float32 input with bfloat16 hx gives
+    bfloat16, a float16 hx under bfloat16 autocast float32; hx defaults to zeros of input's
+    dtype. We run the whole layer in that dtype: the same result dtypes, with GEMMs at least
+    as precise as nn.GRU's."""
     device_type = input.device.type
     if not autocast_enabled(device_type):
         return input, hx, params
     if device_type == "cuda":
         dtype = torch.get_autocast_dtype("cuda")
     elif hx.is_floating_point():
-        dtype = hx.dtype
+        dtype = torch.promote_types(torch.get_autocast_dtype("cpu"), hx.dtype)
     else:
         return input, hx, params
     if input.dtype == hx.dtype == dtype and all(p.dtype == dtype for p in params):

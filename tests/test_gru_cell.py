@@ -167,6 +167,29 @@ def test_gru_cell_under_cpu_autocast_behaves_like_nn_gru_cell(hx_dtype):
     assert rel_err(got, expected) <= 3e-2
 
 
+@pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16],
+                         ids=["autocast-bf16", "autocast-fp16"])
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16, torch.float16],
+                         ids=["x-fp32", "x-bf16", "x-fp16"])
+@pytest.mark.parametrize("hx_dtype", [None, torch.float32, torch.bfloat16, torch.float16],
+                         ids=["hx-none", "hx-fp32", "hx-bf16", "hx-fp16"])
+def test_gru_cell_under_cpu_autocast_returns_nn_gru_cells_dtype(autocast_dtype, x_dtype,
+                                                                hx_dtype):
+    """h' in promote_types(autocast dtype, hx's dtype), as nn.GRUCell (a bf16 hx under fp16
+    autocast, or the reverse, gives fp32), batched and unbatched, close to nn.GRUCell."""
+    torch.manual_seed(0)
+    ref, ours = nn.GRUCell(5, 6), fusedgru.GRUCell(5, 6)
+    ours.load_state_dict(ref.state_dict())
+    for shape in ((4,), ()):
+        x = torch.randn(*shape, 5).to(x_dtype)
+        args = (x,) if hx_dtype is None else (x, torch.randn(*shape, 6).to(hx_dtype))
+        with torch.autocast("cpu", dtype=autocast_dtype):
+            theirs, got = ref(*args), ours(*args)
+        assert got.dtype == theirs.dtype, f"{got.dtype}, nn.GRUCell gives {theirs.dtype}"
+        assert got.shape == theirs.shape
+        assert rel_err(got, theirs) <= 3e-2
+
+
 def test_meta_device_gru_cell():
     ref, ours = nn.GRUCell(3, 5, device="meta"), fusedgru.GRUCell(3, 5, device="meta")
     x = torch.randn(4, 3, device="meta")

@@ -286,19 +286,22 @@ def test_cpu_autocast_behaves_like_nn_gru():
         assert out_o.dtype == out_r.dtype == torch.bfloat16
         assert rel_err(out_o, exact) <= 2 * rel_err(out_r, exact) + 1e-3
 
-@pytest.mark.parametrize("x_dtype, hx_dtype", [
-    (torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16),
-    (torch.bfloat16, None), (torch.float32, None), (torch.bfloat16, torch.bfloat16),
-], ids=["x-bf16-hx-fp32", "x-fp32-hx-bf16", "x-bf16-no-hx", "x-fp32-no-hx", "both-bf16"])
-def test_gru_under_cpu_autocast_returns_nn_grus_dtypes(x_dtype, hx_dtype):
-    """nn.GRU under CPU autocast returns output and h_n in hx's dtype (hx defaults to zeros of
-    the input's dtype); ours too, at least as accurately (against float64 on the same inputs)."""
+AUTOCAST_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@pytest.mark.parametrize("autocast_dtype", ["bf16", "fp16"], ids=lambda d: f"autocast-{d}")
+@pytest.mark.parametrize("x_dtype", ["fp32", "bf16", "fp16"], ids=lambda d: f"x-{d}")
+@pytest.mark.parametrize("hx_dtype", [None, "fp32", "bf16", "fp16"], ids=lambda d: f"hx-{d}")
+def test_gru_under_cpu_autocast_returns_nn_grus_dtypes(autocast_dtype, x_dtype, hx_dtype):
+    """nn.GRU under CPU autocast returns output and h_n in promote_types(autocast dtype, hx's
+    dtype) (hx defaults to zeros of the input's dtype; bf16 with fp16 promotes to fp32); ours
+    too, at least as accurately (against float64 on the same inputs)."""
     ref, ours = pair("cpu", torch.float32, 4, 6, num_layers=2, bidirectional=True)
     ref64 = copy.deepcopy(ref).double()
-    x = torch.randn(5, 3, 4).to(x_dtype)
-    hx = torch.randn(4, 3, 6).to(hx_dtype) if hx_dtype is not None else None
+    x = torch.randn(5, 3, 4).to(AUTOCAST_DTYPES[x_dtype])
+    hx = torch.randn(4, 3, 6).to(AUTOCAST_DTYPES[hx_dtype]) if hx_dtype is not None else None
     exact = ref64(x.double(), hx.double() if hx is not None else None)
-    with torch.autocast("cpu"):
+    with torch.autocast("cpu", dtype=AUTOCAST_DTYPES[autocast_dtype]):
         theirs = ref(x, hx) if hx is not None else ref(x)
         got = ours(x, hx) if hx is not None else ours(x)
     for what, o, t, e in zip(("output", "h_n"), got, theirs, exact):
