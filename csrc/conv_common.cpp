@@ -30,8 +30,8 @@ int64_t history_steps(int64_t W, int64_t dilation, int64_t L, int64_t C) {
 }  // namespace
 
 void check_causal_conv_args(const Tensor& x, const Tensor& weight,
-                            const std::optional<Tensor>& bias,
-                            const std::optional<Tensor>& initial_state, int64_t dilation,
+                            const std::optional<Tensor>& bias_opt,
+                            const std::optional<Tensor>& initial_state_opt, int64_t dilation,
                             int64_t activation) {
   FUSEDGRU_CHECK_DIM(x, 3);
   FUSEDGRU_CHECK_FLOATING(x);
@@ -46,20 +46,22 @@ void check_causal_conv_args(const Tensor& x, const Tensor& weight,
                     "activation code must be 0 (none), 1 (silu) or 2 (relu), got ", activation);
   FUSEDGRU_CHECK_SAME_DTYPE(weight, x);
   FUSEDGRU_CHECK_SAME_DEVICE(weight, x);
-  if (bias.has_value()) {
-    const Tensor& b = *bias;
-    TORCH_CHECK(b.dim() == 1 && b.size(0) == C, "bias must have shape (C,) = (", C, ",), got ",
-                b.sizes());
-    FUSEDGRU_CHECK_SAME_DTYPE(b, x);
-    FUSEDGRU_CHECK_SAME_DEVICE(b, x);
+  // The checks' messages name the tensors as the Python functions do.
+  if (bias_opt.has_value()) {
+    const Tensor& bias = *bias_opt;
+    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == C, "bias must have shape (C,) = (", C,
+                ",), got ", bias.sizes());
+    FUSEDGRU_CHECK_SAME_DTYPE(bias, x);
+    FUSEDGRU_CHECK_SAME_DEVICE(bias, x);
   }
-  if (initial_state.has_value()) {
-    const Tensor& s = *initial_state;
-    TORCH_CHECK(s.dim() == 3 && s.size(0) == N && s.size(1) == C && s.size(2) == S,
+  if (initial_state_opt.has_value()) {
+    const Tensor& initial_state = *initial_state_opt;
+    TORCH_CHECK(initial_state.dim() == 3 && initial_state.size(0) == N &&
+                    initial_state.size(1) == C && initial_state.size(2) == S,
                 "initial_state must have shape (N, C, (W-1)*dilation) = (", N, ", ", C, ", ", S,
-                "), got ", s.sizes());
-    FUSEDGRU_CHECK_SAME_DTYPE(s, x);
-    FUSEDGRU_CHECK_SAME_DEVICE(s, x);
+                "), got ", initial_state.sizes());
+    FUSEDGRU_CHECK_SAME_DTYPE(initial_state, x);
+    FUSEDGRU_CHECK_SAME_DEVICE(initial_state, x);
   }
 }
 
@@ -67,6 +69,9 @@ void check_causal_conv_update_args(const Tensor& x, const Tensor& conv_state, co
                                    const std::optional<Tensor>& bias, int64_t dilation,
                                    int64_t activation) {
   TORCH_CHECK(x.dim() == 2, "x must have shape (N, C) (one time step), got ", x.sizes());
+  TORCH_CHECK(weight.dim() == 2, "weight must have shape (C, W), got ", weight.sizes());
+  TORCH_CHECK(weight.size(0) == x.size(1), "weight has ", weight.size(0), " channels but x has ",
+              x.size(1), " (x is (N, C) = ", x.sizes(), ")");
   // x, weight, bias, dilation (S below cannot overflow after this) and activation.
   check_causal_conv_args(x.unsqueeze(2), weight, bias, std::nullopt, dilation, activation);
   const int64_t N = x.size(0), C = x.size(1), S = (weight.size(1) - 1) * dilation;

@@ -52,6 +52,28 @@ def test_torch_export_runs_and_matches_eager(device):
         assert torch.equal(y_x, y_e) and torch.equal(h_x, h_e)
 
 
+@pytest.mark.parametrize("kind", ["GRU", "GRU-bidirectional", "LayerNormGRU"])
+def test_a_graph_captured_without_gradients_says_why_it_cannot_train(kind):
+    """torch.export / torch.jit.trace under no_grad capture the forward without the activations
+    its backward needs: training the captured graph raises an error that says so and what to
+    do (the ops' own check said "the workspace is empty"). Captured with gradients on, the same
+    graph trains and gives eager's gradients."""
+    cls = fusedgru.LayerNormGRU if kind == "LayerNormGRU" else fusedgru.GRU
+    m = cls(3, 4, bidirectional=kind.endswith("bidirectional"))
+    x = torch.randn(5, 2, 3)
+    with torch.no_grad():
+        captured = [torch.export.export(m, (x,)).module(),
+                    torch.jit.trace(m, (x,), check_trace=False)]
+    for g in captured:
+        with pytest.raises(RuntimeError, match="capture it with gradients enabled"):
+            g(x)[0].sum().backward()
+    g = torch.export.export(m, (x,)).module()
+    got = torch.autograd.grad(g(x)[0].sum(), list(g.parameters()))
+    want = torch.autograd.grad(m(x)[0].sum(), list(m.parameters()))
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.cuda
 def test_cuda_graph_capture_forward_and_training_step():
     net = Net().cuda()

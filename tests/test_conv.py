@@ -269,6 +269,15 @@ BAD = {
                      RuntimeError, "conv_state must have shape"),
     "integer x": (lambda x, w, b, s: fusedgru.causal_conv1d(x.long(), w.long(), None),
                   TypeError, "must be a floating point tensor"),
+    "bias dtype": (lambda x, w, b, s: fusedgru.causal_conv1d(x, w, b.double()),
+                   RuntimeError, "^bias and x must have the same dtype"),
+    "state dtype": (lambda x, w, b, s: fusedgru.causal_conv1d(x, w, b, initial_state=s.double()),
+                    RuntimeError, "^initial_state and x must have the same dtype"),
+    "update channels": (lambda x, w, b, s: fusedgru.causal_conv1d_update(x[..., 0], s, w[:3]),
+                        RuntimeError, r"weight has 3 channels but x has 5 \(x is \(N, C\) = "
+                        r"\[2, 5\]\)"),
+    "update bias dtype": (lambda x, w, b, s: fusedgru.causal_conv1d_update(
+        x[..., 0], s, w, b.double()), RuntimeError, "^bias and x must have the same dtype"),
 }
 
 
