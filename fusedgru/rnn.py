@@ -10,9 +10,9 @@ Example::
     <class 'fusedgru.rnn.GRU'>
 """
 
+import inspect
 import warnings
 from collections.abc import Callable, Sequence
-from typing import overload
 
 import torch
 from torch import Tensor, nn
@@ -216,14 +216,6 @@ class GRU(_GRUInterface, nn.RNNBase):
         0.0
     """
 
-    @overload
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None) -> None: ...
-
-    @overload
-    def __init__(self, *args, **kwargs) -> None: ...
-
     def __init__(self, *args, **kwargs) -> None:
         # As nn.GRU: the arguments go to nn.RNNBase as given, so positional ones land where they
         # land there (the eighth is proj_size, then device and dtype) and every error is its.
@@ -233,6 +225,14 @@ class GRU(_GRUInterface, nn.RNNBase):
         if "proj_size" in kwargs or (type(positional_proj) is int and positional_proj != 0):
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, **kwargs)
+
+    def _documented_init(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                         bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                         bidirectional: bool = False, device=None, dtype=None) -> None:
+        """nn.GRU's documented signature, which help() and inspect show for __init__."""
+
+    __init__.__signature__ = inspect.signature(_documented_init)
+    del _documented_init
 
     def flatten_parameters(self) -> None:
         """No-op: the fused kernels read each weight where it is (nn.GRU packs them for cuDNN)."""
