@@ -79,7 +79,10 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, dila
     S = (weight.shape[1] - 1) * dilation
     N, C, L = x.shape
     if L >= S:
-        final = x[:, :, L - S:].contiguous()
+        # A copy always: contiguous() would hand back x itself (or a view of it) when the slice
+        # is contiguous already (L == S, or N = C = 1), and causal_conv1d_update would then
+        # overwrite the caller's input.
+        final = x[:, :, L - S:].clone(memory_format=torch.contiguous_format)
     else:
         history = initial_state if initial_state is not None else x.new_zeros((N, C, S))
         final = torch.cat([history[:, :, L:], x], dim=2)

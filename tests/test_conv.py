@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from gru_testing import DEVICES, assert_compile_matches_eager, rel_err
+from gru_testing import DEVICES, assert_close, assert_compile_matches_eager, rel_err
 from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 
@@ -387,6 +387,38 @@ def test_cpu_backward_is_bitwise_independent_of_the_thread_count(layout):
     for other in grads[1:]:
         for a, c in zip(grads[0], other, strict=True):
             assert torch.equal(a, c)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("N, C, L, W, dilation", [
+    (2, 4, 3, 4, 1),  # a prefill exactly as long as the history: x[:, :, L - S:] is all of x
+    (1, 1, 9, 4, 2),  # one row and channel: the slice is contiguous
+    (2, 4, 9, 4, 1),  # the slice is a strided view
+    (2, 4, 5, 1, 1),  # no history (W = 1)
+])
+@pytest.mark.parametrize("module", [False, True], ids=["function", "module"])
+def test_final_state_is_a_tensor_of_its_own(device, N, C, L, W, dilation, module):
+    """Prefill with return_final_state, then causal_conv1d_update steps on that state: the
+    caller's prompt stays as it was (the state never shares its memory), and the steps give
+    the whole sequence's outputs."""
+    torch.manual_seed(0)
+    x = torch.randn(N, C, L, device=device)
+    steps = torch.randn(N, C, 3, device=device)
+    prompt = x.clone()
+    conv = fusedgru.CausalConv1d(C, W, dilation=dilation).to(device)
+    w, b = conv.weight.detach(), conv.bias.detach()
+    with torch.no_grad():
+        if module:
+            _, state = conv(x, return_final_state=True)
+        else:
+            _, state = fusedgru.causal_conv1d(x, w, b, dilation=dilation,
+                                              return_final_state=True)
+        assert state.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+        ys = [conv.step(steps[..., t], state) if module else fusedgru.causal_conv1d_update(
+            steps[..., t], state, w, b, dilation=dilation) for t in range(3)]
+        whole = fusedgru.causal_conv1d(torch.cat([x, steps], dim=2), w, b, dilation=dilation)
+    assert torch.equal(x, prompt), "the prompt was overwritten through the state"
+    assert_close(torch.stack(ys, dim=2), whole[..., L:], 1e-5)
 
 
 @pytest.mark.parametrize("device", DEVICES)
