@@ -336,8 +336,10 @@ def ln_gru(
     Args:
         input: ``[T, N, C]``, or ``[N, T, C]`` with ``batch_first``.
         hx: ``[num_layers * D, N, H]`` or None for zeros.
-        params: per layer and direction the six tensors above, in that order
-            (:class:`fusedgru.LayerNormGRU`'s parameter order).
+        params: per layer, and within a layer per direction (forward, then reverse), the
+            six tensors above in that order. :class:`fusedgru.LayerNormGRU` registers its
+            parameters in another order (all weights first, as nn.GRU's, then the LayerNorm
+            parameters), so gather them by name, as in the example.
         num_layers, dropout, train, bidirectional, batch_first, lengths: as in :func:`gru`.
         eps: the LayerNorm epsilon.
 
@@ -346,9 +348,13 @@ def ln_gru(
 
     Example::
 
-        >>> m = fusedgru.LayerNormGRU(4, 8)
+        >>> m = fusedgru.LayerNormGRU(4, 8, num_layers=2, bidirectional=True)
         >>> x = torch.randn(5, 3, 4)
-        >>> out, h_n = fusedgru.ln_gru(x, None, list(m.parameters()), 1, 0.0, False, False, False)
+        >>> names = ("weight_ih", "weight_hh", "ln_ih_weight", "ln_ih_bias", "ln_hh_weight",
+        ...          "ln_hh_bias")
+        >>> params = [getattr(m, f"{n}_l{k}{d}") for k in range(2) for d in ("", "_reverse")
+        ...           for n in names]
+        >>> out, h_n = fusedgru.ln_gru(x, None, params, 2, 0.0, False, True, False)
         >>> torch.allclose(out, m(x)[0])
         True
     """
