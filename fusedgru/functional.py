@@ -186,6 +186,11 @@ def _layers(input, hx, params, names, num_layers, dropout, train, bidirectional,
     lengths, need_workspace) -> (output [T, N, 2H], h_n [2, N, H])."""
     D = 2 if bidirectional else 1
     per_layer = len(names)
+    if num_layers < 1:
+        raise RuntimeError(f"num_layers must be at least 1, got {num_layers}")
+    # torch._VF.gru's check: only where dropout applies (training, between layers).
+    if train and num_layers > 1 and not 0 <= dropout <= 1:
+        raise RuntimeError(f"dropout probability has to be between 0 and 1, but got {dropout}")
     if len(params) != num_layers * D * per_layer:
         raise ValueError(
             f"expected {num_layers * D * per_layer} {what} parameters for "

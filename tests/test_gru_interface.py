@@ -287,3 +287,29 @@ def test_in_place_changes_to_the_output_are_allowed(device, op, config, leaf):
         grads.append(torch.autograd.grad(loss, leaves))
     for i, (a, b) in enumerate(zip(*grads, strict=True)):
         assert torch.equal(a, b), f"gradient {i} differs"
+
+
+@pytest.mark.parametrize("num_layers, dropout, train", [
+    (2, -0.5, True), (2, 1.5, True), (2, -0.5, False), (1, 1.5, True), (2, 1.0, True),
+    (3, 0.3, True)])
+def test_functional_gru_checks_dropout_as_torch_vf_gru(num_layers, dropout, train):
+    """fusedgru.gru takes torch._VF.gru's arguments: a dropout outside [0, 1] raises its
+    RuntimeError where dropout applies (training, between layers), runs elsewhere."""
+    m = nn.GRU(3, 4, num_layers=num_layers)
+    x, h = torch.randn(5, 2, 3), torch.zeros(num_layers, 2, 4)
+    args = (m._flat_weights, True, num_layers, dropout, train, False, False)
+    try:
+        torch._VF.gru(x, h, *args)
+    except RuntimeError as expected:
+        with pytest.raises(RuntimeError) as got:
+            fusedgru.gru(x, h, *args)
+        assert str(got.value) == str(expected)
+    else:
+        out, h_n = fusedgru.gru(x, h, *args)
+        assert out.shape == (5, 2, 4) and h_n.shape == h.shape
+
+
+def test_functional_gru_refuses_zero_layers():
+    with pytest.raises(RuntimeError, match="num_layers must be at least 1, got 0"):
+        fusedgru.gru(torch.randn(5, 2, 3), torch.zeros(0, 2, 4), [], True, 0, 0.0, False, False,
+                     False)
