@@ -568,7 +568,41 @@ def _why_not_replaceable(module: nn.Module, stock: tuple[type, ...]) -> str | No
         return (f"its class {type(module).__qualname__} subclasses {base.__module__}."
                 f"{base.__qualname__}: its own methods (forward, ...) and attributes would be "
                 f"lost")
+    # What an instance can carry beyond its class (accelerate's hooks set `forward` on the
+    # instance); the replacement is a fresh instance of the counterpart class.
+    methods = [k for k, v in vars(module).items()
+               if not k.startswith("_") and callable(v)
+               and not isinstance(v, (nn.Module, Tensor)) and hasattr(type(module), k)]
+    if methods:
+        return (f"{', '.join(methods)} set on the instance (in place of its class's), which "
+                f"the replacement would not have")
+    extra = {"buffers": list(module._buffers),
+             "parameters": [k for k in module._parameters if k not in _weight_names(module)],
+             "submodules": list(module._modules)}
+    extra = {kind: names for kind, names in extra.items() if names}
+    if extra:
+        listed = "; ".join(f"{kind} {', '.join(names)}" for kind, names in extra.items())
+        return (f"it holds {listed} beyond the stock module's, which the replacement would not "
+                f"have (state_dict keys and parameters() would change)")
     return None
+
+
+def _weight_names(module: nn.Module) -> list[str]:
+    """The parameter names of an nn.GRU / nn.GRUCell (or ours) of this configuration."""
+    if isinstance(module, nn.RNNCellBase):
+        return ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if module.bias else [])
+    return list(module._flat_weights_names)
+
+
+def _carry_weights(old: nn.Module, new: nn.Module) -> None:
+    """Give ``new`` (built on the meta device) ``old``'s weight objects. A weight that is a plain
+    tensor (nn.GRU runs with one, e.g. after ``del m.weight_hh_l0; m.weight_hh_l0 = t``) stays
+    a plain attribute, as it was."""
+    for name in _weight_names(old):
+        value = getattr(old, name)
+        if value is not None and not isinstance(value, nn.Parameter):
+            delattr(new, name)
+        setattr(new, name, value)
 
 
 def _hook_name(hook) -> str:
@@ -582,6 +616,13 @@ def _replace(model: nn.Module, kinds: tuple[type, ...], swap: Callable[[nn.Modul
     others raise before replacing anything (strict) or warn and leave them. A module found at
     several places is swapped once and the one replacement put at all of them, so sharing
     (tied encoders, a layer reused in a loop) is kept."""
+    if isinstance(model, torch.jit.ScriptModule):
+        message = (f"fusedgru.{action}: a TorchScript module cannot be changed, so nothing was "
+                   f"replaced; {action} the eager model, then trace or export it")
+        if strict:
+            raise TypeError(message + f" (or call {action}(..., strict=False) to pass it through)")
+        warnings.warn(message, stacklevel=3)
+        return model
     # (parent or None for the model itself, attribute name, module, path in model)
     sites: list[tuple[nn.Module | None, str, nn.Module, str]] = []
     if isinstance(model, kinds):
@@ -629,8 +670,9 @@ def convert(model: nn.Module, *, strict: bool = True) -> nn.Module:
     Only what the replacement reproduces exactly is replaced. A module that is an instance of a
     subclass of ``nn.GRU`` / ``nn.GRUCell`` (its own ``forward`` or attributes), that carries
     hooks (forward, forward pre-, backward, state_dict; also the legacy
-    ``torch.nn.utils.weight_norm``) or parametrizations (``torch.nn.utils.parametrize``,
-    ``torch.nn.utils.parametrizations.weight_norm``) would silently lose them. With
+    ``torch.nn.utils.weight_norm``), parametrizations (``torch.nn.utils.parametrize``,
+    ``torch.nn.utils.parametrizations.weight_norm``), a ``forward`` set on the instance, or
+    buffers, parameters or submodules beyond the stock module's would silently lose them. With
     ``strict=True`` (the default) such modules raise a ``ValueError`` naming each one's path in
     ``model`` and the reason, before anything is replaced; with ``strict=False`` they are left as
     they are, each with a ``UserWarning`` saying so, and the rest is converted.
@@ -648,6 +690,7 @@ def convert(model: nn.Module, *, strict: bool = True) -> nn.Module:
     Raises:
         ValueError: with ``strict=True``, for a module that cannot be replaced faithfully,
             naming its path and the reason.
+        TypeError: with ``strict=True``, for a TorchScript module (it cannot be changed).
 
     Example::
 
@@ -662,16 +705,14 @@ def convert(model: nn.Module, *, strict: bool = True) -> nn.Module:
         if isinstance(gru_module, nn.GRUCell):
             cell = GRUCell(gru_module.input_size, gru_module.hidden_size, gru_module.bias,
                            device="meta")
-            for name, param in gru_module.named_parameters(recurse=False):
-                setattr(cell, name, param)
+            _carry_weights(gru_module, cell)
             return cell.train(gru_module.training)
         with warnings.catch_warnings():  # nn.GRU already warned about its own arguments
             warnings.simplefilter("ignore")
             new = GRU(gru_module.input_size, gru_module.hidden_size, gru_module.num_layers,
                       gru_module.bias, gru_module.batch_first, gru_module.dropout,
                       gru_module.bidirectional, device="meta")
-        for name in gru_module._flat_weights_names:
-            setattr(new, name, getattr(gru_module, name))
+        _carry_weights(gru_module, new)
         new._init_flat_weights()
         new.train(gru_module.training)
         return new
@@ -710,13 +751,11 @@ def revert(model: nn.Module, *, strict: bool = True) -> nn.Module:
     def swap(module):
         if isinstance(module, GRUCell):
             new = nn.GRUCell(module.input_size, module.hidden_size, module.bias, device="meta")
-            for name, param in module.named_parameters(recurse=False):
-                setattr(new, name, param)
+            _carry_weights(module, new)
             return new.train(module.training)
         new = nn.GRU(module.input_size, module.hidden_size, module.num_layers, module.bias,
                      module.batch_first, module.dropout, module.bidirectional, device="meta")
-        for name in module._flat_weights_names:
-            setattr(new, name, getattr(module, name))
+        _carry_weights(module, new)
         new._init_flat_weights()
         new.flatten_parameters()
         return new.train(module.training)

@@ -85,6 +85,15 @@ def _hooked(kind):
             nn.utils.weight_norm(g, "weight_hh_l0")
     elif kind == "subclass":
         g = _OwnForwardGRU(3, 4).double()
+    elif kind == "forward on the instance":  # as accelerate's add_hook_to_module does
+        plain = g.forward
+        g.forward = lambda *args, **kwargs: (2 * plain(*args, **kwargs)[0], None)
+    elif kind == "extra buffer":
+        g.register_buffer("steps", torch.tensor(0))
+    elif kind == "extra parameter":
+        g.scale = nn.Parameter(torch.ones(()))
+    elif kind == "submodule":
+        g.head = nn.Linear(4, 4)
     return g
 
 CONVERT_REFUSALS = {
@@ -93,6 +102,10 @@ CONVERT_REFUSALS = {
     "parametrization": "it has parametrizations on weight_hh_l0 (torch.nn.utils.parametrize",
     "legacy weight_norm": "it has torch.nn.utils.weight_norm on weight_hh_l0",
     "subclass": "its class _OwnForwardGRU subclasses torch.nn.modules.rnn.GRU",
+    "forward on the instance": "forward set on the instance (in place of its class's)",
+    "extra buffer": "it holds buffers steps beyond the stock module's",
+    "extra parameter": "it holds parameters scale beyond the stock module's",
+    "submodule": "it holds submodules head beyond the stock module's",
 }
 
 @pytest.mark.parametrize("kind", list(CONVERT_REFUSALS))
@@ -141,3 +154,34 @@ def test_convert_refuses_before_replacing_anything():
     assert "cannot replace '1' (_OwnForwardGRU)" in str(got.value)
     assert "cannot replace '2' (GRU)" in str(got.value)
     assert [type(m) for m in net] == [nn.GRU, _OwnForwardGRU, nn.GRU], "nothing replaced"
+
+@pytest.mark.parametrize("cls", [nn.GRU, nn.GRUCell])
+def test_convert_and_revert_carry_a_plain_tensor_weight(cls):
+    """nn.GRU runs with a weight that is a plain tensor (`del m.w; m.w = t`); the replacement
+    holds the same tensor as a plain attribute, and both directions compute the same."""
+    torch.manual_seed(0)
+    m = cls(3, 4).double()
+    w = m.weight_hh_l0 if cls is nn.GRU else m.weight_hh
+    name = "weight_hh_l0" if cls is nn.GRU else "weight_hh"
+    plain = w.detach().clone()
+    delattr(m, name)
+    setattr(m, name, plain)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    x = x if cls is nn.GRU else x[0]
+    first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
+    expected = first(m(x))
+    ours = fusedgru.convert(m)
+    assert getattr(ours, name) is plain and name not in dict(ours.named_parameters())
+    assert torch.allclose(first(ours(x)), expected)
+    back = fusedgru.revert(ours)
+    assert type(back) is cls and getattr(back, name) is plain
+    assert torch.allclose(first(back(x)), expected)
+
+def test_a_torchscript_model_is_refused_not_passed_over():
+    """convert cannot change a scripted model: a TypeError that says what to do, not a silent
+    no-op; strict=False passes it through with a warning."""
+    scripted = torch.jit.script(nn.Sequential(nn.GRU(3, 4)))
+    with pytest.raises(TypeError, match="a TorchScript module cannot be changed"):
+        fusedgru.convert(scripted)
+    with pytest.warns(UserWarning, match="a TorchScript module cannot be changed"):
+        assert fusedgru.convert(scripted, strict=False) is scripted
