@@ -73,12 +73,36 @@ def _autocast(input: Tensor, hx: Tensor, params: Sequence[Tensor]):
     if device_type == "cuda":
         dtype = torch.get_autocast_dtype("cuda")
     elif hx.is_floating_point():
+        _refuse_float64_with_others(input, hx, params)
         dtype = torch.promote_types(torch.get_autocast_dtype("cpu"), hx.dtype)
     else:
         return input, hx, params
     if input.dtype == hx.dtype == dtype and all(p.dtype == dtype for p in params):
         return input, hx, params
     return input.to(dtype), hx.to(dtype), [p.to(dtype) for p in params]
+
+
+_C10_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.bfloat16: "BFloat16",
+              torch.float16: "Half"}
+
+
+def _refuse_float64_with_others(input: Tensor, hx: Tensor, params: Sequence[Tensor]) -> None:
+    """CPU autocast never casts float64, so where float64 meets another dtype nn.GRU's (and
+    nn.GRUCell's) first GEMM that mixes them raises: the same error, input's product with
+    weight_ih first, then hx's with weight_hh (params[0], params[1] in both parameter orders)."""
+    tensors = [input, hx, *params]
+    if all(t.dtype == torch.float64 for t in tensors) or \
+            not any(t.dtype == torch.float64 for t in tensors):
+        return
+    low = torch.get_autocast_dtype("cpu")
+
+    def cast(t):
+        return t.dtype if t.dtype == torch.float64 else low
+
+    pairs = [(input, params[0]), (hx, params[1])] + [(input, p) for p in params[2:]]
+    a, b = next((cast(a), cast(b)) for a, b in pairs if cast(a) != cast(b))
+    raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got "
+                       f"{_C10_NAMES.get(a, a)} and {_C10_NAMES.get(b, b)}")
 
 
 def check_lengths(lengths, N: int, T: int, device: torch.device) -> Tensor | None:

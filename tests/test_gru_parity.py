@@ -373,3 +373,32 @@ def test_threads_sharing_one_module_equal_sequential_runs():
         for i in range(4):
             for a, b in zip(results[i], expected[i], strict=True):
                 assert torch.equal(a, b), f"thread {i}"
+
+
+@pytest.mark.parametrize("cls", ["GRU", "GRUCell"])
+@pytest.mark.parametrize("module_dtype, x_dtype, hx_dtype", [
+    (torch.float64, torch.float64, None), (torch.float64, torch.float32, None),
+    (torch.float32, torch.float64, None), (torch.float32, torch.float32, torch.float64),
+    (torch.float64, torch.float64, torch.float32), (torch.float64, torch.bfloat16, None)])
+def test_float64_meeting_another_dtype_under_cpu_autocast_raises_as_nn_gru(
+        cls, module_dtype, x_dtype, hx_dtype):
+    """CPU autocast never casts float64: where it meets another dtype nn.GRU's GEMM raises
+    (the same error type and message here); all float64 runs in float64."""
+    ref = getattr(nn, cls)(3, 4).to(module_dtype)
+    ours = getattr(fusedgru, cls)(3, 4).to(module_dtype)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn((5, 2, 3) if cls == "GRU" else (2, 3)).to(x_dtype)
+    hx_shape = (1, 2, 4) if cls == "GRU" else (2, 4)
+    args = (x,) if hx_dtype is None else (x, torch.randn(hx_shape).to(hx_dtype))
+    first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
+    with torch.autocast("cpu"):
+        try:
+            expected = first(ref(*args))
+        except RuntimeError as error:
+            with pytest.raises(RuntimeError) as got:
+                ours(*args)
+            assert str(got.value) == str(error)
+            return
+        got = first(ours(*args))
+    assert got.dtype == expected.dtype == torch.float64
+    assert_close(got, expected, TOL[torch.float64])
