@@ -117,11 +117,18 @@ std::vector<int64_t> active_prefix(const std::optional<at::Tensor>& lengths, int
 //   grad_input = dG_i W_ih, grad_weight_ih = dG_i^T x, grad_weight_hh = dgh^T hprev,
 //   grad_bias_ih = sum dG_i, grad_bias_hh = sum dgh, where dG_i = (dgh_r, dgh_z, dgin).
 // Returns (grad_input, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh); what is not
-// asked for is an empty [0] tensor.
+// asked for is an empty [0] tensor. len: the lengths as the kernels read them, or undefined.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_backward_gemms(
-    const at::Tensor& x, bool batch_major, const at::Tensor& weight_ih, const at::Tensor& dgh,
-    const at::Tensor& dgin, const at::Tensor& hprev, bool has_bias, bool need_input_grad,
-    bool need_weight_grad, const Matmul& matmul);
+    const at::Tensor& x, bool batch_major, const at::Tensor& len, const at::Tensor& weight_ih,
+    const at::Tensor& dgh, const at::Tensor& dgin, const at::Tensor& hprev, bool has_bias,
+    bool need_input_grad, bool need_weight_grad, const Matmul& matmul);
+
+// x [T, N, C] with the steps past each row's length zeroed (a copy in x's layout), or x itself
+// without lengths (len undefined): the weight gradients' dG^T x. The padded steps' dG rows are
+// zero, but 0 * NaN and 0 * inf are NaN, so non-finite padding (log-features of zero frames,
+// NaN sentinels, an uninitialized batch buffer) would reach W_ih's gradient; nn.GRU on a
+// PackedSequence never reads the padding. Built on x's device, no host synchronization.
+at::Tensor steps_without_padding(const at::Tensor& x, const at::Tensor& len);
 
 // The sizes and the input in step layout (steps_layout), as every forward and backward starts.
 struct Steps {
@@ -410,9 +417,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ln_gru_in
     bool batch_major, const at::Tensor& ln_ih_weight, const at::Tensor& workspace,
     const at::Tensor& da_i, const at::Tensor& da_h, bool need_weight_grad);
 // grad_input = d_gi W_ih, grad_weight_ih = d_gi^T x, grad_weight_hh = dg_raw^T hprev.
+// len: as gru_backward_gemms.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ln_gru_backward_gemms(
-    const at::Tensor& x, bool batch_major, const at::Tensor& weight_ih, const at::Tensor& d_gi,
-    const at::Tensor& dg_raw, const at::Tensor& hprev, bool need_input_grad, bool need_weight_grad,
-    const Matmul& matmul);
+    const at::Tensor& x, bool batch_major, const at::Tensor& len, const at::Tensor& weight_ih,
+    const at::Tensor& d_gi, const at::Tensor& dg_raw, const at::Tensor& hprev, bool need_input_grad,
+    bool need_weight_grad, const Matmul& matmul);
 
 }  // namespace fusedgru

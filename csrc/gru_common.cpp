@@ -339,9 +339,19 @@ GruBackwardPointwise GruBackwardState::at_step(int64_t t) const {
   return p;
 }
 
+Tensor steps_without_padding(const Tensor& x, const Tensor& len) {
+  if (!len.defined() || x.numel() == 0) return x;
+  const int64_t T = x.size(0);
+  // [T, N]: step t of row n is padding; lengths clamped into [0, T] as the kernels read them.
+  const Tensor pad = at::arange(T, len.options()).unsqueeze(1) >= len.clamp(0, T).unsqueeze(0);
+  Tensor kept = x.clone();  // x's strides: the GEMMs read it flat in the same layout
+  kept.masked_fill_(pad.unsqueeze(2), 0);
+  return kept;
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_gemms(
-    const Tensor& x, bool batch_major, const Tensor& weight_ih, const Tensor& dgh,
-    const Tensor& dgin, const Tensor& hprev, bool has_bias, bool need_input_grad,
+    const Tensor& x, bool batch_major, const Tensor& len, const Tensor& weight_ih,
+    const Tensor& dgh, const Tensor& dgin, const Tensor& hprev, bool has_bias, bool need_input_grad,
     bool need_weight_grad, const Matmul& matmul) {
   const int64_t T = x.size(0), N = x.size(1), C = x.size(2), H = dgin.size(2), G = 3 * H;
   const auto opts = x.options();
@@ -360,7 +370,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_gemms(
   }
   Tensor gw_ih = none(), gw_hh = none(), gb_ih = none(), gb_hh = none();
   if (need_weight_grad) {
-    const Tensor x2 = flat(x, batch_major);
+    const Tensor x2 = flat(steps_without_padding(x, len), batch_major);
     gw_ih = at::empty({G, C}, opts);
     Tensor gw_rz = gw_ih.narrow(0, 0, 2 * H), gw_n = gw_ih.narrow(0, 2 * H, H);
     matmul(gw_rz, dg_rz.t(), x2, 0.0);

@@ -187,7 +187,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> ln_gru_input_backward(
 }
 
 std::tuple<Tensor, Tensor, Tensor> ln_gru_backward_gemms(const Tensor& x, bool batch_major,
-                                                         const Tensor& weight_ih,
+                                                         const Tensor& len, const Tensor& weight_ih,
                                                          const Tensor& d_gi, const Tensor& dg_raw,
                                                          const Tensor& hprev, bool need_input_grad,
                                                          bool need_weight_grad,
@@ -204,7 +204,7 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_backward_gemms(const Tensor& x, bool b
   }
   if (need_weight_grad) {
     g_wih = at::empty({G, C}, opts);
-    matmul(g_wih, dgi2.t(), flat(x, batch_major), 0.0);
+    matmul(g_wih, dgi2.t(), flat(steps_without_padding(x, len), batch_major), 0.0);
     g_whh = at::empty({G, H}, opts);
     matmul(g_whh, flat(dg_raw, batch_major).t(), flat(hprev, batch_major), 0.0);
   }

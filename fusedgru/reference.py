@@ -43,6 +43,14 @@ def _rows_of_their_own(t: Tensor) -> Tensor:
     return t
 
 
+def _without_padding(input: Tensor, active: Tensor, lengths: Tensor | None) -> Tensor:
+    """input with the steps past each row's length zeroed, for the products with W_ih: their
+    gradient in W_ih multiplies the padding by a zero gradient, and 0 * NaN or 0 * inf in the
+    padding would still reach it (nn.GRU on a PackedSequence never reads the padding; the
+    fused ops' steps_without_padding)."""
+    return input if lengths is None else input.masked_fill(~active, 0)
+
+
 def gates(gi: Tensor, gh: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One step's gates from the input and recurrent pre-activations gi, gh [N, 3H] (gate order
     r, z, n, as nn.GRU) and h_{t-1} [N, H]: (r, z, n, h_t), with
@@ -84,8 +92,9 @@ def gru_layer(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
     """
     T, N, _ = input.shape
     H = hx.shape[1]
-    gi = torch.nn.functional.linear(_rows_of_their_own(input), weight_ih, bias_ih)
     active = _active_mask(lengths, T, N, input)
+    gi = torch.nn.functional.linear(_rows_of_their_own(_without_padding(input, active, lengths)),
+                                    weight_ih, bias_ih)
     h = _rows_of_their_own(hx)
     outs, saved = [None] * T, [None] * T
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
@@ -164,7 +173,8 @@ def gru_layer_backward(grad_output: Tensor, grad_h_n: Tensor, grad_workspace: Te
     dgh_all, dgin_all = torch.stack(dgh), torch.stack(dgin)
     dgi_all = torch.cat([dgh_all[..., :2 * H], dgin_all], dim=2)
     grad_input = dgi_all @ weight_ih
-    grad_w_ih = dgi_all.reshape(-1, 3 * H).t() @ input.reshape(-1, input.shape[2])
+    kept = _without_padding(input, active, lengths)
+    grad_w_ih = dgi_all.reshape(-1, 3 * H).t() @ kept.reshape(-1, input.shape[2])
     grad_w_hh = dgh_all.reshape(-1, 3 * H).t() @ hprev.reshape(-1, H)
     grad_b_ih = dgi_all.sum((0, 1)) if has_bias else None
     grad_b_hh = dgh_all.sum((0, 1)) if has_bias else None
@@ -296,9 +306,9 @@ def ln_gru_layer(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor
     T, N, _ = input.shape
     H = hx.shape[1]
     ln = torch.nn.functional.layer_norm
-    a_i = ln(_rows_of_their_own(input) @ weight_ih.t(), (3 * H,), ln_ih_weight, ln_ih_bias,
-             eps)
     active = _active_mask(lengths, T, N, input)
+    kept = _rows_of_their_own(_without_padding(input, active, lengths))
+    a_i = ln(kept @ weight_ih.t(), (3 * H,), ln_ih_weight, ln_ih_bias, eps)
     h = _rows_of_their_own(hx)
     outs = [None] * T
     for t in (range(T - 1, -1, -1) if reverse else range(T)):

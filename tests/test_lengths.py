@@ -121,3 +121,49 @@ def test_lengths_as_a_list_or_int32_equal_int64_tensor(entry):
     assert torch.equal(f(x, torch.tensor(lengths, dtype=torch.int32)), expected)
     assert torch.all(expected[:, 2] == 0) and torch.all(expected[1:, 3] == 0)
     assert expected[:3, 0].abs().min() > 0 and expected[0, 3].abs().min() > 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fill", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("config", [
+    dict(cls="GRU"), dict(cls="GRU", num_layers=2, bidirectional=True, batch_first=True),
+    dict(cls="LayerNormGRU", bidirectional=True)],
+    ids=lambda c: "-".join(k if v is True else str(v) for k, v in c.items()))
+@pytest.mark.parametrize("transform", [False, True], ids=["autograd", "torch.func.grad"])
+def test_non_finite_padding_reaches_nothing(device, fill, config, transform):
+    """Padding past each row's length that holds NaN or +-inf (log-features of zero frames,
+    NaN sentinels, an uninitialized batch buffer) gives the same bits as zero padding in the
+    outputs, h_n and every gradient, weight_ih's included (its gradient multiplies the input by
+    dG, zero in the padding, and 0 * NaN is NaN unless the padding is left out), on the fused
+    ops and on the references that torch.func.grad runs. nn.GRU on a PackedSequence never
+    reads the padding."""
+    config = dict(config)
+    cls = getattr(fusedgru, config.pop("cls"))
+    torch.manual_seed(0)
+    m = cls(5, 6, **config).to(device=device, dtype=torch.float64)
+    batch_first = config.get("batch_first", False)
+    T, N = 7, 4
+    lengths = torch.tensor([7, 3, 0, 5])
+    x = torch.randn((N, T, 5) if batch_first else (T, N, 5), device=device, dtype=torch.float64)
+    steps = torch.arange(T).unsqueeze(1 if not batch_first else 0)
+    pad = (steps >= lengths.unsqueeze(0 if not batch_first else 1)).to(device).unsqueeze(2)
+    params = dict(m.named_parameters())
+
+    def loss(p, x):
+        out, h_n = torch.func.functional_call(m, p, (x,), {"lengths": lengths.to(device)})
+        return (out * out.detach().cos()).sum() + h_n.sum(), (out, h_n)
+
+    runs = []
+    for value in (0.0, float(fill)):
+        xi = x.masked_fill(pad, value)
+        if transform:
+            grads, outs = torch.func.grad(loss, argnums=(0, 1), has_aux=True)(params, xi)
+            grads = (*grads[0].values(), grads[1])
+        else:
+            xi.requires_grad_()
+            value_, outs = loss(params, xi)
+            grads = torch.autograd.grad(value_, [*params.values(), xi])
+        runs.append([*outs, *grads])
+    names = ["output", "h_n", *params, "input"]
+    for name, a, b in zip(names, *runs, strict=True):
+        assert torch.isfinite(b).all() and torch.equal(a, b), f"{name} differs"

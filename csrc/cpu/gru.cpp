@@ -516,8 +516,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     });
   }
   auto [grad_input, gw_ih, gw_hh, gb_ih, gb_hh] =
-      gru_backward_gemms(st.x, st.batch_major, weight_ih, st.dgh, st.dgin, st.hprev, has_bias,
-                         need_input_grad, need_weight_grad, cpu_matmul);
+      gru_backward_gemms(st.x, st.batch_major, st.len, weight_ih, st.dgh, st.dgin, st.hprev,
+                         has_bias, need_input_grad, need_weight_grad, cpu_matmul);
   return {grad_input, st.dh, gw_ih, gw_hh, gb_ih, gb_hh};
 }
 

@@ -451,7 +451,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gr
   auto [d_gi, g_gi, g_bi, g_gh, g_bh] =
       input_backward(st.batch_major, ln_ih_weight, st.ws, st.da_i, st.da_h, need_weight_grad);
   auto [grad_input, g_wih, g_whh] =
-      ln_gru_backward_gemms(st.x, st.batch_major, weight_ih, d_gi, st.dg_raw, st.hprev,
+      ln_gru_backward_gemms(st.x, st.batch_major, st.len, weight_ih, d_gi, st.dg_raw, st.hprev,
                             need_input_grad, need_weight_grad, cpu_matmul);
   return {grad_input, st.dh, g_wih, g_whh, g_gi, g_bi, g_gh, g_bh};
 }

@@ -226,8 +226,8 @@ void backward_direction(GruBackwardState& st, const Tensor& weight_hh, bool reve
 inline GruGrads backward_result(const GruBackwardState& st, const Tensor& weight_ih, bool has_bias,
                                 bool need_input_grad, bool need_weight_grad, const Matmul& mm) {
   auto [grad_input, gw_ih, gw_hh, gb_ih, gb_hh] =
-      gru_backward_gemms(st.x, st.batch_major, weight_ih, st.dgh, st.dgin, st.hprev, has_bias,
-                         need_input_grad, need_weight_grad, mm);
+      gru_backward_gemms(st.x, st.batch_major, st.len, weight_ih, st.dgh, st.dgin, st.hprev,
+                         has_bias, need_input_grad, need_weight_grad, mm);
   return {grad_input, st.dh, gw_ih, gw_hh, gb_ih, gb_hh};
 }
 
