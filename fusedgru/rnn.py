@@ -476,7 +476,7 @@ class GRUCell(nn.RNNCellBase):
                                f"expected {self.hidden_size}")
         params = [self.weight_ih, self.weight_hh] + (
             [self.bias_ih, self.bias_hh] if self.bias else [])
-        if self._lean_ok(input, hx, params):
+        if params[0].numel() > 0 and self._lean_ok(input, hx, params):
             out = _ops.gru_cell(input, hx, *params)
             return out if is_batched else out.squeeze(0)
         # Under autocast, nn.GRUCell's h' takes hx's dtype (see functional._autocast).
@@ -484,7 +484,10 @@ class GRUCell(nn.RNNCellBase):
         _check_devices_and_dtypes(input, hx, params)
         w_ih, w_hh = params[0], params[1]
         b_ih, b_hh = (params[2], params[3]) if self.bias else (None, None)
-        step = fused_or_reference(_fused_cell_step, _reference_cell_step, input, hx, *params)
+        if w_ih.numel() == 0:  # input_size or hidden_size 0: ATen's cell, as nn.GRUCell's
+            step = torch.gru_cell
+        else:
+            step = fused_or_reference(_fused_cell_step, _reference_cell_step, input, hx, *params)
         with no_autocast(input.device.type):  # cast already; the references must not recast
             out = step(input, hx, w_ih, w_hh, b_ih, b_hh)
         return out if is_batched else out.squeeze(0)

@@ -194,3 +194,26 @@ def test_meta_device_gru_cell():
     ref, ours = nn.GRUCell(3, 5, device="meta"), fusedgru.GRUCell(3, 5, device="meta")
     x = torch.randn(4, 3, device="meta")
     assert ours(x).shape == ref(x).shape == (4, 5) and ours(x).device.type == "meta"
+
+
+@pytest.mark.parametrize("C, H", [(0, 8), (4, 0), (0, 0)])
+@pytest.mark.parametrize("N", [3, 9, None], ids=["N3", "N9", "unbatched"])
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_gru_cell_with_an_empty_size_runs_as_nn_gru_cell(C, H, N, grad):
+    """nn.GRUCell takes input_size or hidden_size 0 (sizes from a config); ours gives the same
+    h' and gradients on every path (the fused kernels take no empty weights: ATen's cell)."""
+    torch.manual_seed(0)
+    ref, ours = nn.GRUCell(C, H).double(), fusedgru.GRUCell(C, H).double()
+    ours.load_state_dict(ref.state_dict())
+    shape = () if N is None else (N,)
+    x, hx = torch.randn(*shape, C, dtype=torch.float64), torch.randn(*shape, H,
+                                                                     dtype=torch.float64)
+    with torch.set_grad_enabled(grad):
+        results = []
+        for cell in (ref, ours):
+            out = cell(x, hx)
+            grads = torch.autograd.grad(out.sum(), list(cell.parameters()),
+                                        allow_unused=True) if grad else ()
+            results.append((out, *grads))
+    for a, b in zip(*results, strict=True):
+        assert a.shape == b.shape and torch.equal(a, b)
