@@ -96,9 +96,9 @@ void check_gru_backward_args(const Tensor& grad_output, const Tensor& grad_h_n,
   FUSEDGRU_CHECK_SHAPE(grad_output, T, N, H);
   FUSEDGRU_CHECK_SHAPE(grad_h_n, N, H);
   FUSEDGRU_CHECK_SHAPE(output, T, N, H);
-  TORCH_CHECK(workspace.numel() > 0 || N == 0,
-              "gru_backward: the workspace is empty; run gru_forward with need_workspace=True "
-              "to differentiate it");
+  // need_workspace=False saved an empty [0]
+  TORCH_CHECK(N == 0 || workspace.dim() != 1 || workspace.numel() > 0,
+              "gru_backward: ", kNoWorkspaceMessage);
   if (N > 0) FUSEDGRU_CHECK_SHAPE(workspace, T, N, kSavedGates * H);
   std::vector<const Tensor*> tensors{&grad_output, &grad_h_n, &output, &workspace};
   if (grad_workspace.has_value()) {

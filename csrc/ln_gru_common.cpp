@@ -52,10 +52,13 @@ void check_ln_gru_backward_args(const Tensor& grad_output, const Tensor& grad_h_
   FUSEDGRU_CHECK_SHAPE(grad_output, T, N, H);
   FUSEDGRU_CHECK_SHAPE(grad_h_n, N, H);
   FUSEDGRU_CHECK_SHAPE(output, T, N, H);
+  // need_workspace=False saved an empty [0]
+  TORCH_CHECK(N == 0 || workspace.dim() != 1 || workspace.numel() > 0,
+              "ln_gru_backward: ", kNoWorkspaceMessage);
   TORCH_CHECK(N == 0 || (workspace.dim() == 3 && workspace.size(0) == T && workspace.size(1) == N &&
                          workspace.size(2) == ln_gru_saved_width(H)),
-              "ln_gru_backward: the workspace must have shape (T, N, 9H + 2); run "
-              "ln_gru_forward with need_workspace=True to differentiate it");
+              "ln_gru_backward: the workspace must have shape (T, N, 9H + 2), as ln_gru_forward "
+              "saves it");
   for (const Tensor* t : {&grad_output, &grad_h_n, &output, &workspace}) {
     TORCH_CHECK(t->scalar_type() == input.scalar_type() && t->device() == input.device(),
                 "ln_gru_backward: expected all tensors as ", input.scalar_type(), " on ",

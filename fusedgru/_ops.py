@@ -376,22 +376,8 @@ def _gru_forward_setup_context(ctx, inputs, output):
 _GRU_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
-def _require_workspaces(input: Tensor, *workspaces: Tensor) -> None:
-    """A forward op's backward needs the activations it saved; without them (the empty ``[0]``
-    of ``need_workspace=False``) say how that came about. ``dim()`` first: no shape guard
-    under torch.compile where the workspace is there."""
-    if any(w.dim() == 1 for w in workspaces) and input.shape[1] != 0:
-        raise RuntimeError(
-            "fusedgru: this GRU call ran without saving what its backward needs, so it cannot "
-            "be differentiated. That happens when a module is traced (torch.jit.trace) or "
-            "exported (torch.export) with gradients off (under torch.no_grad(), or with its "
-            "parameters and inputs frozen) and the captured graph is trained later: capture "
-            "it with gradients enabled to train it.")
-
-
 def _gru_forward_backward(ctx, grad_output, grad_h_n, grad_workspace):
     input, hx, weight_ih, weight_hh, lengths, out, workspace = ctx.saved_tensors
-    _require_workspaces(input, workspace)
     need = _GRU_FORWARD.needs_input_grad(ctx)
     if grad_output is None:
         grad_output = torch.zeros_like(out)
@@ -454,7 +440,6 @@ def _gru_forward_bidirectional_setup_context(ctx, inputs, output):
 
 def _gru_forward_bidirectional_backward(ctx, grad_output, grad_h_n, grad_ws0, grad_ws1):
     input, hx, w_ih0, w_hh0, w_ih1, w_hh1, lengths, out, ws0, ws1 = ctx.saved_tensors
-    _require_workspaces(input, ws0, ws1)
     need = _GRU_FORWARD_BIDIRECTIONAL.needs_input_grad(ctx)
     grads = gru_backward_bidirectional(
         grad_output if grad_output is not None else torch.zeros_like(out),
@@ -718,7 +703,6 @@ def _ln_gru_backward(ctx, grad_output, grad_h_n, _grad_workspace):
         raise RuntimeError("LayerNormGRU does not support double backward yet "
                            "(fusedgru.GRU does)")
     input, hx, w_ih, w_hh, g_i, g_h, b_h, lengths, out, workspace = ctx.saved_tensors
-    _require_workspaces(input, workspace)
     need = _LN_GRU_FORWARD.needs_input_grad(ctx)
     if grad_output is None:
         grad_output = torch.zeros_like(out)

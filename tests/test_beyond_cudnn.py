@@ -56,7 +56,7 @@ def test_torch_export_runs_and_matches_eager(device):
 def test_a_graph_captured_without_gradients_says_why_it_cannot_train(kind):
     """torch.export / torch.jit.trace under no_grad capture the forward without the activations
     its backward needs: training the captured graph raises an error that says so and what to
-    do (the ops' own check said "the workspace is empty"). Captured with gradients on, the same
+    do (the backward ops say so: csrc kNoWorkspaceMessage). Captured with gradients on, the same
     graph trains and gives eager's gradients."""
     cls = fusedgru.LayerNormGRU if kind == "LayerNormGRU" else fusedgru.GRU
     m = cls(3, 4, bidirectional=kind.endswith("bidirectional"))
