@@ -98,10 +98,11 @@ struct CausalConvUpdateParams {
   int64_t activation;
 };
 
-// The device-independent part of the update: the checks, weight and bias contiguous, y
-// allocated and the params. The device runs its kernel on p unless y is empty.
+// The device-independent part of the update: the checks, weight and bias contiguous, x copied
+// when it lives in conv_state's storage, y allocated and the params.
+// The device runs its kernel on p unless y is empty.
 struct CausalConvUpdate {
-  at::Tensor w, y;
+  at::Tensor x, w, y;
   std::optional<at::Tensor> b;
   CausalConvUpdateParams p;
 };

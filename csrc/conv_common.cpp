@@ -164,14 +164,19 @@ CausalConvUpdate conv_update(const Tensor& x, Tensor& conv_state, const Tensor& 
                              const std::optional<Tensor>& bias, int64_t dilation,
                              int64_t activation) {
   check_causal_conv_update_args(x, conv_state, weight, bias, dilation, activation);
+  // An x in the state's storage that the checks could not refuse (a strided view: overlap is
+  // undecidable there, e.g. x = conv_state[:, :, 0] or another row's column) is read from a copy
+  // taken before any row moves. (A weight or bias there is either dense, so decided by the
+  // checks, or copied by contiguous().)
   CausalConvUpdate u;
+  u.x = x.storage().is_alias_of(conv_state.storage()) ? x.clone() : x;
   u.w = weight.contiguous();
   if (bias.has_value()) u.b = bias->contiguous();
   u.y = at::empty({x.size(0), x.size(1)}, x.options());
   CausalConvUpdateParams& p = u.p;
-  p.x = x.data_ptr();
-  p.x_sn = x.stride(0);
-  p.x_sc = x.stride(1);
+  p.x = u.x.data_ptr();
+  p.x_sn = u.x.stride(0);
+  p.x_sc = u.x.stride(1);
   p.state = conv_state.data_ptr();
   p.s_sn = conv_state.stride(0);
   p.s_sc = conv_state.stride(1);

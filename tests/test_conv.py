@@ -453,6 +453,34 @@ def test_update_refuses_a_state_that_aliases(device, alias):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("alias", ["x is its row's oldest step", "x in other rows' state",
+                                   "weight in the state", "bias in the state"])
+def test_update_reads_strided_inputs_inside_the_state_as_they_were(device, alias):
+    """Inputs that live in conv_state's storage as strided views (where at::assert_no_overlap
+    cannot decide, so nothing is refused) are read as they were before the call, as if the
+    caller had passed copies: the output and the state equal those of the copies. Before, x in
+    other rows' state gave wrong outputs (the rows shifted first were read shifted)."""
+    N = C = 5
+    W, dilation = 2, 2  # S = (W - 1) dilation = W: a [N, S] slice of the state is a weight
+    state = torch.randn(N, C, W, device=device)
+    x, w, b = torch.randn(N, C, device=device), torch.randn(C, W, device=device), None
+    if alias == "x is its row's oldest step":
+        x = state[:, :, 0]
+    elif alias == "x in other rows' state":
+        x = state.transpose(0, 1)[:, :, 1]  # x[n, c] is row (c, n)'s newest step
+    elif alias == "weight in the state":
+        w = state[:, 2, :]
+    else:
+        b = state[1, :, 0]
+    copies = [t.clone() if t is not None else None for t in (x, state, w, b)]
+    with torch.no_grad():
+        want = fusedgru.causal_conv1d_update(*copies[:3], copies[3], dilation=dilation)
+        got = fusedgru.causal_conv1d_update(x, state, w, b, dilation=dilation)
+    assert torch.equal(got, want)
+    assert torch.equal(state, copies[1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("W, dilation, message", [
     (4, 2**62, r"dilation 4611686018427387904 is too large: the history \(W-1\)\*dilation = "
                r"3\*4611686018427387904 overflows int64"),
