@@ -34,14 +34,11 @@ namespace fusedgru {
 // Saved activations per (t, n): [r | z | n | W_hn h + b_hn], 4H values.
 constexpr int64_t kSavedGates = 4;
 
-// What a backward op says when its forward saved no activations (need_workspace=False gives an
-// empty workspace): how a user gets there and what to do about it.
+// What a backward op says when given the empty workspace of a forward run with
+// need_workspace=False (the autograd formulas, fusedgru/_ops.py, run such a forward again).
 constexpr const char* kNoWorkspaceMessage =
-    "this GRU call ran without saving what its backward needs, so it cannot be differentiated. "
-    "That happens when a module is traced (torch.jit.trace) or exported (torch.export) with "
-    "gradients off (under torch.no_grad(), or with its parameters and inputs frozen) and the "
-    "captured graph is trained later: capture it with gradients enabled to train it (or call "
-    "the forward op with need_workspace=True)";
+    "the workspace is empty: its forward ran with need_workspace=False; pass the workspace of "
+    "the forward run with need_workspace=True";
 
 // Forward pointwise stage of step t. Pointers are typed by `dtype`; unit j of gate g (0 r, 1 z,
 // 2 n) in row i of gh is gh[i * gh_sn + g * gh_sg + (j - j0)].

@@ -98,6 +98,19 @@ def below_autograd_ok() -> bool:
                 or torch._C._functorch.peek_interpreter_stack() is not None)
 
 
+def fx_leaf(module: torch.nn.Module, *args, **kwargs):
+    """Under ``torch.fx.symbolic_trace`` (an argument is an FX Proxy): the module's call as one
+    ``call_module`` node, the Proxy of its result; else None. FX's tracer keeps torch.nn's
+    modules (nn.GRU, nn.GRUCell, nn.Conv1d) as such leaves by their namespace and traces into
+    every other module, where the forward's checks of shapes would branch on proxies; ours are
+    leaves too, so a model traces as it did with nn.GRU (FX passes, graph-mode tooling)."""
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, torch.fx.Proxy):
+            tracer = a.tracer
+            return tracer.create_proxy("call_module", tracer.path_of_module(module), args, kwargs)
+    return None
+
+
 def _call(op, **kwargs):
     """``op(**kwargs)``, below autograd where :func:`below_autograd_ok`."""
     if not below_autograd_ok():
@@ -363,12 +376,35 @@ def _gru_backward_fake(grad_output, grad_h_n, grad_workspace, input, hx, weight_
     return grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
 
 
+def _save_for_backward(ctx, schema: _Schema, a: dict, output, pick) -> None:
+    """Save what a forward op's backward reads, ``pick(a, output)`` (a: the op's inputs by
+    name). A forward run without its workspace (``need_workspace=False``: a graph captured with
+    gradients off by torch.export or torch.jit.trace and trained later, or inputs batched by
+    vmap, whose requires_grad reads False) saves its inputs instead, and
+    :func:`_saved_for_backward` runs it again with the workspace: one more forward, the same
+    gradients (nn.GRU's captured graphs train too)."""
+    ctx.pick = pick
+    if a["need_workspace"]:
+        ctx.rerun = None
+        ctx.save_for_backward(*pick(a, output))
+    else:
+        ctx.rerun = {n: a[n] for n in schema.flags} | {"need_workspace": True}
+        ctx.save_for_backward(*(a[n] for n in schema.tensors))
+
+
+def _saved_for_backward(ctx, schema: _Schema, op) -> tuple:
+    """What :func:`_save_for_backward` picked, from the forward again where it saved inputs."""
+    if ctx.rerun is None:
+        return ctx.saved_tensors
+    a = dict(zip(schema.tensors, ctx.saved_tensors, strict=True)) | ctx.rerun
+    return ctx.pick(a, _call(op, **a))
+
+
 def _gru_forward_setup_context(ctx, inputs, output):
     a = _GRU_FORWARD.bind(inputs)
-    out, _, workspace = output
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(a["input"], a["hx"], a["weight_ih"], a["weight_hh"], a["lengths"], out,
-                          workspace)
+    _save_for_backward(ctx, _GRU_FORWARD, a, output, lambda a, o: (
+        a["input"], a["hx"], a["weight_ih"], a["weight_hh"], a["lengths"], o[0], o[2]))
     ctx.reverse = a["reverse"]
     ctx.bias_present = {"bias_ih": a["bias_ih"] is not None, "bias_hh": a["bias_hh"] is not None}
 
@@ -377,7 +413,8 @@ _GRU_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 def _gru_forward_backward(ctx, grad_output, grad_h_n, grad_workspace):
-    input, hx, weight_ih, weight_hh, lengths, out, workspace = ctx.saved_tensors
+    input, hx, weight_ih, weight_hh, lengths, out, workspace = _saved_for_backward(
+        ctx, _GRU_FORWARD, torch.ops.fusedgru.gru_forward)
     need = _GRU_FORWARD.needs_input_grad(ctx)
     if grad_output is None:
         grad_output = torch.zeros_like(out)
@@ -430,16 +467,18 @@ _DIRECTION_ARGS = (
 
 def _gru_forward_bidirectional_setup_context(ctx, inputs, output):
     a = _GRU_FORWARD_BIDIRECTIONAL.bind(inputs)
-    out, _, ws0, ws1 = output
     ctx.set_materialize_grads(False)
-    weights = [a[names[w]] for names in _DIRECTION_ARGS for w in ("weight_ih", "weight_hh")]
-    ctx.save_for_backward(a["input"], a["hx"], *weights, a["lengths"], out, ws0, ws1)
+    _save_for_backward(ctx, _GRU_FORWARD_BIDIRECTIONAL, a, output, lambda a, o: (
+        a["input"], a["hx"],
+        *(a[names[w]] for names in _DIRECTION_ARGS for w in ("weight_ih", "weight_hh")),
+        a["lengths"], o[0], o[2], o[3]))
     ctx.bias_present = [{b: a[names[b]] is not None for b in ("bias_ih", "bias_hh")}
                         for names in _DIRECTION_ARGS]
 
 
 def _gru_forward_bidirectional_backward(ctx, grad_output, grad_h_n, grad_ws0, grad_ws1):
-    input, hx, w_ih0, w_hh0, w_ih1, w_hh1, lengths, out, ws0, ws1 = ctx.saved_tensors
+    input, hx, w_ih0, w_hh0, w_ih1, w_hh1, lengths, out, ws0, ws1 = _saved_for_backward(
+        ctx, _GRU_FORWARD_BIDIRECTIONAL, torch.ops.fusedgru.gru_forward_bidirectional)
     need = _GRU_FORWARD_BIDIRECTIONAL.needs_input_grad(ctx)
     grads = gru_backward_bidirectional(
         grad_output if grad_output is not None else torch.zeros_like(out),
@@ -690,11 +729,11 @@ _LN_GRU_PARAMS = ("weight_ih", "weight_hh", "ln_ih_weight", "ln_ih_bias", "ln_hh
 
 def _ln_gru_setup_context(ctx, inputs, output):
     a = _LN_GRU_FORWARD.bind(inputs)
-    out, _, workspace = output
-    ctx.mark_non_differentiable(workspace)
+    ctx.mark_non_differentiable(output[2])
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(a["input"], a["hx"], a["weight_ih"], a["weight_hh"], a["ln_ih_weight"],
-                          a["ln_hh_weight"], a["ln_hh_bias"], a["lengths"], out, workspace)
+    _save_for_backward(ctx, _LN_GRU_FORWARD, a, output, lambda a, o: (
+        a["input"], a["hx"], a["weight_ih"], a["weight_hh"], a["ln_ih_weight"],
+        a["ln_hh_weight"], a["ln_hh_bias"], a["lengths"], o[0], o[2]))
     ctx.reverse = a["reverse"]
 
 
@@ -702,7 +741,8 @@ def _ln_gru_backward(ctx, grad_output, grad_h_n, _grad_workspace):
     if torch.is_grad_enabled():
         raise RuntimeError("LayerNormGRU does not support double backward yet "
                            "(fusedgru.GRU does)")
-    input, hx, w_ih, w_hh, g_i, g_h, b_h, lengths, out, workspace = ctx.saved_tensors
+    input, hx, w_ih, w_hh, g_i, g_h, b_h, lengths, out, workspace = _saved_for_backward(
+        ctx, _LN_GRU_FORWARD, torch.ops.fusedgru.ln_gru_forward)
     need = _LN_GRU_FORWARD.needs_input_grad(ctx)
     if grad_output is None:
         grad_output = torch.zeros_like(out)

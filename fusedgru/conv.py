@@ -220,6 +220,9 @@ class CausalConv1d(nn.Module):
     def forward(self, x: Tensor, initial_state: Tensor | None = None,
                 return_final_state: bool = False):
         """``y`` (the layout of ``x``), or ``(y, final_state)``: see the class docstring."""
+        traced = _ops.fx_leaf(self, x, initial_state, return_final_state)
+        if traced is not None:
+            return traced
         xc = x.transpose(1, 2) if self.channels_last else x
         out = causal_conv1d(xc, self.weight, self.bias, dilation=self.dilation,
                             activation=self.activation, initial_state=initial_state,

@@ -54,6 +54,9 @@ class _GRUInterface:
         the padded batch directly. Its shape and dtype are always checked, its values when they
         are on the host; on CUDA the kernels clamp them into ``[0, T]`` (no host sync), see
         :func:`fusedgru.gru`."""
+        traced = _ops.fx_leaf(self, input, hx, lengths=lengths)
+        if traced is not None:
+            return traced
         D = 2 if self.bidirectional else 1
         if isinstance(input, PackedSequence):
             if lengths is not None:
@@ -453,6 +456,9 @@ class GRUCell(nn.RNNCellBase):
         super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype)
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        traced = _ops.fx_leaf(self, input, hx)
+        if traced is not None:
+            return traced
         if input.dim() not in (1, 2):
             raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None and hx.dim() not in (1, 2):

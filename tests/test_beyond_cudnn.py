@@ -53,25 +53,74 @@ def test_torch_export_runs_and_matches_eager(device):
 
 
 @pytest.mark.parametrize("kind", ["GRU", "GRU-bidirectional", "LayerNormGRU"])
-def test_a_graph_captured_without_gradients_says_why_it_cannot_train(kind):
-    """torch.export / torch.jit.trace under no_grad capture the forward without the activations
-    its backward needs: training the captured graph raises an error that says so and what to
-    do (the backward ops say so: csrc kNoWorkspaceMessage). Captured with gradients on, the same
-    graph trains and gives eager's gradients."""
+def test_a_graph_captured_without_gradients_trains(kind):
+    """torch.export / torch.jit.trace under no_grad (or of a frozen model) capture the forward
+    without the activations its backward reads (need_workspace=False); nn.GRU's captured
+    graphs train all the same. So do ours: the backward runs the forward again with its
+    workspace and gives eager's gradients, bit for bit (it raised before)."""
     cls = fusedgru.LayerNormGRU if kind == "LayerNormGRU" else fusedgru.GRU
-    m = cls(3, 4, bidirectional=kind.endswith("bidirectional"))
+    m = cls(3, 4, num_layers=2, bidirectional=kind.endswith("bidirectional"))
     x = torch.randn(5, 2, 3)
     with torch.no_grad():
         captured = [torch.export.export(m, (x,)).module(),
                     torch.jit.trace(m, (x,), check_trace=False)]
+    m.requires_grad_(False)  # frozen: captured with gradients on, but nothing requires them
+    captured.append(torch.export.export(m, (x,)).module())
+    m.requires_grad_(True)
+    xr = x.clone().requires_grad_()
+    y, h = m(xr)
+    want = torch.autograd.grad((y.square().sum() + h.sum()), [xr, *m.parameters()])
     for g in captured:
-        with pytest.raises(RuntimeError, match="capture it with gradients enabled"):
-            g(x)[0].sum().backward()
-    g = torch.export.export(m, (x,)).module()
-    got = torch.autograd.grad(g(x)[0].sum(), list(g.parameters()))
-    want = torch.autograd.grad(m(x)[0].sum(), list(m.parameters()))
-    for a, b in zip(got, want, strict=True):
-        assert torch.equal(a, b)
+        g.requires_grad_(True)
+        xg = x.clone().requires_grad_()
+        y_g, h_g = g(xg)
+        assert torch.equal(y_g, y) and torch.equal(h_g, h)
+        got = torch.autograd.grad((y_g.square().sum() + h_g.sum()), [xg, *g.parameters()])
+        assert len(got) == len(want)
+        for a, b in zip(got, want, strict=True):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_a_graph_captured_without_gradients_differentiates_twice(bidirectional):
+    """A gradient penalty through a graph exported under no_grad: the forward run again in the
+    backward is itself differentiated (float64, eager's second derivatives to rounding)."""
+    m = fusedgru.GRU(3, 4, num_layers=2, bidirectional=bidirectional).double()
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    with torch.no_grad():
+        g = torch.export.export(m, (x,)).module()
+
+    def penalty_grads(f):
+        xr = x.clone().requires_grad_()
+        gx, = torch.autograd.grad(f(xr)[0].square().sum(), xr, create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), list(f.parameters()))
+
+    for a, b in zip(penalty_grads(g), penalty_grads(m), strict=True):
+        assert_close(a, b, 1e-12)
+
+
+@pytest.mark.parametrize("kind", ["GRU", "GRU-bidirectional", "LayerNormGRU"])
+def test_ensembles_under_vmap_train(kind):
+    """The torch.func ensembling recipe (stack_module_state, functional_call, vmap) and then an
+    ordinary backward: inside vmap the batched tensors' requires_grad reads False, so the ops
+    ran without their workspace; the backward runs them again and gives each model's own
+    gradients (it raised before). nn.GRU does not run under vmap at all on the CPU."""
+    from torch.func import functional_call, stack_module_state, vmap
+    cls = fusedgru.LayerNormGRU if kind == "LayerNormGRU" else fusedgru.GRU
+    bidir = kind.endswith("bidirectional")
+    models = [cls(3, 4, bidirectional=bidir) for _ in range(3)]
+    params, buffers = stack_module_state(models)
+    base = cls(3, 4, bidirectional=bidir, device="meta")
+    x = torch.randn(5, 2, 3)
+    out = vmap(lambda p, b: functional_call(base, (p, b), (x,))[0])(params, buffers)
+    out.square().sum().backward()
+    for i, m in enumerate(models):
+        y = m(x)[0]
+        assert_close(out[i].detach(), y.detach(), TOL[torch.float32], f"model {i}")
+        names, weights = zip(*m.named_parameters(), strict=True)
+        grads = torch.autograd.grad(y.square().sum(), weights)
+        for name, g in zip(names, grads, strict=True):
+            assert_close(params[name].grad[i], g, TOL[torch.float32], f"model {i} {name}")
 
 
 @pytest.mark.cuda

@@ -55,3 +55,43 @@ def test_jit_trace_without_check_runs_the_fused_ops():
     x = torch.randn(8, 3, 3, dtype=torch.float64)  # another length and batch
     for ours, theirs in zip(traced(x), m(x)):
         assert_close(ours, theirs, TOL[torch.float64], "traced")
+
+
+class _FxNet(nn.Module):
+    """nn.GRU's relatives and ours, side by side in one model: FX keeps torch.nn's as leaves."""
+
+    def __init__(self, mk):
+        super().__init__()
+        self.gru = mk.GRU(4, 6, batch_first=True, bidirectional=True)
+        self.cell = mk.GRUCell(12, 5)
+        self.ln = fusedgru.LayerNormGRU(5, 3)
+        self.conv = fusedgru.CausalConv1d(3, 2, activation="silu")
+
+    def forward(self, x, lengths=None):
+        y, h = self.gru(x) if lengths is None else self.gru(x, lengths=lengths)
+        c = self.cell(y[:, -1], h[0].repeat(1, 2)[:, :5])
+        z, _ = self.ln(c[None])
+        return self.conv(z.permute(1, 2, 0)), h
+
+
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_fx_symbolic_trace_keeps_the_modules_as_leaves(with_lengths):
+    """torch.fx.symbolic_trace of a model with fusedgru modules: each is one call_module node,
+    as nn.GRU / nn.GRUCell are (FX traced into ours before and failed on their checks), and
+    the traced module gives the model's outputs and gradients, bit for bit."""
+    net = _FxNet(fusedgru)
+    gm = torch.fx.symbolic_trace(net, concrete_args=None if with_lengths else {"lengths": None})
+    calls = [n.target for n in gm.graph.nodes if n.op == "call_module"]
+    assert calls == ["gru", "cell", "ln", "conv"]
+    stock = torch.fx.symbolic_trace(_FxNet(nn), concrete_args={"lengths": None})
+    assert [n.target for n in stock.graph.nodes if n.op == "call_module"][:2] == ["gru", "cell"]
+    x = torch.randn(3, 7, 4)
+    args = (x, torch.tensor([7, 2, 5])) if with_lengths else (x,)
+    want = net(*args)
+    got = gm(*args)
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+    g_want = torch.autograd.grad(want[0].sum() + want[1].sum(), list(net.parameters()))
+    g_got = torch.autograd.grad(got[0].sum() + got[1].sum(), list(gm.parameters()))
+    for a, b in zip(g_got, g_want, strict=True):
+        assert torch.equal(a, b)
