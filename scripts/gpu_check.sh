@@ -3,7 +3,8 @@
 # the cuda-marked tests (each file under a timeout, never stopping at the first failure), the
 # benchmark grid against cuDNN, and compute-sanitizer over every kernel family. Stages run most
 # valuable first (the build, whether C++ errors raise, the GRU's tests, the main benchmark,
-# memcheck, the other test files, the other benchmarks, racecheck and synccheck). Each stage has a
+# memcheck, the other test files, the other benchmarks, a profile of the persistent kernels,
+# racecheck and synccheck). Each stage has a
 # time budget, and so has the whole call (GPU_CHECK_BUDGET seconds): a stage is cut to what is
 # left of it and skipped when too little is, so the summary and the logs are always written
 # before the device tool's own limit. On the 2026-12-04 H200 run the budget ran out after
@@ -16,7 +17,8 @@
 #   bench_cell.json    GRUCell streaming vs nn.GRUCell
 #   bench_bidir.json   bidirectional layers (both directions in one persistent launch) vs cuDNN
 #   bench_conv.json    causal conv vs F.conv1d (cuDNN), and a copy of the same bytes
-#   logs.tar.gz        the build log, every test file's log, the benchmarks' and sanitizers' logs
+#   logs.tar.gz        the build log, every test file's log, the benchmarks', sanitizers' and
+#                      Nsight Compute's logs (profile_persistent: scripts/gpu_profile.py)
 #
 #   bash scripts/gpu_check.sh              # the whole check (at most 8 minutes on an H100/H200)
 #   bash scripts/gpu_check.sh --quick      # build, the GRU test files, 4 benchmark points (<3 min)
@@ -154,6 +156,24 @@ run_sanitizer() {
   tail -25 "$LOGS/sanitize_$tool.log"
 }
 SANITIZER=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
+# run_profile BUDGET: scripts/gpu_profile.py under Nsight Compute (the persistent kernels' launches:
+# warp stall reasons, scheduler issue rates, the SASS lines warps wait on); on the CPU the
+# script alone.
+run_profile() {
+  local budget=$1 cmd=("$PY" scripts/gpu_profile.py)
+  selected profile_persistent || return 0
+  if [ "$mode" = dry ]; then
+    cmd+=(--device cpu)
+  else
+    cmd=("$NCU" --clock-control none --kernel-name regex:gru_persistent --section SpeedOfLight
+         --section SchedulerStats --section WarpStateStats --section SourceCounters "${cmd[@]}")
+  fi
+  run_stage profile_persistent "$budget" "$LOGS/profile_persistent.log" "${cmd[@]}"
+  grep -E "gru_persistent|Stall|Warp Cycles|Issued|Eligible|relative error" \
+    "$LOGS/profile_persistent.log" | head -60
+}
+NCU=$(command -v ncu || compgen -G "/opt/nvidia/nsight-compute/*/ncu" | tail -1)
+NCU=${NCU:-ncu}
 
 # ---- what each stage runs ----
 # test_gru: the GRU module's files, what tests/test_gru.py held before it was split by subject
@@ -199,6 +219,7 @@ done
 run_bench bench_bidir 45 bench_gru.py "${bidir[@]}"
 run_bench bench_cell 60 bench_gru.py "${cell[@]}"
 run_bench bench_conv 60 bench_conv.py "${conv[@]}"
+[ "$mode" != quick ] && run_profile 60
 if [ "$mode" != quick ]; then
   run_sanitizer racecheck 90
   run_sanitizer synccheck 60
