@@ -602,13 +602,25 @@ def _conv_empty_like(x):
     return x.new_empty((N, C, L))
 
 
+def _check_same_device(x: Tensor, **others: Tensor | None) -> None:
+    """The conv ops' device check (csrc/checks.h, FUSEDGRU_CHECK_SAME_DEVICE) in their fakes,
+    which are also their Meta kernels: a call with a weight, bias or state left on the meta
+    device dispatches there, and would return uninitialized memory on x's device."""
+    for name, t in others.items():
+        if t is not None and t.device != x.device:
+            raise RuntimeError(f"{name} and x must be on the same device, got {t.device} and "
+                               f"{x.device}")
+
+
 @torch.library.register_fake("fusedgru::causal_conv1d_fwd")
 def _causal_conv1d_fwd_fake(x, weight, bias, initial_state, dilation, activation):
+    _check_same_device(x, weight=weight, bias=bias, initial_state=initial_state)
     return _conv_empty_like(x)
 
 
 @torch.library.register_fake("fusedgru::causal_conv1d_bwd")
 def _causal_conv1d_bwd_fake(grad_y, x, weight, bias, initial_state, dilation, activation):
+    _check_same_device(x, grad_y=grad_y, weight=weight, bias=bias, initial_state=initial_state)
     N, C, L = x.shape
     S = (weight.shape[1] - 1) * dilation
     grad_init = x.new_empty((N, C, S)) if initial_state is not None else x.new_empty((0,))
@@ -618,6 +630,7 @@ def _causal_conv1d_bwd_fake(grad_y, x, weight, bias, initial_state, dilation, ac
 
 @torch.library.register_fake("fusedgru::causal_conv1d_update")
 def _causal_conv1d_update_fake(x, conv_state, weight, bias, dilation, activation):
+    _check_same_device(x, conv_state=conv_state, weight=weight, bias=bias)
     return x.new_empty(x.shape)
 
 

@@ -215,8 +215,8 @@ def _layers(input, hx, params, names, num_layers, dropout, train, bidirectional,
     # torch._VF.gru's check: only where dropout applies (training, between layers).
     if train and num_layers > 1 and not 0 <= dropout <= 1:
         raise RuntimeError(f"dropout probability has to be between 0 and 1, but got {dropout}")
-    if len(params) != num_layers * D * per_layer:
-        raise ValueError(
+    if len(params) != num_layers * D * per_layer:  # RuntimeError: torch._VF.gru's type
+        raise RuntimeError(
             f"expected {num_layers * D * per_layer} {what} parameters for "
             f"num_layers={num_layers}, bidirectional={bidirectional}, got {len(params)}")
     if input.dim() != 3:  # nn.GRU's check_input wording

@@ -37,7 +37,8 @@ class CausalConvGRU(nn.Module):
 
     Inputs are ``(N, L, C)`` (``(L, N, C)`` with ``batch_first=False``); ``lengths`` (``[N]``
     ints in ``[0, L]``, a tensor or a list, checked as in :func:`fusedgru.gru`) marks
-    right-padded sequences: padded steps never affect valid ones.
+    right-padded sequences: padded steps never affect valid ones, whatever they hold (NaN and
+    inf included: they are zeroed on entry, and the outputs there are not defined).
 
     Args:
         input_size: C, the input features per step
@@ -87,6 +88,9 @@ class CausalConvGRU(nn.Module):
             raise ValueError(f"attention must be None, 'causal' or 'pool', got {attention!r}")
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if not 0 <= dropout <= 1:  # nn.GRU's check and message
+            raise ValueError("dropout should be a number in range [0, 1] representing the "
+                             "probability of an element being zeroed")
         if attention == "causal" and hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
@@ -114,6 +118,12 @@ class CausalConvGRU(nn.Module):
         # Checked here as well as in each GRU layer: the pooling below needs it as a tensor, and
         # a bad one should fail before any layer runs.
         lengths = check_lengths(lengths, x.shape[0], x.shape[1], x.device)
+        valid = None
+        if lengths is not None:
+            # The padding is zeroed on entry: the residuals carry the input forward, and the
+            # attention's zero weights would turn NaN or inf there into NaN (0 * NaN).
+            valid = torch.arange(x.shape[1], device=x.device) < lengths[:, None]  # [N, L]
+            x = x.masked_fill(~valid.unsqueeze(-1), 0.0)
         for layer in range(self.num_layers):
             g = self.grus[layer]
             out, _ = gru(self.convs[layer](x), None, g._weights(), g.bias, 1, 0.0, False, False,
@@ -129,9 +139,8 @@ class CausalConvGRU(nn.Module):
             x = x + self.proj(a.transpose(1, 2).reshape(N, L, H))
         elif self.attention == "pool":
             scores = self.score(x).squeeze(-1)  # [N, L]
-            if lengths is None:
+            if valid is None:
                 return (scores.softmax(dim=1).unsqueeze(-1) * x).sum(dim=1)
-            valid = torch.arange(x.shape[1], device=x.device) < lengths[:, None]
             # A row of length 0 would softmax over all -inf (NaN): give it finite scores, then
             # zero weights. masked_fill passes no gradient to the filled entries, so the row
             # pools to zero with zero gradients and leaves the other rows' gradients finite.
@@ -157,6 +166,9 @@ class CausalConvGRU(nn.Module):
         ``fusedgru::gru_cell`` (a single fused launch on CUDA for batches up to 32)."""
         if self.attention is not None:
             raise RuntimeError("streaming needs attention=None")
+        if len(state) != self.num_layers:
+            raise ValueError(f"state must hold one (conv state, h) pair per layer, "
+                             f"{self.num_layers}, got {len(state)} (see init_state)")
         new_state = []
         x = x_t
         for layer, (conv_state, h) in enumerate(state):

@@ -562,3 +562,21 @@ def test_reads_nothing_it_did_not_write_or_beyond_its_views(nan_filled_memory, d
     for run in (("random", True), ("nan", True)):
         for i, (a, c) in enumerate(zip(runs["random", False], runs[run])):
             assert torch.isfinite(a).all() and torch.equal(a, c), f"tensor {i} differs in {run}"
+
+
+def test_arguments_left_on_the_meta_device_are_refused():
+    """A weight, bias or state on the meta device with a CPU x dispatches to the ops' Meta
+    kernels (their fakes), which returned uninitialized memory on x's device; they now check
+    devices as the CPU and CUDA ops do. (The GRU's modules refuse such calls in Python.)"""
+    x, w, b = torch.randn(2, 3, 8), torch.randn(3, 4), torch.randn(3)
+    meta = {"weight": w.to("meta"), "bias": b.to("meta"),
+            "initial_state": torch.zeros(2, 3, 3, device="meta")}
+    for name, t in meta.items():
+        args = {"weight": w, "bias": b, "initial_state": None} | {name: t}
+        with pytest.raises(RuntimeError, match=f"{name} and x must be on the same device"):
+            fusedgru.causal_conv1d(x, args["weight"], args["bias"],
+                                   initial_state=args["initial_state"])
+    with torch.no_grad(), pytest.raises(RuntimeError, match="conv_state and x must be on the"):
+        fusedgru.causal_conv1d_update(x[..., 0], torch.zeros(2, 3, 3, device="meta"), w)
+    with pytest.raises(RuntimeError, match="weight and x must be on the same device"):
+        fusedgru.CausalConv1d(3, 4, device="meta")(x)

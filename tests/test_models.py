@@ -110,6 +110,33 @@ def test_bad_arguments():
         CausalConvGRU(3, 4, attention="global")
     with pytest.raises(ValueError, match="not divisible"):
         CausalConvGRU(3, 6, attention="causal", num_heads=4)
+    with pytest.raises(ValueError, match=r"dropout should be a number in range \[0, 1\]"):
+        CausalConvGRU(3, 4, dropout=2.0)  # nn.GRU's check; it failed at the first forward
+    m = CausalConvGRU(3, 4, num_layers=3)
+    with torch.no_grad(), pytest.raises(ValueError, match="one .* pair per layer, 3, got 1"):
+        m.step(torch.randn(2, 3), m.init_state(2)[:1])  # ran one layer, silently
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("attention", [None, "causal", "pool"])
+def test_non_finite_padding_reaches_nothing(device, attention):
+    """NaN and inf in the padding past lengths: the outputs and every gradient equal those of
+    zero padding, bit for bit. With input_size == hidden_size the first block's residual
+    carried the padding forward, and the attention's zero weights turned it into NaN in valid
+    outputs (causal) and in the pooled vectors and gradients (pool), a length-0 row's too."""
+    m = CausalConvGRU(6, 6, num_layers=2, attention=attention).to(device)
+    lengths = torch.tensor([9, 4, 0], device=device)
+    x = torch.randn(3, 9, 6, device=device)
+    pad = torch.arange(9, device=device) >= lengths[:, None]
+    runs = []
+    for fill in (0.0, float("nan"), float("inf"), -float("inf")):
+        xf = x.masked_fill(pad.unsqueeze(-1), fill).requires_grad_()
+        y = m(xf, lengths)
+        grads = torch.autograd.grad(y.square().sum(), [xf, *m.parameters()])
+        runs.append((y, *grads))
+    for run in runs[1:]:
+        for got, want in zip(run, runs[0], strict=True):
+            assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("device", DEVICES)
