@@ -98,8 +98,8 @@ struct CausalConvUpdateParams {
   int64_t activation;
 };
 
-// The device-independent part of the update: the checks, weight and bias contiguous, x copied
-// when it lives in conv_state's storage, y allocated and the params.
+// The device-independent part of the update: the checks, weight and bias contiguous, x, weight
+// and bias copied when they live in conv_state's storage, y allocated and the params.
 // The device runs its kernel on p unless y is empty.
 struct CausalConvUpdate {
   at::Tensor x, w, y;

@@ -83,18 +83,14 @@ void check_causal_conv_update_args(const Tensor& x, const Tensor& conv_state, co
   FUSEDGRU_CHECK_SAME_DEVICE(conv_state, x);
   // conv_state is written in place. Like torch's in-place ops, refuse a state whose elements
   // share memory (an expand()ed state: every alias would receive each row's shift, and the
-  // step would read values another row already overwrote) or that shares memory with the
-  // step's inputs. Also like them, only what these checks can decide is refused (a zero
-  // stride; overlap between dense tensors); other strided aliasing is not detected.
+  // step would read values another row already overwrote). Inputs in the state's storage are
+  // read from copies (conv_update).
   TORCH_CHECK(at::has_internal_overlap(conv_state) != at::MemOverlap::Yes,
               "conv_state is updated in place, but several of its elements refer to one memory "
               "location (an expand()ed or otherwise self-overlapping tensor, strides ",
               conv_state.strides(),
               "); pass a tensor with its own memory, e.g. "
               "conv_state.clone()");
-  at::assert_no_overlap(conv_state, x);
-  at::assert_no_overlap(conv_state, weight);
-  if (bias.has_value()) at::assert_no_overlap(conv_state, *bias);
 }
 
 bool conv_channels_last(const Tensor& x) { return x.stride(2) != 1 && x.stride(1) == 1; }
@@ -164,14 +160,18 @@ CausalConvUpdate conv_update(const Tensor& x, Tensor& conv_state, const Tensor& 
                              const std::optional<Tensor>& bias, int64_t dilation,
                              int64_t activation) {
   check_causal_conv_update_args(x, conv_state, weight, bias, dilation, activation);
-  // An x in the state's storage that the checks could not refuse (a strided view: overlap is
-  // undecidable there, e.g. x = conv_state[:, :, 0] or another row's column) is read from a copy
-  // taken before any row moves. (A weight or bias there is either dense, so decided by the
-  // checks, or copied by contiguous().)
+  // x, weight and bias as the call found them: where one lives in the state's storage (a view
+  // such as conv_state[:, :, 0], another row's column, a weight packed beside the state),
+  // rows shifted first would change what later rows read, so it is read from a copy taken
+  // before any row moves. Storage identity decides it, not overlap: overlap of strided views
+  // is undecidable in general (at::assert_no_overlap passes them).
+  const auto own = [&](const Tensor& t) {
+    return t.storage().is_alias_of(conv_state.storage()) ? t.clone() : t;
+  };
   CausalConvUpdate u;
-  u.x = x.storage().is_alias_of(conv_state.storage()) ? x.clone() : x;
-  u.w = weight.contiguous();
-  if (bias.has_value()) u.b = bias->contiguous();
+  u.x = own(x);
+  u.w = own(weight).contiguous();
+  if (bias.has_value()) u.b = own(*bias).contiguous();
   u.y = at::empty({x.size(0), x.size(1)}, x.options());
   CausalConvUpdateParams& p = u.p;
   p.x = u.x.data_ptr();

@@ -107,7 +107,10 @@ def fx_leaf(module: torch.nn.Module, *args, **kwargs):
     for a in (*args, *kwargs.values()):
         if isinstance(a, torch.fx.Proxy):
             tracer = a.tracer
-            return tracer.create_proxy("call_module", tracer.path_of_module(module), args, kwargs)
+            name = tracer.path_of_module(module)
+            if not name:  # the trace's root: FX traces into it, as it does into nn.GRU there
+                return None
+            return tracer.create_proxy("call_module", name, args, kwargs)
     return None
 
 

@@ -54,7 +54,8 @@ class _GRUInterface:
         the padded batch directly. Its shape and dtype are always checked, its values when they
         are on the host; on CUDA the kernels clamp them into ``[0, T]`` (no host sync), see
         :func:`fusedgru.gru`."""
-        traced = _ops.fx_leaf(self, input, hx, lengths=lengths)
+        # lengths only where given: the node then also runs on nn.GRU (fusedgru.revert)
+        traced = _ops.fx_leaf(self, input, hx, **({} if lengths is None else {"lengths": lengths}))
         if traced is not None:
             return traced
         D = 2 if self.bidirectional else 1

@@ -3,6 +3,8 @@ eager's outputs and gradients; torch.jit.trace records the fused ops. (torch.exp
 test_beyond_cudnn.py; the compile checks of the other modules sit in their own files, all through
 gru_testing.assert_compile_matches_eager.)"""
 
+import copy
+
 import pytest
 import torch
 from gru_testing import DEVICES, TOL, assert_close, assert_compile_matches_eager
@@ -95,3 +97,16 @@ def test_fx_symbolic_trace_keeps_the_modules_as_leaves(with_lengths):
     g_got = torch.autograd.grad(got[0].sum() + got[1].sum(), list(gm.parameters()))
     for a, b in zip(g_got, g_want, strict=True):
         assert torch.equal(a, b)
+    if not with_lengths:  # the graph also runs on the stock modules (nn.GRU takes no lengths)
+        stock_gm = fusedgru.revert(copy.deepcopy(gm))
+        assert type(stock_gm.gru) is nn.GRU and type(stock_gm.cell) is nn.GRUCell
+        for a, b in zip(stock_gm(*args), want, strict=True):
+            assert_close(a.detach(), b.detach(), TOL[torch.float32])
+
+
+@pytest.mark.parametrize("mk", [nn, fusedgru], ids=["nn", "fusedgru"])
+def test_fx_symbolic_trace_of_a_gru_itself_fails_as_nn_grus_does(mk):
+    """As the trace's root a module cannot be its own leaf: FX traces into the forward, which
+    branches on the input's shape, for nn.GRU and ours alike."""
+    with pytest.raises(torch.fx.proxy.TraceError):
+        torch.fx.symbolic_trace(mk.GRU(3, 4))
