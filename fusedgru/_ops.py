@@ -8,6 +8,7 @@ through :func:`fused_or_reference` alone. Shape legend: T time steps, N batch, C
 features, H hidden size.
 """
 
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
@@ -112,6 +113,39 @@ def fx_leaf(module: torch.nn.Module, *args, **kwargs):
                 return None
             return tracer.create_proxy("call_module", name, args, kwargs)
     return None
+
+
+def onnx_exporting() -> bool:
+    """Whether ``torch.onnx.export`` is tracing (the TorchScript-based exporter, which loads
+    torch.onnx; it is not imported here, so a call that is not an export pays a dict lookup)."""
+    if torch.compiler.is_compiling():
+        return False
+    onnx = sys.modules.get("torch.onnx")
+    return onnx is not None and onnx.is_in_onnx_export()
+
+
+_ONNX_OPSET = 9  # the first opset whose GRU operator nn.GRU's export uses (torch's symbolics)
+_onnx_registered = False
+
+
+def register_onnx_symbolic() -> None:
+    """ONNX for the whole-GRU op ``fusedgru::gru``: the GRU operators torch's exporter writes for
+    nn.GRU (``aten::gru``: one ONNX GRU per layer, gates reordered to z, r, h,
+    linear_before_reset=1), by torch's own symbolic for it. Registered on the first export (the
+    exporter looks symbolics up after tracing)."""
+    global _onnx_registered
+    if _onnx_registered:
+        return
+    from torch.onnx import register_custom_op_symbolic, symbolic_helper, symbolic_opset9
+
+    @symbolic_helper.parse_args("v", "v", "v", "i", "i", "i", "i")
+    def gru_symbolic(g, input, hx, params, has_biases, num_layers, bidirectional, batch_first):
+        return symbolic_opset9._generic_rnn(
+            g, "GRU", input, hx, symbolic_helper._unpack_list(params), has_biases, num_layers,
+            0.0, False, bidirectional, batch_first)
+
+    register_custom_op_symbolic("fusedgru::gru", gru_symbolic, _ONNX_OPSET)
+    _onnx_registered = True
 
 
 def _call(op, **kwargs):
