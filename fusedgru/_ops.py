@@ -340,9 +340,14 @@ def needs_reference(*tensors) -> bool:
     skips its autograd node), and torch.func's grad transforms reject the generated autograd
     node (pytorch/pytorch#170834). The references support every transform exactly, at the cost
     of a Python loop over time steps. Plain vmap keeps the fused ops (a per-sample loop).
-    Never true while torch.compile or torch.export trace (they support neither transform)."""
+    Never true while torch.compile or torch.export trace (they support neither transform).
+    Always true under ``torch.onnx.export``: the references are torch ops, which it exports
+    (the conv as Pad and Conv, a GRUCell step as its matmuls; the multi-step GRUs decide before
+    this: :func:`fusedgru.functional.gru` exports as nn.GRU, LayerNormGRU refuses)."""
     if torch.compiler.is_compiling():
         return False
+    if onnx_exporting():  # the references are torch ops, which the exporter knows
+        return True
     if fwAD._current_level >= 0 and any(
             t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors):
         return True

@@ -267,6 +267,26 @@ _LN_GRU_NAMES = ("weight_ih", "weight_hh", "ln_ih_weight", "ln_ih_bias", "ln_hh_
                  "ln_hh_bias")
 
 
+def _onnx_gru(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
+              batch_first, lengths):
+    """:func:`gru` under ``torch.onnx.export``: the whole GRU as one ``fusedgru::gru`` node,
+    which exports as nn.GRU does (:func:`fusedgru._ops.register_onnx_symbolic`)."""
+    if lengths is not None:
+        raise RuntimeError(
+            "fusedgru.GRU: ONNX export of a call with lengths or a PackedSequence is not "
+            "supported; export the stock module (fusedgru.revert(model)) with a "
+            "PackedSequence, or call this one without lengths")
+    if train and dropout > 0 and num_layers > 1:
+        raise RuntimeError("fusedgru.GRU: an ONNX export applies no dropout; export the model "
+                           "in eval mode")
+    if hx is None:
+        D = 2 if bidirectional else 1
+        N = input.shape[0 if batch_first else 1]
+        hx = input.new_zeros((num_layers * D, N, params[1].shape[1]))
+    _ops.register_onnx_symbolic()
+    return _ops.gru(input, hx, params, has_biases, num_layers, bidirectional, batch_first)
+
+
 def gru(
     input: Tensor,
     hx: Tensor | None,
@@ -319,6 +339,10 @@ def gru(
         >>> torch.allclose(out, m(x)[0], atol=1e-5)
         True
     """
+
+    if _ops.onnx_exporting():
+        return _onnx_gru(input, hx, params, has_biases, num_layers, dropout, train,
+                         bidirectional, batch_first, lengths)
 
     def fused_layer(x, h0, w, lengths, reverse, need_workspace):
         b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
@@ -387,6 +411,10 @@ def ln_gru(
         >>> torch.allclose(out, m(x)[0])
         True
     """
+
+    if _ops.onnx_exporting():  # its reference would unroll the traced T steps
+        raise RuntimeError("LayerNormGRU has no ONNX export (ONNX has no layer-normalized GRU "
+                           "operator)")
 
     def fused_layer(x, h0, w, lengths, reverse, need_workspace):
         out, h, _ = _ops.ln_gru_forward(x, h0, *w, lengths=lengths, reverse=reverse, eps=eps,

@@ -300,26 +300,8 @@ class GRU(_GRUInterface, nn.RNNBase):
         return weights
 
     def _run(self, input, hx, batch_first, lengths=None):
-        if _ops.onnx_exporting():
-            return self._onnx_run(input, hx, batch_first, lengths)
         return gru(input, hx, self._weights(), self.bias, self.num_layers, self.dropout,
                    self.training, self.bidirectional, batch_first, lengths=lengths)
-
-    def _onnx_run(self, input, hx, batch_first, lengths):
-        """Under ``torch.onnx.export`` (after nn.GRU's checks): the whole GRU as one
-        ``fusedgru::gru`` node, which exports as nn.GRU does
-        (:func:`fusedgru._ops.register_onnx_symbolic`)."""
-        if lengths is not None:
-            raise RuntimeError(
-                "fusedgru.GRU: ONNX export of a call with lengths or a PackedSequence is not "
-                "supported; export the stock module (fusedgru.revert(model)) with a "
-                "PackedSequence, or call this one without lengths")
-        if self.training and self.dropout > 0 and self.num_layers > 1:
-            raise RuntimeError("fusedgru.GRU: an ONNX export applies no dropout; export the "
-                               "model in eval mode")
-        _ops.register_onnx_symbolic()
-        return _ops.gru(input, hx, self._weights(), self.bias, self.num_layers,
-                        self.bidirectional, batch_first)
 
 
 class LayerNormGRU(_GRUInterface, nn.RNNBase):
@@ -501,8 +483,8 @@ class GRUCell(nn.RNNCellBase):
                                f"expected {self.hidden_size}")
         params = [self.weight_ih, self.weight_hh] + (
             [self.bias_ih, self.bias_hh] if self.bias else [])
-        exporting = _ops.onnx_exporting()
-        if params[0].numel() > 0 and not exporting and self._lean_ok(input, hx, params):
+        if params[0].numel() > 0 and not _ops.onnx_exporting() and self._lean_ok(input, hx,
+                                                                                  params):
             out = _ops.gru_cell(input, hx, *params)
             return out if is_batched else out.squeeze(0)
         # Under autocast, nn.GRUCell's h' takes hx's dtype (see functional._autocast).
@@ -510,9 +492,7 @@ class GRUCell(nn.RNNCellBase):
         _check_devices_and_dtypes(input, hx, params)
         w_ih, w_hh = params[0], params[1]
         b_ih, b_hh = (params[2], params[3]) if self.bias else (None, None)
-        if w_ih.numel() == 0 or exporting:
-            # input_size or hidden_size 0 (the fused kernels take no empty weights), or an ONNX
-            # export: ATen's cell, nn.GRUCell's, which exports as its torch ops
+        if w_ih.numel() == 0:  # input_size or hidden_size 0: ATen's cell, as nn.GRUCell's
             step = torch.gru_cell
         else:
             step = fused_or_reference(_fused_cell_step, _reference_cell_step, input, hx, *params)

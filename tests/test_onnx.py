@@ -116,3 +116,45 @@ def test_export_with_lengths_says_what_to_do():
     with pytest.raises(RuntimeError,
                        match=r"ONNX export of a call with lengths.*fusedgru.revert\(model\)"):
         export(Model().eval(), (torch.randn(5, 2, 4), torch.tensor([5, 3])), ["x", "lengths"])
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("activation", [None, "silu", "relu"])
+def test_causal_conv_exports_as_torch_ops(channels_last, activation):
+    """CausalConv1d exports as its reference's torch ops (a left pad and a grouped Conv, then
+    the activation); ONNX Runtime's outputs equal the fused conv's at other L and N too."""
+    conv = fusedgru.CausalConv1d(6, 4, dilation=2, activation=activation,
+                                 channels_last=channels_last).eval()
+
+    def inputs(N, L):
+        return (torch.randn((N, L, 6) if channels_last else (N, 6, L)),)
+
+    blob = export(conv, inputs(2, 9), ["x"], {"x": {0: "N", 1 if channels_last else 2: "L"}})
+    ops = [n.op_type for n in onnx.load_from_string(blob).graph.node]
+    assert "Conv" in ops and not any("fusedgru" in op for op in ops)
+    for N, L in ((2, 9), (1, 30), (4, 3)):
+        args = inputs(N, L)
+        with torch.no_grad():
+            want = conv(*args)
+        assert_close(run(blob, ["x"], args)[0], want, 1e-5, f"N={N} L={L}")
+
+
+@pytest.mark.parametrize("attention", [None, "causal", "pool"])
+def test_the_conv_gru_attention_stack_exports(attention):
+    """models.CausalConvGRU (convs, GRU layers, attention) exports whole; ONNX Runtime's
+    outputs equal the model's at other N and L too."""
+    from fusedgru.models import CausalConvGRU
+    model = CausalConvGRU(5, 8, num_layers=2, attention=attention).eval()
+    blob = export(model, (torch.randn(3, 10, 5),), ["x"], {"x": {0: "N", 1: "L"}})
+    ops = [n.op_type for n in onnx.load_from_string(blob).graph.node]
+    assert ops.count("GRU") == 2 and not any("fusedgru" in op for op in ops)
+    for N, L in ((3, 10), (1, 17), (5, 4)):
+        x = torch.randn(N, L, 5)
+        with torch.no_grad():
+            want = model(x)
+        assert_close(run(blob, ["x"], (x,))[0], want, 1e-5, f"N={N} L={L}")
+
+
+def test_layer_norm_gru_export_is_refused_clearly():
+    with pytest.raises(RuntimeError, match="LayerNormGRU has no ONNX export"):
+        export(Seq(fusedgru.LayerNormGRU(4, 6)).eval(), (torch.randn(5, 2, 4),), ["x"])
