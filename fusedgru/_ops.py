@@ -105,6 +105,10 @@ def fx_leaf(module: torch.nn.Module, *args, **kwargs):
     modules (nn.GRU, nn.GRUCell, nn.Conv1d) as such leaves by their namespace and traces into
     every other module, where the forward's checks of shapes would branch on proxies; ours are
     leaves too, so a model traces as it did with nn.GRU (FX passes, graph-mode tooling)."""
+    # The tracer's own flag first: outside a trace (every other call, streaming steps
+    # included) no argument is looked at. Where a torch lacks the flag, the arguments decide.
+    if not getattr(torch.fx._symbolic_trace, "_is_fx_tracing_flag", True):
+        return None
     for a in (*args, *kwargs.values()):
         if isinstance(a, torch.fx.Proxy):
             tracer = a.tracer
