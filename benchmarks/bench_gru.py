@@ -13,6 +13,8 @@ Prints a table and writes JSON (machine, versions, flags, results, the sentences
   python benchmarks/bench_gru.py --variant stream --seq-len 64 --batch 1 --modes fwd \
       --peers onnxruntime openvino          # one call per step carrying h, the peers too
   python benchmarks/bench_gru.py --paths auto aten-gemm   # CPU: packed GEMM vs ATen's
+  python benchmarks/bench_gru.py --fp32-matmul ieee bf16   # CPU: strict fp32, and both under
+                                                          # torch's bf16 matmul precision
 
 Each row is also said in a sentence ("fusedgru is 1.34x faster than nn.GRU forward (...)").
 The JSON goes to benchmarks/runs/ (ignored by git) under a new name per run, see --out.
@@ -77,6 +79,11 @@ def parse_args(argv=None):
     p.add_argument("--tf32", nargs="+", choices=["on", "off"],
                    help="fp32 on CUDA: torch.backends.cudnn/cuda.matmul.allow_tf32, the same "
                         "setting for both implementations (default: both)")
+    p.add_argument("--fp32-matmul", nargs="+", choices=["ieee", "bf16"], default=["ieee"],
+                   help="fp32 on the CPU: torch.backends.mkldnn.matmul.fp32_precision for both "
+                        "(bf16: what torch.set_float32_matmul_precision('medium') sets; nn.GRU's "
+                        "products and ours then round their operands to bf16 where torch's "
+                        "do); default: ieee")
     p.add_argument("--paths", nargs="+", default=["auto"],
                    choices=list(PATH_ENV),
                    help="auto: the default choices; CUDA: per-step (FUSEDGRU_PERSISTENT=0) "
@@ -102,12 +109,15 @@ def parse_args(argv=None):
     args.H = args.H or ([256, 1024] if cuda else [256])
     args.dtype = args.dtype or (["bf16", "fp32"] if cuda else ["fp32"])
     args.tf32 = args.tf32 or ["on", "off"]
+    if cuda and args.fp32_matmul != ["ieee"]:
+        p.error("--fp32-matmul: --device cpu only (on CUDA, --tf32)")
     for path, device in (("per-step", "cuda"), ("persistent", "cuda"), ("aten-gemm", "cpu")):
         if path in args.paths and args.device != device:
             p.error(f"--paths {path}: --device {device} only")
-    if args.peers and (cuda or args.variant not in ("gru", "stream") or args.dtype != ["fp32"]):
-        p.error("--peers: CPU, --variant gru or stream, --dtype fp32 only (the peers' "
-                "inference path)")
+    if args.peers and (cuda or args.variant not in ("gru", "stream") or args.dtype != ["fp32"]
+                       or args.fp32_matmul != ["ieee"]):
+        p.error("--peers: CPU, --variant gru or stream, --dtype fp32, --fp32-matmul ieee only "
+                "(the peers' strict fp32 inference path)")
     if args.variant == "stream" and (args.modes != ["fwd"] or args.layers != [1]
                                      or args.bidirectional):
         p.error("--variant stream: --modes fwd, one layer, one direction (inference steps)")
@@ -123,15 +133,21 @@ def parse_args(argv=None):
     return args
 
 
-def bench_point(args, T, N, I, H, L, dtype_name, tf32, path):
-    """One grid point with the path's switches set, the environment given back afterwards."""
+def bench_point(args, T, N, I, H, L, dtype_name, tf32, fp32_matmul, path):
+    """One grid point with the path's switches and the CPU's fp32 matmul precision set, both
+    given back afterwards."""
     saved = {var: os.environ.get(var) for var in PATH_VARS}
+    matmul = torch.backends.mkldnn.matmul
+    saved_precision = matmul.fp32_precision
     try:
         for var in PATH_VARS:
             os.environ.pop(var, None)
         os.environ.update(PATH_ENV[path])
-        return timed_point(args, T, N, I, H, L, dtype_name, tf32, path)
+        if fp32_matmul is not None:
+            matmul.fp32_precision = fp32_matmul
+        return timed_point(args, T, N, I, H, L, dtype_name, tf32, fp32_matmul, path)
     finally:
+        matmul.fp32_precision = saved_precision
         for var, value in saved.items():
             if value is None:
                 os.environ.pop(var, None)
@@ -139,7 +155,7 @@ def bench_point(args, T, N, I, H, L, dtype_name, tf32, path):
                 os.environ[var] = value
 
 
-def timed_point(args, T, N, I, H, L, dtype_name, tf32, path):
+def timed_point(args, T, N, I, H, L, dtype_name, tf32, fp32_matmul, path):
     device, dtype = args.device, common.DTYPES[dtype_name]
     if device == "cuda":
         torch.backends.cudnn.allow_tf32 = tf32 == "on"
@@ -246,7 +262,8 @@ def timed_point(args, T, N, I, H, L, dtype_name, tf32, path):
         rows.append(dict(variant=args.variant, T=T, N=N, I=I, H=H, layers=L,
                          bidirectional=args.bidirectional,
                          dtype=dtype_name, tf32=tf32 if dtype_name == "fp32" else None,
-                         path=path, mode=mode, ref_ms=t_ref, fusedgru_ms=t_ours,
+                         fp32_matmul=fp32_matmul, path=path, mode=mode, ref_ms=t_ref,
+                         fusedgru_ms=t_ours,
                          speedup=t_ref / t_ours, rel_err_vs_ref=err,
                          fusedgru_tokens_per_s=T * N / (t_ours / 1e3),
                          fusedgru_us_per_step=1e3 * t_ours / (T * L),
@@ -275,6 +292,7 @@ def sentence(r, device):
         f" H={r['H']}" + (f" layers={r['layers']}" if r["layers"] != 1 else "") + \
         (" bidirectional" if r["bidirectional"] else "") + f" {r['dtype']}" + \
         (f" tf32 {r['tf32']}" if r["tf32"] else "") + \
+        (" bf16 matmul precision" if r.get("fp32_matmul") == "bf16" else "") + \
         (f" {r['path']} path" if r["path"] != "auto" else "")
     return common.speed_sentence(ours, ref, r["fusedgru_ms"], r["ref_ms"], f"{what} ({where})")
 
@@ -292,7 +310,9 @@ def sentences(r, device):
 def print_table(rows, device):
     ours, ref = names(rows[0]["variant"] if rows else "gru", device)
     ref = ref.replace(" on a PackedSequence", " packed")
-    cols = [("dtype", 5), ("tf32", 4), ("path", 10), ("T", 5), ("N", 5), ("I", 5), ("H", 5),
+    bf16_mm = any(r.get("fp32_matmul") == "bf16" for r in rows)
+    cols = [("dtype", 5), ("tf32", 4)] + ([("fp32 matmul", 11)] if bf16_mm else []) + [
+            ("path", 10), ("T", 5), ("N", 5), ("I", 5), ("H", 5),
             ("L", 2), ("mode", 7), (f"{ref} [ms]", 12), ("fusedgru [ms]", 13),
             ("speedup [x]", 11), ("fusedgru [tokens/s]", 19), ("fusedgru [us/step]", 18),
             (f"{ref} [us/step]", 17), ("rel err", 8)]
@@ -305,11 +325,12 @@ def print_table(rows, device):
     print(head)
     print("-" * len(head))
     for r in rows:
-        cells = [r["dtype"], r["tf32"] or "-", r["path"], r["T"], r["N"], r["I"], r["H"],
-                 r["layers"], r["mode"], f"{r['ref_ms']:.3f}", f"{r['fusedgru_ms']:.3f}",
-                 f"{r['speedup']:.2f}x", f"{r['fusedgru_tokens_per_s']:.3g}",
-                 f"{r['fusedgru_us_per_step']:.1f}", f"{r['ref_us_per_step']:.1f}",
-                 f"{r['rel_err_vs_ref']:.1e}"]
+        cells = [r["dtype"], r["tf32"] or "-"] + \
+            ([r["fp32_matmul"] or "-"] if bf16_mm else []) + \
+            [r["path"], r["T"], r["N"], r["I"], r["H"], r["layers"], r["mode"],
+             f"{r['ref_ms']:.3f}", f"{r['fusedgru_ms']:.3f}", f"{r['speedup']:.2f}x",
+             f"{r['fusedgru_tokens_per_s']:.3g}", f"{r['fusedgru_us_per_step']:.1f}",
+             f"{r['ref_us_per_step']:.1f}", f"{r['rel_err_vs_ref']:.1e}"]
         cells += [f"{r['peers_ms'][p]:.3f}" if p in r["peers_ms"] else "-" for p in peer_names]
         if peer_names:
             cells.append(f"{r['vs_fastest_peer']:.2f}x" if r["vs_fastest_peer"] else "-")
@@ -357,8 +378,10 @@ def main(argv=None):
     for T, N, H, L, dt in itertools.product(args.T, args.N, args.H, args.layers, args.dtype):
         for I in (args.I or [H]):
             for tf32 in (args.tf32 if dt == "fp32" and args.device == "cuda" else [None]):
-                for path in args.paths:
-                    points.append((T, N, I, H, L, dt, tf32, path))
+                for mm in (args.fp32_matmul if dt == "fp32" and args.device == "cpu"
+                           else [None]):
+                    for path in args.paths:
+                        points.append((T, N, I, H, L, dt, tf32, mm, path))
     info, rows = common.run_points(args, "bench_gru", points, bench_point)
     if args.peers:
         info["peers"] = {peer: peers.version(peer) for peer in args.peers}

@@ -343,12 +343,19 @@ FUSEDGRU_CLONES void cell_units(const CellParams& p, int64_t j0, int64_t j1) {
   }
 }
 
+// Whether the cell step's dot products may stand in for a step's products: not in fp32 when torch
+// would round those products' operands to bf16 (fp32_products_in_bf16: ATen's products then).
+bool cell_products_allowed(at::ScalarType dtype) {
+  return dtype != at::kFloat || !fp32_products_in_bf16();
+}
+
 // Whether a step runs as cell_step: input [1, N, C] with 1 <= N <= kCellRows, row-contiguous
-// weights (a cheap test; the op's full checks follow).
+// weights, products the cell step may form (a cheap test; the op's full checks follow).
 bool is_cell_step(const Tensor& input, const Tensor& weight_ih, const Tensor& weight_hh) {
   return input.dim() == 3 && input.size(0) == 1 && input.size(1) >= 1 &&
-         input.size(1) <= kCellRows && weight_ih.dim() == 2 && weight_ih.stride(1) == 1 &&
-         weight_hh.dim() == 2 && weight_hh.stride(1) == 1;
+         cell_products_allowed(input.scalar_type()) && input.size(1) <= kCellRows &&
+         weight_ih.dim() == 2 && weight_ih.stride(1) == 1 && weight_hh.dim() == 2 &&
+         weight_hh.stride(1) == 1;
 }
 
 // One step of rows [0, N), N <= kCellRows (CellParams: contiguous x, h and h_out): each
@@ -560,15 +567,16 @@ Tensor gru_cell(const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
 // Whether a whole GRU call (the gru op) is one inference step that run_cell can take layer by
 // layer straight off the caller's tensors: T = 1, 1 <= N <= kCellRows, input rows contiguous,
 // hx contiguous, every weight row-contiguous and of nn.GRU's shape, contiguous biases, one
-// floating dtype, all on the CPU. Every other call, argument errors included, takes
-// gru_layers, which checks and composes the per-layer ops.
+// floating dtype, all on the CPU, products the cell step may form. Every other call, argument
+// errors included, takes gru_layers, which checks and composes the per-layer ops.
 bool is_stack_step(const Tensor& input, const Tensor& hx, at::TensorList params, bool has_biases,
                    int64_t num_layers, bool bidirectional, bool batch_first) {
   const int64_t D = bidirectional ? 2 : 1, per = has_biases ? 4 : 2;
   const int64_t dim = input.dim();
   if ((dim != 2 && dim != 3) || hx.dim() != dim || num_layers < 1 ||
       static_cast<int64_t>(params.size()) != num_layers * D * per || !input.is_floating_point() ||
-      !input.device().is_cpu() || params[1].dim() != 2) {
+      !input.device().is_cpu() || params[1].dim() != 2 ||
+      !cell_products_allowed(input.scalar_type())) {
     return false;
   }
   const bool time_major = dim == 2 || !batch_first;

@@ -2,7 +2,9 @@
 // the CPU Matmul that uses them for the GRU's large products.
 #include "packed_gemm.h"
 
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -132,6 +134,22 @@ bool bf16_dot_enabled() {
   const bool fp32 =
       env != nullptr && (std::strcmp(env, "fp32") == 0 || std::strcmp(env, "avx2") == 0);
   return cpu_has_avx512bf16() && packed_gemm_enabled() && !fp32;
+}
+
+bool fp32_products_in_bf16() {
+  at::Context& ctx = at::globalContext();
+  if (ctx.float32Precision(at::Float32Backend::MKLDNN, at::Float32Op::MATMUL) !=
+          at::Float32Precision::BF16 ||
+      !ctx.userEnabledMkldnn()) {
+    return false;
+  }
+  // torch's test, asked once: the op exists where torch was built with oneDNN.
+  static const bool cpu_takes_bf16 = [] {
+    const auto op =
+        c10::Dispatcher::singleton().findSchema({"mkldnn::_is_mkldnn_bf16_supported", ""});
+    return op.has_value() && op->typed<bool()>().call();
+  }();
+  return cpu_takes_bf16;
 }
 
 bool packed_gemm_enabled() {

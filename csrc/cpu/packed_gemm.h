@@ -118,11 +118,25 @@ bool packed_gemm_enabled();
 // The tiles for a new PackedB: AVX-512F where the CPU has it, unless FUSEDGRU_PACKED_GEMM=avx2.
 PackedIsa packed_isa();
 
+// Whether torch multiplies fp32 matrices on this CPU with bf16 operands (fp32 accumulation):
+// the fp32 matmul precision of its oneDNN backend is "bf16" (torch.backends.mkldnn.matmul.
+// fp32_precision, which torch.set_float32_matmul_precision("medium") sets too), oneDNN is
+// enabled and the CPU takes bf16 by torch's own test (mkldnn::_is_mkldnn_bf16_supported).
+// nn.GRU's products (at::linear) then run on oneDNN in bf16 wherever ATen's heuristics send
+// them there: by shape, not every product (on a 2-core Xeon with AMX, torch 2.13: [1, 256] x
+// [256, 768] stays fp32, [1, 1024] x [1024, 3072] and every product of 2 rows or more at
+// K = 256 round). So in this mode the GRU ops' fp32 products go through ATen, not the strict
+// fp32 packed GEMM or the cell step's dot products: the same choice per product as nn.GRU's,
+// at oneDNN's speed (AMX tiles where the CPU has them). Read at every call, as torch reads it.
+bool fp32_products_in_bf16();
+
 // Packing B costs about as much as computing a few rows of C: worth it for fp32 when the packed
-// panels serve at least this many rows of A (over all the calls that reuse them).
+// panels serve at least this many rows of A (over all the calls that reuse them), unless torch
+// would round the product's operands to bf16 (fp32_products_in_bf16: ATen's product then).
 constexpr int64_t kMinPackedRows = 32;
 inline bool packing_pays(at::ScalarType dtype, int64_t rows) {
-  return dtype == at::kFloat && rows >= kMinPackedRows && packed_gemm_enabled();
+  return dtype == at::kFloat && rows >= kMinPackedRows && packed_gemm_enabled() &&
+         !fp32_products_in_bf16();
 }
 
 // Rows per step up to which a bf16/fp16 GRU's forward runs its recurrent products in fp32 on
