@@ -124,10 +124,20 @@ std::vector<int64_t> active_prefix(const std::optional<at::Tensor>& lengths, int
 //   grad_bias_ih = sum dG_i, grad_bias_hh = sum dgh, where dG_i = (dgh_r, dgh_z, dgin).
 // Returns (grad_input, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh); what is not
 // asked for is an empty [0] tensor. len: the lengths as the kernels read them, or undefined.
+// hh_per_step: grad_weight_hh as weight_hh_grad's per-step products.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_backward_gemms(
     const at::Tensor& x, bool batch_major, const at::Tensor& len, const at::Tensor& weight_ih,
     const at::Tensor& dgh, const at::Tensor& dgin, const at::Tensor& hprev, bool has_bias,
-    bool need_input_grad, bool need_weight_grad, const Matmul& matmul);
+    bool need_input_grad, bool need_weight_grad, const Matmul& matmul, bool hh_per_step);
+
+// grad_weight_hh [3H, H] = sum over steps of dg_t^T h_{t-1} (dg [T, N, 3H], hprev [T, N, H], in
+// the steps' storage order): one GEMM over all T N rows, or with per_step one product of N rows
+// per step, summed in step order, as nn.GRU's autograd forms it. Where a product's rounding
+// depends on its shape (the CPU under torch's bf16 matmul precision: ATen keeps a reduction of
+// 16 rows or fewer in fp32, rounds longer ones; csrc/cpu/packed_gemm.h), only the per-step
+// products round where nn.GRU's do.
+at::Tensor weight_hh_grad(const at::Tensor& dg, const at::Tensor& hprev, bool batch_major,
+                          bool per_step, const Matmul& matmul);
 
 // x [T, N, C] with the steps past each row's length zeroed (a copy in x's layout), or x itself
 // without lengths (len undefined): the weight gradients' dG^T x. The padded steps' dG rows are
@@ -423,10 +433,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ln_gru_in
     bool batch_major, const at::Tensor& ln_ih_weight, const at::Tensor& workspace,
     const at::Tensor& da_i, const at::Tensor& da_h, bool need_weight_grad);
 // grad_input = d_gi W_ih, grad_weight_ih = d_gi^T x, grad_weight_hh = dg_raw^T hprev.
-// len: as gru_backward_gemms.
+// len, hh_per_step: as gru_backward_gemms.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ln_gru_backward_gemms(
     const at::Tensor& x, bool batch_major, const at::Tensor& len, const at::Tensor& weight_ih,
     const at::Tensor& d_gi, const at::Tensor& dg_raw, const at::Tensor& hprev, bool need_input_grad,
-    bool need_weight_grad, const Matmul& matmul);
+    bool need_weight_grad, const Matmul& matmul, bool hh_per_step);
 
 }  // namespace fusedgru

@@ -349,10 +349,22 @@ Tensor steps_without_padding(const Tensor& x, const Tensor& len) {
   return kept;
 }
 
+Tensor weight_hh_grad(const Tensor& dg, const Tensor& hprev, bool batch_major, bool per_step,
+                      const Matmul& matmul) {
+  Tensor out = at::empty({dg.size(2), hprev.size(2)}, dg.options());
+  if (!per_step || dg.size(0) == 0) {
+    matmul(out, flat(dg, batch_major).t(), flat(hprev, batch_major), 0.0);
+    return out;
+  }
+  for (int64_t t = 0; t < dg.size(0); ++t)
+    matmul(out, dg.select(0, t).t(), hprev.select(0, t), t == 0 ? 0.0 : 1.0);
+  return out;
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_gemms(
     const Tensor& x, bool batch_major, const Tensor& len, const Tensor& weight_ih,
     const Tensor& dgh, const Tensor& dgin, const Tensor& hprev, bool has_bias, bool need_input_grad,
-    bool need_weight_grad, const Matmul& matmul) {
+    bool need_weight_grad, const Matmul& matmul, bool hh_per_step) {
   const int64_t T = x.size(0), N = x.size(1), C = x.size(2), H = dgin.size(2), G = 3 * H;
   const auto opts = x.options();
   // Each gradient not asked for is its own [0] tensor (outputs must not alias).
@@ -375,8 +387,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_gemms(
     Tensor gw_rz = gw_ih.narrow(0, 0, 2 * H), gw_n = gw_ih.narrow(0, 2 * H, H);
     matmul(gw_rz, dg_rz.t(), x2, 0.0);
     matmul(gw_n, dgin2.t(), x2, 0.0);
-    gw_hh = at::empty({G, H}, opts);
-    matmul(gw_hh, dgh2.t(), flat(hprev, batch_major), 0.0);
+    gw_hh = weight_hh_grad(dgh, hprev, batch_major, hh_per_step, matmul);
     if (has_bias) {  // reduced in fp32 (fp64 for double), then cast to the weights' dtype
       const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
       gb_hh = dgh2.sum(0, /*keepdim=*/false, acc).to(x.scalar_type());

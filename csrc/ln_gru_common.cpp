@@ -194,7 +194,7 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_backward_gemms(const Tensor& x, bool b
                                                          const Tensor& d_gi, const Tensor& dg_raw,
                                                          const Tensor& hprev, bool need_input_grad,
                                                          bool need_weight_grad,
-                                                         const Matmul& matmul) {
+                                                         const Matmul& matmul, bool hh_per_step) {
   const int64_t T = x.size(0), N = x.size(1), C = x.size(2), H = hprev.size(2), G = 3 * H;
   const auto opts = x.options();
   Tensor grad_input = at::empty({0}, opts), g_wih = at::empty({0}, opts);
@@ -208,8 +208,7 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_backward_gemms(const Tensor& x, bool b
   if (need_weight_grad) {
     g_wih = at::empty({G, C}, opts);
     matmul(g_wih, dgi2.t(), flat(steps_without_padding(x, len), batch_major), 0.0);
-    g_whh = at::empty({G, H}, opts);
-    matmul(g_whh, flat(dg_raw, batch_major).t(), flat(hprev, batch_major), 0.0);
+    g_whh = weight_hh_grad(dg_raw, hprev, batch_major, hh_per_step, matmul);
   }
   return {grad_input, g_wih, g_whh};
 }

@@ -102,6 +102,36 @@ def test_fp32_products_round_where_nn_grus_do(bf16_matmul, case, grad):
                           ref(x, hx), ["output", "h_n"])
 
 
+@pytest.mark.parametrize("N, H", [(1, 128), (1, 130), (2, 200), (1, 1024)])
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_recurrent_products_round_where_nn_grus_do(bf16_matmul, N, H, grad):
+    """The step products alone: inputs and W_ih exact in bf16 (so the input projection is the
+    same whether it rounds or not) and a long sequence, one or two rows, widths where ATen's
+    choice depends on the product's columns (a one-row product rounds from 384 columns on with
+    torch 2.13 on a Xeon: nn.GRU's [1, 128] x [128, 384] rounds, halves of it would not)."""
+    T, C = 24, 3
+    ref = nn.GRU(C, H).double()
+    with torch.no_grad():
+        ref.weight_ih_l0.copy_(ref.weight_ih_l0.bfloat16())
+    peer, ours = nn.GRU(C, H), fusedgru.GRU(C, H)
+    peer.load_state_dict(ref.state_dict())
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(T, N, C).bfloat16().double()
+    hx = torch.randn(1, N, H, dtype=torch.float64)
+    if grad:
+        go = torch.randn(T, N, H, dtype=torch.float64)
+        gh = torch.randn(1, N, H, dtype=torch.float64)
+        names = ["output", "h_n", "grad input", "grad hx",
+                 *(f"grad {n}" for n, _ in ref.named_parameters())]
+        check_like_nn(grads_of(ours, x, hx, go, gh, torch.float32),
+                      grads_of(peer, x, hx, go, gh, torch.float32),
+                      grads_of(ref, x, hx, go, gh, torch.float64), names)
+    else:
+        with torch.no_grad():
+            check_like_nn(ours(x.float(), hx.float()), peer(x.float(), hx.float()),
+                          ref(x, hx), ["output", "h_n"])
+
+
 @pytest.mark.parametrize("N, H", [(1, 64), (3, 256), (8, 33), (9, 130)])
 def test_cell_steps_round_where_nn_grucells_do(bf16_matmul, N, H):
     """GRUCell (up to 8 rows: the cell step's dot products without the flag) against

@@ -63,6 +63,23 @@ inline std::vector<Block> plan_blocks(int64_t N, int64_t H, int64_t elem) {
   return blocks;
 }
 
+// plan_blocks for the step products of a layer in `dtype`: one block of all units where fp32
+// products are ATen's under torch's bf16 matmul precision (fp32_products_in_bf16). ATen's choice
+// to round a product depends on its width (torch 2.13 on a 2-core Xeon: a one-row product at
+// K = 1024 rounds from 384 columns on, not at 192), so only nn.GRU's own product, all 3H
+// columns in one call (or, backward, all H), rounds exactly where nn.GRU's does.
+inline std::vector<Block> plan_step_blocks(int64_t N, int64_t H, int64_t elem,
+                                           at::ScalarType dtype) {
+  if (dtype == at::kFloat && fp32_products_in_bf16()) return {{0, H}};
+  return plan_blocks(N, H, elem);
+}
+
+// Whether grad_weight_hh is formed per step (weight_hh_grad, fusedgru.h): in fp32 where the
+// products are ATen's under torch's bf16 matmul precision, so each rounds where nn.GRU's does.
+inline bool fp32_hh_grad_per_step(at::ScalarType dtype) {
+  return dtype == at::kFloat && fp32_products_in_bf16();
+}
+
 // Run f(b) for every block: in the caller for one block, else one block per thread. Worker
 // threads do not inherit the caller's dispatch state, so ATen calls there skip autograd
 // explicitly, as they do in the calling kernel.

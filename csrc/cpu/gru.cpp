@@ -427,7 +427,8 @@ std::tuple<Tensor, Tensor, Tensor> forward_into(const Tensor& input, const Tenso
   const bool pack = T > 1 && step_packing_pays(input.scalar_type(), T, N);
   const std::vector<Block> blocks =  // packed panels are fp32 whatever the dtype
       T == 1 ? std::vector<Block>{{0, H}}
-             : plan_blocks(N, H, pack ? int64_t{sizeof(float)} : weight_hh.element_size());
+             : plan_step_blocks(N, H, pack ? int64_t{sizeof(float)} : weight_hh.element_size(),
+                                input.scalar_type());
   const int64_t nb = static_cast<int64_t>(blocks.size());
 
   const GateBlocks gates(weight_hh, blocks, N, pack);
@@ -500,7 +501,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
     const bool pack = step_packing_pays(input.scalar_type(), T, N);
     const std::vector<Block> blocks =  // packed panels are fp32 whatever the dtype
-        plan_blocks(N, H, pack ? int64_t{sizeof(float)} : weight_hh.element_size());
+        plan_step_blocks(N, H, pack ? int64_t{sizeof(float)} : weight_hh.element_size(),
+                         input.scalar_type());
     const int64_t nb = static_cast<int64_t>(blocks.size());
     const ColumnBlocks cols(weight_hh, st.dh, blocks, pack);
     // Step s: dh += dgh_{t(s-1)} W_hh for the thread's columns, then the gate gradients of
@@ -522,9 +524,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
       }
     });
   }
-  auto [grad_input, gw_ih, gw_hh, gb_ih, gb_hh] =
-      gru_backward_gemms(st.x, st.batch_major, st.len, weight_ih, st.dgh, st.dgin, st.hprev,
-                         has_bias, need_input_grad, need_weight_grad, cpu_matmul);
+  auto [grad_input, gw_ih, gw_hh, gb_ih, gb_hh] = gru_backward_gemms(
+      st.x, st.batch_major, st.len, weight_ih, st.dgh, st.dgin, st.hprev, has_bias, need_input_grad,
+      need_weight_grad, cpu_matmul, fp32_hh_grad_per_step(input.scalar_type()));
   return {grad_input, st.dh, gw_ih, gw_hh, gb_ih, gb_hh};
 }
 

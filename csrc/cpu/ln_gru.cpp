@@ -153,7 +153,8 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_forward(
   const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
   const bool pack = step_packing_pays(input.scalar_type(), T, N);
   const std::vector<Block> blocks =  // packed panels are fp32 whatever the dtype
-      plan_blocks(N, H, pack ? int64_t{sizeof(float)} : weight_hh.element_size());
+      plan_step_blocks(N, H, pack ? int64_t{sizeof(float)} : weight_hh.element_size(),
+                       input.scalar_type());
   const int64_t nb = static_cast<int64_t>(blocks.size());
   const GateBlocks gates(weight_hh, blocks, N, pack);
   std::vector<double> part(nb * N * 3, 0.0);
@@ -410,7 +411,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gr
   const int64_t T = st.T, N = st.N, H = st.H;
   if (N > 0) {
     const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
-    const std::vector<Block> blocks = plan_blocks(N, H, weight_hh.element_size());
+    const std::vector<Block> blocks =
+        plan_step_blocks(N, H, weight_hh.element_size(), input.scalar_type());
     const int64_t nb = static_cast<int64_t>(blocks.size());
     std::vector<double> part(nb * N * 2, 0.0);
     const ColumnBlocks cols(weight_hh, st.dh, blocks, packing_pays(input.scalar_type(), T * N));
@@ -450,9 +452,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gr
   }
   auto [d_gi, g_gi, g_bi, g_gh, g_bh] =
       input_backward(st.batch_major, ln_ih_weight, st.ws, st.da_i, st.da_h, need_weight_grad);
-  auto [grad_input, g_wih, g_whh] =
-      ln_gru_backward_gemms(st.x, st.batch_major, st.len, weight_ih, d_gi, st.dg_raw, st.hprev,
-                            need_input_grad, need_weight_grad, cpu_matmul);
+  auto [grad_input, g_wih, g_whh] = ln_gru_backward_gemms(
+      st.x, st.batch_major, st.len, weight_ih, d_gi, st.dg_raw, st.hprev, need_input_grad,
+      need_weight_grad, cpu_matmul, fp32_hh_grad_per_step(input.scalar_type()));
   return {grad_input, st.dh, g_wih, g_whh, g_gi, g_bi, g_gh, g_bh};
 }
 
