@@ -102,6 +102,18 @@ void check_gru_backward_args(const at::Tensor& grad_output, const at::Tensor& gr
                              const std::optional<at::Tensor>& lengths, const at::Tensor& output,
                              const at::Tensor& workspace);
 
+// How the backward's all-steps products are shaped. By default as few GEMMs as possible (grad
+// W_hh one over all T N rows). With as_nn_gru, as nn.GRU's autograd forms them: grad_input and
+// grad W_ih one product each over all 3H gates, grad W_hh one product per step over the step's
+// active rows (step_rows[t]; all N when empty), summed in step order. Where a product's rounding
+// depends on its shape (the CPU under torch's bf16 matmul precision, csrc/cpu/packed_gemm.h:
+// oneDNN picks by shape, e.g. on a Xeon with torch 2.13 a reduction of 16 rows or fewer stays
+// fp32), only then do they round where nn.GRU's do.
+struct BackwardProducts {
+  bool as_nn_gru = false;
+  std::vector<int64_t> step_rows;
+};
+
 // out = a @ b + beta * out on 2-D views with a unit stride. Each device supplies its own (the CPU
 // through ATen; CUDA through cuBLAS with the TF32 policy of torch.nn.GRU).
 using Matmul =
@@ -109,6 +121,11 @@ using Matmul =
 // The ATen matmul (MKL/oneDNN on the CPU; a CPU bf16/fp16 `a` whose rows have gaps is copied to
 // rows first, as oneDNN's AMX kernels read into the gaps: gru_common.cpp).
 void aten_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double beta);
+
+// grad_weight_hh [3H, H] = sum over steps of dg_t^T h_{t-1} (dg [T, N, 3H], hprev [T, N, H], in
+// the steps' storage order), shaped as BackwardProducts says.
+at::Tensor weight_hh_grad(const at::Tensor& dg, const at::Tensor& hprev, bool batch_major,
+                          const BackwardProducts& shape, const Matmul& matmul);
 
 // gi [T, N, 3H] = x W_ih^T + b_ih for all steps: one GEMM, in x's storage order.
 at::Tensor gru_input_projection(const at::Tensor& x, bool batch_major, const at::Tensor& weight_ih,
@@ -124,20 +141,11 @@ std::vector<int64_t> active_prefix(const std::optional<at::Tensor>& lengths, int
 //   grad_bias_ih = sum dG_i, grad_bias_hh = sum dgh, where dG_i = (dgh_r, dgh_z, dgin).
 // Returns (grad_input, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh); what is not
 // asked for is an empty [0] tensor. len: the lengths as the kernels read them, or undefined.
-// hh_per_step: grad_weight_hh as weight_hh_grad's per-step products.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_backward_gemms(
     const at::Tensor& x, bool batch_major, const at::Tensor& len, const at::Tensor& weight_ih,
     const at::Tensor& dgh, const at::Tensor& dgin, const at::Tensor& hprev, bool has_bias,
-    bool need_input_grad, bool need_weight_grad, const Matmul& matmul, bool hh_per_step);
-
-// grad_weight_hh [3H, H] = sum over steps of dg_t^T h_{t-1} (dg [T, N, 3H], hprev [T, N, H], in
-// the steps' storage order): one GEMM over all T N rows, or with per_step one product of N rows
-// per step, summed in step order, as nn.GRU's autograd forms it. Where a product's rounding
-// depends on its shape (the CPU under torch's bf16 matmul precision: ATen keeps a reduction of
-// 16 rows or fewer in fp32, rounds longer ones; csrc/cpu/packed_gemm.h), only the per-step
-// products round where nn.GRU's do.
-at::Tensor weight_hh_grad(const at::Tensor& dg, const at::Tensor& hprev, bool batch_major,
-                          bool per_step, const Matmul& matmul);
+    bool need_input_grad, bool need_weight_grad, const Matmul& matmul,
+    const BackwardProducts& shape);
 
 // x [T, N, C] with the steps past each row's length zeroed (a copy in x's layout), or x itself
 // without lengths (len undefined): the weight gradients' dG^T x. The padded steps' dG rows are
@@ -433,10 +441,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ln_gru_in
     bool batch_major, const at::Tensor& ln_ih_weight, const at::Tensor& workspace,
     const at::Tensor& da_i, const at::Tensor& da_h, bool need_weight_grad);
 // grad_input = d_gi W_ih, grad_weight_ih = d_gi^T x, grad_weight_hh = dg_raw^T hprev.
-// len, hh_per_step: as gru_backward_gemms.
+// len, shape: as gru_backward_gemms.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ln_gru_backward_gemms(
     const at::Tensor& x, bool batch_major, const at::Tensor& len, const at::Tensor& weight_ih,
     const at::Tensor& d_gi, const at::Tensor& dg_raw, const at::Tensor& hprev, bool need_input_grad,
-    bool need_weight_grad, const Matmul& matmul, bool hh_per_step);
+    bool need_weight_grad, const Matmul& matmul, const BackwardProducts& shape);
 
 }  // namespace fusedgru

@@ -349,22 +349,27 @@ Tensor steps_without_padding(const Tensor& x, const Tensor& len) {
   return kept;
 }
 
-Tensor weight_hh_grad(const Tensor& dg, const Tensor& hprev, bool batch_major, bool per_step,
-                      const Matmul& matmul) {
+Tensor weight_hh_grad(const Tensor& dg, const Tensor& hprev, bool batch_major,
+                      const BackwardProducts& shape, const Matmul& matmul) {
   Tensor out = at::empty({dg.size(2), hprev.size(2)}, dg.options());
-  if (!per_step || dg.size(0) == 0) {
+  if (!shape.as_nn_gru) {
     matmul(out, flat(dg, batch_major).t(), flat(hprev, batch_major), 0.0);
     return out;
   }
-  for (int64_t t = 0; t < dg.size(0); ++t)
-    matmul(out, dg.select(0, t).t(), hprev.select(0, t), t == 0 ? 0.0 : 1.0);
+  out.zero_();
+  for (int64_t t = 0; t < dg.size(0); ++t) {
+    const int64_t rows = shape.step_rows.empty() ? dg.size(1) : shape.step_rows[t];
+    if (rows > 0)
+      matmul(out, dg.select(0, t).narrow(0, 0, rows).t(), hprev.select(0, t).narrow(0, 0, rows),
+             1.0);
+  }
   return out;
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_gemms(
     const Tensor& x, bool batch_major, const Tensor& len, const Tensor& weight_ih,
     const Tensor& dgh, const Tensor& dgin, const Tensor& hprev, bool has_bias, bool need_input_grad,
-    bool need_weight_grad, const Matmul& matmul, bool hh_per_step) {
+    bool need_weight_grad, const Matmul& matmul, const BackwardProducts& shape) {
   const int64_t T = x.size(0), N = x.size(1), C = x.size(2), H = dgin.size(2), G = 3 * H;
   const auto opts = x.options();
   // Each gradient not asked for is its own [0] tensor (outputs must not alias).
@@ -372,22 +377,35 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_gemms(
   const Tensor dgh2 = flat(dgh, batch_major);
   const Tensor dgin2 = flat(dgin, batch_major);
   const Tensor dg_rz = dgh2.narrow(1, 0, 2 * H);  // r and z parts are the same for W_ih and W_hh
+  // dG_i = (dgh_r, dgh_z, dgin) in one tensor where the products must be nn.GRU's, one over all
+  // 3H gates each (its rows in the steps' storage order, as dgh2's).
+  const Tensor dgi2 = shape.as_nn_gru && (need_input_grad || need_weight_grad)
+                          ? at::cat({dg_rz, dgin2}, 1)
+                          : Tensor();
 
   Tensor grad_input = none();
   if (need_input_grad) {
     grad_input = alloc_steps(batch_major, T, N, C, opts);
     Tensor gx = flat(grad_input, batch_major);
-    matmul(gx, dg_rz, weight_ih.narrow(0, 0, 2 * H), 0.0);
-    matmul(gx, dgin2, weight_ih.narrow(0, 2 * H, H), 1.0);
+    if (dgi2.defined()) {
+      matmul(gx, dgi2, weight_ih, 0.0);
+    } else {
+      matmul(gx, dg_rz, weight_ih.narrow(0, 0, 2 * H), 0.0);
+      matmul(gx, dgin2, weight_ih.narrow(0, 2 * H, H), 1.0);
+    }
   }
   Tensor gw_ih = none(), gw_hh = none(), gb_ih = none(), gb_hh = none();
   if (need_weight_grad) {
     const Tensor x2 = flat(steps_without_padding(x, len), batch_major);
     gw_ih = at::empty({G, C}, opts);
-    Tensor gw_rz = gw_ih.narrow(0, 0, 2 * H), gw_n = gw_ih.narrow(0, 2 * H, H);
-    matmul(gw_rz, dg_rz.t(), x2, 0.0);
-    matmul(gw_n, dgin2.t(), x2, 0.0);
-    gw_hh = weight_hh_grad(dgh, hprev, batch_major, hh_per_step, matmul);
+    if (dgi2.defined()) {
+      matmul(gw_ih, dgi2.t(), x2, 0.0);
+    } else {
+      Tensor gw_rz = gw_ih.narrow(0, 0, 2 * H), gw_n = gw_ih.narrow(0, 2 * H, H);
+      matmul(gw_rz, dg_rz.t(), x2, 0.0);
+      matmul(gw_n, dgin2.t(), x2, 0.0);
+    }
+    gw_hh = weight_hh_grad(dgh, hprev, batch_major, shape, matmul);
     if (has_bias) {  // reduced in fp32 (fp64 for double), then cast to the weights' dtype
       const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
       gb_hh = dgh2.sum(0, /*keepdim=*/false, acc).to(x.scalar_type());

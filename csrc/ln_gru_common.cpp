@@ -189,12 +189,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> ln_gru_input_backward(
   return {d_gi, g_gi, g_bi, g_gh, g_bh};
 }
 
-std::tuple<Tensor, Tensor, Tensor> ln_gru_backward_gemms(const Tensor& x, bool batch_major,
-                                                         const Tensor& len, const Tensor& weight_ih,
-                                                         const Tensor& d_gi, const Tensor& dg_raw,
-                                                         const Tensor& hprev, bool need_input_grad,
-                                                         bool need_weight_grad,
-                                                         const Matmul& matmul, bool hh_per_step) {
+std::tuple<Tensor, Tensor, Tensor> ln_gru_backward_gemms(
+    const Tensor& x, bool batch_major, const Tensor& len, const Tensor& weight_ih,
+    const Tensor& d_gi, const Tensor& dg_raw, const Tensor& hprev, bool need_input_grad,
+    bool need_weight_grad, const Matmul& matmul, const BackwardProducts& shape) {
   const int64_t T = x.size(0), N = x.size(1), C = x.size(2), H = hprev.size(2), G = 3 * H;
   const auto opts = x.options();
   Tensor grad_input = at::empty({0}, opts), g_wih = at::empty({0}, opts);
@@ -208,7 +206,7 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_backward_gemms(const Tensor& x, bool b
   if (need_weight_grad) {
     g_wih = at::empty({G, C}, opts);
     matmul(g_wih, dgi2.t(), flat(steps_without_padding(x, len), batch_major), 0.0);
-    g_whh = weight_hh_grad(dg_raw, hprev, batch_major, hh_per_step, matmul);
+    g_whh = weight_hh_grad(dg_raw, hprev, batch_major, shape, matmul);
   }
   return {grad_input, g_wih, g_whh};
 }

@@ -32,6 +32,7 @@ CASES = [
     (12, 3, 17, 17, 1, False),   # T N = 36: packed steps of 3 rows
     (1, 3, 7, 33, 2, False),     # one step of 3 rows: the cell step's dot products (inference)
     (1, 1, 256, 256, 1, True),   # one step of one row, bidirectional
+    (32, 1, 8, 16, 1, False),    # grad W_ih's n part alone would reduce over 16 rows (fp32)
 ]
 
 
@@ -130,6 +131,32 @@ def test_recurrent_products_round_where_nn_grus_do(bf16_matmul, N, H, grad):
         with torch.no_grad():
             check_like_nn(ours(x.float(), hx.float()), peer(x.float(), hx.float()),
                           ref(x, hx), ["output", "h_n"])
+
+
+@pytest.mark.parametrize("lengths", [[30] + [1] * 19, [30, 30] + [1] * 18, [30, 17, 9, 2]],
+                         ids=["one-long", "two-long", "spread"])
+def test_packed_sequences_round_where_nn_grus_do(bf16_matmul, lengths):
+    """A PackedSequence: nn.GRU's steps multiply only their active rows (grad W_hh one product
+    of those rows per step), and so do ours. Totals of more than 16 rows keep the input
+    projection's products rounding in both (README Limits: ours take T N rows there)."""
+    T, N, C, H = 30, len(lengths), 8, 256
+    ref = nn.GRU(C, H).double()
+    peer, ours = nn.GRU(C, H), fusedgru.GRU(C, H)
+    peer.load_state_dict(ref.state_dict())
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(T, N, C, dtype=torch.float64)
+    go = torch.randn(T, N, H, dtype=torch.float64)
+
+    def grads(module, dtype):
+        xi = x.to(dtype).requires_grad_()
+        seq = nn.utils.rnn.pack_padded_sequence(xi, torch.tensor(lengths))
+        out = nn.utils.rnn.pad_packed_sequence(module(seq)[0], total_length=T)[0]
+        loss = (out * go.to(dtype)).sum()
+        return [out, *torch.autograd.grad(loss, [xi, *module.parameters()])]
+
+    names = ["output", "grad input", *(f"grad {n}" for n, _ in ref.named_parameters())]
+    check_like_nn(grads(ours, torch.float32), grads(peer, torch.float32),
+                  grads(ref, torch.float64), names)
 
 
 @pytest.mark.parametrize("N, H", [(1, 64), (3, 256), (8, 33), (9, 130)])

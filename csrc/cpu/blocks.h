@@ -74,10 +74,13 @@ inline std::vector<Block> plan_step_blocks(int64_t N, int64_t H, int64_t elem,
   return plan_blocks(N, H, elem);
 }
 
-// Whether grad_weight_hh is formed per step (weight_hh_grad, fusedgru.h): in fp32 where the
-// products are ATen's under torch's bf16 matmul precision, so each rounds where nn.GRU's does.
-inline bool fp32_hh_grad_per_step(at::ScalarType dtype) {
-  return dtype == at::kFloat && fp32_products_in_bf16();
+// How the backward's all-steps products are shaped (BackwardProducts, fusedgru.h): as nn.GRU's
+// autograd forms them in fp32 where the products are ATen's under torch's bf16 matmul
+// precision, so each rounds where nn.GRU's does; prefix: active_prefix's rows per step.
+inline BackwardProducts backward_products(at::ScalarType dtype,
+                                          const std::vector<int64_t>& prefix) {
+  if (dtype == at::kFloat && fp32_products_in_bf16()) return {true, prefix};
+  return {};
 }
 
 // Run f(b) for every block: in the caller for one block, else one block per thread. Worker

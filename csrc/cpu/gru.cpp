@@ -497,8 +497,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
       gru_backward_state(grad_output, grad_h_n, grad_workspace, input, hx, weight_ih, weight_hh,
                          lengths, output, workspace, reverse, need_weight_grad);
   const int64_t T = st.T, N = st.N, H = st.H;
+  const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
   if (N > 0) {
-    const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
     const bool pack = step_packing_pays(input.scalar_type(), T, N);
     const std::vector<Block> blocks =  // packed panels are fp32 whatever the dtype
         plan_step_blocks(N, H, pack ? int64_t{sizeof(float)} : weight_hh.element_size(),
@@ -526,7 +526,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   }
   auto [grad_input, gw_ih, gw_hh, gb_ih, gb_hh] = gru_backward_gemms(
       st.x, st.batch_major, st.len, weight_ih, st.dgh, st.dgin, st.hprev, has_bias, need_input_grad,
-      need_weight_grad, cpu_matmul, fp32_hh_grad_per_step(input.scalar_type()));
+      need_weight_grad, cpu_matmul, backward_products(input.scalar_type(), prefix));
   return {grad_input, st.dh, gw_ih, gw_hh, gb_ih, gb_hh};
 }
 

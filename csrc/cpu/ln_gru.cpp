@@ -409,8 +409,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gr
       ln_gru_backward_state(grad_output, grad_h_n, input, hx, weight_ih, weight_hh, ln_ih_weight,
                             ln_hh_weight, ln_hh_bias, lengths, output, workspace, reverse);
   const int64_t T = st.T, N = st.N, H = st.H;
+  const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
   if (N > 0) {
-    const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
     const std::vector<Block> blocks =
         plan_step_blocks(N, H, weight_hh.element_size(), input.scalar_type());
     const int64_t nb = static_cast<int64_t>(blocks.size());
@@ -454,7 +454,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gr
       input_backward(st.batch_major, ln_ih_weight, st.ws, st.da_i, st.da_h, need_weight_grad);
   auto [grad_input, g_wih, g_whh] = ln_gru_backward_gemms(
       st.x, st.batch_major, st.len, weight_ih, d_gi, st.dg_raw, st.hprev, need_input_grad,
-      need_weight_grad, cpu_matmul, fp32_hh_grad_per_step(input.scalar_type()));
+      need_weight_grad, cpu_matmul, backward_products(input.scalar_type(), prefix));
   return {grad_input, st.dh, g_wih, g_whh, g_gi, g_bi, g_gh, g_bh};
 }
 

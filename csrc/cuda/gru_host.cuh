@@ -227,8 +227,7 @@ inline GruGrads backward_result(const GruBackwardState& st, const Tensor& weight
                                 bool need_input_grad, bool need_weight_grad, const Matmul& mm) {
   auto [grad_input, gw_ih, gw_hh, gb_ih, gb_hh] =
       gru_backward_gemms(st.x, st.batch_major, st.len, weight_ih, st.dgh, st.dgin, st.hprev,
-                         has_bias, need_input_grad, need_weight_grad, mm,
-                         /*hh_per_step=*/false);
+                         has_bias, need_input_grad, need_weight_grad, mm, BackwardProducts{});
   return {grad_input, st.dh, gw_ih, gw_hh, gb_ih, gb_hh};
 }
 

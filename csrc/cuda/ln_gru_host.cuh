@@ -82,9 +82,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backw
   }
   auto [d_gi, g_gi, g_bi, g_gh, g_bh] =
       ln_gru_input_backward(bm, ln_ih_weight, st.ws, st.da_i, st.da_h, need_weight_grad);
-  auto [grad_input, g_wih, g_whh] = ln_gru_backward_gemms(
-      x, bm, st.len, weight_ih, d_gi, st.dg_raw, st.hprev, need_input_grad, need_weight_grad, mm,
-      /*hh_per_step=*/false);
+  auto [grad_input, g_wih, g_whh] =
+      ln_gru_backward_gemms(x, bm, st.len, weight_ih, d_gi, st.dg_raw, st.hprev, need_input_grad,
+                            need_weight_grad, mm, BackwardProducts{});
   return {grad_input, st.dh, g_wih, g_whh, g_gi, g_bi, g_gh, g_bh};
 }
 
