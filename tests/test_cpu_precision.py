@@ -77,6 +77,24 @@ def check_like_nn(got, peer, want, names):
                 f"{name}: {e_o:.3g}, strict fp32 where nn.GRU's products rounded ({e_t:.3g})"
 
 
+def check_gru_like_nn(ref, peer, ours, x, hx, grad):
+    """check_like_nn for a float64 nn.GRU ref, an fp32 nn.GRU peer and ours on float64 x, hx:
+    the outputs (inference), or the outputs and every gradient of random output gradients."""
+    if not grad:
+        with torch.no_grad():
+            check_like_nn(ours(x.float(), hx.float()), peer(x.float(), hx.float()),
+                          ref(x, hx), ["output", "h_n"])
+        return
+    with torch.no_grad():
+        out, h_n = ref(x, hx)
+    go, gh = torch.randn_like(out), torch.randn_like(h_n)
+    names = ["output", "h_n", "grad input", "grad hx",
+             *(f"grad {n}" for n, _ in ref.named_parameters())]
+    check_like_nn(grads_of(ours, x, hx, go, gh, torch.float32),
+                  grads_of(peer, x, hx, go, gh, torch.float32),
+                  grads_of(ref, x, hx, go, gh, torch.float64), names)
+
+
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 def test_fp32_products_round_where_nn_grus_do(bf16_matmul, case, grad):
@@ -89,18 +107,7 @@ def test_fp32_products_round_where_nn_grus_do(bf16_matmul, case, grad):
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(T, N, C, dtype=torch.float64)
     hx = torch.randn(L * D, N, H, dtype=torch.float64)
-    if grad:
-        go = torch.randn(T, N, D * H, dtype=torch.float64)
-        gh = torch.randn(L * D, N, H, dtype=torch.float64)
-        names = ["output", "h_n", "grad input", "grad hx",
-                 *(f"grad {n}" for n, _ in ref.named_parameters())]
-        check_like_nn(grads_of(ours, x, hx, go, gh, torch.float32),
-                      grads_of(peer, x, hx, go, gh, torch.float32),
-                      grads_of(ref, x, hx, go, gh, torch.float64), names)
-    else:
-        with torch.no_grad():
-            check_like_nn(ours(x.float(), hx.float()), peer(x.float(), hx.float()),
-                          ref(x, hx), ["output", "h_n"])
+    check_gru_like_nn(ref, peer, ours, x, hx, grad)
 
 
 @pytest.mark.parametrize("N, H", [(1, 128), (1, 130), (2, 200), (1, 1024)])
@@ -119,18 +126,7 @@ def test_recurrent_products_round_where_nn_grus_do(bf16_matmul, N, H, grad):
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(T, N, C).bfloat16().double()
     hx = torch.randn(1, N, H, dtype=torch.float64)
-    if grad:
-        go = torch.randn(T, N, H, dtype=torch.float64)
-        gh = torch.randn(1, N, H, dtype=torch.float64)
-        names = ["output", "h_n", "grad input", "grad hx",
-                 *(f"grad {n}" for n, _ in ref.named_parameters())]
-        check_like_nn(grads_of(ours, x, hx, go, gh, torch.float32),
-                      grads_of(peer, x, hx, go, gh, torch.float32),
-                      grads_of(ref, x, hx, go, gh, torch.float64), names)
-    else:
-        with torch.no_grad():
-            check_like_nn(ours(x.float(), hx.float()), peer(x.float(), hx.float()),
-                          ref(x, hx), ["output", "h_n"])
+    check_gru_like_nn(ref, peer, ours, x, hx, grad)
 
 
 @pytest.mark.parametrize("lengths", [[30] + [1] * 19, [30, 30] + [1] * 18, [30, 17, 9, 2]],
