@@ -403,7 +403,8 @@ class GRUCell(nn.RNNCellBase):
     inputs, outputs and errors) on the fused ``fusedgru::gru_cell`` op: one launch per step on
     CUDA for batches up to 32, and on the CPU, up to 8 rows, one parallel pass with no GEMM call
     (in float32 under torch's bf16 matmul precision, ``torch.backends.mkldnn.matmul.
-    fp32_precision = "bf16"``, ATen's GEMMs instead, which round as nn.GRUCell's do).
+    fp32_precision = "bf16"``, ATen's GEMMs instead where ATen would round a product of that
+    shape, so that it rounds as nn.GRUCell's does).
     In training a step runs one step of ``fusedgru::gru_forward``, which saves what backward
     needs. In float32 on CUDA, beyond 32 rows and in training, a step is ``torch.gru_cell``,
     nn.GRUCell's own arithmetic: its GEMMs follow the matmul TF32 flag, where the fused GRU ops

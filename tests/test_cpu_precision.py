@@ -178,6 +178,59 @@ def test_cell_steps_round_where_nn_grucells_do(bf16_matmul, N, H):
                       ["stream output", "stream h_n"])
 
 
+def aten_keeps_fp32(M, K, N):
+    """Whether ATen's fp32 product of an [M, K] and a [K, N] matrix keeps fp32 now, told by its
+    error on random operands (the ops ask by another product: csrc/cpu/packed_gemm.h)."""
+    a, w = torch.randn(M, K), torch.randn(N, K)
+    return rel_err(nn.functional.linear(a, w), a.double() @ w.double().t()) < ROUNDED
+
+
+def bf16_exact_sums(t, scale):
+    """t's entries made small integers (|k| < 128) times scale: bf16 values whose products and
+    sums, short ones, are exact in fp32 in any order, rounded operands or not."""
+    return (t * 32).round().clamp(-127, 127) * scale
+
+
+@pytest.mark.parametrize("N, H", [(1, 64), (1, 256), (2, 64)])
+def test_products_that_keep_fp32_are_formed_as_in_strict_fp32(matmul_precision, N, H):
+    """Where ATen keeps a step's products fp32 in the mode (oneDNN's choice by shape; on a Xeon
+    with AMX and torch 2.13 one row at K = 64 or 256, not two rows at K = 64), the ops form them
+    as without the flag (the cell step's dot products, packed panels, thread blocks): bitwise the
+    strict results. GRUCell, a streaming step of a 2-layer GRU, and the forward of a sequence
+    whose input projection is exact whether it rounds or not. Where ATen rounds, as nn.GRU."""
+    T, C = 40, 16  # T N >= 32: packed steps (ATen's fp32 products differ with the flag)
+    cell = fusedgru.GRUCell(H, H)
+    stack = fusedgru.GRU(H, H, num_layers=2)
+    seq = fusedgru.GRU(C, H)
+    with torch.no_grad():
+        seq.weight_ih_l0.copy_(bf16_exact_sums(seq.weight_ih_l0, 2.0 ** -10))
+        seq.bias_ih_l0.copy_(bf16_exact_sums(seq.bias_ih_l0, 2.0 ** -4))
+    x1, h1 = torch.randn(N, H), torch.randn(N, H)
+    xs, hs = torch.randn(1, N, H), torch.randn(2, N, H)
+    xq, hq = bf16_exact_sums(torch.randn(T, N, C), 2.0 ** -6), torch.randn(1, N, H)
+
+    def run():
+        with torch.no_grad():
+            out = [cell(x1, h1), *stack(xs, hs), *seq(xq, hq)]
+        return out + list(seq(xq, hq.clone().requires_grad_()))
+
+    strict = run()
+    matmul_precision("bf16")
+    got = run()
+    names = ["GRUCell", "stream output", "stream h_n", "output", "h_n", "output (grad)",
+             "h_n (grad)"]
+    if aten_keeps_fp32(N, H, 3 * H):
+        for name, a, b in zip(names, got, strict, strict=True):
+            assert torch.equal(a, b), f"{name}: not the strict fp32 result"
+        return
+    ref = nn.GRUCell(H, H).double()
+    ref.load_state_dict(cell.state_dict())
+    peer = nn.GRUCell(H, H)
+    peer.load_state_dict(cell.state_dict())
+    with torch.no_grad():
+        check_like_nn([got[0]], [peer(x1, h1)], [ref(x1.double(), h1.double())], names[:1])
+
+
 @pytest.mark.parametrize("T, N, C, H", [(12, 3, 17, 130), (9, 40, 5, 96)])
 def test_layer_norm_gru_rounds_where_its_reference_does(bf16_matmul, T, N, C, H):
     """LayerNormGRU against its pure-PyTorch reference (whose products are ATen's) in the same

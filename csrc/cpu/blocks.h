@@ -63,20 +63,33 @@ inline std::vector<Block> plan_blocks(int64_t N, int64_t H, int64_t elem) {
   return blocks;
 }
 
-// plan_blocks for the step products of a layer in `dtype`: one block of all units where fp32
-// products are ATen's under torch's bf16 matmul precision (fp32_products_in_bf16). ATen's choice
-// to round a product depends on its width (torch 2.13 on a 2-core Xeon: a one-row product at
-// K = 1024 rounds from 384 columns on, not at 192), so only nn.GRU's own product, all 3H
-// columns in one call (or, backward, all H), rounds exactly where nn.GRU's does.
-inline std::vector<Block> plan_step_blocks(int64_t N, int64_t H, int64_t elem,
-                                           at::ScalarType dtype) {
-  if (dtype == at::kFloat && fp32_products_in_bf16()) return {{0, H}};
+// Whether every recurrent step product of a layer, as nn.GRU forms it (the step's active rows
+// [prefix[t], or N for every step when prefix is empty] by K, times [K, cols]), keeps fp32 in
+// ATen now (aten_product_rounds): forward K = H, cols = 3H; backward K = 3H, cols = H.
+inline bool steps_keep_fp32(at::ScalarType dtype, const std::vector<int64_t>& prefix, int64_t N,
+                            int64_t K, int64_t cols) {
+  if (prefix.empty()) return !aten_product_rounds(dtype, N, K, cols);
+  int64_t last = -1;  // prefix is non-increasing: each row count once
+  for (const int64_t rows : prefix) {
+    if (rows != last && rows > 0 && aten_product_rounds(dtype, rows, K, cols)) return false;
+    last = rows;
+  }
+  return true;
+}
+
+// plan_blocks for the step products of a layer; strict: they keep fp32 (steps_keep_fp32).
+// Otherwise one block of all units: their products are ATen's, and ATen's choice to round one
+// depends on its width (torch 2.13 on a 2-core Xeon: a one-row product at K = 1024 rounds from
+// 384 columns on, not at 192), so only nn.GRU's own product, all 3H columns in one call (or,
+// backward, all H), rounds exactly where nn.GRU's does.
+inline std::vector<Block> plan_step_blocks(int64_t N, int64_t H, int64_t elem, bool strict) {
+  if (!strict) return {{0, H}};
   return plan_blocks(N, H, elem);
 }
 
 // How the backward's all-steps products are shaped (BackwardProducts, fusedgru.h): as nn.GRU's
-// autograd forms them in fp32 where the products are ATen's under torch's bf16 matmul
-// precision, so each rounds where nn.GRU's does; prefix: active_prefix's rows per step.
+// autograd forms them in fp32 under torch's bf16 matmul precision, so each rounds where nn.GRU's
+// does (cpu_matmul asks aten_product_rounds for each); prefix: active_prefix's rows per step.
 inline BackwardProducts backward_products(at::ScalarType dtype,
                                           const std::vector<int64_t>& prefix) {
   if (dtype == at::kFloat && fp32_products_in_bf16()) return {true, prefix};

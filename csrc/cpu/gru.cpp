@@ -343,19 +343,21 @@ FUSEDGRU_CLONES void cell_units(const CellParams& p, int64_t j0, int64_t j1) {
   }
 }
 
-// Whether the cell step's dot products may stand in for a step's products: not in fp32 when torch
-// would round those products' operands to bf16 (fp32_products_in_bf16: ATen's products then).
-bool cell_products_allowed(at::ScalarType dtype) {
-  return dtype != at::kFloat || !fp32_products_in_bf16();
+// Whether the cell step's dot products may stand in for the products of a step of N rows, input
+// width C, H units: nn.GRU's [N, C] x [C, 3H] and [N, H] x [H, 3H]; not where ATen would round
+// either (aten_product_rounds: ATen's products then).
+bool cell_products_allowed(at::ScalarType dtype, int64_t N, int64_t C, int64_t H) {
+  return !aten_product_rounds(dtype, N, C, 3 * H) && !aten_product_rounds(dtype, N, H, 3 * H);
 }
 
 // Whether a step runs as cell_step: input [1, N, C] with 1 <= N <= kCellRows, row-contiguous
 // weights, products the cell step may form (a cheap test; the op's full checks follow).
 bool is_cell_step(const Tensor& input, const Tensor& weight_ih, const Tensor& weight_hh) {
   return input.dim() == 3 && input.size(0) == 1 && input.size(1) >= 1 &&
-         cell_products_allowed(input.scalar_type()) && input.size(1) <= kCellRows &&
-         weight_ih.dim() == 2 && weight_ih.stride(1) == 1 && weight_hh.dim() == 2 &&
-         weight_hh.stride(1) == 1;
+         input.size(1) <= kCellRows && weight_ih.dim() == 2 && weight_ih.stride(1) == 1 &&
+         weight_hh.dim() == 2 && weight_hh.stride(1) == 1 &&
+         cell_products_allowed(input.scalar_type(), input.size(1), input.size(2),
+                               weight_hh.size(1));
 }
 
 // One step of rows [0, N), N <= kCellRows (CellParams: contiguous x, h and h_out): each
@@ -424,11 +426,10 @@ std::tuple<Tensor, Tensor, Tensor> forward_into(const Tensor& input, const Tenso
   // One step reuses nothing: one GEMM over all units on W_hh^T in place (ATen's threads) rather
   // than copying W_hh into per-thread blocks or packing it (packed, the single block's product
   // ran on one thread after a one-thread copy of W_hh: GRUCell N=32 H=256 0.7x nn.GRUCell).
-  const bool pack = T > 1 && step_packing_pays(input.scalar_type(), T, N);
+  const bool strict = T > 1 && steps_keep_fp32(input.scalar_type(), prefix, N, H, 3 * H);
+  const bool pack = T > 1 && step_packing_pays(input.scalar_type(), T, N, strict);
   const std::vector<Block> blocks =  // packed panels are fp32 whatever the dtype
-      T == 1 ? std::vector<Block>{{0, H}}
-             : plan_step_blocks(N, H, pack ? int64_t{sizeof(float)} : weight_hh.element_size(),
-                                input.scalar_type());
+      plan_step_blocks(N, H, pack ? int64_t{sizeof(float)} : weight_hh.element_size(), strict);
   const int64_t nb = static_cast<int64_t>(blocks.size());
 
   const GateBlocks gates(weight_hh, blocks, N, pack);
@@ -499,10 +500,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const int64_t T = st.T, N = st.N, H = st.H;
   const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
   if (N > 0) {
-    const bool pack = step_packing_pays(input.scalar_type(), T, N);
+    const bool strict = steps_keep_fp32(input.scalar_type(), prefix, N, 3 * H, H);
+    const bool pack = step_packing_pays(input.scalar_type(), T, N, strict);
     const std::vector<Block> blocks =  // packed panels are fp32 whatever the dtype
-        plan_step_blocks(N, H, pack ? int64_t{sizeof(float)} : weight_hh.element_size(),
-                         input.scalar_type());
+        plan_step_blocks(N, H, pack ? int64_t{sizeof(float)} : weight_hh.element_size(), strict);
     const int64_t nb = static_cast<int64_t>(blocks.size());
     const ColumnBlocks cols(weight_hh, st.dh, blocks, pack);
     // Step s: dh += dgh_{t(s-1)} W_hh for the thread's columns, then the gate gradients of
@@ -577,8 +578,7 @@ bool is_stack_step(const Tensor& input, const Tensor& hx, at::TensorList params,
   const int64_t dim = input.dim();
   if ((dim != 2 && dim != 3) || hx.dim() != dim || num_layers < 1 ||
       static_cast<int64_t>(params.size()) != num_layers * D * per || !input.is_floating_point() ||
-      !input.device().is_cpu() || params[1].dim() != 2 ||
-      !cell_products_allowed(input.scalar_type())) {
+      !input.device().is_cpu() || params[1].dim() != 2) {
     return false;
   }
   const bool time_major = dim == 2 || !batch_first;
@@ -600,6 +600,10 @@ bool is_stack_step(const Tensor& input, const Tensor& hx, at::TensorList params,
                     : i % per == 1 ? fits(p, {3 * H, H})
                                    : fits(p, {3 * H});
     if (!ok) return false;
+  }
+  // Per layer (its input width), products the cell step may form.
+  for (int64_t layer = 0; layer < num_layers; ++layer) {
+    if (!cell_products_allowed(input.scalar_type(), N, layer == 0 ? C : D * H, H)) return false;
   }
   return true;
 }

@@ -7,8 +7,11 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 
 #include "../align.h"
 #include "../fusedgru.h"
@@ -150,6 +153,32 @@ bool fp32_products_in_bf16() {
     return op.has_value() && op->typed<bool()>().call();
   }();
   return cpu_takes_bf16;
+}
+
+bool aten_product_rounds(at::ScalarType dtype, int64_t M, int64_t K, int64_t N) {
+  if (dtype != at::kFloat || M <= 0 || K <= 0 || N <= 0 || !fp32_products_in_bf16()) return false;
+  if (M * K * N > kMaxProbedProduct) return true;
+  static std::mutex mutex;
+  static std::map<std::array<int64_t, 3>, bool> known;  // by (M, K, N)
+  const std::array<int64_t, 3> shape{M, K, N};
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    const auto it = known.find(shape);
+    if (it != known.end()) return it->second;
+  }
+  // A's column 0 holds 1 + 2^-12, which has no bf16 value (8 significant bits) and rounds to 1;
+  // the rest of A is 0 and B is ones. Every exact fp32 sum is 1 + 2^-12; with bf16 operands, 1.
+  constexpr float kOffBf16 = 1.0f + 1.0f / 4096;
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  at::Tensor a = at::zeros({M, K}, f32);
+  a.select(1, 0).fill_(kOffBf16);
+  const at::Tensor b = at::ones({N, K}, f32).t();  // W^T, as the GRU's products take it
+  at::Tensor c = at::empty({M, N}, f32);
+  at::mm_out(c, a, b);
+  const bool rounds = !c.eq(kOffBf16).all().item<bool>();
+  const std::lock_guard<std::mutex> lock(mutex);
+  known.emplace(shape, rounds);
+  return rounds;
 }
 
 bool packed_gemm_enabled() {
@@ -486,7 +515,8 @@ void gemm_packed_bf16(const c10::BFloat16* a, int64_t sam, int64_t M, const Pack
 void cpu_matmul(at::Tensor& out, const at::Tensor& a_in, const at::Tensor& b, double beta) {
   const int64_t M = a_in.size(0), K = a_in.size(1), cols = b.size(1);
   if (!packing_pays(out.scalar_type(), M) || (beta != 0 && beta != 1) || K > kMaxPackedK ||
-      K == 0 || cols == 0 || out.stride(1) != 1) {
+      K == 0 || cols == 0 || out.stride(1) != 1 ||
+      aten_product_rounds(out.scalar_type(), M, K, cols)) {
     aten_matmul(out, a_in, b, beta);
     return;
   }

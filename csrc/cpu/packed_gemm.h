@@ -122,21 +122,33 @@ PackedIsa packed_isa();
 // the fp32 matmul precision of its oneDNN backend is "bf16" (torch.backends.mkldnn.matmul.
 // fp32_precision, which torch.set_float32_matmul_precision("medium") sets too), oneDNN is
 // enabled and the CPU takes bf16 by torch's own test (mkldnn::_is_mkldnn_bf16_supported).
-// nn.GRU's products (at::linear) then run on oneDNN in bf16 wherever ATen's heuristics send
-// them there: by shape, not every product (on a 2-core Xeon with AMX, torch 2.13: [1, 256] x
-// [256, 768] stays fp32, [1, 1024] x [1024, 3072] and every product of 2 rows or more at
-// K = 256 round). So in this mode the GRU ops' fp32 products go through ATen, not the strict
-// fp32 packed GEMM or the cell step's dot products: the same choice per product as nn.GRU's,
-// at oneDNN's speed (AMX tiles where the CPU has them). Read at every call, as torch reads it.
+// nn.GRU's products (at::linear) may then round; whether one does is oneDNN's choice by shape
+// (aten_product_rounds). Read at every call, as torch reads it.
 bool fp32_products_in_bf16();
 
+// Whether ATen's product of an [M, K] and a [K, N] matrix in `dtype` may round its operands to
+// bf16 now; false only where it surely keeps fp32. Only fp32 under fp32_products_in_bf16 can
+// round, and then oneDNN picks a bf16 kernel or not by shape, by no simple rule (2-core Xeon with
+// AMX, torch 2.13, one row: K = 256 by 768 columns stays fp32, K = 128 by 384 rounds, K = 128 by
+// 128 stays fp32; two rows at K = 64: 64 columns stay fp32, 192 round), the same for either
+// layout of B, with or without beta, at 1 or 2 threads (benchmarks/NOTES.md). So each shape of
+// at most kMaxProbedProduct multiply-adds is asked once, by a product whose exact fp32 result is
+// not what bf16 operands give, and the answer is kept; larger ones are taken to round without
+// asking (a probe costs as much as the product). A product that may round is ATen's, which rounds
+// exactly where nn.GRU's product of that shape does; one that keeps fp32 the GRU ops form as in
+// strict fp32 (packed panels, the cell step's dot products, per-thread blocks): nn.GRU's
+// precision, not its bits. Call it outside parallel regions (it may run an ATen product).
+bool aten_product_rounds(at::ScalarType dtype, int64_t M, int64_t K, int64_t N);
+// A step product of 8 rows at H = 1024 ([8, 1024] x [1024, 3072], 25 M) is asked; the
+// all-steps products of a sequence, which round from 16 rows on in every shape measured, are not.
+constexpr int64_t kMaxProbedProduct = int64_t{1} << 25;
+
 // Packing B costs about as much as computing a few rows of C: worth it for fp32 when the packed
-// panels serve at least this many rows of A (over all the calls that reuse them), unless torch
-// would round the product's operands to bf16 (fp32_products_in_bf16: ATen's product then).
+// panels serve at least this many rows of A (over all the calls that reuse them). A product that
+// ATen would round (aten_product_rounds) is ATen's whatever this says.
 constexpr int64_t kMinPackedRows = 32;
 inline bool packing_pays(at::ScalarType dtype, int64_t rows) {
-  return dtype == at::kFloat && rows >= kMinPackedRows && packed_gemm_enabled() &&
-         !fp32_products_in_bf16();
+  return dtype == at::kFloat && rows >= kMinPackedRows && packed_gemm_enabled();
 }
 
 // Rows per step up to which a bf16/fp16 GRU's forward runs its recurrent products in fp32 on
@@ -145,11 +157,12 @@ inline bool packing_pays(at::ScalarType dtype, int64_t rows) {
 // at N = 1 on a 2-core Xeon with AMX, 4.5x our fp32 step at H = 256, and wins from N = 16 on
 // (benchmarks/NOTES.md, "bf16 recurrent products on packed panels", 2026-12-06).
 constexpr int64_t kMaxReducedPackedStepRows = 8;
-// Whether a GRU forward of T steps of N rows packs W_hh for its recurrent products.
-inline bool step_packing_pays(at::ScalarType dtype, int64_t T, int64_t N) {
+// Whether a GRU layer of T steps of N rows packs W_hh for its recurrent products; strict: no
+// step product rounds in ATen (steps_keep_fp32, blocks.h).
+inline bool step_packing_pays(at::ScalarType dtype, int64_t T, int64_t N, bool strict) {
   if (dtype == at::kBFloat16 || dtype == at::kHalf)
     return N <= kMaxReducedPackedStepRows && T * N >= kMinPackedRows && packed_gemm_enabled();
-  return packing_pays(dtype, T * N);
+  return strict && packing_pays(dtype, T * N);
 }
 
 // On the calling thread, rows [0, M) and panels [p0, p1) of B:
