@@ -196,39 +196,44 @@ def test_products_that_keep_fp32_are_formed_as_in_strict_fp32(matmul_precision, 
     """Where ATen keeps a step's products fp32 in the mode (oneDNN's choice by shape; on a Xeon
     with AMX and torch 2.13 one row at K = 64 or 256, not two rows at K = 64), the ops form them
     as without the flag (the cell step's dot products, packed panels, thread blocks): bitwise the
-    strict results. GRUCell, a streaming step of a 2-layer GRU, and the forward of a sequence
-    whose input projection is exact whether it rounds or not. Where ATen rounds, as nn.GRU."""
+    strict results. GRUCell, a streaming step of a 2-layer GRU, and, with an input projection
+    that is exact whether it rounds or not, a GRU's and a LayerNormGRU's forward and grad hx
+    (which only the step products and the pointwise passes reach). Where ATen rounds, none of
+    them is the strict result."""
     T, C = 40, 16  # T N >= 32: packed steps (ATen's fp32 products differ with the flag)
     cell = fusedgru.GRUCell(H, H)
     stack = fusedgru.GRU(H, H, num_layers=2)
     seq = fusedgru.GRU(C, H)
+    ln = randomize(fusedgru.LayerNormGRU(C, H))
     with torch.no_grad():
-        seq.weight_ih_l0.copy_(bf16_exact_sums(seq.weight_ih_l0, 2.0 ** -10))
+        for m in (seq, ln):
+            m.weight_ih_l0.copy_(bf16_exact_sums(m.weight_ih_l0, 2.0 ** -10))
         seq.bias_ih_l0.copy_(bf16_exact_sums(seq.bias_ih_l0, 2.0 ** -4))
     x1, h1 = torch.randn(N, H), torch.randn(N, H)
     xs, hs = torch.randn(1, N, H), torch.randn(2, N, H)
     xq, hq = bf16_exact_sums(torch.randn(T, N, C), 2.0 ** -6), torch.randn(1, N, H)
+    go = torch.randn(T, N, H)
+
+    def forward_and_grad_hx(m):
+        h = hq.clone().requires_grad_()
+        out, h_n = m(xq, h)
+        return [out, h_n, torch.autograd.grad((out * go).sum(), h)[0]]
 
     def run():
         with torch.no_grad():
-            out = [cell(x1, h1), *stack(xs, hs), *seq(xq, hq)]
-        return out + list(seq(xq, hq.clone().requires_grad_()))
+            out = [cell(x1, h1), *stack(xs, hs)]
+        return out + forward_and_grad_hx(seq) + forward_and_grad_hx(ln)
 
     strict = run()
     matmul_precision("bf16")
     got = run()
-    names = ["GRUCell", "stream output", "stream h_n", "output", "h_n", "output (grad)",
-             "h_n (grad)"]
-    if aten_keeps_fp32(N, H, 3 * H):
-        for name, a, b in zip(names, got, strict, strict=True):
-            assert torch.equal(a, b), f"{name}: not the strict fp32 result"
-        return
-    ref = nn.GRUCell(H, H).double()
-    ref.load_state_dict(cell.state_dict())
-    peer = nn.GRUCell(H, H)
-    peer.load_state_dict(cell.state_dict())
-    with torch.no_grad():
-        check_like_nn([got[0]], [peer(x1, h1)], [ref(x1.double(), h1.double())], names[:1])
+    names = ["GRUCell", "stream output", "stream h_n", "output", "h_n", "grad hx",
+             "LayerNormGRU output", "LayerNormGRU h_n", "LayerNormGRU grad hx"]
+    forward = aten_keeps_fp32(N, H, 3 * H)  # [N, H] x [H, 3H], and C = H in the first three
+    backward = forward and aten_keeps_fp32(N, 3 * H, H)  # dh += [N, 3H] x [3H, H]
+    keeps = [forward] * 5 + [backward] + [forward] * 2 + [backward]
+    for name, a, b, k in zip(names, got, strict, keeps, strict=True):
+        assert torch.equal(a, b) == k, f"{name}: {'not ' if k else ''}the strict fp32 result"
 
 
 @pytest.mark.parametrize("T, N, C, H", [(12, 3, 17, 130), (9, 40, 5, 96)])
