@@ -405,9 +405,11 @@ class GRUCell(nn.RNNCellBase):
     (in float32 under torch's bf16 matmul precision, ``torch.backends.mkldnn.matmul.
     fp32_precision = "bf16"``, ATen's GEMMs instead where ATen would round a product of that
     shape, so that it rounds as nn.GRUCell's does).
-    In training a step runs one step of ``fusedgru::gru_forward``, which saves what backward
-    needs. In float32 on CUDA, beyond 32 rows and in training, a step is ``torch.gru_cell``,
-    nn.GRUCell's own arithmetic: its GEMMs follow the matmul TF32 flag, where the fused GRU ops
+    In training on the CPU a step is ``torch.gru_cell``, nn.GRUCell's own (the fused one-step
+    forward and backward ran slower, README); on CUDA it runs one step of
+    ``fusedgru::gru_forward``, which saves what backward needs. In float32 on CUDA, beyond 32
+    rows and in training, a step is ``torch.gru_cell``, nn.GRUCell's own arithmetic: its GEMMs
+    follow the matmul TF32 flag, where the fused GRU ops
     follow the cuDNN RNN flag as nn.GRU does (PyTorch's defaults differ: TF32 for RNNs, strict for
     matmuls); the one-launch kernel up to 32 rows is strict fp32 under any flags.
 
@@ -486,6 +488,14 @@ class GRUCell(nn.RNNCellBase):
                                f"expected {self.hidden_size}")
         params = [self.weight_ih, self.weight_hh] + (
             [self.bias_ih, self.bias_hh] if self.bias else [])
+        if input.is_cpu and self._cpu_training(input, hx, params):
+            # nn.GRUCell's own step (its checks, autocast and transforms with it). One step of
+            # gru_forward and its backward ran at 0.25-0.76x its speed (2-core Xeon, 1 or 8 rows,
+            # H = 256 or 1024): the sequence ops' per-call work, and two fresh weight gradients
+            # per step from one node, which glibc gives back to the OS and faults in again
+            # (benchmarks/NOTES.md). fusedgru.GRU trains whole sequences fused.
+            out = torch.gru_cell(input, hx, *params)
+            return out if is_batched else out.squeeze(0)
         if params[0].numel() > 0 and not _ops.onnx_exporting() and self._lean_ok(input, hx,
                                                                                   params):
             out = _ops.gru_cell(input, hx, *params)
@@ -502,6 +512,14 @@ class GRUCell(nn.RNNCellBase):
         with no_autocast(input.device.type):  # cast already; the references must not recast
             out = step(input, hx, w_ih, w_hh, b_ih, b_hh)
         return out if is_batched else out.squeeze(0)
+
+    @staticmethod
+    def _cpu_training(input: Tensor, hx: Tensor, params: Sequence[Tensor]) -> bool:
+        """Whether a CPU step is a training step: grad mode on and some argument requires grad,
+        not under torch.onnx.export (which takes the reference's matmuls)."""
+        return (torch.is_grad_enabled() and not _ops.onnx_exporting()
+                and (input.requires_grad or hx.requires_grad
+                     or any(p.requires_grad for p in params)))
 
     @staticmethod
     def _lean_ok(input: Tensor, hx: Tensor, params: Sequence[Tensor]) -> bool:

@@ -46,6 +46,30 @@ def test_the_python_cell_batch_limit_is_the_kernels():
     assert limit and int(limit.group(1)) == fusedgru.rnn.CUDA_CELL_MAX_BATCH
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("N, H", [(1, 130), (9, 17)])
+def test_a_cpu_training_step_is_nn_gru_cells(dtype, N, H):
+    """In training on the CPU a step is nn.GRUCell's own (torch.gru_cell; the fused one-step
+    forward and backward ran slower, README): h' and every gradient bitwise nn.GRUCell's, over
+    a loop of steps carrying h, unbatched too."""
+    ref = nn.GRUCell(7, H).to(dtype)
+    ours = fusedgru.GRUCell(7, H).to(dtype)
+    ours.load_state_dict(ref.state_dict())
+    xs = torch.randn(4, N, 7, dtype=dtype)
+    h0 = torch.randn(N, H, dtype=dtype)
+    g = torch.randn(N, H, dtype=dtype)
+    results = []
+    for m in (ref, ours):
+        x, h = xs.clone().requires_grad_(), h0.clone().requires_grad_()
+        out = h
+        for t in range(4):
+            out = m(x[t], out)
+        results.append([out, *torch.autograd.grad((out * g).sum(), [x, h, *m.parameters()]),
+                        m(xs[0, 0], h0[0])])
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("N", [8, 40])
 def test_gru_cell_takes_tf32_as_nn_gru_cell_does(monkeypatch, N):
