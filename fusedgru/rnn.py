@@ -300,8 +300,27 @@ class GRU(_GRUInterface, nn.RNNBase):
         return weights
 
     def _run(self, input, hx, batch_first, lengths=None):
-        return gru(input, hx, self._weights(), self.bias, self.num_layers, self.dropout,
+        weights = self._weights()
+        if lengths is None and input.is_cpu and _one_step_to_train(input, hx, weights,
+                                                                   batch_first):
+            # nn.GRU's own call (its autocast and transforms with it): one step has nothing to
+            # fuse across time, and the fused ops' backward of one step ran at 0.4-0.8x its
+            # speed (2-core Xeon, H = 64 to 1024: per-call work, and at H = 1024 page faults on
+            # two fresh weight gradients per step from one node; benchmarks/NOTES.md).
+            return tuple(torch.gru(input, hx, weights, self.bias, self.num_layers, self.dropout,
+                                   self.training, self.bidirectional, batch_first))
+        return gru(input, hx, weights, self.bias, self.num_layers, self.dropout,
                    self.training, self.bidirectional, batch_first, lengths=lengths)
+
+
+def _one_step_to_train(input: Tensor, hx: Tensor, weights: Sequence[Tensor],
+                       batch_first: bool) -> bool:
+    """Whether a GRU call is a single time step with a gradient to compute (grad mode on and
+    some argument requires grad), not traced by torch.compile or torch.onnx.export."""
+    return (input.shape[1 if batch_first else 0] == 1 and torch.is_grad_enabled()
+            and not torch.compiler.is_compiling() and not _ops.onnx_exporting()
+            and (input.requires_grad or hx.requires_grad
+                 or any(w.requires_grad for w in weights)))
 
 
 class LayerNormGRU(_GRUInterface, nn.RNNBase):

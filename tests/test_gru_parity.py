@@ -402,3 +402,35 @@ def test_float64_meeting_another_dtype_under_cpu_autocast_raises_as_nn_gru(
         got = first(ours(*args))
     assert got.dtype == expected.dtype == torch.float64
     assert_close(got, expected, TOL[torch.float64])
+
+
+@pytest.mark.parametrize("layers, bidirectional, batch_first, unbatched", [
+    (1, False, False, False), (2, True, True, False), (2, False, False, True)],
+    ids=["L1", "L2-bi-batch_first", "L2-unbatched"])
+def test_a_cpu_training_step_of_one_time_step_is_nn_grus(layers, bidirectional, batch_first,
+                                                          unbatched):
+    """A CPU call of one time step that trains (a decoder fed one step at a time) is nn.GRU's
+    own call (one step has nothing to fuse across time; README): output, h_n and every gradient
+    bitwise nn.GRU's over a loop of steps carrying h, dropout between layers included."""
+    T, N, C, H = 4, 3, 5, 17
+    D = 2 if bidirectional else 1
+    ref = nn.GRU(C, H, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first,
+                 dropout=0.25 if layers > 1 else 0.0)
+    ours = fusedgru.GRU(C, H, num_layers=layers, bidirectional=bidirectional,
+                        batch_first=batch_first, dropout=0.25 if layers > 1 else 0.0)
+    ours.load_state_dict(ref.state_dict())
+    shape = (1, C) if unbatched else ((N, 1, C) if batch_first else (1, N, C))
+    xs = torch.randn(T, *shape)
+    h0 = torch.randn(layers * D, *(() if unbatched else (N,)), H)
+    results = []
+    for m in (ref, ours):
+        torch.manual_seed(0)
+        x, h = xs.clone().requires_grad_(), h0.clone().requires_grad_()
+        outs, state = [], h
+        for t in range(T):
+            out, state = m(x[t], state)
+            outs.append(out)
+        loss = torch.stack(outs).pow(2).sum() + state.sum()
+        results.append([*outs, state, *torch.autograd.grad(loss, [x, h, *m.parameters()])])
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
