@@ -99,6 +99,23 @@ def below_autograd_ok() -> bool:
                 or torch._C._functorch.peek_interpreter_stack() is not None)
 
 
+def plain_cpu_training(*tensors: Tensor) -> bool:
+    """Whether a CPU call is plain eager training: grad mode on and one of ``tensors`` requires
+    grad, with nothing around it that would see which ops run: not torch.compile or
+    torch.export (they trace), torch.jit.trace, torch.onnx.export, forward-mode AD, a
+    torch.func transform (vmap has no batching rule for aten::gru) or CPU autocast (nn's ops
+    would run their GEMMs in the autocast dtype, the fused path in fp32), and in float32 or
+    float64 (bf16 and fp16 products on oneDNN's AMX kernels read past the rows of a view,
+    csrc/gru_common.cpp aten_matmul, which the fused path copies first). Only there may a
+    module hand a training call to nn's own ATen op (GRUCell's steps, a GRU's single step)."""
+    return (torch.is_grad_enabled() and tensors[0].dtype in (torch.float32, torch.float64)
+            and any(t.requires_grad for t in tensors)
+            and not (torch.compiler.is_compiling() or torch.jit.is_tracing() or onnx_exporting()
+                     or fwAD._current_level >= 0
+                     or torch._C._functorch.peek_interpreter_stack() is not None
+                     or torch.is_autocast_enabled("cpu")))
+
+
 def fx_leaf(module: torch.nn.Module, *args, **kwargs):
     """Under ``torch.fx.symbolic_trace`` (an argument is an FX Proxy): the module's call as one
     ``call_module`` node, the Proxy of its result; else None. FX's tracer keeps torch.nn's

@@ -301,26 +301,17 @@ class GRU(_GRUInterface, nn.RNNBase):
 
     def _run(self, input, hx, batch_first, lengths=None):
         weights = self._weights()
-        if lengths is None and input.is_cpu and _one_step_to_train(input, hx, weights,
-                                                                   batch_first):
-            # nn.GRU's own call (its autocast and transforms with it): one step has nothing to
-            # fuse across time, and the fused ops' backward of one step ran at 0.4-0.8x its
-            # speed (2-core Xeon, H = 64 to 1024: per-call work, and at H = 1024 page faults on
-            # two fresh weight gradients per step from one node; benchmarks/NOTES.md).
+        if (lengths is None and input.is_cpu and input.shape[1 if batch_first else 0] == 1
+                and _ops.plain_cpu_training(input, hx, *weights)):
+            # nn.GRU's own call (_ops.plain_cpu_training: where nothing else sees which ops
+            # run): one step has nothing to fuse across time, and the fused ops' backward of
+            # one step ran at 0.4-0.8x its speed (2-core Xeon, H = 64 to 1024: per-call work,
+            # and at H = 1024 page faults on two fresh weight gradients per step from one node;
+            # benchmarks/NOTES.md).
             return tuple(torch.gru(input, hx, weights, self.bias, self.num_layers, self.dropout,
                                    self.training, self.bidirectional, batch_first))
         return gru(input, hx, weights, self.bias, self.num_layers, self.dropout,
                    self.training, self.bidirectional, batch_first, lengths=lengths)
-
-
-def _one_step_to_train(input: Tensor, hx: Tensor, weights: Sequence[Tensor],
-                       batch_first: bool) -> bool:
-    """Whether a GRU call is a single time step with a gradient to compute (grad mode on and
-    some argument requires grad), not traced by torch.compile or torch.onnx.export."""
-    return (input.shape[1 if batch_first else 0] == 1 and torch.is_grad_enabled()
-            and not torch.compiler.is_compiling() and not _ops.onnx_exporting()
-            and (input.requires_grad or hx.requires_grad
-                 or any(w.requires_grad for w in weights)))
 
 
 class LayerNormGRU(_GRUInterface, nn.RNNBase):
@@ -507,12 +498,13 @@ class GRUCell(nn.RNNCellBase):
                                f"expected {self.hidden_size}")
         params = [self.weight_ih, self.weight_hh] + (
             [self.bias_ih, self.bias_hh] if self.bias else [])
-        if input.is_cpu and self._cpu_training(input, hx, params):
-            # nn.GRUCell's own step (its checks, autocast and transforms with it). One step of
-            # gru_forward and its backward ran at 0.25-0.76x its speed (2-core Xeon, 1 or 8 rows,
-            # H = 256 or 1024): the sequence ops' per-call work, and two fresh weight gradients
-            # per step from one node, which glibc gives back to the OS and faults in again
-            # (benchmarks/NOTES.md). fusedgru.GRU trains whole sequences fused.
+        if input.is_cpu and _ops.plain_cpu_training(input, hx, *params):
+            # nn.GRUCell's own step (_ops.plain_cpu_training: where nothing else sees which
+            # ops run). One step of gru_forward and its backward ran at 0.25-0.76x its speed
+            # (2-core Xeon, 1 or 8 rows, H = 256 or 1024): the sequence ops' per-call work, and
+            # two fresh weight gradients per step from one node, which glibc gives back to the
+            # OS and faults in again (benchmarks/NOTES.md). fusedgru.GRU trains whole
+            # sequences fused.
             out = torch.gru_cell(input, hx, *params)
             return out if is_batched else out.squeeze(0)
         if params[0].numel() > 0 and not _ops.onnx_exporting() and self._lean_ok(input, hx,
@@ -531,14 +523,6 @@ class GRUCell(nn.RNNCellBase):
         with no_autocast(input.device.type):  # cast already; the references must not recast
             out = step(input, hx, w_ih, w_hh, b_ih, b_hh)
         return out if is_batched else out.squeeze(0)
-
-    @staticmethod
-    def _cpu_training(input: Tensor, hx: Tensor, params: Sequence[Tensor]) -> bool:
-        """Whether a CPU step is a training step: grad mode on and some argument requires grad,
-        not under torch.onnx.export (which takes the reference's matmuls)."""
-        return (torch.is_grad_enabled() and not _ops.onnx_exporting()
-                and (input.requires_grad or hx.requires_grad
-                     or any(p.requires_grad for p in params)))
 
     @staticmethod
     def _lean_ok(input: Tensor, hx: Tensor, params: Sequence[Tensor]) -> bool:

@@ -46,12 +46,13 @@ def test_the_python_cell_batch_limit_is_the_kernels():
     assert limit and int(limit.group(1)) == fusedgru.rnn.CUDA_CELL_MAX_BATCH
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("N, H", [(1, 130), (9, 17)])
 def test_a_cpu_training_step_is_nn_gru_cells(dtype, N, H):
-    """In training on the CPU a step is nn.GRUCell's own (torch.gru_cell; the fused one-step
-    forward and backward ran slower, README): h' and every gradient bitwise nn.GRUCell's, over
-    a loop of steps carrying h, unbatched too."""
+    """In plain eager training on the CPU (fusedgru._ops.plain_cpu_training) a float step is
+    nn.GRUCell's own (torch.gru_cell; the fused one-step forward and backward ran slower,
+    README): h' and every gradient bitwise nn.GRUCell's, over a loop of steps carrying h,
+    unbatched too."""
     ref = nn.GRUCell(7, H).to(dtype)
     ours = fusedgru.GRUCell(7, H).to(dtype)
     ours.load_state_dict(ref.state_dict())

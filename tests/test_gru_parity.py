@@ -434,3 +434,18 @@ def test_a_cpu_training_step_of_one_time_step_is_nn_grus(layers, bidirectional, 
         results.append([*outs, state, *torch.autograd.grad(loss, [x, h, *m.parameters()])])
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_one_step_training_call_stays_fused_where_the_choice_would_show():
+    """Outside plain eager training (fusedgru._ops.plain_cpu_training) a one-step training call
+    stays on the fused ops: under CPU autocast it is step 0 of a longer call bitwise (nn.GRU's
+    own call would run its GEMMs in bf16, the fused path in fp32), and torch.func.vmap over
+    one-step sequences runs (no batching rule for aten::gru) and agrees with a loop."""
+    m = fusedgru.GRU(6, 10)
+    x, h = torch.randn(3, 4, 6), torch.randn(1, 4, 10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        one, two = m(x[:1], h)[0], m(x, h)[0][:1]
+    assert torch.equal(one, two)
+    xs = torch.randn(5, 1, 2, 6)
+    got = torch.func.vmap(lambda xi: m(xi)[0])(xs)
+    assert_close(got, torch.stack([m(xi)[0] for xi in xs]), TOL[torch.float32], "vmap")
