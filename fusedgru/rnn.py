@@ -415,8 +415,9 @@ class GRUCell(nn.RNNCellBase):
     (in float32 under torch's bf16 matmul precision, ``torch.backends.mkldnn.matmul.
     fp32_precision = "bf16"``, ATen's GEMMs instead where ATen would round a product of that
     shape, so that it rounds as nn.GRUCell's does).
-    In training on the CPU a step is ``torch.gru_cell``, nn.GRUCell's own (the fused one-step
-    forward and backward ran slower, README); on CUDA it runs one step of
+    In plain eager float32/float64 training on the CPU a step is ``torch.gru_cell``,
+    nn.GRUCell's own (the fused one-step forward and backward ran slower, README); elsewhere
+    in training, and on CUDA, it runs one step of
     ``fusedgru::gru_forward``, which saves what backward needs. In float32 on CUDA, beyond 32
     rows and in training, a step is ``torch.gru_cell``, nn.GRUCell's own arithmetic: its GEMMs
     follow the matmul TF32 flag, where the fused GRU ops
