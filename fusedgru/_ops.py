@@ -100,15 +100,17 @@ def below_autograd_ok() -> bool:
 
 
 def plain_cpu_training(*tensors: Tensor) -> bool:
-    """Whether a CPU call is plain eager training: grad mode on and one of ``tensors`` requires
-    grad, with nothing around it that would see which ops run: not torch.compile or
-    torch.export (they trace), torch.jit.trace, torch.onnx.export, forward-mode AD, a
-    torch.func transform (vmap has no batching rule for aten::gru) or CPU autocast (nn's ops
-    would run their GEMMs in the autocast dtype, the fused path in fp32), and in float32 or
-    float64 (bf16 and fp16 products on oneDNN's AMX kernels read past the rows of a view,
-    csrc/gru_common.cpp aten_matmul, which the fused path copies first). Only there may a
-    module hand a training call to nn's own ATen op (GRUCell's steps, a GRU's single step)."""
-    return (torch.is_grad_enabled() and tensors[0].dtype in (torch.float32, torch.float64)
+    """Whether a call is plain eager CPU training: ``tensors[0]`` (the input) on the CPU, grad
+    mode on and one of ``tensors`` requiring grad, with nothing around it that would see which
+    ops run: not torch.compile or torch.export (they trace), torch.jit.trace,
+    torch.onnx.export, forward-mode AD, a torch.func transform (vmap has no batching rule for
+    aten::gru) or CPU autocast (nn's ops would run their GEMMs in the autocast dtype, the fused
+    path in fp32), and in float32 or float64 (bf16 and fp16 products on oneDNN's AMX kernels
+    read past the rows of a view, csrc/gru_common.cpp aten_matmul, which the fused path copies
+    first). Only there may a module hand a training call to nn's own ATen op (GRUCell's steps,
+    a GRU's single step)."""
+    return (tensors[0].is_cpu and torch.is_grad_enabled()
+            and tensors[0].dtype in (torch.float32, torch.float64)
             and any(t.requires_grad for t in tensors)
             and not (torch.compiler.is_compiling() or torch.jit.is_tracing() or onnx_exporting()
                      or fwAD._current_level >= 0

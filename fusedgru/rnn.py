@@ -301,7 +301,7 @@ class GRU(_GRUInterface, nn.RNNBase):
 
     def _run(self, input, hx, batch_first, lengths=None):
         weights = self._weights()
-        if (lengths is None and input.is_cpu and input.shape[1 if batch_first else 0] == 1
+        if (lengths is None and input.shape[1 if batch_first else 0] == 1
                 and _ops.plain_cpu_training(input, hx, *weights)):
             # nn.GRU's own call (_ops.plain_cpu_training: where nothing else sees which ops
             # run): one step has nothing to fuse across time, and the fused ops' backward of
@@ -499,7 +499,7 @@ class GRUCell(nn.RNNCellBase):
                                f"expected {self.hidden_size}")
         params = [self.weight_ih, self.weight_hh] + (
             [self.bias_ih, self.bias_hh] if self.bias else [])
-        if input.is_cpu and _ops.plain_cpu_training(input, hx, *params):
+        if _ops.plain_cpu_training(input, hx, *params):
             # nn.GRUCell's own step (_ops.plain_cpu_training: where nothing else sees which
             # ops run). One step of gru_forward and its backward ran at 0.25-0.76x its speed
             # (2-core Xeon, 1 or 8 rows, H = 256 or 1024): the sequence ops' per-call work, and

@@ -77,21 +77,19 @@ inline bool steps_keep_fp32(at::ScalarType dtype, const std::vector<int64_t>& pr
   return true;
 }
 
-// Whether a layer's step products may be split into per-thread blocks of units: they keep fp32
-// (strict: steps_keep_fp32) and each block's product is ours (pack) or ATen's where no width
-// rounds (no bf16 matmul precision). Under that precision an unpacked step product stays
-// nn.GRU's own, all 3H columns in one call (backward, all H), the shape that was asked: ATen's
-// choice to round depends on a product's width (torch 2.13 on a 2-core Xeon: a one-row product
-// at K = 1024 rounds from 384 columns on, not at 192).
-inline bool steps_may_split(at::ScalarType dtype, bool strict, bool pack) {
-  return strict && (pack || dtype != at::kFloat || !fp32_products_in_bf16());
-}
-
-// plan_blocks for the step products of a layer; one block of all units unless `split`
-// (steps_may_split).
-inline std::vector<Block> plan_step_blocks(int64_t N, int64_t H, int64_t elem, bool split) {
+// The blocks of units a layer's step products run in (plan_blocks; W_hh's element size, or
+// fp32's where `pack`: packed panels are fp32 whatever the dtype). One block of all H units
+// unless the products may be split: they keep fp32 (strict: steps_keep_fp32) and each block's
+// product is ours (pack) or ATen's where no width rounds (no bf16 matmul precision). Under that
+// precision an unpacked step product stays nn.GRU's own, all 3H columns in one call (backward,
+// all H), the shape that was asked: ATen's choice to round depends on a product's width (torch
+// 2.13 on a 2-core Xeon: a one-row product at K = 1024 rounds from 384 columns on, not at 192).
+inline std::vector<Block> plan_step_blocks(int64_t N, int64_t H, const at::Tensor& weight_hh,
+                                           bool strict, bool pack) {
+  const bool split =
+      strict && (pack || weight_hh.scalar_type() != at::kFloat || !fp32_products_in_bf16());
   if (!split) return {{0, H}};
-  return plan_blocks(N, H, elem);
+  return plan_blocks(N, H, pack ? int64_t{sizeof(float)} : weight_hh.element_size());
 }
 
 // How the backward's all-steps products are shaped (BackwardProducts, fusedgru.h): as nn.GRU's

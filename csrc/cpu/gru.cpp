@@ -428,9 +428,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_into(const Tensor& input, const Tenso
   // ran on one thread after a one-thread copy of W_hh: GRUCell N=32 H=256 0.7x nn.GRUCell).
   const bool strict = T > 1 && steps_keep_fp32(input.scalar_type(), prefix, N, H, 3 * H);
   const bool pack = T > 1 && step_packing_pays(input.scalar_type(), T, N, strict);
-  const std::vector<Block> blocks =  // packed panels are fp32 whatever the dtype
-      plan_step_blocks(N, H, pack ? int64_t{sizeof(float)} : weight_hh.element_size(),
-                       steps_may_split(input.scalar_type(), strict, pack));
+  const std::vector<Block> blocks = plan_step_blocks(N, H, weight_hh, strict, pack);
   const int64_t nb = static_cast<int64_t>(blocks.size());
 
   const GateBlocks gates(weight_hh, blocks, N, pack);
@@ -503,9 +501,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   if (N > 0) {
     const bool strict = steps_keep_fp32(input.scalar_type(), prefix, N, 3 * H, H);
     const bool pack = step_packing_pays(input.scalar_type(), T, N, strict);
-    const std::vector<Block> blocks =  // packed panels are fp32 whatever the dtype
-        plan_step_blocks(N, H, pack ? int64_t{sizeof(float)} : weight_hh.element_size(),
-                         steps_may_split(input.scalar_type(), strict, pack));
+    const std::vector<Block> blocks = plan_step_blocks(N, H, weight_hh, strict, pack);
     const int64_t nb = static_cast<int64_t>(blocks.size());
     const ColumnBlocks cols(weight_hh, st.dh, blocks, pack);
     // Step s: dh += dgh_{t(s-1)} W_hh for the thread's columns, then the gate gradients of

@@ -153,9 +153,7 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_forward(
   const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
   const bool strict = steps_keep_fp32(input.scalar_type(), prefix, N, H, 3 * H);
   const bool pack = step_packing_pays(input.scalar_type(), T, N, strict);
-  const std::vector<Block> blocks =  // packed panels are fp32 whatever the dtype
-      plan_step_blocks(N, H, pack ? int64_t{sizeof(float)} : weight_hh.element_size(),
-                       steps_may_split(input.scalar_type(), strict, pack));
+  const std::vector<Block> blocks = plan_step_blocks(N, H, weight_hh, strict, pack);
   const int64_t nb = static_cast<int64_t>(blocks.size());
   const GateBlocks gates(weight_hh, blocks, N, pack);
   std::vector<double> part(nb * N * 3, 0.0);
@@ -413,9 +411,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_gr
   const std::vector<int64_t> prefix = active_prefix(lengths, T, N);
   if (N > 0) {
     const bool strict = steps_keep_fp32(input.scalar_type(), prefix, N, 3 * H, H);
-    const bool pack = strict && packing_pays(input.scalar_type(), T * N);
-    const std::vector<Block> blocks = plan_step_blocks(
-        N, H, weight_hh.element_size(), steps_may_split(input.scalar_type(), strict, pack));
+    const bool pack = step_packing_pays(input.scalar_type(), T, N, strict);
+    const std::vector<Block> blocks = plan_step_blocks(N, H, weight_hh, strict, pack);
     const int64_t nb = static_cast<int64_t>(blocks.size());
     std::vector<double> part(nb * N * 2, 0.0);
     const ColumnBlocks cols(weight_hh, st.dh, blocks, pack);
