@@ -30,6 +30,30 @@ def _active_mask(lengths: Tensor | None, T: int, N: int, like: Tensor) -> Tensor
     return (t < lengths.to(like.device).unsqueeze(0)).unsqueeze(2)
 
 
+def _active_prefix(lengths: Tensor | None, T: int, N: int) -> list[int] | None:
+    """Per step t, how many leading rows are active (lengths[i] > t) where the lengths are on
+    the CPU and sorted non-increasing (always so for a PackedSequence): each step's recurrent
+    product then multiplies those rows only, as nn.GRU on a PackedSequence and the fused CPU
+    ops do (csrc/gru_common.cpp active_prefix). A product's shape decides whether ATen rounds
+    it under torch's bf16 matmul precision, so a reference of all N rows would round where
+    they keep fp32. None where every row is multiplied: no lengths, unsorted ones, lengths on
+    a GPU (the host does not read them) or under a torch.func transform."""
+    if (lengths is None or lengths.device.type != "cpu"
+            or torch._C._functorch.is_functorch_wrapped_tensor(lengths)):
+        return None
+    lens = lengths.tolist()
+    if any(a < b for a, b in zip(lens, lens[1:])):
+        return None
+    return [sum(n > t for n in lens) for t in range(T)]
+
+
+def _padded(t: Tensor, N: int) -> Tensor:
+    """t [k, ...] with zero rows appended up to N rows (the rows past their lengths)."""
+    if t.shape[0] == N:
+        return t
+    return torch.cat([t, t.new_zeros(N - t.shape[0], *t.shape[1:])])
+
+
 def _rows_of_their_own(t: Tensor) -> Tensor:
     """t, or a contiguous copy of a CPU bf16/fp16 t that is not contiguous, before it is the
     left operand of a product: oneDNN's AMX kernels behind ATen's CPU bf16 products read a
@@ -95,16 +119,17 @@ def gru_layer(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
     active = _active_mask(lengths, T, N, input)
     gi = torch.nn.functional.linear(_rows_of_their_own(_without_padding(input, active, lengths)),
                                     weight_ih, bias_ih)
+    prefix = _active_prefix(lengths, T, N)
     h = _rows_of_their_own(hx)
     outs, saved = [None] * T, [None] * T
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
-        gh = torch.nn.functional.linear(h, weight_hh, bias_hh)
-        r, z, n, h_new = gates(gi[t], gh, h)
-        m = active[t]
-        h = torch.where(m, h_new, h)
-        outs[t] = torch.where(m, h_new, torch.zeros_like(h_new))
-        saved[t] = torch.where(m, torch.cat([r, z, n, gh[:, 2 * H:]], dim=1),
-                               torch.zeros(()).to(h))
+        k = N if prefix is None else prefix[t]
+        gh = torch.nn.functional.linear(h[:k], weight_hh, bias_hh)
+        r, z, n, h_new = gates(gi[t, :k], gh, h[:k])
+        m, zero = active[t, :k], torch.zeros(()).to(h)
+        outs[t] = _padded(torch.where(m, h_new, zero), N)
+        saved[t] = _padded(torch.where(m, torch.cat([r, z, n, gh[:, 2 * H:]], dim=1), zero), N)
+        h = torch.cat([torch.where(m, h_new, h[:k]), h[k:]])
     return torch.stack(outs), h, torch.stack(saved)
 
 
@@ -309,11 +334,14 @@ def ln_gru_layer(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor
     active = _active_mask(lengths, T, N, input)
     kept = _rows_of_their_own(_without_padding(input, active, lengths))
     a_i = ln(kept @ weight_ih.t(), (3 * H,), ln_ih_weight, ln_ih_bias, eps)
+    prefix = _active_prefix(lengths, T, N)
     h = _rows_of_their_own(hx)
     outs = [None] * T
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
-        a_h = ln(h @ weight_hh.t(), (3 * H,), ln_hh_weight, ln_hh_bias, eps)
-        _, _, _, h_new = gates(a_i[t], a_h, h)
-        h = torch.where(active[t], h_new, h)
-        outs[t] = torch.where(active[t], h_new, torch.zeros_like(h_new))
+        k = N if prefix is None else prefix[t]
+        a_h = ln(h[:k] @ weight_hh.t(), (3 * H,), ln_hh_weight, ln_hh_bias, eps)
+        _, _, _, h_new = gates(a_i[t, :k], a_h, h[:k])
+        m = active[t, :k]
+        outs[t] = _padded(torch.where(m, h_new, torch.zeros(()).to(h)), N)
+        h = torch.cat([torch.where(m, h_new, h[:k]), h[k:]])
     return torch.stack(outs), h

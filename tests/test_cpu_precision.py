@@ -16,6 +16,7 @@ from test_ln_gru import randomize, reference_stack
 from torch import nn
 
 import fusedgru
+from fusedgru import reference
 
 # An error of nn.GRU's above this (relative, against float64) means its products rounded to bf16
 # (strict fp32 stays near 1e-7 at these sizes; bf16 operands give ~1e-3).
@@ -133,7 +134,8 @@ def test_recurrent_products_round_where_nn_grus_do(bf16_matmul, N, H, grad):
                          ids=["one-long", "two-long", "spread"])
 def test_packed_sequences_round_where_nn_grus_do(bf16_matmul, lengths):
     """A PackedSequence: nn.GRU's steps multiply only their active rows (grad W_hh one product
-    of those rows per step), and so do ours. Totals of more than 16 rows keep the input
+    of those rows per step), and so do ours, and so does the reference (reference._active_prefix)
+    under autograd. Totals of more than 16 rows keep the input
     projection's products rounding in both (README Limits: ours take T N rows there)."""
     T, N, C, H = 30, len(lengths), 8, 256
     ref = nn.GRU(C, H).double()
@@ -150,9 +152,17 @@ def test_packed_sequences_round_where_nn_grus_do(bf16_matmul, lengths):
         loss = (out * go.to(dtype)).sum()
         return [out, *torch.autograd.grad(loss, [xi, *module.parameters()])]
 
+    def reference_grads(module, dtype):  # the torch ops of forward AD and torch.func
+        xi = x.to(dtype).requires_grad_()
+        w = list(module.parameters())
+        out, _, _ = reference.gru_layer(xi, torch.zeros(N, H).to(xi), *w,
+                                        lengths=torch.tensor(lengths))
+        return [out, *torch.autograd.grad((out * go.to(dtype)).sum(), [xi, *w])]
+
     names = ["output", "grad input", *(f"grad {n}" for n, _ in ref.named_parameters())]
-    check_like_nn(grads(ours, torch.float32), grads(peer, torch.float32),
-                  grads(ref, torch.float64), names)
+    peer_grads, want = grads(peer, torch.float32), grads(ref, torch.float64)
+    check_like_nn(grads(ours, torch.float32), peer_grads, want, names)
+    check_like_nn(reference_grads(ours, torch.float32), peer_grads, want, names)
 
 
 @pytest.mark.parametrize("N, H", [(1, 64), (3, 256), (8, 33), (9, 130)])
@@ -236,10 +246,21 @@ def test_products_that_keep_fp32_are_formed_as_in_strict_fp32(matmul_precision, 
         assert torch.equal(a, b) == k, f"{name}: {'not ' if k else ''}the strict fp32 result"
 
 
-@pytest.mark.parametrize("T, N, C, H", [(12, 3, 17, 130), (9, 40, 5, 96)])
-def test_layer_norm_gru_rounds_where_its_reference_does(bf16_matmul, T, N, C, H):
+@pytest.mark.parametrize("T, N, C, H, lengths", [
+    (12, 3, 17, 130, None),
+    (9, 40, 5, 96, None),
+    # Sorted lengths: after step 2 (1) one row is active, whose product at K = 256 (64) keeps
+    # fp32 on a 2-core Xeon where three (two) rows round; unsorted: every row each step.
+    (40, 3, 4, 256, [40, 2, 1]),
+    (30, 2, 3, 64, [30, 1]),
+    (10, 4, 6, 64, [3, 10, 1, 7]),
+], ids=["T12-N3", "T9-N40", "sorted-K256", "sorted-K64", "unsorted"])
+def test_layer_norm_gru_rounds_where_its_reference_does(bf16_matmul, T, N, C, H, lengths):
     """LayerNormGRU against its pure-PyTorch reference (whose products are ATen's) in the same
-    mode, outputs and every gradient."""
+    mode, outputs and every gradient; with lengths both multiply each step's active rows only
+    where the lengths are sorted (reference._active_prefix)."""
+    if lengths is not None:
+        lengths = torch.tensor(lengths)
     m = randomize(fusedgru.LayerNormGRU(C, H, bidirectional=True)).double()
     x = torch.randn(T, N, C, dtype=torch.float64)
     hx = torch.randn(2, N, H, dtype=torch.float64)
@@ -249,7 +270,7 @@ def test_layer_norm_gru_rounds_where_its_reference_does(bf16_matmul, T, N, C, H)
     def run(dtype, fused):
         m.to(dtype)
         xi, hi = x.to(dtype).requires_grad_(), hx.to(dtype).requires_grad_()
-        out, h_n = m(xi, hi) if fused else reference_stack(m, xi, hi)
+        out, h_n = m(xi, hi, lengths=lengths) if fused else reference_stack(m, xi, hi, lengths)
         loss = (out * go.to(dtype)).sum() + (h_n * gh.to(dtype)).sum()
         return [out, h_n, *torch.autograd.grad(loss, [xi, hi, *m.parameters()])]
 
