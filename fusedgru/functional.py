@@ -122,13 +122,16 @@ def check_lengths(lengths, N: int, T: int, device: torch.device) -> Tensor | Non
         raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
     if tuple(lengths.shape) != (N,):
         raise ValueError(f"lengths must have shape (N,) = ({N},), got {tuple(lengths.shape)}")
-    # Under torch.compile the values are symbolic; the CPU op checks them when it runs.
+    # Under torch.compile the values are symbolic; the CPU op checks them when it runs. Under
+    # vmap (per-sample lengths) every sample's are checked at once.
     if lengths.device.type == "cpu" and N > 0 and not torch.compiler.is_compiling():
-        bad = ((lengths < 0) | (lengths > T)).nonzero()
+        values = reference.plain_tensor(lengths)
+        bad = ((values < 0) | (values > T)).nonzero()
         if bad.numel() > 0:
-            i = int(bad[0, 0])
-            raise ValueError(f"lengths must lie in [0, T] = [0, {T}], got lengths[{i}] = "
-                             f"{int(lengths[i])}")
+            v = int(values[tuple(bad[0])])
+            got = (f"lengths[{int(bad[0, 0])}] = {v}" if values.dim() == 1
+                   else f"{v} among vmap's per-sample lengths")
+            raise ValueError(f"lengths must lie in [0, T] = [0, {T}], got {got}")
     return lengths.to(device=device, dtype=torch.int64)
 
 

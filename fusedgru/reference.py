@@ -30,6 +30,16 @@ def _active_mask(lengths: Tensor | None, T: int, N: int, like: Tensor) -> Tensor
     return (t < lengths.to(like.device).unsqueeze(0)).unsqueeze(2)
 
 
+def plain_tensor(t: Tensor) -> Tensor:
+    """t beneath the wrappers of any torch.func transform it is under (a vmap's batched tensor:
+    all samples' values, its batch dimensions wherever vmap put them): the values the host
+    reads of an integer argument such as lengths, which no transform differentiates."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(t):
+        t = functorch.get_unwrapped(t)
+    return t
+
+
 def _active_prefix(lengths: Tensor | None, T: int, N: int) -> list[int] | None:
     """Per step t, how many leading rows are active (lengths[i] > t) where the lengths are on
     the CPU and sorted non-increasing (always so for a PackedSequence): each step's recurrent
@@ -37,11 +47,13 @@ def _active_prefix(lengths: Tensor | None, T: int, N: int) -> list[int] | None:
     ops do (csrc/gru_common.cpp active_prefix). A product's shape decides whether ATen rounds
     it under torch's bf16 matmul precision, so a reference of all N rows would round where
     they keep fp32. None where every row is multiplied: no lengths, unsorted ones, lengths on
-    a GPU (the host does not read them) or under a torch.func transform."""
-    if (lengths is None or lengths.device.type != "cpu"
-            or torch._C._functorch.is_functorch_wrapped_tensor(lengths)):
+    a GPU (the host does not read them) or batched by vmap (no one prefix for all samples)."""
+    if lengths is None or lengths.device.type != "cpu":
         return None
-    lens = lengths.tolist()
+    values = plain_tensor(lengths)
+    if values.dim() != 1:  # vmap's batch dimensions
+        return None
+    lens = values.tolist()
     if any(a < b for a, b in zip(lens, lens[1:])):
         return None
     return [sum(n > t for n in lens) for t in range(T)]

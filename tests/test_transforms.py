@@ -109,6 +109,41 @@ def test_per_sample_gradients_with_vmap_of_grad(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_per_sample_gradients_with_per_sample_lengths(device):
+    """vmap(grad(...)) over padded samples of two rows and their own lengths (DP-SGD on
+    variable-length sequences): each sample's outputs, h_n and weight gradients equal nn.GRU's
+    on its rows cut to their lengths. Out-of-range per-sample lengths are refused as in a plain
+    call."""
+    ref, gru = pair(device, DT, 3, 5, batch_first=True, bidirectional=True)
+    # Sorted or not; after each sample's rows are sorted by length, all samples' lengths
+    # together read as sorted rows: the reference must not take them for one sample's.
+    T, lengths = 6, torch.tensor([[3, 6], [5, 2], [4, 4], [1, 3]])
+    params = {k: v.detach() for k, v in gru.named_parameters()}
+    x = torch.randn(4, 2, T, 3, device=device, dtype=DT)
+    go = torch.randn(4, 2, T, 10, device=device, dtype=DT)
+
+    def loss(p, xi, li, gi):
+        out, h = functional_call(gru, p, (xi,), {"lengths": li})
+        return (out * gi).sum() + (h ** 2).sum()
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0, 0, 0))(params, x, lengths, go)
+    outs = vmap(lambda xi, li: gru(xi, lengths=li)[0])(x, lengths)
+    for i in range(4):
+        total = 0
+        for row, n in enumerate(lengths[i].tolist()):
+            out, h = ref(x[i, row:row + 1, :n].cpu())
+            assert_close(outs[i, row, :n], out[0].detach(), TOL[DT], f"sample {i} output")
+            assert torch.all(outs[i, row, n:] == 0), f"sample {i}: output past its length"
+            total = total + (out * go[i, row:row + 1, :n].cpu()).sum() + (h ** 2).sum()
+        expected = torch.autograd.grad(total, list(ref.parameters()))
+        for (name, got), exp in zip(per_sample.items(), expected, strict=True):
+            assert_close(got[i], exp, TOL[DT], f"sample {i} {name}")
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, T\] = \[0, 6\], got 7 "
+                                         r"among vmap's per-sample lengths"):
+        vmap(grad(loss), in_dims=(None, 0, 0, 0))(params, x, lengths + 1, go)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_vmap_over_independent_sequences_equals_batching(device):
     ref, gru = pair(device, DT, 3, 5)
     x = torch.randn(4, 7, 1, 3, device=device, dtype=DT)  # 4 independent [T, 1, C] sequences
