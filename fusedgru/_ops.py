@@ -93,9 +93,11 @@ def below_autograd_ok() -> bool:
     records the op itself), under forward-mode AD or a torch.func transform (their dispatch
     must see the op). The ops' Python autograd kernel (torch.library.register_autograd below)
     would otherwise be entered only to pass the call on: ~10 us a call, more than a streaming
-    step of a small GRU (benchmarks/NOTES.md)."""
+    step of a small GRU (benchmarks/NOTES.md). Not under torch.jit.trace either: the modules'
+    lean inference paths call other ops than their general ones, and the trace's check traces
+    again under no_grad, which must record the same graph."""
     return not (torch.is_grad_enabled() or torch.compiler.is_compiling()
-                or fwAD._current_level >= 0
+                or torch.jit.is_tracing() or fwAD._current_level >= 0
                 or torch._C._functorch.peek_interpreter_stack() is not None)
 
 

@@ -243,7 +243,9 @@ def _layers(input, hx, params, names, num_layers, dropout, train, bidirectional,
         order = torch.argsort(lengths, descending=True, stable=True)
         x, hx, lengths = x.index_select(1, order), hx.index_select(1, order), lengths[order]
 
-    need_workspace = torch.is_grad_enabled() and (
+    # Not under torch.jit.trace, whose check traces again under no_grad and must record the
+    # same graph: a traced graph's backward runs the forward again with its workspace.
+    need_workspace = torch.is_grad_enabled() and not torch.jit.is_tracing() and (
         x.requires_grad or hx.requires_grad or any(p.requires_grad for p in params))
     # The inputs are cast already; keep autocast from casting again inside (the references).
     with no_autocast(x.device.type):

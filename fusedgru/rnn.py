@@ -547,7 +547,9 @@ CUDA_CELL_MAX_BATCH = 32
 
 
 def _fused_cell_step(input, hx, w_ih, w_hh, b_ih, b_hh):
-    needs_grad = torch.is_grad_enabled() and any(
+    # Under torch.jit.trace one op whatever the grad mode: its check traces again under
+    # no_grad and must record the same graph (gru_cell's backward recomputes the step).
+    needs_grad = torch.is_grad_enabled() and not torch.jit.is_tracing() and any(
         t is not None and t.requires_grad for t in (input, hx, w_ih, w_hh, b_ih, b_hh))
     if input.is_cuda and input.dtype == torch.float32 and (
             needs_grad or input.shape[0] > CUDA_CELL_MAX_BATCH):

@@ -50,13 +50,43 @@ def test_compile_inference_no_graph_break(device):
         assert_compile_matches_eager(model, x)
 
 
-def test_jit_trace_without_check_runs_the_fused_ops():
-    m = fusedgru.GRU(3, 4, num_layers=2).double()
-    traced = torch.jit.trace(m, (torch.randn(5, 2, 3, dtype=torch.float64),), check_trace=False)
-    assert "fusedgru::gru_forward" in str(traced.graph)
-    x = torch.randn(8, 3, 3, dtype=torch.float64)  # another length and batch
-    for ours, theirs in zip(traced(x), m(x)):
-        assert_close(ours, theirs, TOL[torch.float64], "traced")
+@pytest.mark.parametrize("kind", ["GRU", "GRU-hx", "GRUCell", "GRUCell-hx", "LayerNormGRU",
+                                  "CausalConv1d"])
+def test_jit_trace_runs_the_fused_ops(kind):
+    """torch.jit.trace with its default check (a second trace under no_grad must record the
+    same graph, which the modules' lean inference paths once broke): the fused ops in the
+    graph, eager's outputs at another length and batch, and eager's gradients."""
+    dt = torch.float64
+    if kind.startswith("GRUCell"):
+        m = fusedgru.GRUCell(3, 4).to(dt)
+        def args(n, t):
+            return (torch.randn(n, 3, dtype=dt),) + (
+                (torch.randn(n, 4, dtype=dt),) if kind.endswith("hx") else ())
+    elif kind == "CausalConv1d":
+        m = fusedgru.CausalConv1d(3, 4, activation="silu").to(dt)
+        def args(n, t):
+            return (torch.randn(n, 3, t, dtype=dt),)
+    else:
+        m = (fusedgru.LayerNormGRU(3, 4, num_layers=2) if kind == "LayerNormGRU" else
+             fusedgru.GRU(3, 4, num_layers=2, batch_first=True)).to(dt)
+        def args(n, t):
+            x = torch.randn(t, n, 3, dtype=dt)
+            if kind == "GRU-hx":
+                return (x.transpose(0, 1), torch.randn(2, n, 4, dtype=dt))
+            return (x.transpose(0, 1),) if kind == "GRU" else (x,)
+    traced = torch.jit.trace(m, args(2, 5))
+    assert "fusedgru::" in str(traced.graph)
+    a = [t.requires_grad_() for t in args(3, 8)]  # another length and batch
+    got, want = traced(*a), m(*a)
+    got, want = (got,) if isinstance(got, torch.Tensor) else got, \
+        (want,) if isinstance(want, torch.Tensor) else want
+    for ours, theirs in zip(got, want, strict=True):
+        assert_close(ours, theirs, TOL[dt], "traced")
+    inputs = [*a, *m.parameters()]
+    g_traced = torch.autograd.grad(sum(o.square().sum() for o in got), inputs)
+    g_eager = torch.autograd.grad(sum(o.square().sum() for o in want), inputs)
+    for ours, theirs in zip(g_traced, g_eager, strict=True):
+        assert_close(ours, theirs, TOL[dt], "traced gradient")
 
 
 class _FxNet(nn.Module):
