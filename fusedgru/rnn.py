@@ -46,7 +46,7 @@ class _GRUInterface:
     """nn.GRU's forward contract over ``self._run``: 3-D (batch_first or not), unbatched 2-D or
     PackedSequence input, optional hx, nn.GRU's checks and messages, plus ``lengths``."""
 
-    def forward(self, input, hx: Tensor | None = None, *,
+    def forward(self, input, hx: Tensor | None = None,
                 lengths: Tensor | Sequence[int] | None = None):
         """nn.GRU's forward; ``lengths`` (an extension: ``[N]`` ints in ``[0, T]``, a tensor or
         a list) runs row i over its first ``lengths[i]`` steps only: outputs past them are zero
@@ -158,7 +158,7 @@ class GRU(_GRUInterface, nn.RNNBase):
         * **h_0**: tensor of shape :math:`(D * \text{num\_layers}, H_{out})` or
           :math:`(D * \text{num\_layers}, N, H_{out})`: the initial hidden state. Defaults to
           zeros if not provided.
-        * **lengths** (keyword only; an extension of ``nn.GRU``): :math:`(N,)` integers in
+        * **lengths** (an extension of ``nn.GRU``; the third argument): :math:`(N,)` integers in
           :math:`[0, L]`, a tensor or a list. Row i runs its first ``lengths[i]`` steps only,
           as with a PackedSequence but on the padded batch directly: outputs past a length are
           zero and ``h_n`` is each row's state at its last valid step (``h_0`` for a length of
@@ -241,7 +241,7 @@ class GRU(_GRUInterface, nn.RNNBase):
     def flatten_parameters(self) -> None:
         """No-op: the fused kernels read each weight where it is (nn.GRU packs them for cuDNN)."""
 
-    def forward(self, input, hx: Tensor | None = None, *,
+    def forward(self, input, hx: Tensor | None = None,
                 lengths: Tensor | Sequence[int] | None = None):
         if lengths is None and hx is not None and not _ops.onnx_exporting():
             lean = self._lean_forward(input, hx)
@@ -254,14 +254,15 @@ class GRU(_GRUInterface, nn.RNNBase):
     def _lean_forward(self, input, hx):
         """The common inference call (streaming: one call per step carrying ``hx``) straight to
         the CPU kernels: plain CPU tensors, ``hx`` given, no gradient wanted (grad mode off), no
-        ``lengths``, no dropout to apply, not under torch.compile, autocast, forward-mode AD or
-        a torch.func transform (:func:`fusedgru._ops.below_autograd_ok`). It returns None
+        ``lengths``, no dropout to apply (nor an invalid one to refuse), not under
+        torch.compile, torch.jit.trace, autocast, forward-mode AD or a torch.func transform
+        (:func:`fusedgru._ops.below_autograd_ok`). It returns None
         unless every one of nn.GRU's checks would pass, and the full path then runs and raises
         nn.GRU's error, so errors are the same; what it skips is the full path's general
         machinery (PackedSequence, lengths, autocast, autograd, the reference fallback)."""
         if (not _ops.below_autograd_ok() or type(input) is not Tensor or type(hx) is not Tensor
                 or not input.is_cpu or not hx.is_cpu or torch.is_autocast_enabled("cpu")
-                or (self.training and self.dropout > 0 and self.num_layers > 1)):
+                or (self.training and self.dropout != 0 and self.num_layers > 1)):
             return None
         D = 2 if self.bidirectional else 1
         H, L, C = self.hidden_size, self.num_layers, self.input_size

@@ -92,6 +92,27 @@ def test_bad_inputs_raise_like_nn_gru_without_grad(case):
     assert str(got.value) == str(expected.value)
 
 
+@pytest.mark.parametrize("p", [-0.5, 1.5, float("nan")])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_an_invalid_dropout_set_after_construction_is_refused_as_nn_grus(p, training):
+    """nn.GRU checks dropout at construction and again where it applies (training, between
+    layers): a value set afterwards is refused there, and the lean path must not skip that."""
+    ref, ours = pair("cpu", torch.float32, 4, 6, num_layers=2)
+    x, hx = torch.randn(3, 2, 4), torch.randn(2, 2, 6)
+    for m in (ref, ours):
+        m.dropout = p
+        m.train(training)
+    with torch.no_grad():
+        if not training:
+            assert_close(ours(x, hx)[0], ref(x, hx)[0], TOL[torch.float32], "eval: no dropout")
+            return
+        with pytest.raises(RuntimeError) as expected:
+            ref(x, hx)
+        with pytest.raises(RuntimeError) as got:
+            ours(x, hx)
+    assert str(got.value) == str(expected.value)
+
+
 def test_misshapen_or_mistyped_weights_take_the_full_paths_errors():
     m = fusedgru.GRU(4, 6)
     x, hx = torch.randn(3, 2, 4), torch.randn(1, 2, 6)

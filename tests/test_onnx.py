@@ -18,8 +18,7 @@ ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (make
 
 
 class Seq(nn.Module):
-    """A GRU inside a model (torch's exporter passes a top-level module's keyword-only
-    parameters positionally, README Limits), with hx given or not."""
+    """A GRU inside a model, with hx given or not."""
 
     def __init__(self, gru):
         super().__init__()
@@ -48,8 +47,11 @@ def run(blob, names, args):
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("with_hx", [False, True])
-def test_gru_exports_as_nn_gru_does(num_layers, bidirectional, batch_first, bias, with_hx):
-    """One ONNX GRU operator per layer, as nn.GRU's export writes; ONNX Runtime's outputs equal
+@pytest.mark.parametrize("root", [False, True], ids=["held", "root"])
+def test_gru_exports_as_nn_gru_does(num_layers, bidirectional, batch_first, bias, with_hx, root):
+    """One ONNX GRU operator per layer, as nn.GRU's export writes, whether the GRU is held by
+    the exported model or is the model (the exporter passes every parameter of the root's
+    forward with a default positionally, lengths included); ONNX Runtime's outputs equal
     fusedgru's (and nn.GRU's, weights copied), also at other T and N than those traced."""
     D = 2 if bidirectional else 1
     gru = fusedgru.GRU(5, 7, num_layers=num_layers, bidirectional=bidirectional,
@@ -57,7 +59,7 @@ def test_gru_exports_as_nn_gru_does(num_layers, bidirectional, batch_first, bias
     stock = nn.GRU(5, 7, num_layers=num_layers, bidirectional=bidirectional,
                    batch_first=batch_first, bias=bias).eval()
     stock.load_state_dict(gru.state_dict())
-    model = Seq(gru)
+    model = gru if root else Seq(gru)
 
     def inputs(T, N):
         x = torch.randn((N, T, 5) if batch_first else (T, N, 5))
