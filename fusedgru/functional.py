@@ -176,14 +176,38 @@ def _check_weight_shapes(input_size: int, params: Sequence[Tensor], names: Seque
     return H
 
 
+def dropout_between_layers(x: Tensor, p: float, lengths: Tensor | None) -> Tensor:
+    """F.dropout(x, p) (training) on a layer's output x [T, N, D H], drawn as nn.GRU draws it on
+    the CPU, so that one seed gives nn.GRU's masks and leaves the generator where nn.GRU does:
+    ATen's dropout fills a noise tensor in its memory order, and nn.GRU's layer outputs are
+    time-major [T, N, D H] whatever batch_first says (ours may be batch-major), or the packed
+    rows of a PackedSequence, [sum(lengths), D H] (lengths: sorted non-increasing, as the
+    CPU path runs them; the finished rows' outputs are zero and stay zero). On a GPU nn.GRU's
+    dropout is cuDNN's own generator, which no one matches: plain F.dropout."""
+    if (x.device.type != "cpu" or p in (0.0, 1.0)  # p = 1: zeros, no draw (ATen's dropout)
+            or torch.compiler.is_compiling()  # compiled RNG is not eager's anyway
+            or torch._C._functorch.is_functorch_wrapped_tensor(x)):  # vmap's randomness modes
+        return F.dropout(x, p, True)
+    if lengths is None:
+        noise = torch.empty_like(x, memory_format=torch.contiguous_format)
+        noise.bernoulli_(1 - p).div_(1 - p)
+    else:
+        active = torch.arange(x.shape[0]).unsqueeze(1) < lengths.unsqueeze(0)  # [T, N]
+        packed = x.new_empty((int(lengths.sum()), x.shape[2])).bernoulli_(1 - p).div_(1 - p)
+        noise = x.new_zeros(x.shape)
+        noise[active] = packed  # row-major over [T, N]: the packed rows' order
+    return x * noise
+
+
 def stack_layers(x, hx, params, per_layer, num_layers, D, run_layer, dropout=0.0,
-                 run_both=None):
+                 run_both=None, lengths=None):
     """The layers and directions of a GRU, each layer's output the next one's input (both
-    directions' outputs side by side, dropout between layers). x [T, N, C]; hx [L D, N, H];
-    params: per_layer tensors per layer and direction. run_layer(x, h0, layer_params, reverse)
-    -> (output [T, N, H], h_n [N, H]); run_both (optional, for D = 2): run_both(x, h0 [2, N, H],
-    both directions' params) -> (output [T, N, 2H], h_n [2, N, H]) in one call. Returns
-    (output [T, N, D H], h_n [L D, N, H])."""
+    directions' outputs side by side, dropout between layers: dropout_between_layers, with
+    ``lengths`` as the layers run them). x [T, N, C]; hx [L D, N, H]; params: per_layer
+    tensors per layer and direction. run_layer(x, h0, layer_params, reverse) -> (output
+    [T, N, H], h_n [N, H]); run_both (optional, for D = 2): run_both(x, h0 [2, N, H], both
+    directions' params) -> (output [T, N, 2H], h_n [2, N, H]) in one call. Returns (output
+    [T, N, D H], h_n [L D, N, H])."""
     h_n = []
     for layer in range(num_layers):
         k = layer * D
@@ -199,7 +223,7 @@ def stack_layers(x, hx, params, per_layer, num_layers, D, run_layer, dropout=0.0
                 h_n.append(h)
             x = outs[0] if D == 1 else torch.cat(outs, dim=2)
         if dropout > 0 and layer < num_layers - 1:
-            x = F.dropout(x, dropout, True)
+            x = dropout_between_layers(x, dropout, lengths)
     return x, h_n[0].unsqueeze(0) if len(h_n) == 1 else torch.stack(h_n, 0)
 
 
@@ -240,7 +264,8 @@ def _layers(input, hx, params, names, num_layers, dropout, train, bidirectional,
     if lengths is not None and x.device.type == "cpu":
         # The CPU kernels skip a step's finished rows when the rows come longest first:
         # run in that order (like PackedSequence), give the results back in the caller's.
-        order = torch.argsort(lengths, descending=True, stable=True)
+        # pack_padded_sequence's own sort, so that ties fall as there (the dropout's draws).
+        order = torch.sort(lengths, descending=True).indices
         x, hx, lengths = x.index_select(1, order), hx.index_select(1, order), lengths[order]
 
     # Not under torch.jit.trace, whose check traces again under no_grad and must record the
@@ -253,7 +278,8 @@ def _layers(input, hx, params, names, num_layers, dropout, train, bidirectional,
             x, hx, params, per_layer, num_layers, D,
             lambda x, h0, p, reverse: run_layer(x, h0, p, lengths, reverse, need_workspace),
             dropout if train else 0.0,
-            run_both and (lambda x, h0, p: run_both(x, h0, p, lengths, need_workspace)))
+            run_both and (lambda x, h0, p: run_both(x, h0, p, lengths, need_workspace)),
+            lengths)
     if order is not None:
         inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel()))
         x, h_n = x.index_select(1, inverse), h_n.index_select(1, inverse)

@@ -138,19 +138,47 @@ def test_empty_batch(device):
     assert all(p.grad is not None and torch.all(p.grad == 0) for p in ours.parameters())
 
 
-def test_dropout_matches_nn_gru_rng():
-    # Dropout between layers draws the same masks as nn.GRU on the CPU (same ops, same order).
-    ref, ours = pair("cpu", torch.float64, 4, 6, num_layers=3, dropout=0.4)
-    x = torch.randn(7, 3, 4, dtype=torch.float64)
+@pytest.mark.parametrize("batch_first", [False, True], ids=["seq-first", "batch-first"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("form", ["padded", "packed", "lengths", "unbatched"])
+def test_dropout_matches_nn_gru_rng(batch_first, bidirectional, form):
+    """Dropout between layers draws nn.GRU's masks on the CPU under one seed, whatever the
+    layout (nn.GRU's layer outputs are time-major, or packed rows), and leaves the generator
+    where nn.GRU does: outputs, h_n and every gradient, and the next draw. `lengths` (ties
+    included) against nn.GRU on pack_padded_sequence of the same lengths."""
+    ref, ours = pair("cpu", torch.float64, 4, 6, num_layers=3, dropout=0.4,
+                     batch_first=batch_first, bidirectional=bidirectional)
+    T, N = 7, 4
+    x = torch.randn((N, T, 4) if batch_first else (T, N, 4), dtype=torch.float64)
+    lengths = torch.tensor([7, 3, 7, 5])
+    if form == "unbatched":
+        x = x[0] if batch_first else x[:, 0]
+
+    def run(m, use_lengths):
+        xi = x.clone().requires_grad_()
+        if form == "padded" or form == "unbatched":
+            out, h = m(xi)
+        elif use_lengths:
+            out, h = m(xi, lengths=lengths)
+        else:
+            seq = nn.utils.rnn.pack_padded_sequence(xi, lengths, batch_first=batch_first,
+                                                    enforce_sorted=False)
+            out, h = m(seq)
+            out = nn.utils.rnn.pad_packed_sequence(out, batch_first=batch_first,
+                                                   total_length=T)[0]
+        grads = torch.autograd.grad(out.square().sum() + h.sum(), [xi, *m.parameters()])
+        return [out, h, *grads], torch.rand(3)
+
     torch.manual_seed(1234)
-    out_r, h_r = ref(x)
+    want, next_r = run(ref, False)
     torch.manual_seed(1234)
-    out_o, h_o = ours(x)
-    assert_close(out_o, out_r, TOL[torch.float64], "train output")
-    assert_close(h_o, h_r, TOL[torch.float64], "train h_n")
+    got, next_o = run(ours, form == "lengths")
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert_close(a, b, TOL[torch.float64], f"result {i}")
+    assert torch.equal(next_o, next_r), "the generator after the call"
     torch.manual_seed(99)
-    out_o2, _ = ours(x)
-    assert not torch.allclose(out_o2, out_o), "dropout masks must change with the RNG"
+    assert not torch.allclose(run(ours, form == "lengths")[0][0], got[0]), \
+        "dropout masks must change with the RNG"
 
 
 @pytest.mark.parametrize("device", DEVICES)
