@@ -272,6 +272,12 @@ def _layers(input, hx, params, names, num_layers, dropout, train, bidirectional,
     # same graph: a traced graph's backward runs the forward again with its workspace.
     need_workspace = torch.is_grad_enabled() and not torch.jit.is_tracing() and (
         x.requires_grad or hx.requires_grad or any(p.requires_grad for p in params))
+    if need_workspace and batch_first and order is None:
+        # nn.GRU saves a time-major copy of a batch_first input for its backward, so that an
+        # input changed in place after the call, or made under inference_mode, trains there;
+        # ours would save a view of it. A copy in the input's own layout (a seq-first input is
+        # saved as itself, by nn.GRU too).
+        x = x.clone()
     # The inputs are cast already; keep autocast from casting again inside (the references).
     with no_autocast(x.device.type):
         x, h_n = stack_layers(

@@ -181,6 +181,38 @@ def test_dropout_matches_nn_gru_rng(batch_first, bidirectional, form):
         "dropout masks must change with the RNG"
 
 
+@pytest.mark.parametrize("batch_first", [False, True], ids=["seq-first", "batch-first"])
+@pytest.mark.parametrize("case", ["inference-mode input", "input changed after the call"])
+def test_what_the_backward_saves_of_the_input_is_nn_grus(batch_first, case):
+    """nn.GRU saves a copy of a batch_first input (its time-major transpose), the input itself
+    otherwise: an input made under inference_mode, or changed in place between the call and
+    the backward, trains with batch_first and raises autograd's error without. The same here,
+    with nn.GRU's gradients where it trains."""
+    ref, ours = pair("cpu", torch.float64, 3, 4, num_layers=2, batch_first=batch_first)
+    x0 = torch.randn(2, 5, 3, dtype=torch.float64)
+
+    def train_step(m):
+        if case == "inference-mode input":
+            with torch.inference_mode():
+                x = x0.clone()
+            out, h = m(x)
+        else:
+            x = x0.clone()
+            out, h = m(x)
+            x.add_(1)
+        return torch.autograd.grad(out.square().sum() + h.sum(), list(m.parameters()))
+
+    if batch_first:
+        for a, b in zip(train_step(ours), train_step(ref), strict=True):
+            assert_close(a, b, TOL[torch.float64], case)
+        return
+    with pytest.raises(RuntimeError) as expected:
+        train_step(ref)
+    with pytest.raises(RuntimeError) as got:
+        train_step(ours)
+    assert str(got.value).split(".")[0] == str(expected.value).split(".")[0]
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_dropout_only_in_training(device):
     ref, ours = pair(device, torch.float64, 4, 6, num_layers=2, dropout=0.5)
