@@ -113,7 +113,7 @@ def plain_cpu_training(*tensors: Tensor) -> bool:
     a GRU's single step)."""
     return (tensors[0].is_cpu and torch.is_grad_enabled()
             and tensors[0].dtype in (torch.float32, torch.float64)
-            and any(t.requires_grad for t in tensors)
+            and any(isinstance(t, Tensor) and t.requires_grad for t in tensors)
             and not (torch.compiler.is_compiling() or torch.jit.is_tracing() or onnx_exporting()
                      or fwAD._current_level >= 0
                      or torch._C._functorch.peek_interpreter_stack() is not None

@@ -29,6 +29,14 @@ def _check_devices_and_dtypes(input: Tensor, hx: Tensor, params: Sequence[Tensor
             raise RuntimeError(
                 f"Input and {kind} tensors are not at the same device, found input tensor at "
                 f"{input.device} and {kind} tensor at {t.device}")
+    if input.device.type == "cpu":
+        # nn.GRU's and nn.GRUCell's CPU paths check no dtypes (cuDNN's do, below): their first
+        # product that mixes two raises, input's with weight_ih, then hx's with weight_hh.
+        for a, b in ((input, params[0]), (hx, params[1])):
+            if a.dtype != b.dtype:
+                raise RuntimeError(
+                    f"mat1 and mat2 must have the same dtype, but got "
+                    f"{_C10_NAMES.get(a.dtype, a.dtype)} and {_C10_NAMES.get(b.dtype, b.dtype)}")
     if hx.dtype != input.dtype:
         raise RuntimeError(
             "Input and hidden tensors are not the same dtype, found input tensor with "
@@ -246,6 +254,10 @@ def _layers(input, hx, params, names, num_layers, dropout, train, bidirectional,
         raise RuntimeError(
             f"expected {num_layers * D * per_layer} {what} parameters for "
             f"num_layers={num_layers}, bidirectional={bidirectional}, got {len(params)}")
+    for i, p in enumerate(params):
+        if not isinstance(p, Tensor):  # torch._VF.gru's argument parsing (a weight set to None)
+            raise TypeError(f"expected Tensor as element {i} in argument 2, but got "
+                            f"{type(p).__name__}")
     if input.dim() != 3:  # nn.GRU's check_input wording
         raise RuntimeError(f"input must have 3 dimensions, got {input.dim()}")
     x = input.transpose(0, 1) if batch_first else input

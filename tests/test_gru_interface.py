@@ -5,6 +5,7 @@ copies and pickling, the meta device."""
 import copy
 import io
 import math
+import re
 
 import pytest
 import torch
@@ -116,13 +117,34 @@ def test_bad_inputs_raise_like_nn_gru(device, case):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_hx_dtype_mismatch_is_clear(device):
-    # nn.GRU fails inside a matmul here; we say what is wrong.
-    _, ours = pair(device, torch.float32, 4, 6)
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_hx_dtype_mismatch_raises_nn_grus_error(device, grad):
+    """On the CPU nn.GRU checks no dtypes: its first product that mixes two raises (hx's with
+    weight_hh here), and so do we, in both grad modes. cuDNN checks them (ATen's
+    check_attributes wording)."""
+    ref, ours = pair(device, torch.float32, 4, 6)
     x = torch.randn(3, 2, 4, device=device)
     hx = torch.randn(1, 2, 6, device=device, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match="Input and hidden tensors are not the same dtype"):
-        ours(x, hx)
+    want = ("Input and hidden tensors are not the same dtype" if device == "cuda" else
+            re.escape("mat1 and mat2 must have the same dtype, but got Double and Float"))
+    with torch.set_grad_enabled(grad):
+        if device == "cpu":
+            with pytest.raises(RuntimeError, match=want):
+                ref(x, hx)
+        with pytest.raises(RuntimeError, match=want):
+            ours(x, hx)
+
+
+def test_a_weight_set_to_none_raises_nn_grus_type_error():
+    ref, ours = pair("cpu", torch.float32, 4, 6)
+    for m in (ref, ours):
+        m.bias_hh_l0 = None
+    x = torch.randn(3, 2, 4)
+    with pytest.raises(TypeError) as expected:
+        ref(x)
+    for hx in (None, torch.randn(1, 2, 6)):
+        with pytest.raises(TypeError, match=re.escape(str(expected.value))):
+            ours(x, hx)
 
 
 def test_functional_gru_matches_module():
