@@ -91,7 +91,8 @@ def _autocast(input: Tensor, hx: Tensor, params: Sequence[Tensor]):
 
 
 _C10_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.bfloat16: "BFloat16",
-              torch.float16: "Half"}
+              torch.float16: "Half", torch.int64: "Long", torch.int32: "Int",
+              torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte", torch.bool: "Bool"}
 
 
 def _refuse_float64_with_others(input: Tensor, hx: Tensor, params: Sequence[Tensor]) -> None:

@@ -23,6 +23,7 @@ from torch.nn.utils.weight_norm import WeightNorm
 from . import _ops, reference
 from ._ops import fused_or_reference
 from .functional import (
+    _C10_NAMES,
     _autocast,
     _check_devices_and_dtypes,
     autocast_enabled,
@@ -30,6 +31,30 @@ from .functional import (
     ln_gru,
     no_autocast,
 )
+
+
+def _check_batch_sizes(data: Tensor, batch_sizes: Tensor) -> Tensor:
+    """A PackedSequence's batch_sizes checked as nn.GRU's packed path needs them (int64, its
+    error; one dimension; non-negative and non-increasing, as pack_padded_sequence makes them), and
+    its data cut to the sum(batch_sizes) rows nn.GRU reads (it ignores any more; fewer is an
+    error). A hand-built PackedSequence can break each of these."""
+    if batch_sizes.dtype != torch.int64:
+        found = _C10_NAMES.get(batch_sizes.dtype, batch_sizes.dtype)
+        raise RuntimeError(f"expected scalar type Long but found {found}")
+    if batch_sizes.dim() != 1:
+        raise RuntimeError(f"batch_sizes must have one dimension, got shape "
+                           f"{tuple(batch_sizes.shape)}")
+    if batch_sizes.numel() == 0:  # nn.GRU's own error (it reads batch_sizes[0])
+        raise IndexError("index 0 is out of bounds for dimension 0 with size 0")
+    sizes = batch_sizes.tolist()
+    if sizes[-1] < 0 or any(a < b for a, b in zip(sizes, sizes[1:])):
+        raise RuntimeError(f"batch_sizes must be non-negative and non-increasing (as "
+                           f"pack_padded_sequence makes them), got {sizes}")
+    total = sum(sizes)
+    if data.shape[0] < total:
+        raise RuntimeError(f"PackedSequence data has {data.shape[0]} rows, fewer than "
+                           f"sum(batch_sizes) = {total}")
+    return data[:total]
 
 
 def _packed_to_padded(data: Tensor, batch_sizes: Tensor):
@@ -63,6 +88,7 @@ class _GRUInterface:
             if lengths is not None:
                 raise ValueError("lengths cannot be given with a PackedSequence input")
             data, batch_sizes, sorted_indices, unsorted_indices = input
+            data = _check_batch_sizes(data, batch_sizes)
             if hx is None:
                 hx = data.new_zeros((self.num_layers * D, int(batch_sizes[0]), self.hidden_size))
             else:

@@ -335,3 +335,36 @@ def test_functional_gru_refuses_zero_layers():
     with pytest.raises(RuntimeError, match="num_layers must be at least 1, got 0"):
         fusedgru.gru(torch.randn(5, 2, 3), torch.zeros(0, 2, 4), [], True, 0, 0.0, False, False,
                      False)
+
+
+@pytest.mark.parametrize("case", ["int32", "more rows", "trailing zero", "fewer rows",
+                                  "increasing", "negative"])
+def test_a_hand_built_packed_sequence_is_taken_or_refused_as_by_nn_gru(case):
+    """PackedSequence(data, batch_sizes) built by hand: where nn.GRU runs it (more data rows
+    than sum(batch_sizes): it reads the first ones; a trailing zero batch size), the same
+    output; where it raises, a RuntimeError too (int32 batch_sizes: its message; the rest
+    fail deep inside nn.GRU, and here with a message that names the problem)."""
+    data, sizes = {
+        "int32": (5, torch.tensor([3, 2], dtype=torch.int32)),
+        "more rows": (7, torch.tensor([3, 2])),
+        "trailing zero": (3, torch.tensor([3, 0])),
+        "fewer rows": (4, torch.tensor([3, 2])),
+        "increasing": (5, torch.tensor([2, 3])),
+        "negative": (5, torch.tensor([6, -1])),
+    }[case]
+    ref, ours = pair("cpu", torch.float64, 3, 4)
+    seq = nn.utils.rnn.PackedSequence(torch.randn(data, 3, dtype=torch.float64), sizes)
+    if case in ("more rows", "trailing zero"):
+        (out_r, h_r), (out_o, h_o) = ref(seq), ours(seq)
+        assert torch.equal(out_o.batch_sizes, out_r.batch_sizes)
+        assert_close(out_o.data, out_r.data, TOL[torch.float64], "output")
+        assert_close(h_o, h_r, TOL[torch.float64], "h_n")
+        return
+    with pytest.raises(RuntimeError) as expected:
+        ref(seq)
+    want = {"int32": re.escape(str(expected.value)),
+            "fewer rows": r"PackedSequence data has 4 rows, fewer than sum\(batch_sizes\) = 5",
+            }.get(case, r"batch_sizes must be non-negative and non-increasing")
+    with pytest.raises(RuntimeError, match=want):
+        ours(seq)
+
