@@ -368,7 +368,10 @@ def needs_reference(*tensors) -> bool:
     Never true while torch.compile or torch.export trace (they support neither transform).
     Always true under ``torch.onnx.export``: the references are torch ops, which it exports
     (the conv as Pad and Conv, a GRUCell step as its matmuls; the multi-step GRUs decide before
-    this: :func:`fusedgru.functional.gru` exports as nn.GRU, LayerNormGRU refuses)."""
+    this: :func:`fusedgru.functional.gru` exports as nn.GRU, LayerNormGRU refuses). Always true
+    for complex tensors, which nn.GRU and nn.GRUCell run on the CPU and the kernels do not."""
+    if any(t is not None and t.is_complex() for t in tensors):
+        return True
     if torch.compiler.is_compiling():
         return False
     if onnx_exporting():  # the references are torch ops, which the exporter knows

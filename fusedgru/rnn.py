@@ -303,7 +303,7 @@ class GRU(_GRUInterface, nn.RNNBase):
             hx_shape = (L * D, H)
         else:
             return None
-        if T == 0 or c != C or hx.dtype != dtype or hx.shape != hx_shape:
+        if T == 0 or c != C or hx.dtype != dtype or hx.shape != hx_shape or dtype.is_complex:
             return None
         weights = self._weights()
         per = 4 if self.bias else 2
@@ -561,7 +561,7 @@ class GRUCell(nn.RNNCellBase):
         path would pass and none of its casts apply."""
         if (not _ops.below_autograd_ok() or type(input) is not Tensor or type(hx) is not Tensor
                 or not input.is_cpu or not hx.is_cpu or hx.dtype != input.dtype
-                or torch.is_autocast_enabled("cpu")):
+                or input.dtype.is_complex or torch.is_autocast_enabled("cpu")):
             return False
         dtype = input.dtype
         return all((type(p) is nn.Parameter or type(p) is Tensor) and p.is_cpu

@@ -509,3 +509,49 @@ def test_a_one_step_training_call_stays_fused_where_the_choice_would_show():
     xs = torch.randn(5, 1, 2, 6)
     got = torch.func.vmap(lambda xi: m(xi)[0])(xs)
     assert_close(got, torch.stack([m(xi)[0] for xi in xs]), TOL[torch.float32], "vmap")
+
+
+def _complex_err(a, ref):
+    a, ref = a.detach().to(torch.complex128), ref.detach().to(torch.complex128)
+    return ((a - ref).abs().norm() / ref.abs().norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("cell", [False, True], ids=["GRU", "GRUCell"])
+def test_complex_dtypes_run_as_in_nn(cell):
+    """nn.GRU and nn.GRUCell run complex64 and complex128 on the CPU; so do ours, through the
+    torch-op references (the kernels are real): complex128 outputs and every gradient equal to
+    nn's, complex64 as close to them as nn's own complex64 (2x + 1e-5), in both grad modes."""
+    kw = {} if cell else dict(num_layers=2, bidirectional=True, batch_first=True)
+    mk = (nn.GRUCell, fusedgru.GRUCell) if cell else (nn.GRU, fusedgru.GRU)
+    ref = mk[0](3, 4, dtype=torch.complex128, **kw)
+    with torch.no_grad():  # a contracting recurrence: complex gates amplify rounding less
+        for p in ref.parameters():
+            p.mul_(0.5)
+    x = torch.randn((5, 3) if cell else (5, 6, 3), dtype=torch.complex128) * 0.5
+    hx = torch.randn((5, 4) if cell else (4, 5, 4), dtype=torch.complex128) * 0.5
+
+    def results(m, dt, grad):
+        m = m.to(dt)
+        xi, hi = x.to(dt).requires_grad_(grad), hx.to(dt).requires_grad_(grad)
+        with torch.set_grad_enabled(grad):
+            out = m(xi, hi)
+            out = (out,) if cell else out
+            if not grad:
+                return list(out)
+            loss = sum((o * o.conj()).real.sum() + o.imag.sum() for o in out)
+            return [*out, *torch.autograd.grad(loss, [xi, hi, *m.parameters()])]
+
+    for grad in (False, True):
+        want = results(ref, torch.complex128, grad)
+        for dt in (torch.complex128, torch.complex64):
+            ours = mk[1](3, 4, dtype=dt, **kw)
+            ours.load_state_dict(ref.state_dict())
+            peer = mk[0](3, 4, dtype=dt, **kw)
+            peer.load_state_dict(ref.state_dict())
+            got, low = results(ours, dt, grad), results(peer, dt, grad)
+            for i, (o, p_, w) in enumerate(zip(got, low, want, strict=True)):
+                assert o.dtype == dt, i
+                e_o, e_p = _complex_err(o, w), _complex_err(p_, w)
+                bound = 1e-12 if dt == torch.complex128 else 2 * e_p + 1e-5
+                assert e_o <= bound, f"{dt} grad={grad} result {i}: {e_o:.3g} (nn: {e_p:.3g})"
+
