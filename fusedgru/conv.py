@@ -96,8 +96,9 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor,
 
     ``x (N, C)`` is the new time step; ``conv_state (N, C, (W-1)*d)`` holds the previous inputs,
     oldest first, and is shifted by one with ``x`` appended, in place. Returns ``y (N, C)``.
-    Stepping through a sequence gives exactly ``causal_conv1d`` of the whole of it, and the final
-    ``conv_state`` equals its ``final_state``. Inference only: it has no gradient (train on chunks
+    Stepping through a sequence gives ``causal_conv1d`` of the whole of it up to rounding (the
+    two kernels sum the taps in different orders: ~1 ulp), and the final ``conv_state`` equals
+    its ``final_state`` exactly. Inference only: it has no gradient (train on chunks
     with ``causal_conv1d(..., initial_state=..., return_final_state=True)``).
 
     Args:
@@ -223,6 +224,9 @@ class CausalConv1d(nn.Module):
         traced = _ops.fx_leaf(self, x, initial_state, return_final_state)
         if traced is not None:
             return traced
+        if self.channels_last and x.dim() != 3:  # before the transpose, in the caller's terms
+            raise RuntimeError(f"x must have shape (N, L, C) (channels_last), got "
+                               f"{tuple(x.shape)}")
         xc = x.transpose(1, 2) if self.channels_last else x
         out = causal_conv1d(xc, self.weight, self.bias, dilation=self.dilation,
                             activation=self.activation, initial_state=initial_state,

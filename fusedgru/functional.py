@@ -31,12 +31,18 @@ def _check_devices_and_dtypes(input: Tensor, hx: Tensor, params: Sequence[Tensor
                 f"{input.device} and {kind} tensor at {t.device}")
     if input.device.type == "cpu":
         # nn.GRU's and nn.GRUCell's CPU paths check no dtypes (cuDNN's do, below): their first
-        # product that mixes two raises, input's with weight_ih, then hx's with weight_hh.
+        # product that mixes two raises, input's with weight_ih, then hx's with weight_hh; with
+        # biases that is addmm's error, without them mm's (params[2]: a bias, or a weight).
+        biased = len(params) > 2 and params[2].dim() == 1
         for a, b in ((input, params[0]), (hx, params[1])):
             if a.dtype != b.dtype:
-                raise RuntimeError(
-                    f"mat1 and mat2 must have the same dtype, but got "
-                    f"{_C10_NAMES.get(a.dtype, a.dtype)} and {_C10_NAMES.get(b.dtype, b.dtype)}")
+                if biased:
+                    raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got "
+                                       f"{_C10_NAMES.get(a.dtype, a.dtype)} and "
+                                       f"{_C10_NAMES.get(b.dtype, b.dtype)}")
+                raise RuntimeError(f"expected m1 and m2 to have the same dtype, but got: "
+                                   f"{_TYPE_META_NAMES.get(a.dtype, a.dtype)} != "
+                                   f"{_TYPE_META_NAMES.get(b.dtype, b.dtype)}")
     if hx.dtype != input.dtype:
         raise RuntimeError(
             "Input and hidden tensors are not the same dtype, found input tensor with "
@@ -90,9 +96,15 @@ def _autocast(input: Tensor, hx: Tensor, params: Sequence[Tensor]):
     return input.to(dtype), hx.to(dtype), [p.to(dtype) for p in params]
 
 
+# How ATen's messages name dtypes: c10's ScalarType names, and caffe2::TypeMeta's (mm's error).
 _C10_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.bfloat16: "BFloat16",
-              torch.float16: "Half", torch.int64: "Long", torch.int32: "Int",
+              torch.float16: "Half", torch.complex64: "ComplexFloat",
+              torch.complex128: "ComplexDouble", torch.int64: "Long", torch.int32: "Int",
               torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte", torch.bool: "Bool"}
+_TYPE_META_NAMES = {torch.float64: "double", torch.float32: "float",
+                    torch.bfloat16: "c10::BFloat16", torch.float16: "c10::Half",
+                    torch.complex64: "c10::complex<float>",
+                    torch.complex128: "c10::complex<double>"}
 
 
 def _refuse_float64_with_others(input: Tensor, hx: Tensor, params: Sequence[Tensor]) -> None:

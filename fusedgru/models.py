@@ -126,8 +126,9 @@ class CausalConvGRU(nn.Module):
             x = x.masked_fill(~valid.unsqueeze(-1), 0.0)
         for layer in range(self.num_layers):
             g = self.grus[layer]
-            out, _ = gru(self.convs[layer](x), None, g._weights(), g.bias, 1, 0.0, False, False,
-                         True, lengths=lengths)
+            # GRU._weights also reads an nn.GRU's (fusedgru.revert puts nn.GRU here)
+            out, _ = gru(self.convs[layer](x), None, GRU._weights(g), g.bias, 1, 0.0, False,
+                         False, True, lengths=lengths)
             x = out + x if x.shape[-1] == out.shape[-1] else out
             if self.training and self.dropout > 0 and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, True)

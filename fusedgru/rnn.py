@@ -514,18 +514,21 @@ class GRUCell(nn.RNNCellBase):
             hx = input.new_zeros((input.shape[0], self.hidden_size))
         elif not is_batched:
             hx = hx.unsqueeze(0)
-        # Same wording as ATen's check_rnn_cell_forward_* checks.
-        if input.shape[1] != self.input_size:
-            raise RuntimeError(f"input has inconsistent input_size: got {input.shape[1]} "
-                               f"expected {self.input_size}")
-        if hx.shape[0] != input.shape[0]:
-            raise RuntimeError(f"Input batch size {input.shape[0]} doesn't match hidden0 batch "
-                               f"size {hx.shape[0]}")
-        if hx.shape[1] != self.hidden_size:
-            raise RuntimeError(f"hidden0 has inconsistent hidden_size: got {hx.shape[1]}, "
-                               f"expected {self.hidden_size}")
         params = [self.weight_ih, self.weight_hh] + (
             [self.bias_ih, self.bias_hh] if self.bias else [])
+        # ATen's check_rnn_cell_forward_* checks: the sizes the weights have (they may differ
+        # from the constructor's under functional_call or after reassignment), its wording;
+        # size(), not shape[], for its IndexError on a 1-D hx.
+        input_size, hidden_size = params[0].size(1), params[1].size(1)
+        if input.size(1) != input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} "
+                               f"expected {input_size}")
+        if hx.size(0) != input.size(0):
+            raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden0 batch "
+                               f"size {hx.size(0)}")
+        if hx.size(1) != hidden_size:
+            raise RuntimeError(f"hidden0 has inconsistent hidden_size: got {hx.size(1)}, "
+                               f"expected {hidden_size}")
         if _ops.plain_cpu_training(input, hx, *params):
             # nn.GRUCell's own step (_ops.plain_cpu_training: where nothing else sees which
             # ops run). One step of gru_forward and its backward ran at 0.25-0.76x its speed
@@ -642,7 +645,8 @@ def _why_not_replaceable(module: nn.Module, stock: tuple[type, ...]) -> str | No
         return (f"{', '.join(methods)} set on the instance (in place of its class's), which "
                 f"the replacement would not have")
     extra = {"buffers": list(module._buffers),
-             "parameters": [k for k in module._parameters if k not in _weight_names(module)],
+             "parameters": [k for k, v in module._parameters.items()  # bias=False: None
+                            if v is not None and k not in _weight_names(module)],
              "submodules": list(module._modules)}
     extra = {kind: names for kind, names in extra.items() if names}
     if extra:
@@ -668,6 +672,14 @@ def _carry_weights(old: nn.Module, new: nn.Module) -> None:
         if value is not None and not isinstance(value, nn.Parameter):
             delattr(new, name)
         setattr(new, name, value)
+
+
+def _carry_attributes(old: nn.Module, new: nn.Module) -> None:
+    """Give ``new`` the public attributes a user set on ``old`` (``gru.tag = ...``) that a fresh
+    module does not have: they are the user's data, which code around the model may read."""
+    for name, value in vars(old).items():
+        if not name.startswith("_") and name not in vars(new):
+            setattr(new, name, value)
 
 
 def _hook_name(hook) -> str:
@@ -771,6 +783,7 @@ def convert(model: nn.Module, *, strict: bool = True) -> nn.Module:
             cell = GRUCell(gru_module.input_size, gru_module.hidden_size, gru_module.bias,
                            device="meta")
             _carry_weights(gru_module, cell)
+            _carry_attributes(gru_module, cell)
             return cell.train(gru_module.training)
         with warnings.catch_warnings():  # nn.GRU already warned about its own arguments
             warnings.simplefilter("ignore")
@@ -778,6 +791,7 @@ def convert(model: nn.Module, *, strict: bool = True) -> nn.Module:
                       gru_module.bias, gru_module.batch_first, gru_module.dropout,
                       gru_module.bidirectional, device="meta")
         _carry_weights(gru_module, new)
+        _carry_attributes(gru_module, new)
         new._init_flat_weights()
         new.train(gru_module.training)
         return new
@@ -817,10 +831,12 @@ def revert(model: nn.Module, *, strict: bool = True) -> nn.Module:
         if isinstance(module, GRUCell):
             new = nn.GRUCell(module.input_size, module.hidden_size, module.bias, device="meta")
             _carry_weights(module, new)
+            _carry_attributes(module, new)
             return new.train(module.training)
         new = nn.GRU(module.input_size, module.hidden_size, module.num_layers, module.bias,
                      module.batch_first, module.dropout, module.bidirectional, device="meta")
         _carry_weights(module, new)
+        _carry_attributes(module, new)
         new._init_flat_weights()
         new.flatten_parameters()
         return new.train(module.training)

@@ -2,6 +2,7 @@
 streaming, the module, opcheck, gradcheck, torch.compile and bad inputs."""
 
 import itertools
+import re
 
 import pytest
 import torch
@@ -219,6 +220,35 @@ def test_update_with_strided_state_and_no_grad(device):
         y = fusedgru.causal_conv1d_update(x, state, w)
     assert torch.allclose(y, expected, atol=1e-6)
     assert torch.equal(state[:, :, :-1], old[:, :, 1:]) and torch.equal(state[:, :, -1], x)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_update_marks_its_state_as_changed_in_place(device):
+    """causal_conv1d_update writes conv_state in place and says so, as ATen's in-place ops do
+    (the version counter): a backward that saved the state's old values (initial_state of a
+    causal_conv1d) is refused instead of giving silently wrong gradients, and a state made
+    under inference_mode is refused outside it (as `add_` is), stepped inside it."""
+    dt = torch.float64
+    w = torch.randn(3, 3, device=device, dtype=dt, requires_grad=True)
+    state = torch.randn(2, 3, 2, device=device, dtype=dt)
+    y = fusedgru.causal_conv1d(torch.randn(2, 3, 4, device=device, dtype=dt), w,
+                               initial_state=state)
+    version = state._version
+    with torch.no_grad():
+        fusedgru.causal_conv1d_update(torch.randn(2, 3, device=device, dtype=dt), state, w)
+    assert state._version > version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(y.sum(), w)
+    with torch.inference_mode():
+        made_there = torch.randn(2, 3, 2, device=device)
+    x, w = torch.randn(2, 3, device=device), torch.randn(3, 3, device=device)
+    with pytest.raises(RuntimeError, match="Inplace update to inference tensor outside"):
+        made_there.add_(1)
+    with pytest.raises(RuntimeError, match="Inplace update to inference tensor outside"):
+        fusedgru.causal_conv1d_update(x, made_there, w)
+    with torch.inference_mode():
+        fusedgru.causal_conv1d_update(x, made_there, w)
+    assert torch.equal(made_there[:, :, -1], x)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -578,3 +608,12 @@ def test_arguments_left_on_the_meta_device_are_refused():
         fusedgru.causal_conv1d_update(x[..., 0], torch.zeros(2, 3, 3, device="meta"), w)
     with pytest.raises(RuntimeError, match="weight and x must be on the same device"):
         fusedgru.CausalConv1d(3, 4, device="meta")(x)
+
+
+def test_a_channels_last_module_names_its_own_layout_in_shape_errors():
+    conv = fusedgru.CausalConv1d(5, 3, channels_last=True)
+    for shape in ((2, 5), (1, 2, 5, 3)):
+        with pytest.raises(RuntimeError, match=re.escape(
+                f"x must have shape (N, L, C) (channels_last), got {shape}")):
+            conv(torch.randn(*shape))
+

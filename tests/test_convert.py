@@ -185,3 +185,31 @@ def test_a_torchscript_model_is_refused_not_passed_over():
         fusedgru.convert(scripted)
     with pytest.warns(UserWarning, match="a TorchScript module cannot be changed"):
         assert fusedgru.convert(scripted, strict=False) is scripted
+
+
+@pytest.mark.parametrize("cls", [nn.GRU, nn.GRUCell])
+def test_bias_free_modules_and_user_attributes_go_both_ways(cls):
+    """A bias=False GRUCell (its biases registered as None) converts and reverts as a GRU does,
+    and attributes a user set on the instance come along: they are the user's data."""
+    m = cls(3, 4, bias=False).double()
+    m.tag = {"lang": "en"}
+    ours = fusedgru.convert(m)
+    assert type(ours).__module__ == "fusedgru.rnn" and ours.tag is m.tag
+    back = fusedgru.revert(ours)
+    assert type(back) is cls and back.tag is m.tag
+    x = torch.randn(2, 3, dtype=torch.float64) if cls is nn.GRUCell else \
+        torch.randn(5, 2, 3, dtype=torch.float64)
+    for a, b in zip(torch.utils._pytree.tree_leaves(ours(x)), torch.utils._pytree.tree_leaves(
+            m(x)), strict=True):
+        assert_close(a, b, TOL[torch.float64], "converted")
+
+
+def test_a_reverted_conv_gru_stack_still_runs():
+    """models.CausalConvGRU reads its GRUs' weights itself; after revert they are nn.GRUs."""
+    m = fusedgru.models.CausalConvGRU(3, 4, num_layers=2).double()
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    want = m(x)
+    got = fusedgru.revert(m)(x)
+    assert isinstance(m.grus[0], nn.GRU) and not isinstance(m.grus[0], fusedgru.GRU)
+    assert_close(got, want, TOL[torch.float64], "reverted")
+

@@ -242,3 +242,38 @@ def test_gru_cell_with_an_empty_size_runs_as_nn_gru_cell(C, H, N, grad):
             results.append((out, *grads))
     for a, b in zip(*results, strict=True):
         assert a.shape == b.shape and torch.equal(a, b)
+
+
+def test_sizes_come_from_the_weights_as_in_nn_gru_cell():
+    """nn.GRUCell checks input and hx against its weights' sizes (ATen's
+    check_rnn_cell_forward_*), not the constructor's: functional_call with other weights, or
+    reassigned ones, run; the same messages where they do not fit (a 1-D hx with a batched
+    input: the same IndexError)."""
+    p = {"weight_ih": torch.randn(6, 5), "weight_hh": torch.randn(6, 2),
+         "bias_ih": torch.randn(6), "bias_hh": torch.randn(6)}
+    x, hx = torch.randn(3, 5), torch.randn(3, 2)
+    ref, ours = nn.GRUCell(3, 4), fusedgru.GRUCell(3, 4)
+    want = torch.func.functional_call(ref, p, (x, hx))
+    assert_close(torch.func.functional_call(ours, p, (x, hx)), want, TOL[torch.float32], "h'")
+    for args in ((torch.randn(3, 4), hx), (x, torch.randn(3, 3)), (x, torch.randn(3))):
+        with pytest.raises((RuntimeError, IndexError)) as expected:
+            torch.func.functional_call(ref, p, args)
+        with pytest.raises(type(expected.value), match=re.escape(str(expected.value))):
+            torch.func.functional_call(ours, p, args)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.complex64])
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_mixed_dtypes_raise_nn_gru_cells_error(bias, dtype, grad):
+    """An hx of another dtype: nn.GRUCell's CPU error, which is addmm's with biases and mm's
+    without (they name dtypes differently), in either grad mode."""
+    ref = nn.GRUCell(3, 4, bias=bias)
+    ours = fusedgru.GRUCell(3, 4, bias=bias)
+    x, hx = torch.randn(2, 3), torch.randn(2, 4).to(dtype)
+    with torch.set_grad_enabled(grad):
+        with pytest.raises(RuntimeError) as expected:
+            ref(x, hx)
+        with pytest.raises(RuntimeError, match=re.escape(str(expected.value))):
+            ours(x, hx)
+
