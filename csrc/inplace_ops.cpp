@@ -14,8 +14,8 @@ namespace {
 
 at::Tensor causal_conv1d_update_ad_inplace(c10::DispatchKeySet keys, const at::Tensor& x,
                                            at::Tensor& conv_state, const at::Tensor& weight,
-                                           const std::optional<at::Tensor>& bias,
-                                           int64_t dilation, int64_t activation) {
+                                           const std::optional<at::Tensor>& bias, int64_t dilation,
+                                           int64_t activation) {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("fusedgru::causal_conv1d_update", "")

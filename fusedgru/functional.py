@@ -286,10 +286,12 @@ def _layers(input, hx, params, names, num_layers, dropout, train, bidirectional,
     x, hx, params = _autocast(x, hx, params)
     _check_devices_and_dtypes(x, hx, params)
     order = None
-    if lengths is not None and x.device.type == "cpu":
+    if lengths is not None and x.device.type == "cpu" and bool((lengths[1:] > lengths[:-1]).any()):
         # The CPU kernels skip a step's finished rows when the rows come longest first:
         # run in that order (like PackedSequence), give the results back in the caller's.
-        # pack_padded_sequence's own sort, so that ties fall as there (the dropout's draws).
+        # Rows in that order already stay (a PackedSequence's, and pack_padded_sequence's
+        # default enforce_sorted=True); others take pack_padded_sequence's own sort (with
+        # enforce_sorted=False), which moves tied rows from 17 on: the dropout's draws follow.
         order = torch.sort(lengths, descending=True).indices
         x, hx, lengths = x.index_select(1, order), hx.index_select(1, order), lengths[order]
 

@@ -514,8 +514,14 @@ class GRUCell(nn.RNNCellBase):
             hx = input.new_zeros((input.shape[0], self.hidden_size))
         elif not is_batched:
             hx = hx.unsqueeze(0)
-        params = [self.weight_ih, self.weight_hh] + (
-            [self.bias_ih, self.bias_hh] if self.bias else [])
+        w_ih, w_hh = self.weight_ih, self.weight_hh
+        b_ih, b_hh = (self.bias_ih, self.bias_hh) if self.bias else (None, None)
+        for position, name, w in ((3, "w_ih", w_ih), (4, "w_hh", w_hh)):
+            if not isinstance(w, Tensor):  # torch.gru_cell's argument parsing, as nn.GRUCell's
+                raise TypeError(f"gru_cell(): argument '{name}' (position {position}) must be "
+                                f"Tensor, not {type(w).__name__}")
+        # A bias set to None is no bias, as in nn.GRUCell (torch.gru_cell's are optional).
+        params = [w_ih, w_hh, *(b for b in (b_ih, b_hh) if b is not None)]
         # ATen's check_rnn_cell_forward_* checks: the sizes the weights have (they may differ
         # from the constructor's under functional_call or after reassignment), its wording;
         # size(), not shape[], for its IndexError on a 1-D hx.
@@ -536,17 +542,17 @@ class GRUCell(nn.RNNCellBase):
             # two fresh weight gradients per step from one node, which glibc gives back to the
             # OS and faults in again (benchmarks/NOTES.md). fusedgru.GRU trains whole
             # sequences fused.
-            out = torch.gru_cell(input, hx, *params)
+            out = torch.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
             return out if is_batched else out.squeeze(0)
-        if params[0].numel() > 0 and not _ops.onnx_exporting() and self._lean_ok(input, hx,
-                                                                                  params):
-            out = _ops.gru_cell(input, hx, *params)
+        if w_ih.numel() > 0 and not _ops.onnx_exporting() and self._lean_ok(input, hx, params):
+            out = _ops.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
             return out if is_batched else out.squeeze(0)
         # Under autocast, nn.GRUCell's h' takes hx's dtype (see functional._autocast).
         input, hx, params = _autocast(input, hx, params)
         _check_devices_and_dtypes(input, hx, params)
-        w_ih, w_hh = params[0], params[1]
-        b_ih, b_hh = (params[2], params[3]) if self.bias else (None, None)
+        cast = iter(params)
+        w_ih, w_hh = next(cast), next(cast)
+        b_ih, b_hh = (None if b is None else next(cast) for b in (b_ih, b_hh))
         if w_ih.numel() == 0:  # input_size or hidden_size 0: ATen's cell, as nn.GRUCell's
             step = torch.gru_cell
         else:

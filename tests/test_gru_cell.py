@@ -277,3 +277,23 @@ def test_mixed_dtypes_raise_nn_gru_cells_error(bias, dtype, grad):
         with pytest.raises(RuntimeError, match=re.escape(str(expected.value))):
             ours(x, hx)
 
+
+@pytest.mark.parametrize("name", ["weight_ih", "weight_hh", "bias_ih", "bias_hh"])
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_a_weight_or_bias_set_to_none_as_in_nn_gru_cell(name, grad):
+    """A weight set to None: torch.gru_cell's TypeError; a bias set to None: no such bias (its
+    biases are optional), the same h' in either grad mode."""
+    ref, ours = nn.GRUCell(3, 4).double(), fusedgru.GRUCell(3, 4).double()
+    ours.load_state_dict(ref.state_dict())
+    for m in (ref, ours):
+        setattr(m, name, None)
+    x, hx = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    with torch.set_grad_enabled(grad):
+        if name.startswith("weight"):
+            with pytest.raises(TypeError) as expected:
+                ref(x, hx)
+            with pytest.raises(TypeError, match=re.escape(str(expected.value))):
+                ours(x, hx)
+        else:
+            assert_close(ours(x, hx), ref(x, hx), TOL[torch.float64], "h'")
+

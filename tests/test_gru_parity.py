@@ -140,17 +140,21 @@ def test_empty_batch(device):
 
 @pytest.mark.parametrize("batch_first", [False, True], ids=["seq-first", "batch-first"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-@pytest.mark.parametrize("form", ["padded", "packed", "lengths", "unbatched"])
+@pytest.mark.parametrize("form", ["padded", "packed", "lengths", "unbatched", "packed-N20",
+                                  "lengths-N20"])
 def test_dropout_matches_nn_gru_rng(batch_first, bidirectional, form):
     """Dropout between layers draws nn.GRU's masks on the CPU under one seed, whatever the
     layout (nn.GRU's layer outputs are time-major, or packed rows), and leaves the generator
     where nn.GRU does: outputs, h_n and every gradient, and the next draw. `lengths` (ties
-    included) against nn.GRU on pack_padded_sequence of the same lengths."""
+    included) against nn.GRU on pack_padded_sequence(enforce_sorted=False) of the same
+    lengths; 20 rows with ties: torch's CPU sort moves tied rows from 17 on, so the packed
+    rows must not be sorted again."""
     ref, ours = pair("cpu", torch.float64, 4, 6, num_layers=3, dropout=0.4,
                      batch_first=batch_first, bidirectional=bidirectional)
-    T, N = 7, 4
+    T, N = 7, 20 if form.endswith("N20") else 4
+    form = form.removesuffix("-N20")
     x = torch.randn((N, T, 4) if batch_first else (T, N, 4), dtype=torch.float64)
-    lengths = torch.tensor([7, 3, 7, 5])
+    lengths = torch.tensor([7, 3] * 10 if N == 20 else [7, 3, 7, 5])
     if form == "unbatched":
         x = x[0] if batch_first else x[:, 0]
 
