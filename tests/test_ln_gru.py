@@ -135,6 +135,34 @@ def test_low_precision_error_within_twice_torch(device, dtype):
     assert rel_err(ours, exact) <= 2 * rel_err(torch_low, exact) + 1e-3
 
 
+@pytest.mark.parametrize("T, N", [(12, 8), (20, 2), (6, 3)])  # packed steps (T N >= 32), ATen's
+def test_low_precision_gradients_within_twice_torch(T, N):
+    """bf16 on the CPU, every gradient: at most 8 rows per step and 32 rows in all, the
+    backward's per-step products run on fp32 panels of W_hh (csrc/cpu/packed_gemm.h,
+    step_packing_pays), otherwise through ATen; both within twice the reference's bf16 error
+    (its torch ops in bf16) of float64, plus 1e-2."""
+    m64 = randomize(fusedgru.LayerNormGRU(16, 32, bidirectional=True)).double()
+    x = torch.randn(T, N, 16, dtype=torch.float64)
+    hx = torch.randn(2, N, 32, dtype=torch.float64)
+    go = torch.randn(T, N, 64, dtype=torch.float64)
+    low = fusedgru.LayerNormGRU(16, 32, bidirectional=True).to(torch.bfloat16)
+    low.load_state_dict(m64.state_dict())
+
+    def grads(m, dtype, fused):
+        xi, hi = x.to(dtype).requires_grad_(), hx.to(dtype).requires_grad_()
+        out, h_n = m(xi, hi) if fused else reference_stack(m, xi, hi)
+        loss = (out * go.to(dtype)).sum() + h_n.sum()
+        return torch.autograd.grad(loss, [xi, hi, *m.parameters()])
+
+    exact = grads(m64, torch.float64, False)
+    names = ["input", "hx", *(n for n, _ in m64.named_parameters())]
+    for name, o, t, e in zip(names, grads(low, torch.bfloat16, True),
+                             grads(low, torch.bfloat16, False), exact, strict=True):
+        assert o.dtype == torch.bfloat16, name
+        assert rel_err(o, e) <= 2 * rel_err(t, e) + 1e-2, \
+            f"{name}: {rel_err(o, e):.3g} against the reference's {rel_err(t, e):.3g}"
+
+
 def test_double_backward_is_refused_clearly():
     m = fusedgru.LayerNormGRU(2, 3).double()
     x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
