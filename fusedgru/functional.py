@@ -248,16 +248,6 @@ def stack_layers(x, hx, params, per_layer, num_layers, D, run_layer, dropout=0.0
     return x, h_n[0].unsqueeze(0) if len(h_n) == 1 else torch.stack(h_n, 0)
 
 
-def _longest_first(lengths: Tensor) -> bool:
-    """Whether CPU lengths are known, on the host, to be non-increasing already. Not where the
-    host cannot branch on them: under torch.compile (symbolic values) or batched by vmap (each
-    sample's own); the caller sorts those."""
-    if torch.compiler.is_compiling():
-        return False
-    values = reference.plain_tensor(lengths)
-    return values.dim() == 1 and not bool((values[1:] > values[:-1]).any())
-
-
 def _layers(input, hx, params, names, num_layers, dropout, train, bidirectional,
             batch_first, lengths, run_layer, what, run_both=None):
     """The multi-layer, multi-direction loop shared by the GRU variants, and the one place
@@ -296,7 +286,8 @@ def _layers(input, hx, params, names, num_layers, dropout, train, bidirectional,
     x, hx, params = _autocast(x, hx, params)
     _check_devices_and_dtypes(x, hx, params)
     order = None
-    if lengths is not None and x.device.type == "cpu" and not _longest_first(lengths):
+    if (lengths is not None and x.device.type == "cpu"
+            and reference.host_lengths_longest_first(lengths) is None):
         # The CPU kernels skip a step's finished rows when the rows come longest first:
         # run in that order (like PackedSequence), give the results back in the caller's.
         # Rows in that order already stay (a PackedSequence's, and pack_padded_sequence's

@@ -40,23 +40,29 @@ def plain_tensor(t: Tensor) -> Tensor:
     return t
 
 
-def _active_prefix(lengths: Tensor | None, T: int, N: int) -> list[int] | None:
-    """Per step t, how many leading rows are active (lengths[i] > t) where the lengths are on
-    the CPU and sorted non-increasing (always so for a PackedSequence): each step's recurrent
-    product then multiplies those rows only, as nn.GRU on a PackedSequence and the fused CPU
-    ops do (csrc/gru_common.cpp active_prefix). A product's shape decides whether ATen rounds
-    it under torch's bf16 matmul precision, so a reference of all N rows would round where
-    they keep fp32. None where every row is multiplied: no lengths, unsorted ones, lengths on
-    a GPU (the host does not read them) or batched by vmap (no one prefix for all samples)."""
-    if lengths is None or lengths.device.type != "cpu":
+def host_lengths_longest_first(lengths: Tensor | None) -> list[int] | None:
+    """The values of lengths, read on the host, where they are on the CPU and non-increasing
+    (a PackedSequence's always are). None where the host cannot or should not branch on them:
+    no lengths, lengths on a GPU (reading them would sync), under torch.compile (symbolic
+    values), batched by vmap (each sample's own), or not in that order."""
+    if lengths is None or lengths.device.type != "cpu" or torch.compiler.is_compiling():
         return None
     values = plain_tensor(lengths)
     if values.dim() != 1:  # vmap's batch dimensions
         return None
     lens = values.tolist()
-    if any(a < b for a, b in zip(lens, lens[1:])):
-        return None
-    return [sum(n > t for n in lens) for t in range(T)]
+    return None if any(a < b for a, b in zip(lens, lens[1:])) else lens
+
+
+def _active_prefix(lengths: Tensor | None, T: int) -> list[int] | None:
+    """Per step t, how many leading rows are active (lengths[i] > t) where the host reads the
+    lengths in that order (host_lengths_longest_first): each step's recurrent product then
+    multiplies those rows only, as nn.GRU on a PackedSequence and the fused CPU ops do
+    (csrc/gru_common.cpp active_prefix). A product's shape decides whether ATen rounds it under
+    torch's bf16 matmul precision, so a reference of all N rows would round where they keep
+    fp32. None where every row is multiplied."""
+    lens = host_lengths_longest_first(lengths)
+    return None if lens is None else [sum(n > t for n in lens) for t in range(T)]
 
 
 def _padded(t: Tensor, N: int) -> Tensor:
@@ -131,7 +137,7 @@ def gru_layer(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
     active = _active_mask(lengths, T, N, input)
     gi = torch.nn.functional.linear(_rows_of_their_own(_without_padding(input, active, lengths)),
                                     weight_ih, bias_ih)
-    prefix = _active_prefix(lengths, T, N)
+    prefix = _active_prefix(lengths, T)
     h = _rows_of_their_own(hx)
     outs, saved = [None] * T, [None] * T
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
@@ -346,7 +352,7 @@ def ln_gru_layer(input: Tensor, hx: Tensor, weight_ih: Tensor, weight_hh: Tensor
     active = _active_mask(lengths, T, N, input)
     kept = _rows_of_their_own(_without_padding(input, active, lengths))
     a_i = ln(kept @ weight_ih.t(), (3 * H,), ln_ih_weight, ln_ih_bias, eps)
-    prefix = _active_prefix(lengths, T, N)
+    prefix = _active_prefix(lengths, T)
     h = _rows_of_their_own(hx)
     outs = [None] * T
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
