@@ -1,5 +1,6 @@
-"""What nn.GRU on cuDNN cannot do: backward in eval mode, torch.export, CUDA-graph capture,
-bitwise determinism. (Double backward: test_gradcheck.py::test_gradgradcheck_module.)"""
+"""What nn.GRU on cuDNN cannot do: backward in eval mode, torch.export (and AOTInductor
+packages), CUDA-graph capture, bitwise determinism. (Double backward:
+test_gradcheck.py::test_gradgradcheck_module.)"""
 
 import os
 import subprocess
@@ -50,6 +51,39 @@ def test_torch_export_runs_and_matches_eager(device):
         y_e, h_e = net(inp)
         y_x, h_x = ep.module()(inp)
         assert torch.equal(y_x, y_e) and torch.equal(h_x, h_e)
+
+
+AOTI_SCRIPT = """
+import sys, torch, fusedgru  # fusedgru registers the ops the package calls
+package, inputs, outputs = sys.argv[1:]
+run = torch._inductor.aoti_load_package(package)
+torch.save([run(x) for x in torch.load(inputs)], outputs)
+"""
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_aot_inductor_package_runs_in_a_fresh_process(device, tmp_path):
+    """Serving without Python model code: torch.export with a dynamic batch and time, compiled
+    by AOTInductor into a package, loaded in a new process that imports nothing but fusedgru
+    (whose ops the package calls through the dispatcher), run at other sizes than those
+    exported; eager's results."""
+    torch.manual_seed(0)
+    net = Net().to(device).eval()
+    batch, time = torch.export.Dim("batch", max=64), torch.export.Dim("time", max=1024)
+    ep = torch.export.export(net, (torch.randn(3, 7, 5, device=device),),
+                             dynamic_shapes=({0: batch, 1: time},))
+    package = torch._inductor.aoti_compile_and_package(
+        ep, package_path=str(tmp_path / "net.pt2"))
+    inputs = [torch.randn(N, T, 5, device=device) for N, T in ((3, 7), (1, 17), (5, 130))]
+    torch.save(inputs, tmp_path / "inputs.pt")
+    result = subprocess.run([sys.executable, "-c", AOTI_SCRIPT, package,
+                             str(tmp_path / "inputs.pt"), str(tmp_path / "outputs.pt")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    for x, got in zip(inputs, torch.load(tmp_path / "outputs.pt"), strict=True):
+        for a, b in zip(got, net(x), strict=True):
+            assert a.shape == b.shape
+            assert_close(a, b, TOL[torch.float32], "AOTInductor package vs eager")
 
 
 @pytest.mark.parametrize("kind", ["GRU", "GRU-bidirectional", "LayerNormGRU"])
