@@ -2,12 +2,14 @@
 errors, where a run writes (never over another run), the sentences and the JSON fields; and that
 the op micro-benchmarks run."""
 
+import datetime
 import importlib
 import json
 import os
 import re
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -157,8 +159,21 @@ def test_argument_errors_are_argparse_errors(script, argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.fixture
+def one_day(monkeypatch):
+    """The default file names carry today's date: hold it still, or a test running across
+    midnight compares names made on two days."""
+    class Day(datetime.date):
+        @classmethod
+        def today(cls):
+            return cls(2026, 12, 31)
+
+    monkeypatch.setattr(bench_common, "datetime",
+                        types.SimpleNamespace(date=Day, datetime=datetime.datetime))
+
+
 @pytest.mark.parametrize("script", [bench_gru, bench_conv])
-def test_help_names_the_file_written(script, capsys):
+def test_help_names_the_file_written(script, capsys, one_day):
     with pytest.raises(SystemExit):
         script.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
@@ -182,7 +197,8 @@ def test_sentences():
                                               "H=256 fp32)")
 
 
-def test_default_names_carry_the_variant_and_never_overwrite(tmp_path, monkeypatch, capsys):
+def test_default_names_carry_the_variant_and_never_overwrite(tmp_path, monkeypatch, capsys,
+                                                           one_day):
     monkeypatch.setattr(bench_common, "RUNS_DIR", str(tmp_path))
     first = bench_gru.main(TINY_GRU)
     second = bench_gru.main(TINY_GRU)
