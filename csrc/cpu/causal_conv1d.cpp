@@ -577,12 +577,22 @@ FUSEDGRU_INLINE void cast_rows(scalar_t* __restrict dst, const acc_t* __restrict
   for (int64_t i = 0; i < n; ++i) dst[i] = scalar_t(src[i]);
 }
 
+// The sum of a row's partial sums, in double: at short rows (L below the lane count) each lane
+// holds one term and a float sum of them would be one serial chain, its error growing with the
+// row (several times ATen's pairwise sums for float32 gradients of a short conv).
+template <typename acc_t, int kLanes>
+FUSEDGRU_INLINE double add_lanes_wide(const acc_t (&part)[kLanes]) {
+  double sum = 0;
+  for (int l = 0; l < kLanes; ++l) sum += static_cast<double>(part[l]);
+  return sum;
+}
+
 // sum_i a[i] * b[i] in kLanes independent partial sums added in a fixed order at the end, so
 // the loop vectorizes (one running sum is a serial chain the compiler must not reassociate) and
 // the result does not depend on the thread count.
 template <typename acc_t, typename scalar_t>
-FUSEDGRU_INLINE acc_t dot_lanes(const acc_t* __restrict a, const scalar_t* __restrict b,
-                                int64_t n) {
+FUSEDGRU_INLINE double dot_lanes(const acc_t* __restrict a, const scalar_t* __restrict b,
+                                 int64_t n) {
   constexpr int kLanes = 256 / sizeof(acc_t);  // four AVX-512 vectors of partial sums
   acc_t part[kLanes] = {};
   int64_t i = 0;
@@ -590,13 +600,11 @@ FUSEDGRU_INLINE acc_t dot_lanes(const acc_t* __restrict a, const scalar_t* __res
     for (int l = 0; l < kLanes; ++l) part[l] += a[i + l] * acc_t(b[i + l]);
   }
   for (int l = 0; i < n; ++i, ++l) part[l] += a[i] * acc_t(b[i]);
-  acc_t sum = 0;
-  for (int l = 0; l < kLanes; ++l) sum += part[l];
-  return sum;
+  return add_lanes_wide(part);
 }
 
 template <typename acc_t>
-FUSEDGRU_INLINE acc_t sum_lanes(const acc_t* __restrict a, int64_t n) {
+FUSEDGRU_INLINE double sum_lanes(const acc_t* __restrict a, int64_t n) {
   constexpr int kLanes = 256 / sizeof(acc_t);
   acc_t part[kLanes] = {};
   int64_t i = 0;
@@ -604,9 +612,7 @@ FUSEDGRU_INLINE acc_t sum_lanes(const acc_t* __restrict a, int64_t n) {
     for (int l = 0; l < kLanes; ++l) part[l] += a[i + l];
   }
   for (int l = 0; i < n; ++i, ++l) part[l] += a[i];
-  acc_t sum = 0;
-  for (int l = 0; l < kLanes; ++l) sum += part[l];
-  return sum;
+  return add_lanes_wide(part);
 }
 
 // Gradients for channel c over all batch rows; x and grad_y time-contiguous. Scratch: z, gz, gx
@@ -619,8 +625,8 @@ FUSEDGRU_CLONES void backward_channel(const CausalConvBackwardParams& q, int64_t
   const CausalConvParams& p = q.fwd;
   const int64_t L = p.L, W = p.W, d = p.dilation, S = (W - 1) * d;
   const auto* w = static_cast<const scalar_t*>(p.weight) + c * W;
-  std::vector<acc_t> gw(W, acc_t(0));
-  acc_t gb = 0;
+  std::vector<double> gw(W, 0.0);  // sums over the batch rows in double, as within a row
+  double gb = 0;
   for (int64_t n = 0; n < p.N; ++n) {
     const auto* gy = static_cast<const scalar_t*>(q.grad_y) + n * q.gy_sn + c * q.gy_sc;
     if constexpr (kAct != kActNone) {
@@ -655,14 +661,13 @@ FUSEDGRU_CLONES void backward_channel(const CausalConvBackwardParams& q, int64_t
       const int64_t off = (W - 1 - k) * d;
       acc_t acc = 0;
       for (int64_t t = 0; t < std::min(off, L); ++t) acc += gz[t] * tap(p, x, init, t - off, S);
-      if (off < L) acc += dot_lanes(gz + off, x, L - off);
-      gw[k] += acc;
+      gw[k] += static_cast<double>(acc) + (off < L ? dot_lanes(gz + off, x, L - off) : 0.0);
     }
     gb += sum_lanes(gz, L);
   }
   auto* gw_out = static_cast<acc_t*>(q.grad_weight) + c * W;
-  std::copy(gw.begin(), gw.end(), gw_out);
-  if (q.grad_bias != nullptr) static_cast<acc_t*>(q.grad_bias)[c] = gb;
+  for (int64_t k = 0; k < W; ++k) gw_out[k] = static_cast<acc_t>(gw[k]);
+  if (q.grad_bias != nullptr) static_cast<acc_t*>(q.grad_bias)[c] = static_cast<acc_t>(gb);
 }
 
 // Channel-last backward of batch row n, steps [t0, t1). wt: [W, C] taps transposed; bias [C].
