@@ -232,6 +232,74 @@ def test_reduced_precision_layer_norm_steps_against_float64(monkeypatch, dtype, 
         assert rel_err(got[env], want) <= 2 * rel_err(got["0"], want) + eps, env
 
 
+# The most terms a product may have to be a sum of outer products, per dtype (kMaxFewTerms*,
+# csrc/cpu/packed_gemm.cpp).
+FEW_TERMS_MAX_K = {torch.bfloat16: 8, torch.float16: 16, torch.float32: 2}
+# (T, N, C, H) of calls with products over few terms: the weight gradients' K = T N, the input
+# projection's K = C. H >= 17 keeps every other product (K = H or 3H) on its usual path.
+FEW_TERMS = [
+    (1, 1, 130, 64),   # K = 1: a decoder's training step; the projection (C = 130) on ATen
+    (2, 1, 2, 20),     # K = 2 everywhere; the projection accumulates onto the bias (beta = 1)
+    (1, 2, 17, 33),    # K = 2
+    (3, 1, 40, 17),    # K = 3
+    (8, 1, 7, 24),     # K = 8
+    (4, 4, 16, 64),    # K = 16 in the weight gradients and the projection
+    (17, 1, 5, 40),    # T N = 17: the weight gradients on ATen; C = 5
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32],
+                         ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("shape", FEW_TERMS, ids=shape_id)
+def test_products_over_few_terms(monkeypatch, dtype, shape):
+    """Products over few terms (FEW_TERMS_MAX_K) are sums of outer products, not ATen's (bf16
+    ~1 ms at [3072, 1] x [1, 1024], fp16 ~18 ms) nor the packed tiles (fp32, slower than MKL's):
+    outputs and every gradient as close to float64 nn.GRU's as nn.GRU's own in the dtype. In
+    bf16/fp16 at K <= 2 the sum in fp32 is the exact sum rounded once (products of two bf16 or
+    fp16 values are exact in fp32), so the weight gradients' products must be bitwise ATen's,
+    which accumulate in fp32 (FUSEDGRU_PACKED_GEMM=0)."""
+    T, N, C, H = shape
+    if dtype == torch.float32 and T == 1:
+        # A float32 training call of one time step is nn.GRU's own (torch.gru: GRU._run).
+        T = 2
+    ref, ours = fp64_pair(C, H)
+    low = nn.GRU(C, H).to(dtype)
+    low.load_state_dict(ours.state_dict())
+    ours.to(dtype)
+    x, hx = torch.randn(T, N, C, dtype=torch.float64), torch.randn(1, N, H, dtype=torch.float64)
+    go, gh = torch.randn(T, N, H, dtype=torch.float64), torch.randn(1, N, H, dtype=torch.float64)
+
+    def run(module, cast):
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            xi, hi = x.to(cast).requires_grad_(), hx.to(cast).requires_grad_()
+            out, h_n = module(xi, hi)
+            loss = (out * go.to(cast)).sum() + (h_n * gh.to(cast)).sum()
+            g = torch.autograd.grad(loss, [xi, hi, *module.parameters()])
+        # A's [M, K]: mm(a, b), addmm(self, a, b, beta, alpha).
+        few = sum(e.count for e in prof.key_averages(group_by_input_shape=True)
+                  if e.key in ("aten::mm", "aten::addmm_", "aten::addmm")
+                  and 1 <= e.input_shapes[0 if e.key == "aten::mm" else 1][1] <= kmax)
+        return (out, h_n, *g), few
+
+    kmax = FEW_TERMS_MAX_K[dtype]
+    want, _ = run(ref, torch.float64)
+    peer, _ = run(low, dtype)
+    got, few = run(ours, dtype)
+    monkeypatch.setenv("FUSEDGRU_PACKED_GEMM", "0")
+    aten, aten_few = run(ours, dtype)
+    assert few == 0, f"{few} ATen products over <= {kmax} terms"
+    # grad W_ih in two products (r and z gates, n gate), grad W_hh, the input projection.
+    expected = (3 if T * N <= kmax else 0) + (1 if C <= kmax else 0)
+    assert aten_few == expected, f"{aten_few} ATen products over <= {kmax} terms, not {expected}"
+    eps = {torch.bfloat16: 1e-3, torch.float16: 1e-4, torch.float32: 1e-6}[dtype]
+    for i, (o, w, t, a) in enumerate(zip(got, want, peer, aten, strict=True)):
+        assert o.dtype == dtype
+        assert rel_err(o, w) <= 2 * rel_err(t, w) + eps, (i, rel_err(o, w), rel_err(t, w))
+        # Not where the projection (beta = 1) sums few terms: ATen may start from the bias.
+        if T * N <= 2 and C > kmax and dtype != torch.float32:
+            assert torch.equal(o, a), (i, (o.float() - a.float()).abs().max().item())
+
+
 @pytest.mark.parametrize("case", [((40, 1, 5, 130), True), ((8, 4, 3, 513), True),
                                   ((12, 4, 20, 256), False), ((12, 8, 20, 130), False)],
                          ids=lambda c: shape_id(c[0]))

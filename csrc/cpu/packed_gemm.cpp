@@ -12,10 +12,12 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <vector>
 
 #include "../align.h"
 #include "../fusedgru.h"
 #include "isa.h"
+#include "vec_math.h"
 
 #ifdef FUSEDGRU_X86
 #include <immintrin.h>
@@ -512,11 +514,106 @@ void gemm_packed_bf16(const c10::BFloat16* a, int64_t sam, int64_t M, const Pack
 #endif
 }
 
+// A product whose reduction has few terms (the weight gradients of a call of T N rows, e.g. a
+// decoder trained step by step; an input projection from C features) is a sum of outer
+// products written straight out: write-bound, nothing to reuse. On the 2-core Xeon (torch 2.13)
+// ATen's [3072, 1] x [1, 1024] took ~1 ms in bf16 and ~18 ms in fp16 (oneDNN), 0.33 ms in fp32
+// (MKL), and the packed fp32 tiles lost to MKL there. Up to this many terms the sum won, per
+// dtype, over whole training calls (benchmarks/NOTES.md, twenty-first session): fp32 against the
+// packed tiles 1.25x at K = 1, 1.05-1.12x at 2, even at 4, 0.88-0.94x at 16; bf16 against
+// oneDNN 1.29x at 2, 1.04x at 8, 0.91-0.93x at 16; fp16 1.35x at 16 (not measured beyond).
+// FUSEDGRU_PACKED_GEMM=0 leaves these to ATen too.
+constexpr int64_t kMaxFewTermsFp32 = 2, kMaxFewTermsBf16 = 8, kMaxFewTermsHalf = 16;
+constexpr int64_t kMaxFewTermsK = kMaxFewTermsHalf;  // the largest of the three
+// Columns of out accumulated in registers/L1 at a time.
+constexpr int64_t kFewTermsChunk = 256;
+
+// Rows [i0, i1) of out = sum_k a[i, k] b32[k, :] (+ out): the sum in fp32 in k order, the old
+// out added last, then one rounding to T. A product of two bf16 or two fp16 values is exact in
+// fp32, so each term adds with one fp32 rounding whether or not the compiler fuses it into an
+// FMA, and the clones agree bitwise; at K <= 2 this is the exact sum rounded once to fp32, then
+// to T. (fp32 operands: an FMA chain in the AVX-512 and AVX2 clones.) The last term is added in
+// the loop that stores, so no loop is a plain copy (GCC turned one into scalar 8-byte moves).
+template <typename T>
+FUSEDGRU_CLONES void few_terms_rows(storage_t<T>* out, int64_t ldo, const storage_t<T>* a,
+                                    int64_t sam, int64_t sak, const float* b32, int64_t K,
+                                    int64_t cols, int64_t i0, int64_t i1, bool accumulate) {
+  using E = Elem<T>;
+  float acc[kFewTermsChunk];
+  float ai[kMaxFewTermsK];
+  for (int64_t i = i0; i < i1; ++i) {
+    for (int64_t k = 0; k < K; ++k) ai[k] = E::load(a[i * sam + k * sak]);
+    const float s0 = ai[0], sl = ai[K - 1];
+    storage_t<T>* o = out + i * ldo;
+    for (int64_t j0 = 0; j0 < cols; j0 += kFewTermsChunk) {
+      const int64_t w = std::min(kFewTermsChunk, cols - j0);
+      const float* b0 = b32 + j0;
+      const float* bl = b0 + (K - 1) * cols;
+      storage_t<T>* oj = o + j0;
+      if (K == 1) {
+        if (accumulate) {
+          for (int64_t j = 0; j < w; ++j) oj[j] = E::store(sl * bl[j] + E::load(oj[j]));
+        } else {
+          for (int64_t j = 0; j < w; ++j) oj[j] = E::store(sl * bl[j]);
+        }
+        continue;
+      }
+      for (int64_t j = 0; j < w; ++j) acc[j] = s0 * b0[j];
+      for (int64_t k = 1; k + 1 < K; ++k) {
+        const float s = ai[k];
+        const float* bk = b0 + k * cols;
+        for (int64_t j = 0; j < w; ++j) acc[j] += s * bk[j];
+      }
+      if (accumulate) {
+        for (int64_t j = 0; j < w; ++j) oj[j] = E::store((acc[j] + sl * bl[j]) + E::load(oj[j]));
+      } else {
+        for (int64_t j = 0; j < w; ++j) oj[j] = E::store(acc[j] + sl * bl[j]);
+      }
+    }
+  }
+}
+
+template <typename T>
+void few_terms_product(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+  const int64_t M = a.size(0), K = a.size(1), cols = b.size(1);
+  // B widened once (K x cols floats: 64 KB at K = 16, cols = 1024), rows of stride cols.
+  std::vector<float> b32(K * cols);
+  const storage_t<T>* bs = raw(b.const_data_ptr<T>());
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t j = 0; j < cols; ++j)
+      b32[k * cols + j] = Elem<T>::load(bs[k * b.stride(0) + j * b.stride(1)]);
+  }
+  const storage_t<T>* as = raw(a.const_data_ptr<T>());
+  storage_t<T>* os = raw(out.mutable_data_ptr<T>());
+  // Tasks of about 32K elements of out each.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{32} << 10) / cols);
+  at::parallel_for(0, M, grain, [&](int64_t i0, int64_t i1) {
+    few_terms_rows<T>(os, out.stride(0), as, a.stride(0), a.stride(1), b32.data(), K, cols, i0, i1,
+                      accumulate);
+  });
+}
+
 void cpu_matmul(at::Tensor& out, const at::Tensor& a_in, const at::Tensor& b, double beta) {
   const int64_t M = a_in.size(0), K = a_in.size(1), cols = b.size(1);
-  if (!packing_pays(out.scalar_type(), M) || (beta != 0 && beta != 1) || K > kMaxPackedK ||
-      K == 0 || cols == 0 || out.stride(1) != 1 ||
-      aten_product_rounds(out.scalar_type(), M, K, cols)) {
+  const at::ScalarType dtype = out.scalar_type();
+  const bool plain = a_in.scalar_type() == dtype && b.scalar_type() == dtype &&
+                     (beta == 0 || beta == 1) && out.stride(1) == 1 && M > 0 && cols > 0;
+  if (plain && K >= 1 && packed_gemm_enabled()) {
+    if (dtype == at::kBFloat16 && K <= kMaxFewTermsBf16) {
+      few_terms_product<c10::BFloat16>(out, a_in, b, beta != 0);
+      return;
+    }
+    if (dtype == at::kHalf && K <= kMaxFewTermsHalf) {
+      few_terms_product<c10::Half>(out, a_in, b, beta != 0);
+      return;
+    }
+    if (dtype == at::kFloat && K <= kMaxFewTermsFp32 && !aten_product_rounds(dtype, M, K, cols)) {
+      few_terms_product<float>(out, a_in, b, beta != 0);
+      return;
+    }
+  }
+  if (!packing_pays(dtype, M) || !plain || K > kMaxPackedK || K == 0 ||
+      aten_product_rounds(dtype, M, K, cols)) {
     aten_matmul(out, a_in, b, beta);
     return;
   }

@@ -171,8 +171,11 @@ inline bool step_packing_pays(at::ScalarType dtype, int64_t T, int64_t N, bool s
 void gemm_packed(const float* a, int64_t sam, int64_t sak, int64_t M, const PackedB& b, int64_t p0,
                  int64_t p1, int64_t ncols, float* c, int64_t ldc, bool accumulate);
 
-// The CPU's Matmul (fusedgru.h): out = a b + beta out. fp32 products worth the packing (see
-// packed_gemm.cpp) run through gemm_packed over the intra-op threads, the rest through ATen.
+// The CPU's Matmul (fusedgru.h): out = a b + beta out. Products over a few terms (up to 2 in
+// fp32 where ATen keeps fp32, 8 in bf16, 16 in fp16) are sums of outer products in fp32
+// (packed_gemm.cpp);
+// fp32 products worth the packing run through gemm_packed over the intra-op threads; the rest
+// through ATen.
 void cpu_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double beta);
 
 }  // namespace cpu
