@@ -105,14 +105,25 @@ def test_lengths_and_layer_norm_against_float64(gemm, shape):
 # bf16 pairs where that pays (bf16_dot_pays, csrc/cpu/packed_gemm.h) and "packed-fp32" keeps
 # them on fp32 panels; elsewhere both run the fp32 panels.
 REDUCED_GEMM_ENV = {"packed": "1", "packed-fp32": "fp32", "packed-avx2": "avx2", "aten": "0"}
-HAS_AVX512_BF16 = os.path.exists("/proc/cpuinfo") and any(
-    "avx512_bf16" in line.split() for line in open("/proc/cpuinfo") if line.startswith("flags"))
+CPU_FLAGS = set(next((line.split() for line in open("/proc/cpuinfo") if line.startswith("flags")),
+                     [])) if os.path.exists("/proc/cpuinfo") else set()
+HAS_AVX512_BF16 = "avx512_bf16" in CPU_FLAGS
+# Whether the CPU multiplies the dtype in hardware (cpu_multiplies, csrc/cpu/packed_gemm.h): where
+# it does not, bf16/fp16 products run in fp32 on widened operands and every step on fp32 panels.
+CPU_MULTIPLIES = {torch.bfloat16: HAS_AVX512_BF16, torch.float16: "avx512_fp16" in CPU_FLAGS}
 
 
 @pytest.fixture(params=list(REDUCED_GEMM_ENV))
 def reduced_gemm(request, monkeypatch):
     monkeypatch.setenv("FUSEDGRU_PACKED_GEMM", REDUCED_GEMM_ENV[request.param])
     return request.param
+
+
+def widened(reduced_gemm, dtype):
+    """Whether bf16/fp16 products run in fp32 on widened operands (and every step of T N >= 32
+    rows on the panels): the CPU does not multiply the dtype, or is told so."""
+    return reduced_gemm in ("packed-fp32", "packed-avx2") or (
+        reduced_gemm != "aten" and not CPU_MULTIPLIES[dtype])
 
 
 # (T, N, C, H) of bf16/fp16 forwards, and whether their steps take the packed panels: at most
@@ -123,7 +134,7 @@ REDUCED_SHAPES = [
     ((8, 4, 3, 513), True),     # 4 rows at H >= 512 (bf16 pairs where the CPU has them), K odd
     ((12, 3, 20, 33), True),    # T N = 36
     ((6, 8, 17, 17), True),     # 8 rows: the limit
-    ((6, 9, 17, 17), False),    # 9 rows: ATen's product
+    ((6, 9, 17, 17), False),    # 9 rows: ATen's product (panels where the CPU lacks the dtype)
     ((9, 1, 5, 130), False),    # T N = 9 < 32: ATen's product
 ]
 
@@ -136,6 +147,8 @@ def test_reduced_precision_steps_against_float64(reduced_gemm, dtype, case, bidi
     that dtype is, on every path; the steps' products leave ATen exactly where they should (the
     profiler sees one aten::mm per step on the calling thread otherwise)."""
     (T, N, C, H), packs = case
+    if T * N >= 32 and widened(reduced_gemm, dtype):
+        packs = True  # any N
     ref, ours = fp64_pair(C, H, num_layers=2, bidirectional=bidirectional)
     low = nn.GRU(C, H, num_layers=2, bidirectional=bidirectional).to(dtype)
     low.load_state_dict(ours.state_dict())
@@ -178,6 +191,8 @@ def test_reduced_precision_gradients_against_float64(reduced_gemm, dtype, case, 
     panels for bf16 too, no pairs): every gradient as close to float64 nn.GRU's as nn.GRU's own
     in the dtype; the profiler sees no per-step aten::addmm_ there."""
     (T, N, C, H), packs = case
+    if T * N >= 32 and widened(reduced_gemm, dtype):
+        packs = True  # any N
     ref, ours = fp64_pair(C, H, bidirectional=bidirectional)
     low = nn.GRU(C, H, bidirectional=bidirectional).to(dtype)
     low.load_state_dict(ours.state_dict())
@@ -204,9 +219,11 @@ def test_reduced_precision_gradients_against_float64(reduced_gemm, dtype, case, 
     for i, (o, w, t) in enumerate(zip(got, want, peer, strict=True)):
         assert o.dtype == dtype
         assert rel_err(o, w) <= 2 * rel_err(t, w) + eps, (i, rel_err(o, w), rel_err(t, w))
-    # Besides the steps' products, one addmm_ per direction (grad_input's second product).
+    # Besides the steps' products, one addmm_ per direction (grad_input's second product; none
+    # where it is widened: then it runs on the fp32 tiles).
     if packs and reduced_gemm != "aten":
-        assert addmms == D, f"{addmms} aten::addmm_ calls: the steps did not take the panels"
+        want_addmms = 0 if widened(reduced_gemm, dtype) else D
+        assert addmms == want_addmms, f"{addmms} aten::addmm_ calls: the steps left the panels"
     else:
         assert addmms >= D * T, f"{addmms} aten::addmm_ calls for {T} steps"
 
@@ -296,8 +313,59 @@ def test_products_over_few_terms(monkeypatch, dtype, shape):
         assert o.dtype == dtype
         assert rel_err(o, w) <= 2 * rel_err(t, w) + eps, (i, rel_err(o, w), rel_err(t, w))
         # Not where the projection (beta = 1) sums few terms: ATen may start from the bias.
-        if T * N <= 2 and C > kmax and dtype != torch.float32:
+        # (Where the CPU does not multiply the dtype, the other products are widened: other bits.)
+        if T * N <= 2 and C > kmax and dtype != torch.float32 and CPU_MULTIPLIES[dtype]:
             assert torch.equal(o, a), (i, (o.float() - a.float()).abs().max().item())
+
+
+# (T, N, C, H): steps of 1 to 17 rows, odd widths, T N >= 32 (steps on the panels).
+WIDENED = [(33, 1, 19, 33), (5, 17, 9, 130), (3, 16, 130, 17)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("shape", WIDENED, ids=shape_id)
+def test_reduced_precision_products_widened_to_fp32(monkeypatch, dtype, shape):
+    """Where the CPU does not multiply bf16/fp16 in hardware (FUSEDGRU_PACKED_GEMM=fp32 makes
+    any CPU behave so), every product over more than the few terms runs in fp32 on operands
+    widened exactly and is rounded once (ATen's contract; its emulation took 2-7x longer): no
+    ATen product in the dtype remains, and outputs and every gradient, bidirectional with 2
+    layers, are as close to float64 nn.GRU's as nn.GRU's own in the dtype."""
+    monkeypatch.setenv("FUSEDGRU_PACKED_GEMM", "fp32")
+    T, N, C, H = shape
+    ref, ours = fp64_pair(C, H, num_layers=2, bidirectional=True)
+    low = nn.GRU(C, H, num_layers=2, bidirectional=True).to(dtype)
+    low.load_state_dict(ours.state_dict())
+    ours.to(dtype)
+    x, hx = torch.randn(T, N, C, dtype=torch.float64), torch.randn(4, N, H, dtype=torch.float64)
+    go = torch.randn(T, N, 2 * H, dtype=torch.float64)
+    gh = torch.randn(4, N, H, dtype=torch.float64)
+
+    def run(module, cast):
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            xi, hi = x.to(cast).requires_grad_(), hx.to(cast).requires_grad_()
+            out, h_n = module(xi, hi)
+            loss = (out * go.to(cast)).sum() + (h_n * gh.to(cast)).sum()
+            g = torch.autograd.grad(loss, [xi, hi, *module.parameters()])
+        products = [e for e in prof.events()
+                    if e.name in ("aten::mm", "aten::addmm_", "aten::addmm")]
+        return (out, h_n, *g), products
+
+    want, _ = run(ref, torch.float64)
+    peer, _ = run(low, dtype)
+    got, products = run(ours, dtype)
+    monkeypatch.setenv("FUSEDGRU_PACKED_GEMM", "0")
+    _, aten_products = run(ours, dtype)
+
+    def in_dtype(events):
+        return [e.input_shapes for e in events
+                if {"c10::BFloat16", "c10::Half"} & set(e.input_dtypes)]
+
+    assert in_dtype(aten_products), "with ATen's products the profiler saw none in the dtype"
+    assert not in_dtype(products), f"ATen products in {dtype}: {in_dtype(products)}"
+    eps = {torch.bfloat16: 1e-3, torch.float16: 1e-4}[dtype]
+    for i, (o, w, t) in enumerate(zip(got, want, peer, strict=True)):
+        assert o.dtype == dtype
+        assert rel_err(o, w) <= 2 * rel_err(t, w) + eps, (i, rel_err(o, w), rel_err(t, w))
 
 
 @pytest.mark.parametrize("case", [((40, 1, 5, 130), True), ((8, 4, 3, 513), True),
@@ -324,7 +392,9 @@ def test_bf16_pairs_run_exactly_where_they_pay(monkeypatch, case):
             step0[env] = m(x, hx)[0][0]
     if pays and HAS_AVX512_BF16:
         assert (step0["1"] - step0["fp32"]).abs().max() > 1e-2, "the bf16 pairs did not run"
-    else:
+    elif not HAS_AVX512_BF16:
+        # Both settings run the fp32 panels and widened products. (With AVX512-BF16, "fp32" also
+        # widens what "1" leaves to ATen: cpu_multiplies.)
         assert torch.equal(step0["1"], step0["fp32"])
 
 

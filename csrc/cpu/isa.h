@@ -5,6 +5,10 @@
 // conv's sliding windows (AVX-512F).
 #pragma once
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#endif
+
 // On x86, clone a hot loop for AVX-512, AVX2 and the baseline; the loader picks one. The AVX2
 // clone targets x86-64-v3 (AVX2 with FMA, GCC >= 12): a plain "avx2" clone has no FMA, so its
 // multiply-adds stay separate multiplies and adds.
@@ -43,6 +47,20 @@ inline bool cpu_has_avx512f() {
 inline bool cpu_has_avx512bf16() {
 #ifdef FUSEDGRU_X86
   static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+  return has;
+#else
+  return false;
+#endif
+}
+
+// Whether this CPU runs AVX-512F and AVX512-FP16's arithmetic (CPUID leaf 7, EDX bit 23; read
+// directly: GCC before 12 has no name for it in __builtin_cpu_supports).
+inline bool cpu_has_avx512fp16() {
+#ifdef FUSEDGRU_X86
+  static const bool has = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    return cpu_has_avx512f() && __get_cpuid_count(7, 0, &a, &b, &c, &d) != 0 && ((d >> 23) & 1u);
+  }();
   return has;
 #else
   return false;

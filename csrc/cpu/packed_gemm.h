@@ -152,16 +152,26 @@ inline bool packing_pays(at::ScalarType dtype, int64_t rows) {
 }
 
 // Rows per step up to which a bf16/fp16 GRU's forward runs its recurrent products in fp32 on
-// packed panels (W_hh widened once per call, exactly) instead of through ATen. ATen's
-// reduced-precision product (oneDNN; AMX tiles where the CPU has them) costs tens of us per call
-// at N = 1 on a 2-core Xeon with AMX, 4.5x our fp32 step at H = 256, and wins from N = 16 on
-// (benchmarks/NOTES.md, "bf16 recurrent products on packed panels", 2026-12-06).
+// packed panels (W_hh widened once per call, exactly) instead of through ATen, on a CPU that
+// multiplies the dtype in hardware (cpu_multiplies). ATen's reduced-precision product (oneDNN;
+// AMX tiles where the CPU has them) costs tens of us per call at N = 1 on a 2-core Xeon with
+// AMX, 4.5x our fp32 step at H = 256, and wins from N = 16 on (benchmarks/NOTES.md, "bf16
+// recurrent products on packed panels", 2026-12-06).
 constexpr int64_t kMaxReducedPackedStepRows = 8;
+// Whether the CPU multiplies bf16 (AVX512-BF16; every CPU with AMX-BF16 has it) or fp16
+// (AVX512-FP16) in hardware, where oneDNN's products in that dtype are fast; false under
+// FUSEDGRU_PACKED_GEMM=fp32 or avx2 (as on a CPU without them). Elsewhere ATen's bf16 product
+// is oneDNN's emulation and its fp16 one a plain loop: on a 2-core Ice Lake Xeon (AVX-512F only)
+// [N, 1024] x [1024, 3072] took 1.7-2.2x (bf16) and 2.3-7x (fp16) the time of fp32's at N = 4
+// to 64, so there the GRU's bf16/fp16 products run in fp32 on widened operands (cpu_matmul) and
+// its recurrent steps on fp32 panels at every N (benchmarks/NOTES.md, twenty-second session).
+bool cpu_multiplies(at::ScalarType dtype);
 // Whether a GRU layer of T steps of N rows packs W_hh for its recurrent products; strict: no
 // step product rounds in ATen (steps_keep_fp32, blocks.h).
 inline bool step_packing_pays(at::ScalarType dtype, int64_t T, int64_t N, bool strict) {
   if (dtype == at::kBFloat16 || dtype == at::kHalf)
-    return N <= kMaxReducedPackedStepRows && T * N >= kMinPackedRows && packed_gemm_enabled();
+    return (N <= kMaxReducedPackedStepRows || !cpu_multiplies(dtype)) && T * N >= kMinPackedRows &&
+           packed_gemm_enabled();
   return strict && packing_pays(dtype, T * N);
 }
 
