@@ -160,9 +160,9 @@ inline bool packing_pays(at::ScalarType dtype, int64_t rows) {
 constexpr int64_t kMaxReducedPackedStepRows = 8;
 // Whether the CPU multiplies bf16 (AVX512-BF16; every CPU with AMX-BF16 has it) or fp16
 // (AVX512-FP16) in hardware, where oneDNN's products in that dtype are fast; false under
-// FUSEDGRU_PACKED_GEMM=fp32 or avx2 (as on a CPU without them). Elsewhere ATen's bf16 product
-// is oneDNN's emulation and its fp16 one a plain loop: on a 2-core Ice Lake Xeon (AVX-512F only)
-// [N, 1024] x [1024, 3072] took 1.7-2.2x (bf16) and 2.3-7x (fp16) the time of fp32's at N = 4
+// FUSEDGRU_PACKED_GEMM=fp32 or avx2 (as on a CPU without them). Elsewhere ATen's bf16 and fp16
+// products have no instructions for the dtype: on a 2-core Ice Lake Xeon (AVX-512F only)
+// [N, 1024] x [1024, 3072] took 1.7-2.6x (bf16) and 2.3-6.9x (fp16) the time of fp32's at N = 4
 // to 64, so there the GRU's bf16/fp16 products run in fp32 on widened operands (cpu_matmul) and
 // its recurrent steps on fp32 panels at every N (benchmarks/NOTES.md, twenty-second session).
 bool cpu_multiplies(at::ScalarType dtype);
@@ -183,9 +183,9 @@ void gemm_packed(const float* a, int64_t sam, int64_t sak, int64_t M, const Pack
 
 // The CPU's Matmul (fusedgru.h): out = a b + beta out. Products over a few terms (up to 2 in
 // fp32 where ATen keeps fp32, 8 in bf16, 16 in fp16) are sums of outer products in fp32
-// (packed_gemm.cpp);
-// fp32 products worth the packing run through gemm_packed over the intra-op threads; the rest
-// through ATen.
+// (packed_gemm.cpp); other bf16/fp16 products, where the CPU does not multiply the dtype
+// (cpu_multiplies), the fp32 product of the widened operands rounded once; fp32 products worth
+// the packing run through gemm_packed over the intra-op threads; the rest through ATen.
 void cpu_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double beta);
 
 }  // namespace cpu
