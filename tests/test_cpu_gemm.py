@@ -251,6 +251,19 @@ def test_reduced_precision_layer_norm_steps_against_float64(monkeypatch, dtype, 
 
 # The most terms a product may have to be a sum of outer products, per dtype (kMaxFewTerms*,
 # csrc/cpu/packed_gemm.cpp).
+def profiled_training(module, cast, x, hx, go, gh):
+    """One training call of module on x, hx cast to cast, under the profiler: its outputs and
+    the gradients of (out * go).sum() + (h_n * gh).sum() to x, hx and every parameter, and the
+    ATen products it ran (aten::mm, aten::addmm, aten::addmm_ events, shapes recorded)."""
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        xi, hi = x.to(cast).requires_grad_(), hx.to(cast).requires_grad_()
+        out, h_n = module(xi, hi)
+        loss = (out * go.to(cast)).sum() + (h_n * gh.to(cast)).sum()
+        g = torch.autograd.grad(loss, [xi, hi, *module.parameters()])
+    products = [e for e in prof.events() if e.name in ("aten::mm", "aten::addmm_", "aten::addmm")]
+    return (out, h_n, *g), products
+
+
 FEW_TERMS_MAX_K = {torch.bfloat16: 8, torch.float16: 16, torch.float32: 2}
 # (T, N, C, H) of calls with products over few terms: the weight gradients' K = T N, the input
 # projection's K = C. H >= 17 keeps every other product (K = H or 3H) on its usual path.
@@ -287,16 +300,11 @@ def test_products_over_few_terms(monkeypatch, dtype, shape):
     go, gh = torch.randn(T, N, H, dtype=torch.float64), torch.randn(1, N, H, dtype=torch.float64)
 
     def run(module, cast):
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-            xi, hi = x.to(cast).requires_grad_(), hx.to(cast).requires_grad_()
-            out, h_n = module(xi, hi)
-            loss = (out * go.to(cast)).sum() + (h_n * gh.to(cast)).sum()
-            g = torch.autograd.grad(loss, [xi, hi, *module.parameters()])
+        results, products = profiled_training(module, cast, x, hx, go, gh)
         # A's [M, K]: mm(a, b), addmm(self, a, b, beta, alpha).
-        few = sum(e.count for e in prof.key_averages(group_by_input_shape=True)
-                  if e.key in ("aten::mm", "aten::addmm_", "aten::addmm")
-                  and 1 <= e.input_shapes[0 if e.key == "aten::mm" else 1][1] <= kmax)
-        return (out, h_n, *g), few
+        few = sum(1 for e in products
+                  if 1 <= e.input_shapes[0 if e.name == "aten::mm" else 1][1] <= kmax)
+        return results, few
 
     kmax = FEW_TERMS_MAX_K[dtype]
     want, _ = run(ref, torch.float64)
@@ -339,22 +347,11 @@ def test_reduced_precision_products_widened_to_fp32(monkeypatch, dtype, shape):
     x, hx = torch.randn(T, N, C, dtype=torch.float64), torch.randn(4, N, H, dtype=torch.float64)
     go = torch.randn(T, N, 2 * H, dtype=torch.float64)
     gh = torch.randn(4, N, H, dtype=torch.float64)
-
-    def run(module, cast):
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-            xi, hi = x.to(cast).requires_grad_(), hx.to(cast).requires_grad_()
-            out, h_n = module(xi, hi)
-            loss = (out * go.to(cast)).sum() + (h_n * gh.to(cast)).sum()
-            g = torch.autograd.grad(loss, [xi, hi, *module.parameters()])
-        products = [e for e in prof.events()
-                    if e.name in ("aten::mm", "aten::addmm_", "aten::addmm")]
-        return (out, h_n, *g), products
-
-    want, _ = run(ref, torch.float64)
-    peer, _ = run(low, dtype)
-    got, products = run(ours, dtype)
+    want, _ = profiled_training(ref, torch.float64, x, hx, go, gh)
+    peer, _ = profiled_training(low, dtype, x, hx, go, gh)
+    got, products = profiled_training(ours, dtype, x, hx, go, gh)
     monkeypatch.setenv("FUSEDGRU_PACKED_GEMM", "0")
-    _, aten_products = run(ours, dtype)
+    _, aten_products = profiled_training(ours, dtype, x, hx, go, gh)
 
     def in_dtype(events):
         return [e.input_shapes for e in events

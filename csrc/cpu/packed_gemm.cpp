@@ -134,12 +134,7 @@ void PackedBf16::pack_panel_bf16(const uint16_t* const* src, int64_t w, int64_t 
     }
 }
 
-bool bf16_dot_enabled() {
-  const char* env = std::getenv("FUSEDGRU_PACKED_GEMM");
-  const bool fp32 =
-      env != nullptr && (std::strcmp(env, "fp32") == 0 || std::strcmp(env, "avx2") == 0);
-  return cpu_has_avx512bf16() && packed_gemm_enabled() && !fp32;
-}
+bool bf16_dot_enabled() { return cpu_multiplies(at::kBFloat16) && packed_gemm_enabled(); }
 
 bool cpu_multiplies(at::ScalarType dtype) {
   const char* env = std::getenv("FUSEDGRU_PACKED_GEMM");

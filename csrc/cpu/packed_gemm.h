@@ -90,9 +90,9 @@ struct PackedBf16 {
   void pack_panel_bf16(const uint16_t* const* src, int64_t w, int64_t sk, uint16_t* dst) const;
 };
 
-// Whether bf16 weights can be packed as bf16 pairs for AVX512-BF16 (the CPU has it and neither
-// FUSEDGRU_PACKED_GEMM=fp32 nor =avx2 asks for fp32 panels); otherwise bf16 and fp16 weights
-// are packed as the fp32 values they hold.
+// Whether bf16 weights can be packed as bf16 pairs for AVX512-BF16 (cpu_multiplies(bf16), which
+// FUSEDGRU_PACKED_GEMM=fp32 or =avx2 turns off, and packed_gemm_enabled()); otherwise bf16 and
+// fp16 weights are packed as the fp32 values they hold.
 bool bf16_dot_enabled();
 // Whether a step of N rows at hidden size H runs faster on bf16 pairs than on fp32 panels.
 // The pairs halve the bytes a step streams but, on the one CPU with AVX512-BF16 measured (a
