@@ -200,6 +200,19 @@ PackedIsa packed_isa() {
 #ifdef FUSEDGRU_X86
 namespace {
 
+// Keeps a loaded panel vector in a register for the tile's rows. Without it GCC (12, -O3) folded
+// the panel load into each row's FMA as a memory operand in the 2- and 3-row tiles (tile<2, 3>,
+// tile<3, 3>, and tile<2, 2>, tile<3, 2> inlined; objdump): MR loads of the same vector per k
+// instead of one. On a 2-core Ice Lake Xeon a step of 3 rows took twice that of 4 rows; pinned,
+// steps of 2 and 3 rows (and the last row tile of N = 10, 11, ...) ran 1.4-1.9x faster at two
+// threads (benchmarks/NOTES.md, twenty-third session; tests/test_cpu_codegen.py keeps it so).
+// An empty asm: no instruction, the same FMAs in the same order (the same bits). Not applied to
+// the bf16 and AVX2 tiles: there it made GCC keep the accumulators on the stack.
+template <typename V>
+inline void in_register(V& v) {
+  __asm__("" : "+v"(v));
+}
+
 // C[MR rows, NR panels] (+)= A[MR, K] B[K, NR panels]; b: the first panel, the next at + K * 16.
 // Columns from ncols on (within this tile) are not written.
 template <int MR, int NR>
@@ -211,6 +224,8 @@ FUSEDGRU_AVX512 inline void tile(const float* a, int64_t sam, int64_t sak, const
   for (int64_t k = 0; k < K; ++k) {
     __m512 bv[NR];
     for (int j = 0; j < NR; ++j) bv[j] = _mm512_loadu_ps(b + (j * K + k) * kPanel);
+    if constexpr (MR > 1)
+      for (int j = 0; j < NR; ++j) in_register(bv[j]);
     for (int i = 0; i < MR; ++i) {
       const __m512 av = _mm512_set1_ps(a[i * sam + k * sak]);
       for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
