@@ -98,6 +98,28 @@ def test_gru_cell_takes_tf32_as_nn_gru_cell_does(monkeypatch, N):
         assert_close(a, b, TOL[torch.float32], "gradient")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
+                         ids=["fp32", "fp64", "bf16", "fp16"])
+@pytest.mark.parametrize("C, H", [(17, 130), (3, 33)])
+def test_a_cpu_inference_step_gives_each_row_what_it_gives_the_row_alone(dtype, C, H):
+    """The CPU's single-step kernel (up to 8 rows) forms each row's dot products in one chain per
+    lane whatever rows share its pass (groups of 4, then one at a time): every row of a step of
+    N = 1..8 rows is bitwise the step of that row alone, for GRUCell and a streaming GRU call.
+    It failed for fp32 and bf16 on a build where GCC had called sigmoid/tanh out of line (the
+    baseline target's code, without FMA) from one pass: csrc/cpu/vec_math.h inlines them."""
+    cell = fusedgru.GRUCell(C, H).to(dtype)
+    gru = fusedgru.GRU(C, H).to(dtype)
+    with torch.no_grad():
+        for N in range(1, 9):
+            x, hx = torch.randn(N, C).to(dtype), torch.randn(N, H).to(dtype)
+            rows = torch.cat([cell(x[i:i + 1], hx[i:i + 1]) for i in range(N)])
+            assert torch.equal(cell(x, hx), rows), N
+            out, h_n = gru(x[None], hx[None])
+            alone = torch.cat([gru(x[None, i:i + 1], hx[None, i:i + 1])[1] for i in range(N)], 1)
+            assert torch.equal(h_n, alone), N
+            assert torch.equal(out, alone), N
+
+
 @pytest.mark.parametrize("device, dtype", [
     ("cpu", torch.bfloat16),
     pytest.param("cuda", torch.bfloat16, marks=pytest.mark.cuda),

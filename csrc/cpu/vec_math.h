@@ -2,7 +2,10 @@
 // branches; build with -fno-trapping-math). float: Cephes-style polynomials, within 2 ulp of
 // libm over the whole range, with libm's values at the extremes (exp overflows to inf and
 // underflows to 0, so sigmoid(+-inf) = 1 / 0 and tanh(+-inf) = +-1 exactly), NaN propagates.
-// double: libm (the float64 path serves gradcheck).
+// double: libm (the float64 path serves gradcheck). Always inlined: called out of line from a
+// cloned loop (FUSEDGRU_CLONES) they run as compiled for the baseline target, without the FMA
+// contractions of the AVX-512 and AVX2 clones, so a call site that GCC chose not to inline gave
+// other bits (a cell step's row alone against the same row among 4, twenty-third session).
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -12,6 +15,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+
+#include "isa.h"
 
 namespace fusedgru {
 namespace cpu {
@@ -70,7 +75,7 @@ inline const storage_t<T>* raw(const T* p) {
 // then 2^n as two factors that each stay a normal float, so the result overflows to inf above
 // ln(FLT_MAX) = 88.72 and underflows gradually through the denormals to 0, as libm's expf does
 // (sigmoid(-89) = 0 and sigmoid(-inf) = 0 exactly, as torch.sigmoid; NaN propagates).
-inline float exp_f32(float x) {
+FUSEDGRU_INLINE float exp_f32(float x) {
   // Past these bounds the result is inf or 0 anyway; they keep n in [-150, 129]. (x < lo) ? lo
   // : x keeps NaN (a comparison with NaN is false).
   x = x > 89.0f ? 89.0f : x;
@@ -96,10 +101,10 @@ inline float exp_f32(float x) {
   return y * s1 * s2;
 }
 
-inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
+FUSEDGRU_INLINE float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
 
 // tanh for float: odd polynomial for |x| <= 0.625, 1 - 2 / (e^{2|x|} + 1) beyond.
-inline float tanh_f32(float x) {
+FUSEDGRU_INLINE float tanh_f32(float x) {
   const float ax = std::fabs(x);
   const float z = x * x;
   const float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z +
@@ -112,10 +117,10 @@ inline float tanh_f32(float x) {
   return ax > 0.625f ? big : small;
 }
 
-inline float sigmoid(float x) { return sigmoid_f32(x); }
-inline float tanh(float x) { return tanh_f32(x); }
-inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-inline double tanh(double x) { return std::tanh(x); }
+FUSEDGRU_INLINE float sigmoid(float x) { return sigmoid_f32(x); }
+FUSEDGRU_INLINE float tanh(float x) { return tanh_f32(x); }
+FUSEDGRU_INLINE double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+FUSEDGRU_INLINE double tanh(double x) { return std::tanh(x); }
 
 }  // namespace cpu
 }  // namespace fusedgru
