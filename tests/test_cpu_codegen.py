@@ -50,18 +50,23 @@ def functions(disassembly):
     return found
 
 
+def backward_target(address, mnemonic, operands):
+    """Where a jump back to an earlier address goes; None for any other instruction."""
+    m = BRANCH.match(operands)
+    target = int(m.group(1), 16) if mnemonic.startswith("j") and m else None
+    return target if target is not None and target < address else None
+
+
 def innermost_fma_loops(code):
     """Bodies of the innermost loops (a backward branch with none inside) that run zmm FMAs."""
     loops = []
-    for i, (address, mnemonic, operands) in enumerate(code):
-        m = BRANCH.match(operands)
-        if not mnemonic.startswith("j") or not m or int(m.group(1), 16) >= address:
+    for i, ins in enumerate(code):
+        start = backward_target(*ins)
+        if start is None:
             continue
-        start = int(m.group(1), 16)
-        body = [ins for ins in code[:i] if ins[0] >= start]
-        inner = not any(ins[1].startswith("j") and BRANCH.match(ins[2])
-                        and int(BRANCH.match(ins[2]).group(1), 16) < ins[0] for ins in body)
-        if inner and any(ins[1].startswith("vfmadd") and "zmm" in ins[2] for ins in body):
+        body = [b for b in code[:i] if b[0] >= start]
+        inner = all(backward_target(*b) is None for b in body)
+        if inner and any(b[1].startswith("vfmadd") and "zmm" in b[2] for b in body):
             loops.append(body)
     return loops
 

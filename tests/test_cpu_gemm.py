@@ -249,8 +249,6 @@ def test_reduced_precision_layer_norm_steps_against_float64(monkeypatch, dtype, 
         assert rel_err(got[env], want) <= 2 * rel_err(got["0"], want) + eps, env
 
 
-# The most terms a product may have to be a sum of outer products, per dtype (kMaxFewTerms*,
-# csrc/cpu/packed_gemm.cpp).
 def profiled_training(module, cast, x, hx, go, gh):
     """One training call of module on x, hx cast to cast, under the profiler: its outputs and
     the gradients of (out * go).sum() + (h_n * gh).sum() to x, hx and every parameter, and the
@@ -264,6 +262,8 @@ def profiled_training(module, cast, x, hx, go, gh):
     return (out, h_n, *g), products
 
 
+# The most terms a product may have to be a sum of outer products, per dtype (kMaxFewTerms*,
+# csrc/cpu/packed_gemm.cpp).
 FEW_TERMS_MAX_K = {torch.bfloat16: 8, torch.float16: 16, torch.float32: 2}
 # (T, N, C, H) of calls with products over few terms: the weight gradients' K = T N, the input
 # projection's K = C. H >= 17 keeps every other product (K = H or 3H) on its usual path.
